@@ -1,0 +1,202 @@
+"""Time and memory of the LM head + per-token loss: naive full logits vs `trl.ops` chunked and fused, on CPU (or CUDA).
+
+Each measurement is one forward + backward of a summed NLL over `N` target tokens with hidden size `H` and vocabulary
+`V`, in fp32 on CPU (the dtype of `--dtype` on CUDA):
+
+- `naive_ce`: `F.cross_entropy(F.linear(hidden, weight).float(), labels)`, the plain LM head;
+- `naive_stats`: `trl.ops.naive_token_stats` (also computes entropy and accuracy, like the trainers' metrics);
+- `chunked@B`: `trl.ops.chunked_token_stats` with a float32 logits block of `B` bytes (backward recomputes logits);
+- `fused@B`: `trl.ops.fused_token_loss` with a float32 logits block of `B` bytes (gradient computed in forward).
+`default` is the block `chunk_size=None` picks on this device.
+
+Peak memory is the growth of the process's peak RSS during the call on CPU (`/proc/self/clear_refs` resets it, and
+`malloc_trim` returns freed heap memory first, so earlier calls do not hide allocations), and
+`torch.cuda.max_memory_allocated` growth on CUDA. `logits MB` is the size of the float32 logits block a method holds.
+
+Usage:
+    python benchmarks/bench_ops.py                 # the default grid, about 3 minutes on 2 CPU cores
+    python benchmarks/bench_ops.py --full          # every shape x every block size x 1 and 2 threads (~15 min)
+    python benchmarks/bench_ops.py --shapes 2048x256x32000 --threads 1 --budgets 1,4,16
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trl.ops import chunked_token_stats, default_chunk_size, fused_token_loss, naive_token_stats  # noqa: E402
+
+
+MB = 2**20
+DEFAULT_SHAPES = ["2048x256x448", "8192x256x448", "2048x256x32000", "8192x256x32000", "2048x64x151936"]
+FULL_SHAPES = DEFAULT_SHAPES + ["8192x64x151936"]
+# above this many bytes of float32 logits the naive methods are skipped (they hold ~3 such tensors at once)
+NAIVE_LIMIT = 2 * 2**30
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+class PeakMemory:
+    """Peak memory growth of a block of code: CUDA allocator stats, or peak RSS on Linux CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak = float("nan")
+
+    def __enter__(self):
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start = torch.cuda.memory_allocated()
+        elif Path("/proc/self/clear_refs").exists():
+            if _LIBC is not None:
+                _LIBC.malloc_trim(0)
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+                self.start = self._status("VmRSS")
+            except OSError:
+                self.start = None
+        else:
+            self.start = None
+        return self
+
+    @staticmethod
+    def _status(field):
+        return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated() - self.start
+        elif self.start is not None:
+            self.peak = self._status("VmHWM") - self.start
+
+
+def make_inputs(n, h, v, device, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen).to(device, dtype).requires_grad_()
+    weight = (torch.randn(v, h, generator=gen) / h**0.5).to(device, dtype).requires_grad_()
+    labels = torch.randint(0, v, (n,), generator=gen).to(device)
+    return hidden, weight, labels
+
+
+def nll(logps):
+    return -logps
+
+
+def run_method(method, rows, hidden, weight, labels):
+    if method == "naive_ce":
+        loss = F.cross_entropy(F.linear(hidden, weight).float(), labels, reduction="sum")
+    elif method == "naive_stats":
+        stats = naive_token_stats(hidden, weight, labels)
+        loss = -stats.logps.sum()
+    elif method == "chunked":
+        loss = -chunked_token_stats(hidden, weight, labels, chunk_size=rows).logps.sum()
+    else:
+        loss, _ = fused_token_loss(hidden, weight, labels, nll, 1.0, chunk_size=rows)
+    loss.backward()
+    hidden.grad = weight.grad = None
+
+
+def measure(method, rows, inputs, reps, device):
+    times = []
+    peak = float("nan")
+    for i in range(reps + 1):  # the first call warms up (and gives the peak memory)
+        with PeakMemory(device) as mem:
+            start = time.perf_counter()
+            run_method(method, rows, *inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+        if i == 0:
+            peak = mem.peak
+        else:
+            times.append(elapsed)
+    return statistics.median(times) * 1e3, peak / MB
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="every shape, block size and thread count")
+    parser.add_argument("--shapes", help="comma-separated NxHxV shapes")
+    parser.add_argument("--threads", help="comma-separated torch.set_num_threads values (CPU)")
+    parser.add_argument("--budgets", help="comma-separated float32 logits block sizes in MB for chunked/fused")
+    parser.add_argument("--reps", type=int, help="timed repetitions after one warm-up (median is printed)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16", help="dtype on CUDA (CPU always runs fp32)")
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype) if device.type == "cuda" else torch.float32
+    shapes = args.shapes.split(",") if args.shapes else (FULL_SHAPES if args.full else DEFAULT_SHAPES)
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else [1, 2]
+    if device.type == "cuda":
+        threads = [torch.get_num_threads()]
+    if args.budgets:
+        budgets = [float(b) for b in args.budgets.split(",")]
+    elif device.type == "cuda":
+        budgets = [16, 64, 256, 1024]
+    else:
+        budgets = [1, 4, 16, 64] if args.full else [1, 4, 64]
+
+    print(f"device={device} dtype={dtype} torch={torch.__version__}")
+    header = f"{'N':>5} {'H':>4} {'V':>7} {'thr':>3}  {'method':<14} {'rows':>5} {'logits MB':>9} {'ms':>9} {'peak MB':>8}"
+    print(header)
+    print("-" * len(header))
+    for shape in shapes:
+        n, h, v = (int(x) for x in shape.split("x"))
+        inputs = make_inputs(n, h, v, device, dtype)
+        big = n * v >= 2048 * 32000  # shapes where one run takes seconds: fewer methods and repetitions
+        default_rows = default_chunk_size(v, device)
+        methods = []
+        if n * v * 4 <= NAIVE_LIMIT:
+            methods += [("naive_ce", n), ("naive_stats", n)]
+        methods.append(("chunked", default_rows))
+        block_rows = [max(1, int(b * MB) // (4 * v)) for b in budgets]
+        for rows in dict.fromkeys([default_rows] + block_rows):
+            if rows < n or rows == default_rows:
+                methods.append(("fused", rows))
+        for num_threads in threads:
+            if device.type == "cpu":
+                torch.set_num_threads(num_threads)
+            for method, rows in methods:
+                reps = args.reps or (1 if big else 5)
+                if big and not args.full and method == "naive_stats" and n > 2048:
+                    continue
+                ms, peak = measure(method, rows, inputs, reps, device)
+                label = method if method.startswith("naive") else f"{method}@{'default' if rows == default_rows else rows}"
+                logits_mb = min(rows, n) * v * 4 / MB
+                print(
+                    f"{n:>5} {h:>4} {v:>7} {num_threads:>3}  {label:<14} {min(rows, n):>5} {logits_mb:>9.1f} "
+                    f"{ms:>9.1f} {peak:>8.1f}",
+                    flush=True,
+                )
+        del inputs
+        gc.collect()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""The `trl` command.
+
+`trl <method> [args]` trains with one of the scripts in `trl/scripts/`; `trl env` prints the environment. A training
+command runs in this process when nothing asks for a launcher; `accelerate launch` options (any argument the script
+does not know, e.g. `--num_processes 8`) or `--accelerate_config` re-launch the script through `accelerate launch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+
+# Training subcommands: name -> (script module, help). The module defines `make_parser(subparsers=None, prog=None)`
+# and `main(*parsed_dataclasses)`. Adding a trainer to the CLI is one line here.
+TRAINING_COMMANDS = {
+    "sft": ("trl.scripts.sft", "Supervised fine-tuning (SFT)."),
+}
+
+# Other subcommands: name -> (module, help). The module defines `main(argv)`.
+COMMANDS = {
+    "env": ("trl.scripts.env", "Print the environment (versions, accelerators) for bug reports."),
+}
+
+ACCELERATE_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"
+
+
+def _main_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trl",
+        description="TRL: post-training of foundation models. Run `trl <command> --help` for a command's options.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    subparsers.required = True
+    # The real parsers are built only for the command that runs: building them all would import every trainer.
+    for name, (_, help_text) in {**TRAINING_COMMANDS, **COMMANDS}.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def resolve_accelerate_config(name_or_path: str) -> str:
+    """Resolve `--accelerate_config`: the name of a shipped config (e.g. `"zero2"`) or a path to a YAML file.
+
+    Args:
+        name_or_path (`str`): one of `single_gpu`, `multi_gpu`, `zero1`, `zero2`, `zero3`, `fsdp1`, `fsdp2`, or a path.
+
+    Returns:
+        `str`: path of the config file.
+
+    Example:
+        ```python
+        >>> resolve_accelerate_config("zero3").endswith("accelerate_configs/zero3.yaml")
+        True
+        ```
+    """
+    shipped = ACCELERATE_CONFIGS_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return str(shipped)
+    if Path(name_or_path).is_file():
+        return name_or_path
+    names = sorted(path.stem for path in ACCELERATE_CONFIGS_DIR.glob("*.yaml"))
+    raise ValueError(f"--accelerate_config {name_or_path!r} is neither a shipped config {names} nor a file.")
+
+
+def _strip_subsequence(args: list[str], remove: list[str]) -> list[str]:
+    """`args` without the tokens of `remove`, which occur in `args` in the same order."""
+    kept, position = [], 0
+    for arg in args:
+        if position < len(remove) and arg == remove[position]:
+            position += 1
+        else:
+            kept.append(arg)
+    return kept
+
+
+def _strip_option(args: list[str], option: str) -> list[str]:
+    """`args` without `option value` / `option=value`."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
+def run_training_command(name: str, argv: list[str]) -> None:
+    """Parse `argv` for the training command `name`, then train in this process or through `accelerate launch`.
+
+    Example:
+        ```python
+        >>> run_training_command("sft", ["--config", "sft.yaml", "--accelerate_config", "zero2"])
+        ```
+    """
+    from trl.scripts.utils import check_launch_leftovers
+
+    module = importlib.import_module(TRAINING_COMMANDS[name][0])
+    parser = module.make_parser(prog=f"trl {name}")
+    group = parser.add_argument_group(
+        "launcher", "Arguments this command does not know are passed to `accelerate launch` (e.g. --num_processes)."
+    )
+    group.add_argument(
+        "--accelerate_config",
+        type=str,
+        default=None,
+        help="Launch through `accelerate launch` with this config: single_gpu, multi_gpu, zero1, zero2, zero3, "
+        "fsdp1, fsdp2, or a path to an accelerate config file.",
+    )
+    *outputs, config_leftovers, cli_leftovers = parser.parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True
+    )
+    extra = outputs.pop() if outputs and isinstance(outputs[-1], argparse.Namespace) else argparse.Namespace()
+    accelerate_config = getattr(extra, "accelerate_config", None)
+    launch_args = config_leftovers + cli_leftovers
+    try:
+        check_launch_leftovers(launch_args)
+    except ValueError as error:
+        parser.error(str(error))
+
+    if not launch_args and accelerate_config is None:
+        module.main(*outputs)
+        return
+
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    if accelerate_config is not None:
+        launch_args = ["--config_file", resolve_accelerate_config(accelerate_config), *launch_args]
+    # The script re-parses its own arguments (with the same --config file, whose launcher keys it tolerates).
+    script_args = _strip_option(_strip_subsequence(argv, cli_leftovers), "--accelerate_config")
+    script = Path(module.__file__).resolve()
+    launch_command(launch_command_parser().parse_args([*launch_args, str(script), *script_args]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `trl` command.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments after `trl`; defaults to `sys.argv[1:]`.
+
+    Example:
+        ```python
+        >>> from trl.cli import main
+        >>> main(["sft", "--model_name_or_path", "Qwen/Qwen3-0.6B", "--dataset_name", "trl-lib/Capybara"])
+        ```
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _main_parser()
+    if not argv or argv[0].startswith("-"):
+        parser.parse_args(argv)  # prints help, or the argparse error for a missing command
+        return
+    parser.parse_args(argv[:1])  # argparse's error for an unknown command
+    name, rest = argv[0], argv[1:]
+    if name in TRAINING_COMMANDS:
+        run_training_command(name, rest)
+    else:
+        importlib.import_module(COMMANDS[name][0]).main(rest)
+
+
+if __name__ == "__main__":
+    main()

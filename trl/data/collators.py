@@ -1,0 +1,108 @@
+"""Collators: padded batches, or padding-free batches (one flat row with `position_ids`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+IGNORE_INDEX = -100
+
+
+def _labels(example: dict, completion_only_loss: bool) -> list[int]:
+    """Targets of one tokenised row: its ids where it is trained, -100 elsewhere."""
+    ids = example["input_ids"]
+    if "labels" in example:  # pre-tokenised data may bring its own labels
+        return list(example["labels"])
+    keep = [1] * len(ids)
+    if completion_only_loss and "completion_mask" in example:
+        keep = list(example["completion_mask"])
+    if "assistant_masks" in example:
+        keep = [a and b for a, b in zip(keep, example["assistant_masks"])]
+    return [t if k else IGNORE_INDEX for t, k in zip(ids, keep)]
+
+
+def _document_lengths(example: dict) -> list[int]:
+    lengths = example.get("seq_lengths")
+    return list(lengths) if lengths else [len(example["input_ids"])]
+
+
+@dataclass
+class DataCollatorForLanguageModeling:
+    """Collate tokenised rows for causal language modelling.
+
+    Rows hold `input_ids` and optionally `completion_mask`, `assistant_masks`, `labels` and `seq_lengths` (packed rows:
+    the lengths of the documents in the row). Labels are -100 where a row is not trained.
+
+    - Padded (default): right-padded `input_ids`, `attention_mask`, `labels`, and `position_ids` that restart at every
+      packed document.
+    - Padding-free: every row is concatenated into a single row of shape `(1, total)`; `position_ids` restart at each
+      document and there is no `attention_mask`, so attention is block-diagonal per document (sdpa and eager build that
+      mask from `position_ids`; flash attention uses varlen kernels). The first token of every document gets label -100:
+      the prediction that precedes it belongs to the previous document.
+
+    The pad token only fills padding: it never decides what is masked, so a tokenizer whose pad token is its eos still
+    trains the eos token.
+
+    Args:
+        pad_token_id (`int`): id used to pad `input_ids`.
+        completion_only_loss (`bool`, *optional*, defaults to `True`): use `completion_mask` when rows have one.
+        padding_free (`bool`, *optional*, defaults to `False`): flatten the batch instead of padding.
+        pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`.
+
+    Example:
+        ```python
+        >>> collator = DataCollatorForLanguageModeling(pad_token_id=0)
+        >>> batch = collator([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}])
+        >>> batch["labels"].tolist()
+        [[1, 2, 3], [4, 5, -100]]
+        ```
+    """
+
+    pad_token_id: int
+    completion_only_loss: bool = True
+    padding_free: bool = False
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        if self.return_tensors != "pt":
+            raise ValueError(f"Only return_tensors='pt' is supported; got {self.return_tensors!r}.")
+        ids = [list(e["input_ids"]) for e in examples]
+        labels = [_labels(e, self.completion_only_loss) for e in examples]
+        # Rows that hold several documents (packing, or padding-free) separate them by restarting `position_ids`, and
+        # carry no attention_mask: the model then builds a block-diagonal causal mask from the positions.
+        by_position = self.padding_free or any(len(_document_lengths(e)) > 1 for e in examples)
+        positions = []
+        for e, row_labels in zip(examples, labels):
+            row_positions, start = [], 0
+            for length in _document_lengths(e):
+                row_positions.extend(range(length))
+                if by_position and start < len(row_labels):
+                    row_labels[start] = IGNORE_INDEX
+                start += length
+            positions.append(row_positions)
+        if self.padding_free:
+            ids, labels, positions = [sum(ids, [])], [sum(labels, [])], [sum(positions, [])]
+        width = max(len(row) for row in ids)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        # Padding continues the positions of a fresh "document" (0, 1, ...) that no real token attends to.
+        positions = [row + list(range(width - len(row))) for row in positions]
+        batch = {
+            "input_ids": _pad(ids, width, self.pad_token_id),
+            "labels": _pad(labels, width, IGNORE_INDEX),
+            "position_ids": _pad(positions, width, 0),
+        }
+        if not by_position:
+            batch["attention_mask"] = _pad([[1] * len(row) for row in ids], width, 0)
+        return batch
+
+
+def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out

@@ -1,0 +1,182 @@
+"""Dataset preparation for SFT: detect the format, tokenise with masks, truncate, check, pack.
+
+Every step is reported or checked: rows are never dropped silently (see `trl.guards`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from .. import guards
+from .conversation import maybe_convert_to_chatml
+from .formats import check_example_types, detect_format, require_format
+from .tokenize import tokenize_sft_example, truncate
+
+
+SFT_KINDS = ("language_modeling", "prompt_completion", "tokenized")
+
+
+@dataclass
+class SFTDataOptions:
+    """The parts of `SFTConfig` that dataset preparation reads."""
+
+    max_length: int | None
+    truncation_mode: str = "keep_start"
+    dataset_text_field: str = "text"
+    completion_only_loss: bool | None = None
+    assistant_only_loss: bool = False
+    packing: bool = False
+    packing_strategy: str = "bfd"
+    shuffle_dataset: bool = False
+    num_proc: int | None = None
+    seed: int = 42
+    guards: bool = True
+
+
+def _first_row(dataset) -> dict:
+    for row in dataset:
+        return row
+    raise ValueError("The dataset is empty: there is nothing to train on.")
+
+
+def _loss_mask(row: dict, completion_only_loss: bool) -> list[int]:
+    mask = row["completion_mask"] if completion_only_loss else [1] * len(row["input_ids"])
+    if "assistant_masks" in row:
+        mask = [a and b for a, b in zip(mask, row["assistant_masks"])]
+    return mask
+
+
+def _tokenize_and_measure(row: dict, tokenizer, fmt, options: SFTDataOptions, completion_only_loss: bool, eos_ids):
+    out = tokenize_sft_example(
+        row, tokenizer, kind=fmt.kind, conversational=fmt.conversational, text_field=options.dataset_text_field,
+        assistant_only_loss=options.assistant_only_loss, eos_token_id=tokenizer.eos_token_id, eos_ids=eos_ids,
+    )
+    mask = _loss_mask(out, completion_only_loss)
+    out["_loss_tokens"] = sum(mask[1:])  # position 0 is never a target of a causal LM
+    out["_prompt_tokens"] = len(mask) - sum(mask) if completion_only_loss else 0
+    if options.max_length is not None and (not options.packing or options.packing_strategy == "bfd"):
+        out = truncate(out, options.max_length, options.truncation_mode)  # bfd packing would cut the same tokens
+        mask = _loss_mask(out, completion_only_loss)
+    out["_kept_loss_tokens"] = sum(mask[1:])
+    out["_eos_trained"] = int(any(m and t in eos_ids for t, m in zip(out["input_ids"], mask)))
+    return out
+
+
+def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_func=None, name: str = "train"):
+    """Turn a raw SFT dataset into tokenised rows (`input_ids`, `completion_mask`, optional `assistant_masks`),
+    truncated, checked and optionally packed.
+
+    Args:
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`): language-modelling, prompt-completion (standard or
+            conversational, ShareGPT converted) or pre-tokenised rows.
+        tokenizer: the tokenizer; its chat template renders conversational rows.
+        options (`SFTDataOptions`): the relevant config fields.
+        formatting_func (`Callable[[dict], str]`, *optional*): builds the text of each row.
+        name (`str`): "train" or "eval", for messages.
+
+    Returns:
+        `(dataset, fmt)`: the prepared dataset and the detected `DatasetFormat`.
+
+    Example:
+        ```python
+        >>> ds, fmt = prepare_sft_dataset(tiny_task_dataset(), tokenizer, SFTDataOptions(max_length=128))
+        >>> fmt.describe(), ds.column_names
+        ('conversational language modeling', ['input_ids', 'completion_mask'])
+        ```
+    """
+    from datasets import Dataset
+
+    if getattr(dataset, "_format_type", None) == "custom":
+        raise ValueError(
+            f"The {name} dataset was built with `with_transform`, which cannot be prepared ahead of training. Apply "
+            "the transform with `map`, or pass `dataset_kwargs={'skip_prepare_dataset': True}` with a collator."
+        )
+    map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
+    if formatting_func is not None:
+        sample = formatting_func(_first_row(dataset))
+        if not isinstance(sample, str):
+            raise TypeError(
+                f"`formatting_func` must return one string per row; it returned {type(sample).__name__}. "
+                "Return the formatted text of the single example it receives."
+            )
+        dataset = dataset.map(lambda row: {options.dataset_text_field: formatting_func(row)}, **map_kwargs)
+    columns = list(dataset.column_names or _first_row(dataset).keys())
+    if "conversations" in columns and "messages" not in columns:
+        dataset = dataset.map(maybe_convert_to_chatml, remove_columns=["conversations"], **map_kwargs)
+        columns = list(dataset.column_names or _first_row(dataset).keys())
+    first = _first_row(dataset)
+    fmt = detect_format(columns, first, options.dataset_text_field)
+    if formatting_func is not None and fmt.kind == "prompt_completion":
+        fmt = type(fmt)("language_modeling", False)  # the formatted text replaces prompt/completion
+    require_format(fmt, SFT_KINDS, "SFTTrainer", columns)
+    check_example_types(first, fmt, options.dataset_text_field)
+    if fmt.conversational and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat template. "
+            "Set `SFTConfig(chat_template_path=...)` to a template file or a tokenizer that has one."
+        )
+    if options.assistant_only_loss and not fmt.conversational:
+        raise ValueError(
+            f"`assistant_only_loss=True` needs conversational data (messages with roles); the {name} dataset is "
+            f"{fmt.describe()}."
+        )
+    if fmt.kind == "tokenized":
+        return dataset, fmt  # pre-tokenised rows are used as they are (masks included)
+
+    completion_only_loss = options.completion_only_loss is not False and fmt.kind == "prompt_completion"
+    eos_ids = {tokenizer.eos_token_id}
+    if isinstance(dataset, Dataset):
+        map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
+    fn_kwargs = dict(
+        tokenizer=tokenizer, fmt=fmt, options=options, completion_only_loss=completion_only_loss, eos_ids=eos_ids
+    )
+    dataset = dataset.map(_tokenize_and_measure, fn_kwargs=fn_kwargs, remove_columns=columns, **map_kwargs)
+    if isinstance(dataset, Dataset):
+        dataset = _check_rows(dataset, tokenizer, options, name)
+    else:  # a stream cannot be inspected ahead of training: drop rows with nothing to learn, and say so once
+        warnings.warn(f"Rows of the streamed {name} dataset with no loss token left after truncation are skipped.")
+        dataset = dataset.filter(lambda row: row["_kept_loss_tokens"] > 0)
+    helper_columns = [c for c in ("_loss_tokens", "_prompt_tokens", "_kept_loss_tokens", "_eos_trained",
+                                  "prompt_is_prefix") if c in (dataset.column_names or [])]
+    dataset = dataset.remove_columns(helper_columns)
+    if not completion_only_loss and "completion_mask" in (dataset.column_names or []):
+        dataset = dataset.remove_columns("completion_mask")
+    if options.shuffle_dataset:
+        dataset = dataset.shuffle(seed=options.seed)
+    if options.packing:
+        from .packing import pack_dataset
+
+        dataset = pack_dataset(dataset, options.max_length, options.packing_strategy)
+    return dataset, fmt
+
+
+def _check_rows(dataset, tokenizer, options: SFTDataOptions, name: str):
+    loss_tokens = dataset["_loss_tokens"]
+    kept = dataset["_kept_loss_tokens"]
+    empty = [i for i, n in enumerate(loss_tokens) if n == 0]
+    cut = [i for i, (n, k) in enumerate(zip(loss_tokens, kept)) if n > 0 and k == 0]
+    guards.check_loss_masks(name, len(dataset), empty, options.guards)
+    if cut:
+        prompt_tokens = dataset["_prompt_tokens"]
+        guards.check_truncation(
+            name, len(dataset), cut, max(prompt_tokens[i] for i in cut), options.max_length, options.guards
+        )
+    keep = [i for i, k in enumerate(kept) if k > 0]
+    if len(keep) < len(dataset):
+        warnings.warn(f"Dropped {len(dataset) - len(keep)} of {len(dataset)} {name} rows with no loss token left.")
+        if not keep:
+            raise ValueError(f"No {name} row has a token to train on; see the warnings above.")
+        dataset = dataset.select(keep)
+    eos_trained = dataset["_eos_trained"]
+    if not options.packing or options.packing_strategy == "bfd":
+        guards.check_eos_trained(name, len(dataset), len(dataset) - sum(eos_trained), tokenizer.eos_token, options.guards)
+    if "prompt_is_prefix" in dataset.column_names:
+        bad = len(dataset) - sum(dataset["prompt_is_prefix"])
+        if bad:
+            warnings.warn(
+                f"In {bad} of {len(dataset)} {name} rows the tokenised prompt is not a prefix of the tokenised "
+                "prompt+completion (the tokenizer merges across the boundary, or the template renders the prompt "
+                "differently); the completion starts at their longest common prefix."
+            )
+    return dataset

@@ -1,0 +1,56 @@
+"""The bundled tiny task dataset ("reverse"/"sort" a few letters), in the dataset formats the trainers accept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+TASK_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_task"
+FORMATS = ("conversational", "prompt_completion", "conversational_prompt_completion", "text", "prompt_only")
+
+
+def _rows(split: str) -> list[dict]:
+    if split not in ("train", "test"):
+        raise ValueError(f"Unknown split {split!r}; expected 'train' or 'test'.")
+    return [json.loads(line) for line in (TASK_DIR / f"{split}.jsonl").read_text().splitlines()]
+
+
+def _convert(row: dict, form: str) -> dict:
+    question, answer = row["question"], row["answer"]
+    if form == "conversational":
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+    if form == "conversational_prompt_completion":
+        return {
+            "prompt": [{"role": "user", "content": question}],
+            "completion": [{"role": "assistant", "content": answer}],
+        }
+    if form == "prompt_completion":
+        return {"prompt": f"{question}\nanswer:", "completion": f" {answer}"}
+    if form == "prompt_only":
+        return {"prompt": [{"role": "user", "content": question}], "answer": answer}
+    return {"text": f"{question}\nanswer: {answer}"}
+
+
+def tiny_task_dataset(form: str = "conversational", split: str = "train", num_rows: int | None = None):
+    """Load the bundled task as a `datasets.Dataset`.
+
+    Args:
+        form (`str`, *optional*, defaults to `"conversational"`): one of `"conversational"` (`messages`),
+            `"prompt_completion"` (standard strings), `"conversational_prompt_completion"`, `"text"`, `"prompt_only"`.
+        split (`str`, *optional*, defaults to `"train"`): `"train"` (4,000 rows) or `"test"` (200 held-out rows).
+        num_rows (`int`, *optional*): keep only the first rows.
+
+    Example:
+        ```python
+        >>> from trl.data.tiny import tiny_task_dataset
+        >>> tiny_task_dataset("prompt_completion", "test", num_rows=1)[0]
+        {'prompt': 'reverse: b i c i a\\nanswer:', 'completion': ' a i c i b'}
+        ```
+    """
+    from datasets import Dataset
+
+    if form not in FORMATS:
+        raise ValueError(f"Unknown tiny dataset form {form!r}; expected one of {FORMATS}.")
+    rows = _rows(split)[:num_rows]
+    return Dataset.from_list([_convert(row, form) for row in rows])

@@ -1,0 +1,221 @@
+"""Token-exact tokenisation with loss masks, computed from the chat template itself (DESIGN principle 1).
+
+Masks of conversational data come from, in this order:
+1. `{% generation %}` markers in the template (`return_assistant_tokens_mask`), when present;
+2. the turn-by-turn prefix method: the conversation is rendered one turn at a time and each rendering must be a token
+   prefix of the next, so the tokens a turn adds are known exactly, for any template;
+3. otherwise a clear error that names the turn at which the template rewrote earlier tokens.
+
+A trained span ends with the end-of-turn token: tokens a template writes after it (ChatML's "\\n") are context, not
+targets, because generation stops at the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+
+_GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def has_generation_markers(chat_template: str | None) -> bool:
+    """Whether a chat template marks assistant output with `{% generation %}` ... `{% endgeneration %}`.
+
+    Example:
+        ```python
+        >>> has_generation_markers("{% generation %}{{ m['content'] }}{% endgeneration %}")
+        True
+        ```
+    """
+    return bool(chat_template) and _GENERATION_MARKER.search(chat_template) is not None
+
+
+def common_prefix_length(a: list, b: list) -> int:
+    """Length of the longest common prefix of two sequences.
+
+    Example:
+        ```python
+        >>> common_prefix_length([1, 2, 3], [1, 2, 4])
+        2
+        ```
+    """
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def row_template_kwargs(example: dict) -> dict[str, Any]:
+    """Per-row `tools` (a list or a JSON string) and `chat_template_kwargs`, as `apply_chat_template` arguments."""
+    kwargs = dict(example.get("chat_template_kwargs") or {})
+    tools = example.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"Column 'tools' holds a string that is not valid JSON: {tools[:80]!r} ({error}).") from None
+    if tools:  # an empty list means no tools
+        kwargs["tools"] = tools
+    return kwargs
+
+
+def render_ids(tokenizer, messages: list[dict], template_kwargs: dict | None = None, **options) -> list[int]:
+    """Token ids of `messages` rendered by the tokenizer's chat template (no extra special tokens).
+
+    Args:
+        options: `add_generation_prompt`, `continue_final_message`.
+
+    Example:
+        ```python
+        >>> render_ids(tokenizer, [{"role": "user", "content": "hi"}], add_generation_prompt=True)
+        [1, 346, 202, 5906, 2, 202, 1, 68, 296, 310, 202]
+        ```
+    """
+    if not messages:
+        return []
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **(template_kwargs or {}), **options)
+    return list(out["input_ids"])
+
+
+def _trim_after_end_of_turn(ids: list[int], start: int, end: int, eos_ids: set[int]) -> int:
+    """End of the trained span [start, end): just after its last end-of-turn token, if it has one."""
+    for i in range(end - 1, start - 1, -1):
+        if ids[i] in eos_ids:
+            return i + 1
+    return end
+
+
+def _not_prefix_error(turn: int, role: str, what: str) -> ValueError:
+    return ValueError(
+        f"The chat template is not prefix-preserving at turn {turn} (role {role!r}): {what}. Such templates rewrite "
+        "earlier turns (e.g. they drop the reasoning of past assistant messages), so the tokens of each turn cannot be "
+        "located. Use a template with {% generation %} markers (SFTConfig.chat_template_path=...), train on "
+        "prompt-completion data, or set assistant_only_loss=False."
+    )
+
+
+def assistant_mask_by_prefix(
+    tokenizer, messages: list[dict], eos_ids: set[int], template_kwargs: dict | None = None
+) -> tuple[list[int], list[int]]:
+    """Token ids of a conversation and a 0/1 mask of its assistant tokens, by the turn-by-turn prefix method.
+
+    Each assistant turn's trained tokens are those that rendering the turn adds after the generation prompt of the
+    conversation so far, up to and including its end-of-turn token.
+
+    Raises:
+        `ValueError`: a rendering is not a token prefix of the next one; the message names the turn.
+
+    Example:
+        ```python
+        >>> ids, mask = assistant_mask_by_prefix(tok, [{"role": "user", "content": "hi"},
+        ...                                             {"role": "assistant", "content": "yo"}], {tok.eos_token_id})
+        >>> tok.decode([t for t, m in zip(ids, mask) if m])
+        'yo<|im_end|>'
+        ```
+    """
+    full = render_ids(tokenizer, messages, template_kwargs)
+    mask = [0] * len(full)
+    previous: list[int] = []
+    for k, message in enumerate(messages):
+        current = render_ids(tokenizer, messages[: k + 1], template_kwargs) if k + 1 < len(messages) else full
+        if current[: len(previous)] != previous:
+            raise _not_prefix_error(k, message["role"], f"rendering {k} turns is not a prefix of rendering {k + 1}")
+        if message["role"] == "assistant":
+            header = render_ids(tokenizer, messages[:k], template_kwargs, add_generation_prompt=True)
+            if current[: len(header)] != header or len(header) < len(previous):
+                raise _not_prefix_error(k, "assistant", "the generation prompt is not a prefix of the assistant turn")
+            end = _trim_after_end_of_turn(current, len(header), len(current), eos_ids)
+            mask[len(header) : end] = [1] * (end - len(header))
+        previous = current
+    if full[: len(previous)] != previous:
+        raise _not_prefix_error(len(messages) - 1, messages[-1]["role"], "the full rendering differs")
+    return full, mask
+
+
+def assistant_mask(tokenizer, messages, eos_ids, template_kwargs=None) -> tuple[list[int], list[int]]:
+    """Assistant-token mask from `{% generation %}` markers when the template has them, else by the prefix method."""
+    if has_generation_markers(tokenizer.chat_template):
+        out = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **(template_kwargs or {})
+        )
+        return list(out["input_ids"]), list(out["assistant_masks"])
+    return assistant_mask_by_prefix(tokenizer, messages, eos_ids, template_kwargs)
+
+
+def _with_eos(ids: list[int], eos_id: int) -> list[int]:
+    return ids if ids and ids[-1] == eos_id else ids + [eos_id]
+
+
+def tokenize_sft_example(
+    example: dict,
+    tokenizer,
+    *,
+    kind: str,
+    conversational: bool,
+    text_field: str = "text",
+    assistant_only_loss: bool = False,
+    eos_token_id: int,
+    eos_ids: set[int],
+) -> dict[str, list[int]]:
+    """Tokenise one SFT row into `input_ids` plus the masks its loss needs.
+
+    Returns `input_ids`, `completion_mask` (1 on completion tokens; all ones for language modelling) and, with
+    `assistant_only_loss`, `assistant_masks`. Standard text and completions get `eos_token_id` appended.
+
+    Example:
+        ```python
+        >>> out = tokenize_sft_example({"prompt": "2+2=", "completion": "4"}, tok, kind="prompt_completion",
+        ...                            conversational=False, eos_token_id=tok.eos_token_id, eos_ids={2})
+        >>> sorted(out)
+        ['completion_mask', 'input_ids']
+        ```
+    """
+    template_kwargs = row_template_kwargs(example) if conversational else {}
+    out: dict[str, list[int]] = {}
+    if kind == "language_modeling":
+        if conversational:
+            messages = example["messages"]
+            if assistant_only_loss:
+                ids, out["assistant_masks"] = assistant_mask(tokenizer, messages, eos_ids, template_kwargs)
+            else:
+                ids = render_ids(tokenizer, messages, template_kwargs)
+        else:
+            ids = _with_eos(tokenizer(example[text_field])["input_ids"], eos_token_id)
+        out["input_ids"] = ids
+        out["completion_mask"] = [1] * len(ids)
+        return out
+
+    # prompt-completion: the completion starts where the prompt's tokens stop being a prefix of the full sequence
+    if conversational:
+        prompt, completion = example["prompt"], example["completion"]
+        continue_final = prompt[-1]["role"] == "assistant"
+        prompt_ids = render_ids(
+            tokenizer, prompt, template_kwargs, add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
+        if assistant_only_loss:
+            ids, out["assistant_masks"] = assistant_mask(tokenizer, prompt + completion, eos_ids, template_kwargs)
+        else:
+            ids = render_ids(tokenizer, prompt + completion, template_kwargs)
+        start = common_prefix_length(prompt_ids, ids)
+        end = _trim_after_end_of_turn(ids, start, len(ids), eos_ids)
+    else:
+        prompt_ids = tokenizer(example["prompt"])["input_ids"]
+        ids = _with_eos(tokenizer(example["prompt"] + example["completion"])["input_ids"], eos_token_id)
+        start, end = common_prefix_length(prompt_ids, ids), len(ids)
+    out["input_ids"] = ids
+    out["completion_mask"] = [0] * start + [1] * (end - start) + [0] * (len(ids) - end)
+    out["prompt_is_prefix"] = int(start == len(prompt_ids))
+    return out
+
+
+def truncate(example: dict, max_length: int, mode: str = "keep_start") -> dict:
+    """Cut every token-aligned list column of a tokenised row to `max_length` (`keep_start` or `keep_end`)."""
+    n = len(example["input_ids"])
+    if n <= max_length:
+        return example
+    window = slice(0, max_length) if mode == "keep_start" else slice(n - max_length, n)
+    return {k: (v[window] if isinstance(v, list) and len(v) == n else v) for k, v in example.items()}

@@ -1,0 +1,92 @@
+"""Checks that stop a run which would learn nothing, and say how to fix it (DESIGN principle 4).
+
+Each check either raises `TrainingWillNotLearnError` (when the config's `guards` is on, the default) or warns. The
+messages say what was found, in numbers, and what to change.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+
+class TrainingWillNotLearnError(ValueError):
+    """Raised when a run, as configured, would silently learn nothing or learn the wrong thing."""
+
+
+def report(problem: str, fix: str, enforce: bool) -> None:
+    """Raise (`enforce=True`) or warn with `problem` and `fix`, plus how to opt out."""
+    message = f"{problem} {fix}"
+    if enforce:
+        raise TrainingWillNotLearnError(f"{message} (To train anyway, set `guards=False`.)")
+    warnings.warn(message, stacklevel=3)
+
+
+def check_loss_masks(name: str, n_rows: int, empty_rows: list[int], enforce: bool) -> None:
+    """Rows whose loss mask is empty before any truncation: nothing in them would be trained.
+
+    Example:
+        ```python
+        >>> check_loss_masks("train", 10, [3], enforce=False)  # warns: 1 of 10 rows
+        ```
+    """
+    if not empty_rows:
+        return
+    report(
+        f"{len(empty_rows)} of {n_rows} {name} rows have no token that enters the loss (e.g. rows {empty_rows[:5]}): "
+        "an empty completion, no assistant turn, or a mask that covers nothing.",
+        "Fix or filter those rows, or check completion_only_loss / assistant_only_loss. With guards=False they are "
+        "dropped.",
+        enforce,
+    )
+
+
+def check_truncation(name: str, n_rows: int, cut_rows: list[int], longest_prompt: int, max_length: int, enforce: bool):
+    """Rows whose every loss token lies beyond `max_length` (typically a prompt longer than the limit)."""
+    if not cut_rows:
+        return
+    report(
+        f"{len(cut_rows)} of {n_rows} {name} rows lose every trained token to truncation at max_length={max_length} "
+        f"(e.g. rows {cut_rows[:5]}; the longest prompt has {longest_prompt} tokens).",
+        f"Raise max_length above {longest_prompt}, or filter those rows. With guards=False they are dropped.",
+        enforce,
+    )
+
+
+def check_eos_trained(name: str, n_rows: int, rows_without_eos: int, eos_token: str, enforce: bool) -> None:
+    """No row trains the end-of-turn token: the model would never learn to stop."""
+    if n_rows and rows_without_eos == n_rows:
+        report(
+            f"None of the {n_rows} {name} rows trains the end-of-turn token {eos_token!r} (it is masked out or cut off "
+            "by truncation), so the model would never learn to stop generating.",
+            "Use a chat template whose assistant turn ends with the eos token (or set SFTConfig.eos_token to the "
+            "template's end-of-turn token), or raise max_length.",
+            enforce,
+        )
+
+
+def check_generation_config_pad(model) -> None:
+    """Warn when the model's generation config already has pad == eos (it would be saved with the checkpoint)."""
+    config = getattr(model, "generation_config", None)
+    if config is None or config.pad_token_id is None:
+        return
+    eos = config.eos_token_id
+    eos = [eos] if isinstance(eos, int) else list(eos or [])
+    if config.pad_token_id in eos:
+        warnings.warn(
+            f"The model's generation_config has pad_token_id == eos_token_id ({config.pad_token_id}); checkpoints saved "
+            "from this run keep it, and some evaluation stacks then drop or mis-handle the eos token. Set "
+            "`model.generation_config.pad_token_id` to a dedicated pad token (or None) before training.",
+            stacklevel=3,
+        )
+
+
+def check_finite_loss(loss: float, step: int, enforce: bool) -> None:
+    """Stop at the first NaN/inf loss instead of training on garbage."""
+    if not math.isfinite(loss):
+        report(
+            f"The training loss is {loss} at step {step}.",
+            "Lower the learning rate, check the data for empty or corrupt rows, or train in float32 / bf16 instead "
+            "of fp16.",
+            enforce,
+        )

@@ -1,0 +1,1 @@
+"""Pure loss functions: tensors in, `(loss, metrics)` out. They import only torch and never see a trainer."""

@@ -1,0 +1,1 @@
+"""Model loading, PEFT wrapping and the bundled tiny models."""

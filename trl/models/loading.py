@@ -1,0 +1,148 @@
+"""Loading a model and its processing class from a hub id, a local folder or an object."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
+    """`"bfloat16"`/`"float16"`/`"float32"`/`"auto"`/a torch dtype -> what `from_pretrained` takes; None -> float32.
+
+    Example:
+        ```python
+        >>> resolve_dtype("bfloat16")
+        torch.bfloat16
+        ```
+    """
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"Unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)} or a torch.dtype.")
+    return _DTYPES[dtype]
+
+
+def create_model_from_path(model_id: str, **kwargs: Any):
+    """Load a causal LM from a hub id or a local folder.
+
+    The class comes from `config.architectures[0]` when transformers has it, else `AutoModelForCausalLM`. `dtype`
+    defaults to float32; `device_map` defaults to "auto" on a single accelerator and None on CPU or under a
+    distributed launcher.
+
+    Example:
+        ```python
+        >>> model = create_model_from_path("path/to/tiny-qwen3", dtype="float32")
+        ```
+    """
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = dict(kwargs)
+    kwargs["dtype"] = resolve_dtype(kwargs.pop("dtype", kwargs.pop("torch_dtype", None)))
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if "device_map" not in kwargs:
+        kwargs["device_map"] = "auto" if torch.cuda.is_available() and not distributed else None
+    elif distributed:
+        kwargs["device_map"] = None
+    config_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+    config = AutoConfig.from_pretrained(model_id, **config_kwargs)
+    architecture = (getattr(config, "architectures", None) or [None])[0]
+    model_class = getattr(transformers, architecture, None) if architecture else None
+    if model_class is None:
+        model_class = AutoModelForCausalLM
+    return model_class.from_pretrained(model_id, **kwargs)
+
+
+def load_processing_class(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
+    """Load the tokenizer (or the inner tokenizer of a processor) that belongs to a model."""
+    from transformers import AutoProcessor, AutoTokenizer, ProcessorMixin
+
+    kwargs = {"trust_remote_code": trust_remote_code, **({"revision": revision} if revision else {})}
+    try:
+        processor = AutoProcessor.from_pretrained(model_id, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError):
+        processor = AutoTokenizer.from_pretrained(model_id, **kwargs)
+    if isinstance(processor, ProcessorMixin):
+        raise NotImplementedError(
+            f"{model_id!r} loads a multimodal processor ({type(processor).__name__}); vision-language training is not "
+            "supported yet. Pass `processing_class=` a text tokenizer to train on text."
+        )
+    return processor
+
+
+def prepare_tokenizer(tokenizer, model, eos_token: str | None = None):
+    """Make the tokenizer usable for training and keep the model's special ids consistent with it.
+
+    - `eos_token` (if given) replaces the tokenizer's eos and is added to the generation eos ids.
+    - A missing pad token falls back to eos (padding only: our collators never mask by pad id, so eos is still
+      trained). The pad id is mirrored into the model and generation configs only when it differs from eos: a
+      generation config whose pad equals eos is what broke evaluation of models after SFT (transformers#48016).
+    """
+    if eos_token is not None:
+        if eos_token not in tokenizer.get_vocab():
+            raise ValueError(f"`eos_token` {eos_token!r} is not in the tokenizer's vocabulary; add it first.")
+        tokenizer.eos_token = eos_token
+        gen_eos = model.generation_config.eos_token_id
+        gen_eos = [] if gen_eos is None else [gen_eos] if isinstance(gen_eos, int) else list(gen_eos)
+        if tokenizer.eos_token_id not in gen_eos:
+            model.generation_config.eos_token_id = gen_eos + [tokenizer.eos_token_id]
+    if tokenizer.eos_token_id is None:
+        raise ValueError(
+            f"The tokenizer {type(tokenizer).__name__} has no eos token, so no example would end. Set "
+            "`SFTConfig(eos_token=...)` or `tokenizer.eos_token`."
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
+
+
+def wrap_peft(model, peft_config):
+    """Wrap `model` with a fresh PEFT adapter described by `peft_config` (a `peft.PeftConfig`)."""
+    try:
+        from peft import PeftConfig, PeftModel, get_peft_model
+    except ImportError:
+        raise ImportError("`peft_config` needs the peft package: `pip install peft` (or `pip install trl[peft]`).") from None
+    if not isinstance(peft_config, PeftConfig):
+        raise TypeError(f"`peft_config` must be a peft.PeftConfig (e.g. LoraConfig); got {type(peft_config).__name__}.")
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            "`model` is already a PeftModel and `peft_config` was also given. Pass either a PeftModel (to keep training "
+            "its adapter) or a base model with `peft_config`, not both."
+        )
+    targets = getattr(peft_config, "target_modules", None) or []
+    if isinstance(targets, str):
+        targets = [targets]
+    if "lm_head" in targets:
+        raise ValueError(
+            "An adapter on `lm_head` is not supported: log-probs are computed from `lm_head.weight` directly. Remove "
+            "'lm_head' from target_modules (use modules_to_save=['lm_head'] to train it fully)."
+        )
+    return get_peft_model(model, peft_config)
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def warn_if_quantization_ignored(quantization_config, model) -> None:
+    if quantization_config is not None and not isinstance(model, str):
+        warnings.warn(
+            "`quantization_config` is ignored because `model` is already instantiated; quantize it when loading.",
+            stacklevel=3,
+        )

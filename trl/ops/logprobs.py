@@ -1,0 +1,555 @@
+"""Per-token log-probs, entropy and accuracy computed from last hidden states, chunk by chunk.
+
+A causal LM's head turns `N` hidden states `(N, H)` into `(N, V)` logits. With `V` in the hundreds of thousands these
+logits (and their float32 copy, their softmax and their gradient) dominate the memory of a training step. The
+functions here apply the LM head to `chunk_size` rows at a time, keep only `(N,)` results, and never hold more than one
+`(chunk_size, V)` block:
+
+- [`chunked_token_stats`] returns differentiable log-probs for any downstream loss (DPO, GRPO, ...); its backward
+  recomputes each chunk's logits (4 matmuls instead of 3).
+- [`fused_token_loss`] is the fast path for a loss that is a weighted sum of an elementwise function of the log-probs
+  (SFT's NLL, DFT, ...): the full gradient is computed during the forward pass, chunk by chunk, so it costs the same 3
+  matmuls as the naive path.
+- [`naive_token_stats`] materialises the full logits; it is the reference the other two are tested against.
+
+The logits follow the model's own transform, in this order: `logits = hidden @ weight.T + bias`, then
+`logits * scale` (Cohere's `logit_scale`, Granite's `1 / logits_scaling`), then soft-capping
+`softcap * tanh(logits / softcap)` (Gemma 2's `final_logit_softcapping`), then `logits / temperature`.
+[`logit_transform_from_config`] reads `scale` and `softcap` from a transformers config.
+
+The matmuls run in the inputs' dtype (bf16 / fp16 on GPU); the softmax runs in float32 (float64 for float64 inputs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+# Default chunk: the number of rows whose float32 logits block fits this many bytes, `max(1, budget // (4 * V))`.
+#
+# CPU: measured with `benchmarks/bench_ops.py` (2-core AMD EPYC, fp32, forward + backward, ms, 1 thread / 2 threads):
+#
+#   N     H    V        naive CE      fused 1MB     fused 4MB     fused 16MB    fused 64MB
+#   2048  256  448       10 /   7       6 /   5       6 /   4       6 /   4       6 /   4
+#   8192  256  448       29 /  18      29 /  17      26 /  16      29 /  16      27 /  15
+#   2048  256  32000   1760 / 880    1320 / 690    1320 / 690    1340 / 700    1580 / 820
+#   2048  64   151936  3240 / 1640   1700 / 910    1710 / 900    1740 / 890    2160 / 1070
+#
+# (see the module docstring of the benchmark for the full grid). Blocks of 1-16 MB are all about 1.3-2x faster than the
+# naive head, because a block that stays in the L2/L3 caches is reused from the allocator's cache instead of faulting
+# in fresh pages of a (N, V) tensor on every step; past ~64 MB the advantage fades. 4 MB sits in the middle of the flat
+# region and keeps at least a few rows per chunk even for V = 256k.
+_CPU_LOGITS_BUDGET = 4 * 2**20
+# CUDA: large blocks keep the GEMMs efficient; 256 MB of float32 logits is 431 rows at V = 151936 (Qwen2.5), ~1% of
+# the memory that naive logits + their gradient take for a packed 8 x 2048 batch.
+_CUDA_LOGITS_BUDGET = 256 * 2**20
+
+
+@dataclass
+class TokenStats:
+    """Per-token results of the LM head, for tokens that were selected as targets.
+
+    Args:
+        logps (`torch.Tensor`):
+            `(N,)` log-probability of each label, float32 (float64 for float64 inputs). Differentiable when returned by
+            [`chunked_token_stats`] or [`naive_token_stats`]; detached when returned by [`fused_token_loss`].
+        entropy (`torch.Tensor`):
+            `(N,)` entropy of the full next-token distribution, detached.
+        correct (`torch.Tensor`):
+            `(N,)` bool, whether the label is the argmax of the logits (token accuracy), detached.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from trl.ops import chunked_token_stats
+        >>> stats = chunked_token_stats(torch.zeros(2, 4), torch.zeros(8, 4), torch.tensor([1, 5]))
+        >>> stats.logps  # uniform over 8 tokens: log(1/8)
+        tensor([-2.0794, -2.0794])
+        ```
+    """
+
+    logps: torch.Tensor
+    entropy: torch.Tensor
+    correct: torch.Tensor
+
+
+def default_chunk_size(vocab_size: int, device: torch.device | str | None = None) -> int:
+    """Rows per chunk used when `chunk_size=None`: as many as fit a float32 logits block of a per-device budget.
+
+    Args:
+        vocab_size (`int`): number of rows of the LM head weight, `V`.
+        device (`torch.device` or `str`, *optional*): device the logits are computed on; CPU when omitted.
+
+    Returns:
+        `int`: `max(1, budget // (4 * vocab_size))`, with a 4 MB budget on CPU and 256 MB on CUDA (see the measurements
+        next to the constants in `trl/ops/logprobs.py`).
+
+    Example:
+        ```python
+        >>> from trl.ops import default_chunk_size
+        >>> default_chunk_size(32000, "cpu")
+        32
+        ```
+    """
+    device_type = torch.device(device).type if device is not None else "cpu"
+    budget = _CPU_LOGITS_BUDGET if device_type == "cpu" else _CUDA_LOGITS_BUDGET
+    return max(1, budget // (4 * max(1, vocab_size)))
+
+
+def logit_transform_from_config(config) -> dict[str, float | None]:
+    """Read the final-logit transform of an architecture from its transformers config.
+
+    Handles `final_logit_softcapping` (Gemma 2/3: `softcap`), `logit_scale` (Cohere: multiply), `logits_scaling`
+    (Granite: divide) and `output_multiplier_scale` / `lm_head_multiplier` (multiply). Missing or `None` fields mean no
+    transform; multimodal configs are searched in their `text_config` when the field is not on the top level.
+
+    Args:
+        config (`transformers.PretrainedConfig` or any object with these attributes): the model's config.
+
+    Returns:
+        `dict`: `{"scale": float, "softcap": float | None}`, to pass as keyword arguments to the functions of
+        `trl.ops`.
+
+    Example:
+        ```python
+        >>> from types import SimpleNamespace
+        >>> from trl.ops import logit_transform_from_config
+        >>> logit_transform_from_config(SimpleNamespace(final_logit_softcapping=30.0, logits_scaling=4.0))
+        {'scale': 0.25, 'softcap': 30.0}
+        ```
+    """
+
+    def read(name):
+        value = getattr(config, name, None)
+        if value is None:
+            text_config = getattr(config, "text_config", None)
+            value = getattr(text_config, name, None) if text_config is not None else None
+        return value
+
+    scale = 1.0
+    for name in ("logit_scale", "output_multiplier_scale", "lm_head_multiplier"):
+        if read(name) is not None:
+            scale *= float(read(name))
+    if read("logits_scaling") is not None:
+        scale /= float(read("logits_scaling"))
+    softcap = read("final_logit_softcapping")
+    return {"scale": scale, "softcap": float(softcap) if softcap is not None else None}
+
+
+@dataclass(frozen=True)
+class _Transform:
+    """`logits -> softcap * tanh(logits * scale / softcap) / temperature`, or `logits * scale / temperature`."""
+
+    scale: float
+    softcap: float | None
+    temperature: float
+
+    def apply_(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.softcap is not None:
+            return logits.mul_(self.scale / self.softcap).tanh_().mul_(self.softcap / self.temperature)
+        if self.scale != self.temperature:
+            logits.mul_(self.scale / self.temperature)
+        return logits
+
+    def chain_(self, grad: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Turn `grad` w.r.t. the transformed logits into `grad` w.r.t. the raw logits, except the constant factor
+        `scale / temperature` that callers fold into their per-row coefficient. Overwrites `logits`."""
+        if self.softcap is not None:
+            # l = (c / T) tanh(s z / c)  =>  dl/dz = (s / T) (1 - tanh^2),  with tanh = l T / c.
+            logits.square_().mul_(-((self.temperature / self.softcap) ** 2)).add_(1.0)
+            grad.mul_(logits)
+        return grad
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_logits(h, weight, bias, transform: _Transform, compute_dtype) -> torch.Tensor:
+    """`(n, V)` transformed logits of one chunk, in `compute_dtype`; a fresh tensor the caller may overwrite."""
+    raw = torch.mm(h, weight.T) if bias is None else torch.addmm(bias, h, weight.T)
+    return transform.apply_(raw.to(compute_dtype))
+
+
+def _chunk_stats(logits, labels, keep_logits: bool = False):
+    """Log-sum-exp of the shifted logits, label log-probs, entropy, correctness, softmax and `logits - max` of one
+    chunk. Overwrites `logits` with `logits - max` unless `keep_logits`."""
+    maxes, argmax = logits.max(dim=-1)
+    shifted = logits - maxes.unsqueeze(1) if keep_logits else logits.sub_(maxes.unsqueeze(1))
+    probs = shifted.exp()
+    sumexp = probs.sum(dim=-1)
+    log_sumexp = sumexp.log()
+    probs.div_(sumexp.unsqueeze(1))
+    # H = -sum p (l - m - log S) = log S - sum p (l - m): computed on shifted logits, so no cancellation against a
+    # large log-sum-exp.
+    entropy = log_sumexp - torch.linalg.vecdot(probs, shifted)
+    logps = shifted.gather(1, labels.unsqueeze(1)).squeeze(1) - log_sumexp
+    return log_sumexp, logps, entropy, argmax == labels, probs, shifted, maxes
+
+
+def _logits_grad_(probs, logits, labels, coef, transform: _Transform) -> torch.Tensor:
+    """`coef * (onehot(labels) - probs)` chained through the transform, in place of `probs`."""
+    grad = probs.mul_(-coef.unsqueeze(1))
+    grad.scatter_add_(1, labels.unsqueeze(1), coef.unsqueeze(1))
+    return transform.chain_(grad, logits)
+
+
+class _GradAccumulator:
+    """Holds `grad_hidden`, `grad_weight` (float32 accumulator) and `grad_bias` while chunks are added."""
+
+    def __init__(self, hidden, weight, bias, needs: tuple[bool, bool, bool]):
+        acc_dtype = _compute_dtype(weight.dtype)
+        self.weight = weight
+        self.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        self.hidden = torch.empty_like(hidden) if needs[0] else None
+        self.weight_acc = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if needs[1] else None
+        self.bias_acc = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if needs[2] else None
+
+    def add(self, start: int, h: torch.Tensor, grad_logits: torch.Tensor) -> None:
+        grad_raw = grad_logits.to(h.dtype)
+        if self.hidden is not None:
+            self.hidden[start : start + len(h)] = torch.mm(grad_raw, self.weight)
+        if self.weight_acc is not None:
+            if grad_raw.dtype == self.weight_acc.dtype:
+                self.weight_acc.addmm_(grad_raw.T, h)
+            else:  # bf16/fp16 matmul, float32 accumulation across chunks
+                self.weight_acc.add_(torch.mm(grad_raw.T, h))
+        if self.bias_acc is not None:
+            self.bias_acc.add_(grad_logits.sum(dim=0))
+
+    def result(self):
+        cast = lambda t, dtype: t.to(dtype) if t is not None else None  # noqa: E731
+        return self.hidden, cast(self.weight_acc, self.dtypes[1]), cast(self.bias_acc, self.dtypes[2])
+
+
+def _chunks(n: int, chunk_size: int):
+    for start in range(0, n, chunk_size):
+        yield start, min(start + chunk_size, n)
+
+
+class _ChunkedTokenStats(torch.autograd.Function):
+    """Forward keeps only `(N,)` softmax normalisers; backward recomputes each chunk's logits."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, transform, chunk_size):
+        n, compute_dtype = hidden.shape[0], _compute_dtype(weight.dtype)
+        # The softmax is recomputed in backward as exp((logits - max) - log_sum_exp): keeping the two (N,) terms
+        # apart rather than their sum keeps it as accurate as the forward one (their sum rounds at |max|'s scale).
+        maxes = torch.empty(n, dtype=compute_dtype, device=hidden.device)
+        log_sumexp, logps, entropy = torch.empty_like(maxes), torch.empty_like(maxes), torch.empty_like(maxes)
+        correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+        for start, end in _chunks(n, chunk_size):
+            logits = _chunk_logits(hidden[start:end], weight, bias, transform, compute_dtype)
+            rows = slice(start, end)
+            log_sumexp[rows], logps[rows], entropy[rows], correct[rows], _, _, maxes[rows] = _chunk_stats(
+                logits, labels[rows]
+            )
+        ctx.save_for_backward(hidden, weight, bias, labels, maxes, log_sumexp)
+        ctx.transform, ctx.chunk_size = transform, chunk_size
+        ctx.mark_non_differentiable(entropy, correct)
+        return logps, entropy, correct
+
+    @staticmethod
+    def backward(ctx, grad_logps, grad_entropy, grad_correct):
+        hidden, weight, bias, labels, maxes, log_sumexp = ctx.saved_tensors
+        transform = ctx.transform
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        grads = _GradAccumulator(hidden, weight, bias, needs)
+        coefs = grad_logps.to(maxes.dtype) * (transform.scale / transform.temperature)
+        for start, end in _chunks(hidden.shape[0], ctx.chunk_size):
+            h = hidden[start:end]
+            logits = _chunk_logits(h, weight, bias, transform, maxes.dtype)
+            probs = torch.sub(logits, maxes[start:end].unsqueeze(1)).sub_(log_sumexp[start:end].unsqueeze(1)).exp_()
+            grads.add(start, h, _logits_grad_(probs, logits, labels[start:end], coefs[start:end], transform))
+        grad_hidden, grad_weight, grad_bias = grads.result()
+        return grad_hidden, grad_weight, grad_bias, None, None, None
+
+
+class _FusedTokenLoss(torch.autograd.Function):
+    """Forward computes the loss and, when `needs` says so, its full gradient; backward only rescales it."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs):
+        n, compute_dtype = hidden.shape[0], _compute_dtype(weight.dtype)
+        logps = torch.empty(n, dtype=compute_dtype, device=hidden.device)
+        entropy = torch.empty_like(logps)
+        correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+        loss = torch.zeros((), dtype=compute_dtype, device=hidden.device)
+        grads = _GradAccumulator(hidden, weight, bias, needs) if any(needs) else None
+        for start, end in _chunks(n, chunk_size):
+            h, y = hidden[start:end], labels[start:end]
+            scale = token_scale[start:end] if isinstance(token_scale, torch.Tensor) else token_scale
+            logits = _chunk_logits(h, weight, bias, transform, compute_dtype)
+            # the softcap chain rule needs the unshifted logits: rebuilding them from the shifted ones loses digits
+            keep = grads is not None and transform.softcap is not None
+            _, chunk_logps, entropy[start:end], correct[start:end], probs, *_ = _chunk_stats(logits, y, keep)
+            logps[start:end] = chunk_logps
+            if grads is None:
+                loss += (_call_loss_fn(loss_fn, chunk_logps) * scale).sum()
+                continue
+            chunk_loss, dloss_dlogps = _loss_and_grad(loss_fn, chunk_logps, scale)
+            loss += chunk_loss
+            coef = dloss_dlogps * (transform.scale / transform.temperature)
+            grads.add(start, h, _logits_grad_(probs, logits, y, coef, transform))
+        grad_tensors = grads.result() if grads is not None else (None, None, None)
+        ctx.save_for_backward(*grad_tensors)
+        ctx.mark_non_differentiable(logps, entropy, correct)
+        return loss, logps, entropy, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_logps, grad_entropy, grad_correct):
+        scaled = [g * grad_loss.to(g.dtype) if g is not None else None for g in ctx.saved_tensors]
+        return *scaled, None, None, None, None, None, None
+
+
+def _call_loss_fn(loss_fn, logps: torch.Tensor) -> torch.Tensor:
+    losses = loss_fn(logps)
+    if not isinstance(losses, torch.Tensor) or losses.shape != logps.shape:
+        got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(
+            f"`loss_fn` must map a ({len(logps)},) tensor of log-probs to a ({len(logps)},) tensor of per-token "
+            f"losses (elementwise), got {got}."
+        )
+    return losses
+
+
+def _loss_and_grad(loss_fn, logps: torch.Tensor, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sum(scale * loss_fn(logps))` and its gradient w.r.t. `logps`, through autograd on a `(n,)` leaf."""
+    with torch.enable_grad():
+        leaf = logps.detach().requires_grad_(True)
+        total = (_call_loss_fn(loss_fn, leaf) * scale).sum()
+        if not total.requires_grad:  # a loss that does not depend on the log-probs
+            return total.detach(), torch.zeros_like(leaf)
+        (grad,) = torch.autograd.grad(total, leaf)
+    return total.detach(), grad
+
+
+def _prepare(hidden, weight, labels, bias, scale, softcap, temperature, chunk_size, name):
+    if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
+        raise ValueError(
+            f"{name}: `hidden` (..., H) and `weight` (V, H) must share H; got {tuple(hidden.shape)} and "
+            f"{tuple(weight.shape)}."
+        )
+    if hidden.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"{name}: `labels` must have the leading shape of `hidden`; got {tuple(labels.shape)} for hidden "
+            f"{tuple(hidden.shape)}."
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: `labels` must be an integer tensor, got {labels.dtype}.")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"{name}: `bias` must have shape ({weight.shape[0]},), got {tuple(bias.shape)}.")
+    if temperature <= 0 or scale == 0 or (softcap is not None and softcap <= 0):
+        raise ValueError(
+            f"{name}: expected temperature > 0, scale != 0 and softcap > 0 or None; got temperature={temperature}, "
+            f"scale={scale}, softcap={softcap}."
+        )
+    vocab_size = weight.shape[0]
+    labels = labels.reshape(-1).long()
+    if labels.numel() > 0:
+        low, high = torch.aminmax(labels)
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"{name}: labels must lie in [0, {vocab_size}) (every label is a target: select the loss positions, "
+                f"e.g. drop -100, before calling); got labels in [{int(low)}, {int(high)}]."
+            )
+    if chunk_size is None:
+        chunk_size = default_chunk_size(vocab_size, hidden.device)
+    elif chunk_size < 1:
+        raise ValueError(f"{name}: `chunk_size` must be a positive integer or None, got {chunk_size}.")
+    dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    hidden = hidden.reshape(-1, hidden.shape[-1]).to(dtype).contiguous()
+    weight = weight.to(dtype)
+    bias = bias.to(dtype) if bias is not None else None
+    return hidden, weight, labels, bias, _Transform(float(scale), softcap, float(temperature)), int(chunk_size)
+
+
+def naive_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    scale: float = 1.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+) -> TokenStats:
+    """Reference implementation: materialises the full `(N, V)` logits. Use [`chunked_token_stats`] in training.
+
+    Args:
+        hidden (`torch.Tensor`): `(N, H)` (or `(..., H)`) last hidden states at the positions that predict `labels`.
+        weight (`torch.Tensor`): `(V, H)` LM head weight (possibly tied to the input embeddings).
+        labels (`torch.Tensor`): `(N,)` (or `(...)`) target token ids, all in `[0, V)`.
+        bias (`torch.Tensor`, *optional*): `(V,)` LM head bias.
+        scale (`float`, *optional*, defaults to `1.0`): multiplies the logits (see [`logit_transform_from_config`]).
+        softcap (`float`, *optional*): when set, logits become `softcap * tanh(logits / softcap)` after `scale`.
+        temperature (`float`, *optional*, defaults to `1.0`): divides the logits last.
+
+    Returns:
+        [`TokenStats`]: differentiable `logps`, detached `entropy` and `correct`, shaped like `labels`.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from trl.ops import naive_token_stats
+        >>> weight = torch.tensor([[1.0], [0.0]])
+        >>> naive_token_stats(torch.tensor([[2.0]]), weight, torch.tensor([0])).logps  # log(e^2 / (e^2 + 1))
+        tensor([-0.1269])
+        ```
+    """
+    hidden, weight, labels, bias, transform, _ = _prepare(
+        hidden, weight, labels, bias, scale, softcap, temperature, 1, "naive_token_stats"
+    )
+    out_shape = labels.shape
+    logits = torch.nn.functional.linear(hidden, weight, bias).to(_compute_dtype(weight.dtype)) * transform.scale
+    if transform.softcap is not None:
+        logits = transform.softcap * torch.tanh(logits / transform.softcap)
+    logits = logits / transform.temperature
+    all_logps = torch.log_softmax(logits, dim=-1)
+    logps = all_logps.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    entropy = -(all_logps.exp() * all_logps).sum(-1)
+    correct = logits.argmax(-1) == labels
+    return TokenStats(logps.reshape(out_shape), entropy.detach().reshape(out_shape), correct.reshape(out_shape))
+
+
+def chunked_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    scale: float = 1.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> TokenStats:
+    """Label log-probs, entropy and accuracy from hidden states, `chunk_size` rows of logits at a time.
+
+    Gives the values of [`naive_token_stats`] without ever holding `(N, V)` logits: the forward pass saves only its
+    inputs and the `(N,)` softmax normalisers, and the backward pass recomputes each chunk's logits to accumulate the gradients
+    of `hidden`, `weight` and `bias`. Use it when the loss is an arbitrary function of the log-probs (sequence sums
+    for DPO, ratios for GRPO); for an elementwise per-token loss, [`fused_token_loss`] is faster.
+
+    Args:
+        hidden (`torch.Tensor`): `(N, H)` (or `(..., H)`) last hidden states at the positions that predict `labels`.
+        weight (`torch.Tensor`): `(V, H)` LM head weight (possibly tied to the input embeddings).
+        labels (`torch.Tensor`): `(N,)` (or `(...)`) target token ids. Every label is a target and must be in
+            `[0, V)`: select the loss positions (drop `-100`) before calling.
+        bias (`torch.Tensor`, *optional*): `(V,)` LM head bias.
+        scale (`float`, *optional*, defaults to `1.0`): multiplies the logits (see [`logit_transform_from_config`]).
+        softcap (`float`, *optional*): when set, logits become `softcap * tanh(logits / softcap)` after `scale`.
+        temperature (`float`, *optional*, defaults to `1.0`): divides the logits last.
+        chunk_size (`int`, *optional*): rows of logits computed at once; defaults to [`default_chunk_size`].
+
+    Returns:
+        [`TokenStats`]: `logps` (differentiable w.r.t. `hidden`, `weight` and `bias`), detached `entropy` and
+        `correct`, shaped like `labels`.
+
+    Raises:
+        `ValueError`: if the shapes disagree, a label is outside `[0, V)` or a transform parameter is invalid.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from trl.ops import chunked_token_stats
+        >>> hidden = torch.randn(6, 16, requires_grad=True)
+        >>> weight = torch.randn(100, 16, requires_grad=True)
+        >>> stats = chunked_token_stats(hidden, weight, torch.randint(0, 100, (6,)), chunk_size=4)
+        >>> stats.logps.sum().backward()
+        >>> hidden.grad.shape, weight.grad.shape
+        (torch.Size([6, 16]), torch.Size([100, 16]))
+        ```
+    """
+    out_shape = labels.shape
+    hidden, weight, labels, bias, transform, chunk_size = _prepare(
+        hidden, weight, labels, bias, scale, softcap, temperature, chunk_size, "chunked_token_stats"
+    )
+    logps, entropy, correct = _ChunkedTokenStats.apply(hidden, weight, bias, labels, transform, chunk_size)
+    return _reshape_stats(TokenStats(logps, entropy, correct), out_shape)
+
+
+def _reshape_stats(stats: TokenStats, shape: torch.Size) -> TokenStats:
+    return TokenStats(stats.logps.reshape(shape), stats.entropy.reshape(shape), stats.correct.reshape(shape))
+
+
+def fused_token_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    token_scale: float | torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    scale: float = 1.0,
+    softcap: float | None = None,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, TokenStats]:
+    """`sum_i token_scale_i * loss_fn(logp_i)` with its gradient computed chunk by chunk during the forward pass.
+
+    For each chunk of `chunk_size` rows: logits, log-probs, `dloss/dlogp` (autograd on the `(n,)` log-probs only),
+    then `grad_logits = dloss/dlogp * (onehot - softmax)` chained through temperature, softcap and scale, and the
+    gradients of `hidden`, `weight` and `bias` follow from two matmuls. The backward pass only multiplies the stored
+    gradients by the incoming gradient. This is the same 3 matmuls as the naive LM head with `O(chunk_size * V)`
+    memory. Without grad mode, or when no input requires grad, the gradient work is skipped.
+
+    Args:
+        hidden (`torch.Tensor`): `(N, H)` (or `(..., H)`) last hidden states at the positions that predict `labels`.
+        weight (`torch.Tensor`): `(V, H)` LM head weight (possibly tied to the input embeddings).
+        labels (`torch.Tensor`): `(N,)` (or `(...)`) target token ids, all in `[0, V)`.
+        loss_fn (`Callable[[torch.Tensor], torch.Tensor]`): elementwise per-token loss: maps `(n,)` float32
+            log-probs to `(n,)` losses, token `i`'s loss depending only on `logp_i`, e.g. `lambda logps: -logps`
+            (NLL) or `lambda logps: -logps.exp().detach() * logps` (DFT). It must not close over tensors that
+            require grad: only the gradient through the log-probs is computed.
+        token_scale (`float` or `torch.Tensor`): weight of each token's loss, a scalar or shaped like `labels` (e.g.
+            `1 / num_items_in_batch`); not differentiated.
+        bias (`torch.Tensor`, *optional*): `(V,)` LM head bias.
+        scale (`float`, *optional*, defaults to `1.0`): multiplies the logits (see [`logit_transform_from_config`]).
+        softcap (`float`, *optional*): when set, logits become `softcap * tanh(logits / softcap)` after `scale`.
+        temperature (`float`, *optional*, defaults to `1.0`): divides the logits last.
+        chunk_size (`int`, *optional*): rows of logits computed at once; defaults to [`default_chunk_size`].
+
+    Returns:
+        `tuple[torch.Tensor, TokenStats]`: the scalar loss (differentiable w.r.t. `hidden`, `weight` and `bias`) and
+        detached [`TokenStats`] shaped like `labels`.
+
+    Raises:
+        `ValueError`: if the shapes disagree, a label is outside `[0, V)`, `loss_fn` is not elementwise-shaped or a
+        transform parameter is invalid.
+
+    Example:
+        ```python
+        >>> import torch
+        >>> from trl.ops import fused_token_loss
+        >>> hidden = torch.randn(6, 16, requires_grad=True)
+        >>> weight = torch.randn(100, 16, requires_grad=True)
+        >>> labels = torch.randint(0, 100, (6,))
+        >>> loss, stats = fused_token_loss(hidden, weight, labels, lambda logps: -logps, 1 / 6, chunk_size=4)
+        >>> loss.backward()  # mean NLL; gradients were computed during the forward pass
+        >>> torch.allclose(loss, -stats.logps.mean())
+        True
+        ```
+    """
+    out_shape = labels.shape
+    hidden_in, weight_in, bias_in = hidden, weight, bias
+    hidden, weight, labels, bias, transform, chunk_size = _prepare(
+        hidden, weight, labels, bias, scale, softcap, temperature, chunk_size, "fused_token_loss"
+    )
+    if isinstance(token_scale, torch.Tensor):
+        if token_scale.numel() != 1 and token_scale.shape != out_shape:
+            raise ValueError(
+                f"fused_token_loss: `token_scale` must be a float, a one-element tensor or shaped like `labels` "
+                f"{tuple(out_shape)}; got {tuple(token_scale.shape)}."
+            )
+        token_scale = token_scale.detach().to(_compute_dtype(weight.dtype)).expand(out_shape).reshape(-1)
+    grad_enabled = torch.is_grad_enabled()
+    needs = tuple(
+        grad_enabled and t is not None and t.requires_grad for t in (hidden_in, weight_in, bias_in)
+    )
+    loss, logps, entropy, correct = _FusedTokenLoss.apply(
+        hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs
+    )
+    return loss, _reshape_stats(TokenStats(logps, entropy, correct), out_shape)

@@ -1,0 +1,17 @@
+"""Trainers and their configs (lazy, so importing one trainer does not import the others)."""
+
+import sys
+
+from .._lazy import _LazyModule
+
+
+_import_structure = {
+    "base_config": ["_BaseConfig"],
+    "model_config": ["ModelConfig", "get_peft_config", "get_quantization_config"],
+    "sft_config": ["SFTConfig"],
+    "sft_trainer": ["SFTTrainer"],
+    "fused_head": ["add_fused_lm_head"],
+    "utils": ["disable_dropout_in_model"],
+}
+
+sys.modules[__name__] = _LazyModule(__name__, __file__, _import_structure)

@@ -1,0 +1,88 @@
+"""Defaults shared by every trainer config."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+
+def bf16_supported() -> bool:
+    """Whether this machine can train in bf16 (a CUDA device with bf16 support)."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@dataclass
+class _BaseConfig(TrainingArguments):
+    r"""
+    Defaults that differ from `transformers.TrainingArguments` and are shared by all trainers.
+
+    Parameters:
+        logging_steps (`float`, *optional*, defaults to `10`):
+            Log every X updates steps.
+        gradient_checkpointing (`bool`, *optional*, defaults to `True`):
+            Trade compute for memory by recomputing activations in the backward pass.
+        bf16 (`bool`, *optional*):
+            Train in bf16 mixed precision. `None` means: on where the hardware supports it (a CUDA device with bf16),
+            off otherwise, so that the defaults also run on a CPU-only machine. `fp16=True` turns it off.
+        model_init_kwargs (`dict[str, Any]` or `str`, *optional*):
+            Keyword arguments for `from_pretrained` when `model` is a string (a dict or a JSON string).
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow custom modelling code from the Hub, for the model and the processing class.
+        router_aux_loss_coef (`float`, *optional*):
+            Weight of the MoE load-balancing loss. `None` uses the model config's value; `0.0` disables it.
+    """
+
+    logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass to save memory (default: on). On transformers>=5.20 "
+            "this is an alias of `activation_checkpointing`.",
+            "nargs": "?",
+            "const": True,
+        },
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision. Default: on where the hardware supports it (CUDA with bf16)."},
+    )
+    lr_scheduler_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra arguments for the learning-rate scheduler (dict or JSON string)."}
+    )
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={"help": "Keyword arguments for `from_pretrained` when `model` is a string (dict or JSON string)."},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow custom modelling code for the model and processing class."}
+    )
+    router_aux_loss_coef: float | None = field(
+        default=None,
+        metadata={"help": "MoE load-balancing loss weight. None: the model config's value; 0.0 disables it."},
+    )
+
+    def __post_init__(self):
+        # Activation checkpointing is on by default. transformers>=5.20 renamed the field `activation_checkpointing` and
+        # warns on the old name, so the default is written to whichever name this transformers reads.
+        if getattr(self, "activation_checkpointing", None) is None and self.gradient_checkpointing is None:
+            setattr(self, "activation_checkpointing" if hasattr(self, "activation_checkpointing") else "gradient_checkpointing", True)
+        if self.bf16 is None:
+            self.bf16 = not self.fp16 and not self.use_cpu and bf16_supported()
+        if isinstance(self.model_init_kwargs, str):
+            try:
+                self.model_init_kwargs = json.loads(self.model_init_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(
+                    f"`model_init_kwargs` must be a dict or a JSON object string; got {self.model_init_kwargs!r} "
+                    f"({error})."
+                ) from None
+        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
+            raise TypeError(f"`model_init_kwargs` must be a dict; got {type(self.model_init_kwargs).__name__}.")
+        if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
+            raise ValueError(f"`router_aux_loss_coef` must be >= 0; got {self.router_aux_loss_coef}.")
+        super().__post_init__()

@@ -1,0 +1,104 @@
+"""A causal LM forward that returns per-token log-probs (or a fused loss) instead of `(B, T, V)` logits.
+
+`add_fused_lm_head(model)` patches the model's `forward`. Called with `fused_lm_head=FusedHeadRequest(...)` it runs
+only the backbone, keeps the hidden states of positions whose (shifted) label is not -100, and projects them through
+the LM head chunk by chunk with `trl.ops` (DESIGN principle 2). Going through `forward` keeps DDP/FSDP wrappers in
+charge, and PEFT models reach the patched method because `PeftModel.forward` calls it with its kwargs.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers.utils import ModelOutput
+
+from ..ops import chunked_token_stats, fused_token_loss, logit_transform_from_config
+
+
+@dataclass
+class FusedHeadRequest:
+    """What the fused head should compute.
+
+    Args:
+        labels (`torch.Tensor`): `(B, T)` unshifted labels, -100 where a position is not a target.
+        loss_fn (`Callable`, *optional*): elementwise per-token loss of log-probs (e.g. `trl.losses.sft.nll_loss`).
+            When given, the output's `loss` is `sum(token_weight * loss_fn(logps))`, with its gradient computed
+            during the forward pass; otherwise `logps` carry the gradient.
+        token_weight (`float` or `torch.Tensor`, *optional*, defaults to `1.0`): weight of each token's loss.
+        temperature (`float`, *optional*, defaults to `1.0`): logits are divided by it.
+    """
+
+    labels: torch.Tensor
+    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    token_weight: float | torch.Tensor = 1.0
+    temperature: float = 1.0
+
+
+@dataclass
+class FusedCausalLMOutput(ModelOutput):
+    """Output of a fused-head forward. `logps`, `entropy` and `correct` are `(N,)` over the `N` target positions,
+    in row-major order of `label_mask` (`(B, T-1)`, True where `labels[:, 1:] != -100`)."""
+
+    loss: torch.Tensor | None = None
+    logps: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
+    label_mask: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+
+
+def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
+    request: FusedHeadRequest | None = kwargs.pop("fused_lm_head", None)
+    if request is None:
+        return self._trl_original_forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            inputs_embeds=inputs_embeds, **kwargs,
+        )
+    kwargs.pop("labels", None)
+    backbone = getattr(self, self.base_model_prefix)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+        use_cache=False, **kwargs,
+    ).last_hidden_state  # (B, T, H)
+    targets = request.labels[:, 1:]
+    label_mask = targets != -100  # (B, T-1)
+    hidden = hidden[:, :-1][label_mask]  # (N, H): only positions that enter the loss
+    targets = targets[label_mask]
+    head = self.get_output_embeddings()
+    options = dict(bias=head.bias, temperature=request.temperature, **self._trl_logit_transform)
+    if request.loss_fn is not None:
+        loss, stats = fused_token_loss(hidden, head.weight, targets, request.loss_fn, request.token_weight, **options)
+    else:
+        loss, stats = None, chunked_token_stats(hidden, head.weight, targets, **options)
+    return FusedCausalLMOutput(
+        loss=loss, logps=stats.logps, entropy=stats.entropy, correct=stats.correct, label_mask=label_mask
+    )
+
+
+def add_fused_lm_head(model: torch.nn.Module) -> torch.nn.Module:
+    """Patch a causal LM in place so that `model(..., fused_lm_head=FusedHeadRequest(labels))` never builds logits.
+
+    A call without `fused_lm_head` runs the original forward. Idempotent. The architecture's logit scaling and final
+    soft-capping (from its config) are honoured.
+
+    Raises:
+        `ValueError`: the model has no output embedding (LM head).
+
+    Example:
+        ```python
+        >>> model = add_fused_lm_head(tiny_model())
+        >>> out = model(input_ids=ids, fused_lm_head=FusedHeadRequest(labels=ids))
+        >>> out.logps.shape  # (B * (T - 1),)
+        ```
+    """
+    if getattr(model, "_trl_original_forward", None) is not None:
+        return model
+    if model.get_output_embeddings() is None:
+        raise ValueError(f"{type(model).__name__} has no LM head (get_output_embeddings() is None); expected a causal LM.")
+    model._trl_original_forward = model.forward
+    model._trl_logit_transform = logit_transform_from_config(model.config)
+    model.forward = types.MethodType(_fused_forward, model)
+    return model

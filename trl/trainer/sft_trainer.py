@@ -1,0 +1,231 @@
+"""Supervised fine-tuning (SFT).
+
+Method: maximise the log-likelihood of the target tokens (all tokens, completion tokens, or assistant turns), or the
+DFT variant (https://huggingface.co/papers/2508.05629). Deviations from the reference implementation:
+- the loss is normalised by the loss-token count of the whole optimiser step (all accumulation steps and ranks), so it
+  does not depend on how a batch is cut (`trl.losses.reduce`);
+- logits are never materialised: log-probs come from the last hidden states, chunk by chunk (`trl.ops`);
+- padding-free batches and packing work with every attention implementation (sdpa/eager build a block-diagonal mask
+  from `position_ids`), not only with flash attention;
+- bf16 is on by default only where the hardware supports it;
+- runs that would learn nothing are stopped with an explanation (`trl.guards`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+
+from .. import guards
+from ..data.collators import DataCollatorForLanguageModeling
+from ..data.prepare import SFTDataOptions, prepare_sft_dataset
+from ..losses.reduce import count_loss_tokens, token_weight
+from ..losses.sft import SFT_LOSSES
+from ..models import loading
+from .base_trainer import _BaseTrainer
+from .fused_head import FusedHeadRequest, add_fused_lm_head
+from .sft_config import SFTConfig
+
+
+class SFTTrainer(_BaseTrainer):
+    """Trainer for supervised fine-tuning of causal language models.
+
+    Args:
+        model (`str`, `PreTrainedModel` or `PeftModel`): a hub id or local folder (loaded with
+            `args.model_init_kwargs`, float32 by default), or a model object.
+        args (`SFTConfig` or `TrainingArguments`, *optional*): configuration; a `TrainingArguments` is converted.
+            Defaults to `SFTConfig(output_dir="<model-name>-SFT")`.
+        data_collator (*optional*): defaults to `DataCollatorForLanguageModeling`.
+        train_dataset (`Dataset` or `IterableDataset`): language-modelling (`text`/`messages`), prompt-completion
+            (standard or conversational), ShareGPT `conversations`, or pre-tokenised (`input_ids`) rows.
+        eval_dataset (*optional*): same formats; a dict of datasets is evaluated one by one.
+        processing_class (*optional*): the tokenizer; loaded from `model` when omitted.
+        compute_loss_func (*optional*): deprecated; when given, the loss comes from full logits of a plain forward.
+        compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics: as in
+            `transformers.Trainer`.
+        quantization_config (`BitsAndBytesConfig`, *optional*): used when `model` is a string.
+        peft_config (`peft.PeftConfig`, *optional*): wrap the model with a fresh adapter (e.g. LoRA).
+        formatting_func (`Callable[[dict], str]`, *optional*): builds the text of each row.
+
+    Example:
+        ```python
+        >>> from trl import SFTTrainer
+        >>> from trl.data.tiny import tiny_task_dataset
+        >>> trainer = SFTTrainer(model="path/to/model", train_dataset=tiny_task_dataset())
+        >>> trainer.train()
+        ```
+    """
+
+    _tag_names = ["trl", "sft"]
+    _name = "SFT"
+
+    def __init__(
+        self,
+        model,
+        args: SFTConfig | TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_loss_func=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        optimizer_cls_and_kwargs=None,
+        preprocess_logits_for_metrics=None,
+        quantization_config=None,
+        peft_config=None,
+        formatting_func: Callable[[dict], str] | None = None,
+    ):
+        args = _as_sft_config(args, model, self._default_output_dir(model, "SFT"))
+        if train_dataset is None:
+            raise ValueError("SFTTrainer needs a `train_dataset`.")
+        if formatting_func is not None and args.completion_only_loss:
+            raise ValueError(
+                "`formatting_func` turns rows into plain text, so there is no completion to restrict the loss to; "
+                "remove `completion_only_loss=True` or the formatting function."
+            )
+        if args.label_smoothing_factor:
+            raise ValueError("`label_smoothing_factor` is not supported by SFTTrainer (deprecated upstream); set it to 0.")
+        if compute_loss_func is not None:
+            warnings.warn("`compute_loss_func` is deprecated: it needs full logits (an extra, slower forward).",
+                          FutureWarning, stacklevel=2)
+
+        model_id = model if isinstance(model, str) else None
+        model = self._load_model(model, args, quantization_config)
+        if processing_class is None:
+            revision = (args.model_init_kwargs or {}).get("revision")
+            source = model_id or getattr(model.config, "_name_or_path", None)
+            if not source:
+                raise ValueError("`processing_class` is required when `model` is an object with no `_name_or_path`.")
+            processing_class = loading.load_processing_class(source, revision, args.trust_remote_code)
+        if args.chat_template_path is not None:
+            model, processing_class = _apply_chat_template_path(model, processing_class, args.chat_template_path)
+        loading.prepare_tokenizer(processing_class, model, args.eos_token)
+        guards.check_generation_config_pad(model)
+        if peft_config is not None:
+            model = loading.wrap_peft(model, peft_config)
+        add_fused_lm_head(_causal_lm(model))
+
+        skip_prepare = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset", False))
+        self._dataset_format = None
+        if not skip_prepare:
+            train_dataset, self._dataset_format = self._prepare(train_dataset, processing_class, args, formatting_func,
+                                                                "train", args.packing)
+            if eval_dataset is not None:
+                if isinstance(eval_dataset, dict):
+                    eval_dataset = {
+                        key: self._prepare(ds, processing_class, args, formatting_func, f"eval[{key}]",
+                                           args.eval_packing)[0]
+                        for key, ds in eval_dataset.items()
+                    }
+                else:
+                    eval_dataset = self._prepare(eval_dataset, processing_class, args, formatting_func, "eval",
+                                                 args.eval_packing)[0]
+        if data_collator is None:
+            data_collator = DataCollatorForLanguageModeling(
+                pad_token_id=processing_class.pad_token_id,
+                completion_only_loss=args.completion_only_loss is not False,
+                padding_free=args.padding_free,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+            )
+        elif args.padding_free:
+            raise ValueError("`padding_free=True` needs the default collator; got a custom `data_collator`.")
+
+        self._loss_fn = SFT_LOSSES[args.loss_type]
+        self._init_metrics()
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        if args.activation_offloading:
+            warnings.warn("`activation_offloading` is not implemented yet and is ignored.", stacklevel=2)
+
+    @staticmethod
+    def _prepare(dataset, tokenizer, args, formatting_func, name, packing):
+        options = SFTDataOptions(
+            max_length=args.max_length,
+            truncation_mode=args.truncation_mode,
+            dataset_text_field=args.dataset_text_field,
+            completion_only_loss=args.completion_only_loss,
+            assistant_only_loss=args.assistant_only_loss,
+            packing=packing,
+            packing_strategy=args.packing_strategy,
+            shuffle_dataset=args.shuffle_dataset,
+            num_proc=args.dataset_num_proc,
+            seed=args.seed,
+            guards=args.guards,
+        )
+        return prepare_sft_dataset(dataset, tokenizer, options, formatting_func, name)
+
+    # ---- Trainer overrides, in lifecycle order -------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = ["input_ids", "labels", "completion_mask", "assistant_masks", "seq_lengths"]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.compute_loss_func is not None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        mode = "train" if model.training else "eval"
+        labels = inputs["labels"]
+        if mode == "train" and num_items_in_batch is not None:
+            weight = token_weight(num_items_in_batch, self.accelerator.num_processes)
+        else:  # evaluation: the mean over this batch's tokens
+            weight = token_weight(count_loss_tokens(labels).clamp(min=1))
+        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        request = FusedHeadRequest(labels=labels, loss_fn=self._loss_fn, token_weight=weight)
+        outputs = model(**model_inputs, fused_lm_head=request)
+
+        self._record_tokens(mode, inputs)
+        count = outputs.entropy.numel()
+        self._metrics.add(mode, "entropy", outputs.entropy.sum(), count)
+        self._metrics.add(mode, "mean_token_accuracy", outputs.correct.sum(), count)
+        loss = outputs.loss
+        if return_outputs:  # callers that want logits (compute_metrics) pay for a plain forward
+            with torch.no_grad():
+                outputs = model(**model_inputs)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _as_sft_config(args, model, default_output_dir: str) -> SFTConfig:
+    if args is None:
+        return SFTConfig(output_dir=default_output_dir)
+    if isinstance(args, SFTConfig):
+        return args
+    if isinstance(args, TrainingArguments):
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+        values = {k: v for k, v in values.items() if not k.startswith("_")}
+        return SFTConfig(**values)
+    raise TypeError(f"`args` must be an SFTConfig or TrainingArguments; got {type(args).__name__}.")
+
+
+def _causal_lm(model):
+    """The `PreTrainedModel` with the LM head inside a possible PEFT wrapper."""
+    return model.get_base_model() if loading.is_peft_model(model) else model
+
+
+def _apply_chat_template_path(model, tokenizer, path: str):
+    """Use the chat template in a `.jinja`/`.j2` file, or copy it from another tokenizer."""
+    if path.endswith((".jinja", ".j2")):
+        tokenizer.chat_template = Path(path).read_text()
+        return model, tokenizer
+    from ..chat_template_utils import clone_chat_template
+
+    model, tokenizer, _ = clone_chat_template(model, tokenizer, path)
+    return model, tokenizer
