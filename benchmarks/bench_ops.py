@@ -118,21 +118,26 @@ def run_method(method, rows, hidden, weight, labels):
     hidden.grad = weight.grad = None
 
 
-def measure(method, rows, inputs, reps, device):
-    times = []
-    peak = float("nan")
-    for i in range(reps + 1):  # the first call warms up (and gives the peak memory)
+def time_once(method, rows, inputs, device):
+    start = time.perf_counter()
+    run_method(method, rows, *inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure(methods, inputs, reps, device):
+    """Peak memory of each method's first (warm-up) call, then the median of `reps` timed calls; the methods take
+    turns, so a change of load on a shared machine hits all of them alike."""
+    peaks, times = {}, {m: [] for m in methods}
+    for method, rows in methods:
         with PeakMemory(device) as mem:
-            start = time.perf_counter()
-            run_method(method, rows, *inputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
-        if i == 0:
-            peak = mem.peak
-        else:
-            times.append(elapsed)
-    return statistics.median(times) * 1e3, peak / MB
+            time_once(method, rows, inputs, device)
+        peaks[(method, rows)] = mem.peak / MB
+    for _ in range(reps):
+        for method, rows in methods:
+            times[(method, rows)].append(time_once(method, rows, inputs, device))
+    return {m: (statistics.median(times[m]) * 1e3, peaks[m]) for m in methods}
 
 
 def parse_args():
@@ -141,6 +146,7 @@ def parse_args():
     parser.add_argument("--shapes", help="comma-separated NxHxV shapes")
     parser.add_argument("--threads", help="comma-separated torch.set_num_threads values (CPU)")
     parser.add_argument("--budgets", help="comma-separated float32 logits block sizes in MB for chunked/fused")
+    parser.add_argument("--rows", help="comma-separated chunk sizes in rows for chunked/fused (instead of --budgets)")
     parser.add_argument("--reps", type=int, help="timed repetitions after one warm-up (median is printed)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", help="dtype on CUDA (CPU always runs fp32)")
@@ -163,37 +169,39 @@ def main():
         budgets = [1, 4, 16, 64] if args.full else [1, 4, 64]
 
     print(f"device={device} dtype={dtype} torch={torch.__version__}")
-    header = f"{'N':>5} {'H':>4} {'V':>7} {'thr':>3}  {'method':<14} {'rows':>5} {'logits MB':>9} {'ms':>9} {'peak MB':>8}"
+    header = f"{'N':>5} {'H':>4} {'V':>7} {'thr':>3}  {'method':<15} {'rows':>5} {'logits MB':>9} {'ms':>9} {'peak MB':>8}"
     print(header)
     print("-" * len(header))
     for shape in shapes:
         n, h, v = (int(x) for x in shape.split("x"))
         inputs = make_inputs(n, h, v, device, dtype)
-        big = n * v >= 2048 * 32000  # shapes where one run takes seconds: fewer methods and repetitions
         default_rows = default_chunk_size(v, device)
         methods = []
         if n * v * 4 <= NAIVE_LIMIT:
             methods += [("naive_ce", n), ("naive_stats", n)]
         methods.append(("chunked", default_rows))
-        block_rows = [max(1, int(b * MB) // (4 * v)) for b in budgets]
+        if args.rows:
+            block_rows = [int(r) for r in args.rows.split(",")]
+        else:
+            block_rows = [max(1, int(b * MB) // (4 * v)) for b in budgets]
         for rows in dict.fromkeys([default_rows] + block_rows):
             if rows < n or rows == default_rows:
                 methods.append(("fused", rows))
+        if not args.full and n * v > 2048 * 32000:  # seconds per call: keep the default run short
+            methods = [(m, r) for m, r in methods if m != "naive_stats"]
+        reps = args.reps or (2 if n * v >= 2048 * 32000 else 5)
         for num_threads in threads:
             if device.type == "cpu":
                 torch.set_num_threads(num_threads)
-            for method, rows in methods:
-                reps = args.reps or (1 if big else 5)
-                if big and not args.full and method == "naive_stats" and n > 2048:
-                    continue
-                ms, peak = measure(method, rows, inputs, reps, device)
+            for (method, rows), (ms, peak) in measure(methods, inputs, reps, device).items():
                 label = method if method.startswith("naive") else f"{method}@{'default' if rows == default_rows else rows}"
                 logits_mb = min(rows, n) * v * 4 / MB
                 print(
-                    f"{n:>5} {h:>4} {v:>7} {num_threads:>3}  {label:<14} {min(rows, n):>5} {logits_mb:>9.1f} "
+                    f"{n:>5} {h:>4} {v:>7} {num_threads:>3}  {label:<15} {min(rows, n):>5} {logits_mb:>9.1f} "
                     f"{ms:>9.1f} {peak:>8.1f}",
                     flush=True,
                 )
+            print()
         del inputs
         gc.collect()
 

@@ -168,26 +168,54 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _chunk_logits(h, weight, bias, transform: _Transform, compute_dtype) -> torch.Tensor:
-    """`(n, V)` transformed logits of one chunk, in `compute_dtype`; a fresh tensor the caller may overwrite."""
-    raw = torch.mm(h, weight.T) if bias is None else torch.addmm(bias, h, weight.T)
-    return transform.apply_(raw.to(compute_dtype))
+def _chunks(n: int, chunk_size: int):
+    for start in range(0, n, chunk_size):
+        yield start, min(start + chunk_size, n)
 
 
-def _chunk_stats(logits, labels, keep_logits: bool = False):
-    """Log-sum-exp of the shifted logits, label log-probs, entropy, correctness, softmax and `logits - max` of one
-    chunk. Overwrites `logits` with `logits - max` unless `keep_logits`."""
-    maxes, argmax = logits.max(dim=-1)
-    shifted = logits - maxes.unsqueeze(1) if keep_logits else logits.sub_(maxes.unsqueeze(1))
-    probs = shifted.exp()
-    sumexp = probs.sum(dim=-1)
-    log_sumexp = sumexp.log()
-    probs.div_(sumexp.unsqueeze(1))
-    # H = -sum p (l - m - log S) = log S - sum p (l - m): computed on shifted logits, so no cancellation against a
-    # large log-sum-exp.
-    entropy = log_sumexp - torch.linalg.vecdot(probs, shifted)
-    logps = shifted.gather(1, labels.unsqueeze(1)).squeeze(1) - log_sumexp
-    return log_sumexp, logps, entropy, argmax == labels, probs, shifted, maxes
+class _Workspace:
+    """`(chunk_size, V)` buffers reused by every chunk of one call.
+
+    On CPU a fresh block per chunk is a fresh `mmap` (glibc maps anything above 32 MB directly), and touching its
+    pages costs about as much as the softmax itself; reusing the buffers pays that once per call. Every elementwise
+    step therefore writes into one of these buffers through `out=` or an in-place op.
+    """
+
+    def __init__(self, hidden, weight, chunk_size: int, num_buffers: int):
+        rows = max(1, min(chunk_size, hidden.shape[0]))
+        shape, device = (rows, weight.shape[0]), weight.device
+        self.compute_dtype = _compute_dtype(weight.dtype)
+        self.buffers = [torch.empty(shape, dtype=self.compute_dtype, device=device) for _ in range(num_buffers)]
+        # matmul in the input dtype (bf16 / fp16): its result and the gradient fed back into the matmuls live here
+        self.raw = torch.empty(shape, dtype=weight.dtype, device=device) if weight.dtype != self.compute_dtype else None
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.buffers[index]
+
+    def logits(self, h, weight, bias, transform: _Transform) -> torch.Tensor:
+        """Transformed `(n, V)` logits of one chunk, in buffer 0."""
+        n = h.shape[0]
+        raw = self.raw[:n] if self.raw is not None else self.buffers[0][:n]
+        if bias is None:
+            torch.mm(h, weight.T, out=raw)
+        else:
+            torch.addmm(bias, h, weight.T, out=raw)
+        logits = raw if self.raw is None else self.buffers[0][:n].copy_(raw)
+        return transform.apply_(logits)
+
+    def as_input_dtype(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad if self.raw is None else self.raw[: grad.shape[0]].copy_(grad)
+
+
+def _forward_stats(logits, labels, logps_out, probs_out):
+    """Label log-probs, correctness, entropy and softmax of one chunk. Writes the log-softmax to `logps_out` (then
+    overwrites it) and the softmax to `probs_out`, which may alias `logits`."""
+    correct = logits.argmax(dim=-1) == labels  # first maximal index, as torch.argmax on the full logits
+    all_logps = torch.log_softmax(logits, dim=-1, out=logps_out)
+    logps = all_logps.gather(1, labels.unsqueeze(1)).squeeze(1)
+    probs = torch.exp(all_logps, out=probs_out)
+    entropy = all_logps.mul_(probs).sum(dim=-1).neg_()
+    return logps, correct, entropy, probs
 
 
 def _logits_grad_(probs, logits, labels, coef, transform: _Transform) -> torch.Tensor:
@@ -206,64 +234,59 @@ class _GradAccumulator:
         self.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
         self.hidden = torch.empty_like(hidden) if needs[0] else None
         self.weight_acc = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if needs[1] else None
+        # bf16 / fp16: each chunk's product is rounded once, then summed across chunks in float32
+        self.weight_tmp = torch.empty_like(weight) if needs[1] and weight.dtype != acc_dtype else None
         self.bias_acc = torch.zeros(weight.shape[0], dtype=acc_dtype, device=weight.device) if needs[2] else None
 
-    def add(self, start: int, h: torch.Tensor, grad_logits: torch.Tensor) -> None:
-        grad_raw = grad_logits.to(h.dtype)
-        if self.hidden is not None:
-            self.hidden[start : start + len(h)] = torch.mm(grad_raw, self.weight)
-        if self.weight_acc is not None:
-            if grad_raw.dtype == self.weight_acc.dtype:
-                self.weight_acc.addmm_(grad_raw.T, h)
-            else:  # bf16/fp16 matmul, float32 accumulation across chunks
-                self.weight_acc.add_(torch.mm(grad_raw.T, h))
+    def add(self, start: int, h: torch.Tensor, grad_logits: torch.Tensor, workspace: _Workspace) -> None:
         if self.bias_acc is not None:
             self.bias_acc.add_(grad_logits.sum(dim=0))
+        grad_raw = workspace.as_input_dtype(grad_logits)
+        if self.hidden is not None:
+            torch.mm(grad_raw, self.weight, out=self.hidden[start : start + h.shape[0]])
+        if self.weight_tmp is not None:
+            self.weight_acc.add_(torch.mm(grad_raw.T, h, out=self.weight_tmp))
+        elif self.weight_acc is not None:
+            self.weight_acc.addmm_(grad_raw.T, h)
 
     def result(self):
         cast = lambda t, dtype: t.to(dtype) if t is not None else None  # noqa: E731
         return self.hidden, cast(self.weight_acc, self.dtypes[1]), cast(self.bias_acc, self.dtypes[2])
 
 
-def _chunks(n: int, chunk_size: int):
-    for start in range(0, n, chunk_size):
-        yield start, min(start + chunk_size, n)
-
-
 class _ChunkedTokenStats(torch.autograd.Function):
-    """Forward keeps only `(N,)` softmax normalisers; backward recomputes each chunk's logits."""
+    """Forward saves only its inputs; backward recomputes each chunk's logits and softmax."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, transform, chunk_size):
-        n, compute_dtype = hidden.shape[0], _compute_dtype(weight.dtype)
-        # The softmax is recomputed in backward as exp((logits - max) - log_sum_exp): keeping the two (N,) terms
-        # apart rather than their sum keeps it as accurate as the forward one (their sum rounds at |max|'s scale).
-        maxes = torch.empty(n, dtype=compute_dtype, device=hidden.device)
-        log_sumexp, logps, entropy = torch.empty_like(maxes), torch.empty_like(maxes), torch.empty_like(maxes)
+        n = hidden.shape[0]
+        workspace = _Workspace(hidden, weight, chunk_size, num_buffers=2)
+        logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
+        entropy = torch.empty_like(logps)
         correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
         for start, end in _chunks(n, chunk_size):
-            logits = _chunk_logits(hidden[start:end], weight, bias, transform, compute_dtype)
-            rows = slice(start, end)
-            log_sumexp[rows], logps[rows], entropy[rows], correct[rows], _, _, maxes[rows] = _chunk_stats(
-                logits, labels[rows]
-            )
-        ctx.save_for_backward(hidden, weight, bias, labels, maxes, log_sumexp)
+            logits = workspace.logits(hidden[start:end], weight, bias, transform)
+            stats = _forward_stats(logits, labels[start:end], workspace[1][: end - start], logits)
+            logps[start:end], correct[start:end], entropy[start:end], _ = stats
+        ctx.save_for_backward(hidden, weight, bias, labels)
         ctx.transform, ctx.chunk_size = transform, chunk_size
         ctx.mark_non_differentiable(entropy, correct)
         return logps, entropy, correct
 
     @staticmethod
     def backward(ctx, grad_logps, grad_entropy, grad_correct):
-        hidden, weight, bias, labels, maxes, log_sumexp = ctx.saved_tensors
+        hidden, weight, bias, labels = ctx.saved_tensors
         transform = ctx.transform
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         grads = _GradAccumulator(hidden, weight, bias, needs)
-        coefs = grad_logps.to(maxes.dtype) * (transform.scale / transform.temperature)
+        workspace = _Workspace(hidden, weight, ctx.chunk_size, num_buffers=2)
+        coefs = grad_logps.to(workspace.compute_dtype) * (transform.scale / transform.temperature)
         for start, end in _chunks(hidden.shape[0], ctx.chunk_size):
             h = hidden[start:end]
-            logits = _chunk_logits(h, weight, bias, transform, maxes.dtype)
-            probs = torch.sub(logits, maxes[start:end].unsqueeze(1)).sub_(log_sumexp[start:end].unsqueeze(1)).exp_()
-            grads.add(start, h, _logits_grad_(probs, logits, labels[start:end], coefs[start:end], transform))
+            logits = workspace.logits(h, weight, bias, transform)
+            probs = torch.softmax(logits, dim=-1, out=workspace[1][: end - start])
+            grad = _logits_grad_(probs, logits, labels[start:end], coefs[start:end], transform)
+            grads.add(start, h, grad, workspace)
         grad_hidden, grad_weight, grad_bias = grads.result()
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
@@ -273,19 +296,23 @@ class _FusedTokenLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs):
-        n, compute_dtype = hidden.shape[0], _compute_dtype(weight.dtype)
-        logps = torch.empty(n, dtype=compute_dtype, device=hidden.device)
+        n = hidden.shape[0]
+        grads = _GradAccumulator(hidden, weight, bias, needs) if any(needs) else None
+        # the softcap chain rule needs the logits after the softmax: then the softmax gets a buffer of its own
+        keep_logits = grads is not None and transform.softcap is not None
+        workspace = _Workspace(hidden, weight, chunk_size, num_buffers=3 if keep_logits else 2)
+        logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
         entropy = torch.empty_like(logps)
         correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
-        loss = torch.zeros((), dtype=compute_dtype, device=hidden.device)
-        grads = _GradAccumulator(hidden, weight, bias, needs) if any(needs) else None
+        loss = torch.zeros((), dtype=workspace.compute_dtype, device=hidden.device)
         for start, end in _chunks(n, chunk_size):
             h, y = hidden[start:end], labels[start:end]
             scale = token_scale[start:end] if isinstance(token_scale, torch.Tensor) else token_scale
-            logits = _chunk_logits(h, weight, bias, transform, compute_dtype)
-            # the softcap chain rule needs the unshifted logits: rebuilding them from the shifted ones loses digits
-            keep = grads is not None and transform.softcap is not None
-            _, chunk_logps, entropy[start:end], correct[start:end], probs, *_ = _chunk_stats(logits, y, keep)
+            logits = workspace.logits(h, weight, bias, transform)
+            probs_out = workspace[2][: end - start] if keep_logits else logits
+            chunk_logps, correct[start:end], entropy[start:end], probs = _forward_stats(
+                logits, y, workspace[1][: end - start], probs_out
+            )
             logps[start:end] = chunk_logps
             if grads is None:
                 loss += (_call_loss_fn(loss_fn, chunk_logps) * scale).sum()
@@ -293,7 +320,7 @@ class _FusedTokenLoss(torch.autograd.Function):
             chunk_loss, dloss_dlogps = _loss_and_grad(loss_fn, chunk_logps, scale)
             loss += chunk_loss
             coef = dloss_dlogps * (transform.scale / transform.temperature)
-            grads.add(start, h, _logits_grad_(probs, logits, y, coef, transform))
+            grads.add(start, h, _logits_grad_(probs, logits, y, coef, transform), workspace)
         grad_tensors = grads.result() if grads is not None else (None, None, None)
         ctx.save_for_backward(*grad_tensors)
         ctx.mark_non_differentiable(logps, entropy, correct)
@@ -429,7 +456,7 @@ def chunked_token_stats(
     """Label log-probs, entropy and accuracy from hidden states, `chunk_size` rows of logits at a time.
 
     Gives the values of [`naive_token_stats`] without ever holding `(N, V)` logits: the forward pass saves only its
-    inputs and the `(N,)` softmax normalisers, and the backward pass recomputes each chunk's logits to accumulate the gradients
+    inputs, and the backward pass recomputes each chunk's logits to accumulate the gradients
     of `hidden`, `weight` and `bias`. Use it when the loss is an arbitrary function of the log-probs (sequence sums
     for DPO, ratios for GRPO); for an elementwise per-token loss, [`fused_token_loss`] is faster.
 
