@@ -126,6 +126,11 @@ def check_example_types(example: dict, fmt: DatasetFormat, text_field: str = "te
     keys = [k for k in ("messages", text_field, "prompt", "completion", "chosen", "rejected") if k in example]
     for key in keys:
         value = example[key]
+        if key == "messages" and key != text_field and not _is_message_list(value):
+            raise TypeError(
+                f"Column 'messages' must hold a list of {{'role', 'content'}} messages; got {type(value).__name__}: "
+                f"{str(value)[:80]}. Put plain text in a 'text' column (or set `dataset_text_field`)."
+            )
         if fmt.conversational and key != text_field:
             if not _is_message_list(value):
                 raise TypeError(

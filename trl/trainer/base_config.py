@@ -16,6 +16,16 @@ def bf16_supported() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def _launched_without_accelerator() -> bool:
+    import os
+
+    import torch
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    return several and not accelerator
+
+
 @dataclass
 class _BaseConfig(TrainingArguments):
     r"""
@@ -68,9 +78,17 @@ class _BaseConfig(TrainingArguments):
 
     def __post_init__(self):
         # Activation checkpointing is on by default. transformers>=5.20 renamed the field `activation_checkpointing` and
-        # warns on the old name, so the default is written to whichever name this transformers reads.
-        if getattr(self, "activation_checkpointing", None) is None and self.gradient_checkpointing is None:
-            setattr(self, "activation_checkpointing" if hasattr(self, "activation_checkpointing") else "gradient_checkpointing", True)
+        # warns on the old one, which is still the TRL name: the value goes to whichever name this transformers reads.
+        if hasattr(self, "activation_checkpointing"):
+            if self.activation_checkpointing is None:
+                self.activation_checkpointing = True if self.gradient_checkpointing is None else self.gradient_checkpointing
+                self.gradient_checkpointing = None
+        elif self.gradient_checkpointing is None:
+            self.gradient_checkpointing = True
+        if not self.use_cpu and _launched_without_accelerator():
+            # Under torchrun/accelerate on a machine without an accelerator, accelerate only forms the process group
+            # (gloo) when told to use the CPU; otherwise every process would silently train alone.
+            self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and bf16_supported()
         if isinstance(self.model_init_kwargs, str):

@@ -1,0 +1,53 @@
+"""One SFT optimiser step over a fixed 8-row dataset, returning the logged loss and the gradients.
+
+Used in-process by test_sft_invariance.py and, for the 2-process DDP case, run as a script under torchrun:
+    python -m torch.distributed.run --nproc_per_node 2 tests/trainers/sft_one_step.py OUT.pt BS GA [padding_free]
+"""
+
+import sys
+
+import torch
+from transformers import TrainerCallback
+
+from trl import SFTConfig, SFTTrainer
+from trl.data.tiny import tiny_task_dataset
+from trl.models.tiny import tiny_model, tiny_tokenizer
+
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+             head_dim=32)
+
+
+class _GradCatcher(TrainerCallback):
+    def __init__(self):
+        self.grads = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def dataset(num_rows: int = 8):
+    return tiny_task_dataset("conversational_prompt_completion", "train", num_rows=num_rows)
+
+
+def one_step(output_dir, batch_size, grad_accum, padding_free=False, packing=False, loss_type="nll"):
+    """Train one optimiser step covering all 8 rows; return (logged loss, {param name: grad}, trainer)."""
+    catcher = _GradCatcher()
+    args = SFTConfig(
+        output_dir=str(output_dir), per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+        max_steps=1, learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no", max_grad_norm=0.0,
+        padding_free=padding_free, packing=packing, max_length=256, loss_type=loss_type,
+        gradient_checkpointing=False, seed=0, dataloader_drop_last=False,
+    )
+    trainer = SFTTrainer(model=tiny_model(seed=0, **SMALL), args=args, train_dataset=dataset(),
+                         processing_class=tiny_tokenizer(), callbacks=[catcher])
+    trainer.train()
+    loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
+    return loss, catcher.grads, trainer
+
+
+if __name__ == "__main__":
+    out, bs, ga = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    loss, grads, trainer = one_step(out + ".dir", bs, ga, padding_free="padding_free" in sys.argv[4:])
+    if trainer.accelerator.is_main_process:
+        torch.save({"loss": loss, "grads": grads, "world_size": trainer.accelerator.num_processes}, out)

@@ -1,0 +1,75 @@
+"""The SFT loss and gradient do not depend on how the 8 rows of an optimiser step are cut."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl.models.tiny import tiny_model, tiny_tokenizer
+
+from .sft_one_step import SMALL, dataset, one_step
+
+
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Batch of 8 in one micro-batch, padded."""
+    loss, grads, _ = one_step(tmp_path_factory.mktemp("ref"), batch_size=8, grad_accum=1)
+    return loss, grads
+
+
+def _assert_same(reference, loss, grads):
+    ref_loss, ref_grads = reference
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    assert ref_grads.keys() == grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_loss_equals_naive_token_mean(reference):
+    """The logged loss is the mean NLL over every completion token of the 8 rows (full logits, by hand)."""
+    from trl.data.tokenize import tokenize_sft_example
+
+    tok, model = tiny_tokenizer(), tiny_model(seed=0, **SMALL)
+    nll_sum, count = 0.0, 0
+    for row in dataset():
+        out = tokenize_sft_example(row, tok, kind="prompt_completion", conversational=True,
+                                   eos_token_id=tok.eos_token_id, eos_ids={tok.eos_token_id})
+        ids = torch.tensor([out["input_ids"]])
+        with torch.no_grad():
+            logps = model(input_ids=ids).logits.log_softmax(-1)[0, :-1]
+        targets, mask = ids[0, 1:], torch.tensor(out["completion_mask"][1:]).bool()
+        nll_sum -= logps[torch.arange(len(targets)), targets][mask].sum().item()
+        count += int(mask.sum())
+    assert reference[0] == pytest.approx(nll_sum / count, rel=1e-5)
+
+
+@pytest.mark.parametrize("batch_size, grad_accum, padding_free", [(4, 2, False), (2, 4, False), (1, 8, False),
+                                                                  (8, 1, True), (2, 4, True)])
+def test_gradient_accumulation_and_padding_free(reference, tmp_path, batch_size, grad_accum, padding_free):
+    loss, grads, _ = one_step(tmp_path, batch_size, grad_accum, padding_free=padding_free)
+    _assert_same(reference, loss, grads)
+
+
+def test_packed_equals_padded(reference, tmp_path):
+    loss, grads, trainer = one_step(tmp_path, batch_size=8, grad_accum=1, packing=True)
+    assert len(trainer.train_dataset) < 8  # the rows really were packed together
+    _assert_same(reference, loss, grads)
+
+
+def test_two_ddp_ranks_equal_one_process(reference, tmp_path):
+    """2 processes (gloo) x 2 rows x 2 accumulation steps = the same 8 rows as one process."""
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(HERE / "sft_one_step.py"), str(out), "2", "2"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE.parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(out)
+    assert saved["world_size"] == 2
+    _assert_same(reference, saved["loss"], saved["grads"])
