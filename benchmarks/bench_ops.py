@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
+import os
 import re
 import statistics
 import sys
@@ -39,8 +40,9 @@ from trl.ops import chunked_token_stats, default_chunk_size, fused_token_loss, n
 
 
 MB = 2**20
-DEFAULT_SHAPES = ["2048x256x448", "8192x256x448", "2048x256x32000", "8192x256x32000", "2048x64x151936"]
-FULL_SHAPES = DEFAULT_SHAPES + ["8192x64x151936"]
+DEFAULT_SHAPES = ["2048x256x448", "8192x256x448", "2048x256x32000", "2048x64x151936"]
+# 8192 x 64 x 151936: naive is skipped there (5 GB of logits, ~15 GB for forward + backward)
+FULL_SHAPES = DEFAULT_SHAPES + ["8192x256x32000", "8192x64x151936"]
 # above this many bytes of float32 logits the naive methods are skipped (they hold ~3 such tensors at once)
 NAIVE_LIMIT = 2 * 2**30
 
@@ -126,31 +128,48 @@ def time_once(method, rows, inputs, device):
     return time.perf_counter() - start
 
 
-def measure(methods, inputs, reps, device):
-    """Peak memory of each method's first (warm-up) call, then the median of `reps` timed calls; the methods take
-    turns, so a change of load on a shared machine hits all of them alike."""
-    peaks, times = {}, {m: [] for m in methods}
-    for method, rows in methods:
-        with PeakMemory(device) as mem:
-            time_once(method, rows, inputs, device)
-        peaks[(method, rows)] = mem.peak / MB
-    for _ in range(reps):
+def measure(methods, inputs, calls, device):
+    """Median time and peak memory of `calls` calls of each method. The methods take turns, so a change of load on a
+    shared machine hits all of them alike. Every call is timed: a training step calls the head once, so the page
+    faults of its first touch of fresh memory belong in the figure."""
+    times, peaks = {m: [] for m in methods}, {m: [] for m in methods}
+    for _ in range(calls):
         for method, rows in methods:
-            times[(method, rows)].append(time_once(method, rows, inputs, device))
-    return {m: (statistics.median(times[m]) * 1e3, peaks[m]) for m in methods}
+            with PeakMemory(device) as mem:
+                elapsed = time_once(method, rows, inputs, device)
+            times[(method, rows)].append(elapsed)
+            peaks[(method, rows)].append(mem.peak)
+    return {m: (statistics.median(times[m]) * 1e3, max(peaks[m]) / MB) for m in methods}
 
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="every shape, block size and thread count")
+    parser.add_argument("--full", action="store_true", help="every shape, more block sizes, naive_stats everywhere")
     parser.add_argument("--shapes", help="comma-separated NxHxV shapes")
-    parser.add_argument("--threads", help="comma-separated torch.set_num_threads values (CPU)")
-    parser.add_argument("--budgets", help="comma-separated float32 logits block sizes in MB for chunked/fused")
-    parser.add_argument("--rows", help="comma-separated chunk sizes in rows for chunked/fused (instead of --budgets)")
-    parser.add_argument("--reps", type=int, help="timed repetitions after one warm-up (median is printed)")
+    parser.add_argument("--threads", help="comma-separated torch.set_num_threads values (CPU), default 1,2")
+    parser.add_argument("--budgets", help="comma-separated float32 logits block sizes in MB for extra fused runs")
+    parser.add_argument("--rows", help="comma-separated chunk sizes in rows for extra fused runs")
+    parser.add_argument("--calls", type=int, help="timed calls per method (median printed)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="bfloat16", help="dtype on CUDA (CPU always runs fp32)")
     return parser.parse_args()
+
+
+def methods_for(n, v, default_rows, args):
+    big = n * v >= 2048 * 32000  # seconds per call on CPU
+    methods = []
+    if n * v * 4 <= NAIVE_LIMIT:
+        methods.append(("naive_ce", n))
+        if args.full or not big:
+            methods.append(("naive_stats", n))
+    methods += [("chunked", default_rows), ("fused", default_rows)]
+    extra = [int(r) for r in args.rows.split(",")] if args.rows else []
+    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else ([1, 4, 16, 64] if args.full else [4])
+    extra += [max(1, int(b * MB) // (4 * v)) for b in budgets]
+    for rows in dict.fromkeys(extra):
+        if rows != default_rows and (rows < n or args.rows):
+            methods.append(("fused", rows))
+    return methods
 
 
 def main():
@@ -161,44 +180,28 @@ def main():
     threads = [int(t) for t in args.threads.split(",")] if args.threads else [1, 2]
     if device.type == "cuda":
         threads = [torch.get_num_threads()]
-    if args.budgets:
-        budgets = [float(b) for b in args.budgets.split(",")]
-    elif device.type == "cuda":
-        budgets = [16, 64, 256, 1024]
-    else:
-        budgets = [1, 4, 16, 64] if args.full else [1, 4, 64]
-
-    print(f"device={device} dtype={dtype} torch={torch.__version__}")
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"device={device} dtype={dtype} torch={torch.__version__} cpus={os.cpu_count()} load_avg={load}")
     header = f"{'N':>5} {'H':>4} {'V':>7} {'thr':>3}  {'method':<15} {'rows':>5} {'logits MB':>9} {'ms':>9} {'peak MB':>8}"
     print(header)
     print("-" * len(header))
+    for method in ("naive_ce", "chunked", "fused"):  # warm up kernels and thread pools once
+        time_once(method, 8, make_inputs(16, 8, 32, device, dtype), device)
     for shape in shapes:
         n, h, v = (int(x) for x in shape.split("x"))
         inputs = make_inputs(n, h, v, device, dtype)
         default_rows = default_chunk_size(v, device)
-        methods = []
-        if n * v * 4 <= NAIVE_LIMIT:
-            methods += [("naive_ce", n), ("naive_stats", n)]
-        methods.append(("chunked", default_rows))
-        if args.rows:
-            block_rows = [int(r) for r in args.rows.split(",")]
-        else:
-            block_rows = [max(1, int(b * MB) // (4 * v)) for b in budgets]
-        for rows in dict.fromkeys([default_rows] + block_rows):
-            if rows < n or rows == default_rows:
-                methods.append(("fused", rows))
-        if not args.full and n * v > 2048 * 32000:  # seconds per call: keep the default run short
-            methods = [(m, r) for m, r in methods if m != "naive_stats"]
-        reps = args.reps or (2 if n * v >= 2048 * 32000 else 5)
+        methods = methods_for(n, v, default_rows, args)
+        calls = args.calls or (1 if n * v > 2048 * 32000 else 2 if n * v >= 2048 * 32000 else 5)
         for num_threads in threads:
             if device.type == "cpu":
                 torch.set_num_threads(num_threads)
-            for (method, rows), (ms, peak) in measure(methods, inputs, reps, device).items():
-                label = method if method.startswith("naive") else f"{method}@{'default' if rows == default_rows else rows}"
-                logits_mb = min(rows, n) * v * 4 / MB
+            for (method, rows), (ms, peak) in measure(methods, inputs, calls, device).items():
+                tag = "default" if rows == default_rows else str(rows)
+                label = method if method.startswith("naive") else f"{method}@{tag}"
                 print(
-                    f"{n:>5} {h:>4} {v:>7} {num_threads:>3}  {label:<15} {min(rows, n):>5} {logits_mb:>9.1f} "
-                    f"{ms:>9.1f} {peak:>8.1f}",
+                    f"{n:>5} {h:>4} {v:>7} {num_threads:>3}  {label:<15} {min(rows, n):>5} "
+                    f"{min(rows, n) * v * 4 / MB:>9.1f} {ms:>9.1f} {peak:>8.1f}",
                     flush=True,
                 )
             print()

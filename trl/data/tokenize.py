@@ -56,7 +56,10 @@ def row_template_kwargs(example: dict) -> dict[str, Any]:
         try:
             tools = json.loads(tools)
         except json.JSONDecodeError as error:
-            raise ValueError(f"Column 'tools' holds a string that is not valid JSON: {tools[:80]!r} ({error}).") from None
+            raise ValueError(
+                f"Column 'tools' holds a string that is not valid JSON: {tools[:80]!r} ({error}). Store the tools as a "
+                "list of JSON schemas, or as a string that `json.loads` turns into one."
+            ) from None
     if tools:  # an empty list means no tools
         kwargs["tools"] = tools
     return kwargs
@@ -136,13 +139,45 @@ def assistant_mask_by_prefix(
 
 
 def assistant_mask(tokenizer, messages, eos_ids, template_kwargs=None) -> tuple[list[int], list[int]]:
-    """Assistant-token mask from `{% generation %}` markers when the template has them, else by the prefix method."""
+    """Assistant-token mask from `{% generation %}` markers when the template has them, else by the prefix method.
+
+    Either way a trained span ends with its end-of-turn token: marked tokens after it are unmarked.
+    """
     if has_generation_markers(tokenizer.chat_template):
         out = tokenizer.apply_chat_template(
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **(template_kwargs or {})
         )
-        return list(out["input_ids"]), list(out["assistant_masks"])
+        ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+        return ids, _trim_spans_after_end_of_turn(ids, mask, eos_ids)
     return assistant_mask_by_prefix(tokenizer, messages, eos_ids, template_kwargs)
+
+
+def _trim_spans_after_end_of_turn(ids: list[int], mask: list[int], eos_ids: set[int]) -> list[int]:
+    """Unmark what a marked span holds after its last end-of-turn token (e.g. a "\\n" inside `{% generation %}`)."""
+    mask = list(mask)
+    i = 0
+    while i < len(mask):
+        if not mask[i]:
+            i += 1
+            continue
+        j = i
+        while j < len(mask) and mask[j]:
+            j += 1
+        end = _trim_after_end_of_turn(ids, i, j, eos_ids)
+        mask[end:j] = [0] * (j - end)
+        i = j
+    return mask
+
+
+def _continue_final_message(prompt: list[dict], completion: list[dict]) -> list[dict]:
+    """A prompt that ends with an assistant message (a prefill) is continued by the completion's first assistant
+    message: the two become one message, so that the completion's tokens follow the prefill's directly."""
+    last, first = prompt[-1], completion[0] if completion else None
+    if first is None or first.get("role") != "assistant":
+        return prompt + completion
+    if not (isinstance(last.get("content"), str) and isinstance(first.get("content"), str)):
+        return prompt + completion
+    return prompt[:-1] + [{**last, **first, "content": last["content"] + first["content"]}] + completion[1:]
 
 
 def _with_eos(ids: list[int], eos_id: int) -> list[int]:
@@ -196,10 +231,11 @@ def tokenize_sft_example(
             tokenizer, prompt, template_kwargs, add_generation_prompt=not continue_final,
             continue_final_message=continue_final,
         )
+        messages = _continue_final_message(prompt, completion) if continue_final else prompt + completion
         if assistant_only_loss:
-            ids, out["assistant_masks"] = assistant_mask(tokenizer, prompt + completion, eos_ids, template_kwargs)
+            ids, out["assistant_masks"] = assistant_mask(tokenizer, messages, eos_ids, template_kwargs)
         else:
-            ids = render_ids(tokenizer, prompt + completion, template_kwargs)
+            ids = render_ids(tokenizer, messages, template_kwargs)
         start = common_prefix_length(prompt_ids, ids)
         end = _trim_after_end_of_turn(ids, start, len(ids), eos_ids)
     else:

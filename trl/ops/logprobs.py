@@ -28,24 +28,10 @@ from dataclasses import dataclass
 import torch
 
 
-# Default chunk: the number of rows whose float32 logits block fits this many bytes, `max(1, budget // (4 * V))`.
-#
-# CPU: measured with `benchmarks/bench_ops.py` (2-core AMD EPYC, fp32, forward + backward, ms, 1 thread / 2 threads):
-#
-#   N     H    V        naive CE      fused 1MB     fused 4MB     fused 16MB    fused 64MB
-#   2048  256  448       10 /   7       6 /   5       6 /   4       6 /   4       6 /   4
-#   8192  256  448       29 /  18      29 /  17      26 /  16      29 /  16      27 /  15
-#   2048  256  32000   1760 / 880    1320 / 690    1320 / 690    1340 / 700    1580 / 820
-#   2048  64   151936  3240 / 1640   1700 / 910    1710 / 900    1740 / 890    2160 / 1070
-#
-# (see the module docstring of the benchmark for the full grid). Blocks of 1-16 MB are all about 1.3-2x faster than the
-# naive head, because a block that stays in the L2/L3 caches is reused from the allocator's cache instead of faulting
-# in fresh pages of a (N, V) tensor on every step; past ~64 MB the advantage fades. 4 MB sits in the middle of the flat
-# region and keeps at least a few rows per chunk even for V = 256k.
-_CPU_LOGITS_BUDGET = 4 * 2**20
-# CUDA: large blocks keep the GEMMs efficient; 256 MB of float32 logits is 431 rows at V = 151936 (Qwen2.5), ~1% of
-# the memory that naive logits + their gradient take for a packed 8 x 2048 batch.
-_CUDA_LOGITS_BUDGET = 256 * 2**20
+# Default chunk (see `default_chunk_size`): `max(MIN_ROWS, budget // (4 * V))` rows. Measured numbers below.
+_CPU_LOGITS_BUDGET = 32 * 2**20
+_CUDA_LOGITS_BUDGET = 512 * 2**20
+_MIN_ROWS = 256
 
 
 @dataclass
@@ -96,7 +82,7 @@ def default_chunk_size(vocab_size: int, device: torch.device | str | None = None
     """
     device_type = torch.device(device).type if device is not None else "cpu"
     budget = _CPU_LOGITS_BUDGET if device_type == "cpu" else _CUDA_LOGITS_BUDGET
-    return max(1, budget // (4 * max(1, vocab_size)))
+    return max(_MIN_ROWS, budget // (4 * max(1, vocab_size)))
 
 
 def logit_transform_from_config(config) -> dict[str, float | None]:

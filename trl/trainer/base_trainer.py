@@ -99,11 +99,18 @@ class _BaseTrainer(Trainer):
             count = self.accelerator.reduce(count, reduction="sum")
         return count
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # calls back once per dataset
+        self._metric_prefix = f"{metric_key_prefix}_"  # e.g. "eval_a_" for a dict of eval datasets
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        prefix = getattr(self, "_metric_prefix", "eval_")
+        mode = "eval" if any(k.startswith(prefix) for k in logs) else "train"
         metrics = self._metrics.pop_means(mode, self.accelerator)
         metrics["num_tokens"] = self._pop_num_tokens(mode)
-        prefix = "eval_" if mode == "eval" else ""
+        prefix = prefix if mode == "eval" else ""
         logs.update({f"{prefix}{k}": v for k, v in metrics.items()})
         if mode == "train" and "loss" in logs:
             guards.check_finite_loss(logs["loss"], self.state.global_step, getattr(self.args, "guards", True))

@@ -1,0 +1,179 @@
+"""SFTTrainer on tiny models: a few CPU steps each; loss finite and falling, parameters moved, metrics logged."""
+
+import json
+
+import pytest
+import torch
+from datasets import Dataset
+
+from trl import SFTConfig, SFTTrainer
+from trl.data.tiny import tiny_task_dataset
+from trl.models.tiny import save_tiny_model, tiny_model, tiny_tokenizer
+
+from .sft_one_step import SMALL
+
+
+METRICS = {"loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm", "learning_rate", "epoch"}
+
+
+def _config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "out"), max_steps=4, per_device_train_batch_size=4, learning_rate=5e-3,
+                  logging_steps=1, report_to="none", save_strategy="no", max_length=128, seed=0)
+    values.update(overrides)
+    return SFTConfig(**values)
+
+
+def _train(tmp_path, dataset, model=None, **overrides):
+    model = model if model is not None else tiny_model(seed=0, **SMALL)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, **overrides), train_dataset=dataset,
+                         processing_class=tiny_tokenizer())
+    trainer.train()
+    return trainer, before
+
+
+def _assert_trained(trainer, before):
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    losses = [log["loss"] for log in logs]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    if trainer.args.loss_type == "nll":  # DFT's -p*log(p) first rises as p grows from ~1/V towards 1/e
+        assert losses[-1] < losses[0]
+    else:
+        assert logs[-1]["entropy"] < logs[0]["entropy"]
+    assert METRICS <= set(logs[0]), set(logs[0])
+    assert 0.0 <= logs[-1]["mean_token_accuracy"] <= 1.0 and logs[-1]["entropy"] > 0
+    assert logs[-1]["num_tokens"] > logs[0]["num_tokens"] > 0  # cumulative
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    moved = [n for n, p in model.named_parameters() if n in before and not torch.equal(p.detach(), before[n])]
+    assert moved, "no parameter changed"
+    return logs
+
+
+@pytest.mark.parametrize(
+    "form", ["conversational", "prompt_completion", "conversational_prompt_completion", "text"]
+)
+def test_formats_train(tmp_path, form):
+    trainer, before = _train(tmp_path, tiny_task_dataset(form, num_rows=32))
+    _assert_trained(trainer, before)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"assistant_only_loss": True},
+        {"packing": True, "packing_strategy": "bfd"},
+        {"packing": True, "packing_strategy": "wrapped", "max_length": 64},
+        {"padding_free": True},
+        {"loss_type": "dft"},
+        {"gradient_checkpointing": True},
+        {"gradient_accumulation_steps": 2},
+    ],
+    ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_options_train(tmp_path, overrides):
+    trainer, before = _train(tmp_path, tiny_task_dataset("conversational", num_rows=32), **overrides)
+    _assert_trained(trainer, before)
+
+
+def test_sharegpt_and_tokenized_datasets(tmp_path):
+    sharegpt = Dataset.from_list(
+        [{"conversations": [{"from": "human", "value": f"say {i}"}, {"from": "gpt", "value": f"{i} {i}"}]}
+         for i in range(16)]
+    )
+    trainer, before = _train(tmp_path, sharegpt)
+    _assert_trained(trainer, before)
+    tok = tiny_tokenizer()
+    tokenized = Dataset.from_list([{"input_ids": tok(f"count {i} {i + 1} {i + 2}")["input_ids"]} for i in range(16)])
+    trainer, before = _train(tmp_path / "tok", tokenized)
+    _assert_trained(trainer, before)
+
+
+def test_model_from_local_folder_and_defaults(tmp_path, monkeypatch):
+    """The quick start: `SFTTrainer(model=path, train_dataset=ds)` with no args and no processing class."""
+    path = save_tiny_model(tmp_path / "tiny-qwen3", **SMALL)
+    monkeypatch.chdir(tmp_path)
+    trainer = SFTTrainer(model=str(path), train_dataset=tiny_task_dataset(num_rows=8))
+    assert trainer.args.output_dir == "tiny-qwen3-SFT"
+    assert trainer.args.bf16 is False  # no bf16-capable accelerator here: the default must still run
+    assert trainer.args.gradient_checkpointing and trainer.args.logging_steps == 10
+    assert trainer.processing_class.eos_token == "<|im_end|>"
+    assert next(trainer.model.parameters()).dtype == torch.float32
+    trainer.args.max_steps = 2
+    trainer.train()
+
+
+def test_training_arguments_are_converted(tmp_path):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to="none", per_device_train_batch_size=2)
+    trainer = SFTTrainer(model=tiny_model(**SMALL), args=args, train_dataset=tiny_task_dataset(num_rows=4),
+                         processing_class=tiny_tokenizer())
+    assert isinstance(trainer.args, SFTConfig) and trainer.args.max_steps == 1
+
+
+def test_eval_metrics_and_save(tmp_path):
+    trainer = SFTTrainer(model=tiny_model(**SMALL), processing_class=tiny_tokenizer(),
+                         args=_config(tmp_path, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4),
+                         train_dataset=tiny_task_dataset(num_rows=16),
+                         eval_dataset={"a": tiny_task_dataset(split="test", num_rows=8)})
+    trainer.train()
+    evals = [log for log in trainer.state.log_history if "eval_a_loss" in log]
+    assert len(evals) == 2
+    assert {"eval_a_entropy", "eval_a_mean_token_accuracy", "eval_a_num_tokens"} <= set(evals[0]), evals[0]
+    trainer.save_model()
+    out = tmp_path / "out"
+    assert (out / "model.safetensors").exists() and "SFT" in (out / "README.md").read_text()
+    generation = json.loads((out / "generation_config.json").read_text())
+    assert generation.get("pad_token_id") != generation.get("eos_token_id")
+
+
+def test_eval_loss_is_token_mean(tmp_path):
+    """Evaluation loss of one batch equals the naive mean NLL of its trained tokens."""
+    dataset = tiny_task_dataset("prompt_completion", num_rows=4)
+    model = tiny_model(seed=0, **SMALL)
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, per_device_eval_batch_size=4),
+                         train_dataset=dataset, eval_dataset=dataset, processing_class=tiny_tokenizer())
+    batch = trainer.data_collator([trainer.eval_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    naive = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten())
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(naive.item(), rel=1e-5)
+
+
+def test_lora_adapters_train_save_and_reload(tmp_path):
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    model = tiny_model(seed=0, **SMALL)
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = SFTTrainer(model=model, args=_config(tmp_path, learning_rate=5e-2),
+                         train_dataset=tiny_task_dataset(num_rows=16), processing_class=tiny_tokenizer(),
+                         peft_config=config)
+    trainer.train()
+    wrapped = trainer.model
+    assert isinstance(wrapped, peft.PeftModel)
+    lora = {n: p for n, p in wrapped.named_parameters() if "lora_B" in n}
+    assert lora and all(p.abs().sum() > 0 for p in lora.values())  # lora_B starts at zero: it moved
+    for name, param in wrapped.get_base_model().named_parameters():
+        if "lora_" not in name:  # the base weights are frozen
+            torch.testing.assert_close(param, base[name.replace(".base_layer", "")])
+    trainer.save_model()
+    assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+    reloaded = peft.PeftModel.from_pretrained(tiny_model(seed=0, **SMALL), str(tmp_path / "out"))
+    ids = torch.tensor([[1, 5, 9, 12]])
+    wrapped.eval()
+    torch.testing.assert_close(reloaded(input_ids=ids).logits, wrapped(input_ids=ids).logits)
+
+
+def test_reference_formula_dft(tmp_path):
+    """DFT: the logged loss is the mean of -p*log p over the trained tokens (detached p)."""
+    from .sft_one_step import one_step
+
+    loss, _, trainer = one_step(tmp_path, 8, 1, loss_type="dft")
+    collated = trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
+    model = tiny_model(seed=0, **SMALL)
+    with torch.no_grad():
+        logps = model(input_ids=collated["input_ids"], attention_mask=collated["attention_mask"]).logits.log_softmax(-1)
+    targets = collated["labels"][:, 1:]
+    mask = targets != -100
+    token_logps = logps[:, :-1].gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
+    assert loss == pytest.approx((-(token_logps.exp() * token_logps)).mean().item(), rel=1e-5)
