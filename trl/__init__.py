@@ -25,7 +25,12 @@ _import_structure = {
         "prepare_multimodal_messages",
         "unpair_preference_dataset",
     ],
-    "chat_template_utils": ["clone_chat_template", "get_training_chat_template", "supports_tool_calling"],
+    "chat_template_utils": [
+        "add_response_schema",
+        "clone_chat_template",
+        "get_training_chat_template",
+        "supports_tool_calling",
+    ],
     "scripts": ["DatasetMixtureConfig", "ScriptArguments", "TrlParser", "get_dataset", "init_zero_verbose"],
     "trainer": [
         "ModelConfig",
