@@ -5,18 +5,21 @@ Each measurement is one forward + backward of a summed NLL over `N` target token
 
 - `naive_ce`: `F.cross_entropy(F.linear(hidden, weight).float(), labels)`, the plain LM head;
 - `naive_stats`: `trl.ops.naive_token_stats` (also computes entropy and accuracy, like the trainers' metrics);
-- `chunked@B`: `trl.ops.chunked_token_stats` with a float32 logits block of `B` bytes (backward recomputes logits);
-- `fused@B`: `trl.ops.fused_token_loss` with a float32 logits block of `B` bytes (gradient computed in forward).
-`default` is the block `chunk_size=None` picks on this device.
+- `chunked@R`: `trl.ops.chunked_token_stats` with `R` rows per chunk (its backward recomputes the logits);
+- `fused@R`: `trl.ops.fused_token_loss` with `R` rows per chunk (the gradient is computed during the forward pass).
+`R = default` is what `chunk_size=None` picks on this device; the default run adds `fused` with a 4 MB logits block,
+and `--rows` / `--budgets` add other chunk sizes.
 
 Peak memory is the growth of the process's peak RSS during the call on CPU (`/proc/self/clear_refs` resets it, and
 `malloc_trim` returns freed heap memory first, so earlier calls do not hide allocations), and
-`torch.cuda.max_memory_allocated` growth on CUDA. `logits MB` is the size of the float32 logits block a method holds.
+`torch.cuda.max_memory_allocated` growth on CUDA. `logits MB` is the float32 logits block a method holds at once. The
+header prints the load average: on a shared machine, 2-thread figures are only meaningful when it is below ~1.
 
 Usage:
     python benchmarks/bench_ops.py                 # the default grid, about 3 minutes on 2 CPU cores
-    python benchmarks/bench_ops.py --full          # every shape x every block size x 1 and 2 threads (~15 min)
-    python benchmarks/bench_ops.py --shapes 2048x256x32000 --threads 1 --budgets 1,4,16
+    python benchmarks/bench_ops.py --full          # + N=8192 at V=151936, 1-64 MB blocks, naive_stats everywhere
+    python benchmarks/bench_ops.py --shapes 2048x256x32000 --threads 1 --rows 64,128,256,512
+    python benchmarks/bench_ops.py --device cuda --dtype bfloat16 --shapes 16384x896x151936 --budgets 128,512,2048
 """
 
 from __future__ import annotations
@@ -40,9 +43,9 @@ from trl.ops import chunked_token_stats, default_chunk_size, fused_token_loss, n
 
 
 MB = 2**20
-DEFAULT_SHAPES = ["2048x256x448", "8192x256x448", "2048x256x32000", "2048x64x151936"]
-# 8192 x 64 x 151936: naive is skipped there (5 GB of logits, ~15 GB for forward + backward)
-FULL_SHAPES = DEFAULT_SHAPES + ["8192x256x32000", "8192x64x151936"]
+DEFAULT_SHAPES = ["2048x256x448", "8192x256x448", "2048x256x32000", "8192x256x32000", "2048x64x151936"]
+# 8192 x 64 x 151936: naive is skipped there (5 GB of logits, ~15 GB for its forward + backward)
+FULL_SHAPES = DEFAULT_SHAPES + ["8192x64x151936"]
 # above this many bytes of float32 logits the naive methods are skipped (they hold ~3 such tensors at once)
 NAIVE_LIMIT = 2 * 2**30
 

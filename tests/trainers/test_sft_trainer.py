@@ -177,3 +177,14 @@ def test_reference_formula_dft(tmp_path):
     mask = targets != -100
     token_logps = logps[:, :-1].gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[mask]
     assert loss == pytest.approx((-(token_logps.exp() * token_logps)).mean().item(), rel=1e-5)
+
+
+def test_pretokenized_rows_are_truncated_and_packed(tmp_path):
+    rows = Dataset.from_list([{"input_ids": list(range(5, 5 + n))} for n in (3, 40, 7, 9, 2)])
+    trainer = SFTTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, max_length=16), train_dataset=rows,
+                         processing_class=tiny_tokenizer())
+    assert [len(r) for r in trainer.train_dataset["input_ids"]] == [3, 16, 7, 9, 2]
+    trainer = SFTTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, max_length=16, packing=True),
+                         train_dataset=rows, processing_class=tiny_tokenizer())
+    assert sorted(sum(trainer.train_dataset["seq_lengths"], [])) == [2, 3, 7, 9, 16]
+    assert len(trainer.train_dataset) == 3

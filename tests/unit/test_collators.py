@@ -182,3 +182,25 @@ def test_padding_free_matches_padded_through_the_model(attn_implementation):
     # Sanity check of the comparison itself: without the document boundaries the log-probs differ.
     joined = {"input_ids": flat["input_ids"], "position_ids": torch.arange(flat["input_ids"].shape[1])[None]}
     assert not torch.allclose(per_token_log_probs(model, joined)[0, : sum(lengths)], expected, atol=1e-3)
+
+
+def test_sft_trainer_outputs_of_padding_free_batch_match_padded(tmp_path):
+    """`compute_loss(return_outputs=True)` reruns a plain forward for compute_metrics; its logits of a padding-free batch
+    must keep the documents apart too (transformers' Trainer sets `config.use_cache=False`, so no KV cache is built)."""
+    from datasets import Dataset
+
+    from trl import SFTConfig, SFTTrainer
+    from trl.models.tiny import tiny_tokenizer
+
+    model = tiny_model(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=32)
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", padding_free=True)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tiny_tokenizer(),
+                         train_dataset=Dataset.from_list([{"text": "a b c"}]))
+    lengths = [len(row["input_ids"]) for row in MODEL_ROWS]
+    expected_lp = per_token_log_probs(trainer.model.eval(), DataCollatorForLanguageModeling(pad_token_id=PAD)(MODEL_ROWS))
+    expected = torch.cat([expected_lp[i, :n] for i, n in enumerate(lengths)])
+    batch = trainer.data_collator(MODEL_ROWS)
+    with torch.no_grad():
+        _, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
+    torch.testing.assert_close(outputs.logits.float().log_softmax(-1)[0], expected, rtol=0, atol=1e-5)

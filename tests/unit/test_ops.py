@@ -293,6 +293,25 @@ def test_logit_transform_from_config():
 
 
 def test_default_chunk_size():
-    assert default_chunk_size(32000, "cpu") == 32
-    assert default_chunk_size(10**9, "cpu") == 1
+    # at least 256 rows (fewer make every chunk re-read the (V, H) weight for little work), more for small vocabularies
+    assert default_chunk_size(32000, "cpu") == 32 * 2**20 // (4 * 32000)
+    assert default_chunk_size(151936, "cpu") == default_chunk_size(10**9, "cpu") == 256
     assert default_chunk_size(151936, "cuda") > default_chunk_size(151936, "cpu")
+
+
+def test_autocast_runs_the_matmul_in_the_autocast_dtype():
+    # fp32 master weights under bf16 autocast (Trainer's `bf16=True`): the head's matmuls run in bf16, as `F.linear`
+    # would, the softmax in float32, and the gradients come back in the parameters' fp32
+    hidden, weight, bias, labels = make_inputs()
+    ref_inputs = float64_copies(hidden, weight, bias)
+    ref = naive_token_stats(ref_inputs[0], ref_inputs[1], labels, bias=ref_inputs[2])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = fused_token_loss(hidden, weight, labels, nll, 1.0, bias=bias, chunk_size=16)
+        chunked = chunked_token_stats(hidden, weight, labels, bias=bias, chunk_size=16)
+    out_grads = grads(loss - chunked.logps.sum(), (hidden, weight, bias))
+
+    loose = {"rtol": 5e-2, "atol": 5e-2}
+    assert_close_all([stats.logps, chunked.logps], [ref.logps, ref.logps], **loose)
+    assert [g.dtype for g in out_grads] == [torch.float32] * 3
+    assert_close_all(out_grads, [2 * g for g in grads(-ref.logps.sum(), ref_inputs)], **loose)
+    assert not torch.equal(stats.logps, naive_token_stats(hidden, weight, labels, bias=bias).logps)  # bf16 was used

@@ -15,6 +15,7 @@ from .tokenize import tokenize_sft_example, truncate
 
 
 SFT_KINDS = ("language_modeling", "prompt_completion", "tokenized")
+TOKEN_COLUMNS = ("input_ids", "labels", "completion_mask", "assistant_masks")
 
 
 @dataclass
@@ -41,18 +42,26 @@ def _first_row(dataset) -> dict:
 
 
 def _loss_mask(row: dict, completion_only_loss: bool) -> list[int]:
-    mask = row["completion_mask"] if completion_only_loss else [1] * len(row["input_ids"])
+    if "labels" in row:  # pre-tokenised rows may bring their own labels
+        mask = [int(label != -100) for label in row["labels"]]
+    elif completion_only_loss and "completion_mask" in row:
+        mask = row["completion_mask"]
+    else:
+        mask = [1] * len(row["input_ids"])
     if "assistant_masks" in row:
         mask = [a and b for a, b in zip(mask, row["assistant_masks"])]
     return mask
 
 
 def _tokenize_and_measure(row: dict, tokenizer, fmt, options: SFTDataOptions, completion_only_loss: bool, eos_ids):
-    out = tokenize_sft_example(
-        row, tokenizer, kind=fmt.kind, conversational=fmt.conversational, text_field=options.dataset_text_field,
-        assistant_only_loss=options.assistant_only_loss, eos_token_id=tokenizer.eos_token_id, eos_ids=eos_ids,
-    )
-    mask = _loss_mask(out, completion_only_loss)
+    if fmt.kind != "tokenized":
+        row = tokenize_sft_example(
+            row, tokenizer, kind=fmt.kind, conversational=fmt.conversational,
+            text_field=options.dataset_text_field, assistant_only_loss=options.assistant_only_loss,
+            eos_token_id=tokenizer.eos_token_id, eos_ids=eos_ids,
+        )
+    mask = _loss_mask(row, completion_only_loss)
+    out = dict(row)
     out["_loss_tokens"] = sum(mask[1:])  # position 0 is never a target of a causal LM
     out["_prompt_tokens"] = len(mask) - sum(mask) if completion_only_loss else 0
     if options.max_length is not None and (not options.packing or options.packing_strategy == "bfd"):
@@ -121,26 +130,26 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
             f"`assistant_only_loss=True` needs conversational data (messages with roles); the {name} dataset is "
             f"{fmt.describe()}."
         )
-    if fmt.kind == "tokenized":
-        return dataset, fmt  # pre-tokenised rows are used as they are (masks included)
-
-    completion_only_loss = options.completion_only_loss is not False and fmt.kind == "prompt_completion"
+    # Prompt-completion rows train on the completion unless told otherwise; pre-tokenised rows on their own masks.
+    completion_only_loss = options.completion_only_loss is not False and fmt.kind in ("prompt_completion", "tokenized")
     eos_ids = {tokenizer.eos_token_id}
     if isinstance(dataset, Dataset):
         map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
     fn_kwargs = dict(
         tokenizer=tokenizer, fmt=fmt, options=options, completion_only_loss=completion_only_loss, eos_ids=eos_ids
     )
-    dataset = dataset.map(_tokenize_and_measure, fn_kwargs=fn_kwargs, remove_columns=columns, **map_kwargs)
+    removed = [c for c in columns if c not in TOKEN_COLUMNS] if fmt.kind == "tokenized" else columns
+    dataset = dataset.map(_tokenize_and_measure, fn_kwargs=fn_kwargs, remove_columns=removed, **map_kwargs)
     if isinstance(dataset, Dataset):
-        dataset = _check_rows(dataset, tokenizer, options, name)
+        # pre-tokenised rows are the user's tokens: they need not end with an eos (e.g. pretraining chunks)
+        dataset = _check_rows(dataset, tokenizer, options, name, check_eos=fmt.kind != "tokenized")
     else:  # a stream cannot be inspected ahead of training: drop rows with nothing to learn, and say so once
         warnings.warn(f"Rows of the streamed {name} dataset with no loss token left after truncation are skipped.")
         dataset = dataset.filter(lambda row: row["_kept_loss_tokens"] > 0)
     helper_columns = [c for c in ("_loss_tokens", "_prompt_tokens", "_kept_loss_tokens", "_eos_trained",
                                   "prompt_is_prefix") if c in (dataset.column_names or [])]
     dataset = dataset.remove_columns(helper_columns)
-    if not completion_only_loss and "completion_mask" in (dataset.column_names or []):
+    if not completion_only_loss and "completion_mask" in (dataset.column_names or []) and fmt.kind != "tokenized":
         dataset = dataset.remove_columns("completion_mask")
     if options.shuffle_dataset:
         dataset = dataset.shuffle(seed=options.seed)
@@ -151,7 +160,7 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
     return dataset, fmt
 
 
-def _check_rows(dataset, tokenizer, options: SFTDataOptions, name: str):
+def _check_rows(dataset, tokenizer, options: SFTDataOptions, name: str, check_eos: bool):
     loss_tokens = dataset["_loss_tokens"]
     kept = dataset["_kept_loss_tokens"]
     empty = [i for i, n in enumerate(loss_tokens) if n == 0]
@@ -169,7 +178,7 @@ def _check_rows(dataset, tokenizer, options: SFTDataOptions, name: str):
             raise ValueError(f"No {name} row has a token to train on; see the warnings above.")
         dataset = dataset.select(keep)
     eos_trained = dataset["_eos_trained"]
-    if not options.packing or options.packing_strategy == "bfd":
+    if check_eos and (not options.packing or options.packing_strategy == "bfd"):
         guards.check_eos_trained(name, len(dataset), len(dataset) - sum(eos_trained), tokenizer.eos_token, options.guards)
     if "prompt_is_prefix" in dataset.column_names:
         bad = len(dataset) - sum(dataset["prompt_is_prefix"])

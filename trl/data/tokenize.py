@@ -198,7 +198,8 @@ def tokenize_sft_example(
     """Tokenise one SFT row into `input_ids` plus the masks its loss needs.
 
     Returns `input_ids`, `completion_mask` (1 on completion tokens; all ones for language modelling) and, with
-    `assistant_only_loss`, `assistant_masks`. Standard text and completions get `eos_token_id` appended.
+    `assistant_only_loss`, `assistant_masks`. Standard text and completions get `eos_token_id` appended. A conversational
+    prompt that ends with an assistant message (a prefill) is continued by the completion's first assistant message.
 
     Example:
         ```python

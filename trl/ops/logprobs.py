@@ -22,14 +22,33 @@ The matmuls run in the inputs' dtype (bf16 / fp16 on GPU); the softmax runs in f
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 
-# Default chunk (see `default_chunk_size`): `max(MIN_ROWS, budget // (4 * V))` rows. Measured numbers below.
+# Default chunk (see `default_chunk_size`): `max(_MIN_ROWS, budget // (4 * V))` rows.
+#
+# CPU, measured with `benchmarks/bench_ops.py` (2-core AMD EPYC, shared, fp32, one thread, forward + backward of a
+# summed NLL, ms; the fused path at several chunk sizes against the plain `F.linear` + `F.cross_entropy` head):
+#
+#   N     H    V        naive   rows: 6/32*   128    256    512   1024   peak MB naive / fused@256
+#   2048  256  32000     2442         3185    1876   1701   2090  2072       752 / 98
+#   2048  64   151936    8948         7460    2755   2869   3374  4298      3563 / 334
+#   2048  256  448         24            -       -     23 (one chunk)          16 / 10
+#   (* a 4 MB logits block: 32 rows at V = 32000, 6 rows at V = 151936)
+#
+# A few-MB block is too small: every chunk reads the whole (V, H) weight twice and reads and writes the (V, H) float32
+# weight-gradient accumulator, which at 6-32 rows costs as much as the logits themselves. Past ~512 rows the block no
+# longer stays in the caches and its first touch page-faults. 128-256 rows is the flat optimum for both vocabularies
+# (1.4x faster than naive at V = 32000, 3x at V = 151936, where naive also pays for faulting in 1 GB of logits); the
+# 32 MB budget only matters for small vocabularies, where it lets one chunk cover a whole batch (V = 448: 18724 rows).
 _CPU_LOGITS_BUDGET = 32 * 2**20
+# CUDA (not measured here; `python benchmarks/bench_ops.py --device cuda` sweeps it): larger blocks keep the GEMMs on
+# the tensor cores efficient. 512 MB of float32 logits is 883 rows at V = 151936 (Qwen2.5), against ~10 GB for the
+# naive logits + their float32 copy + gradient of a packed 8 x 2048 batch.
 _CUDA_LOGITS_BUDGET = 512 * 2**20
 _MIN_ROWS = 256
 
@@ -63,21 +82,21 @@ class TokenStats:
 
 
 def default_chunk_size(vocab_size: int, device: torch.device | str | None = None) -> int:
-    """Rows per chunk used when `chunk_size=None`: as many as fit a float32 logits block of a per-device budget.
+    """Rows per chunk used when `chunk_size=None`: as many as fit a per-device float32 logits budget, at least 256.
 
     Args:
         vocab_size (`int`): number of rows of the LM head weight, `V`.
         device (`torch.device` or `str`, *optional*): device the logits are computed on; CPU when omitted.
 
     Returns:
-        `int`: `max(1, budget // (4 * vocab_size))`, with a 4 MB budget on CPU and 256 MB on CUDA (see the measurements
-        next to the constants in `trl/ops/logprobs.py`).
+        `int`: `max(256, budget // (4 * vocab_size))`, with a 32 MB budget on CPU and 512 MB on other devices (see the
+        measurements next to the constants in `trl/ops/logprobs.py`).
 
     Example:
         ```python
         >>> from trl.ops import default_chunk_size
-        >>> default_chunk_size(32000, "cpu")
-        32
+        >>> default_chunk_size(32000, "cpu"), default_chunk_size(151936, "cpu"), default_chunk_size(151936, "cuda")
+        (262, 256, 883)
         ```
     """
     device_type = torch.device(device).type if device is not None else "cpu"
@@ -152,6 +171,13 @@ class _Transform:
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _no_autocast(device: torch.device):
+    """The Functions below pick every dtype themselves (`_prepare` already applied an active autocast's dtype)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _chunks(n: int, chunk_size: int):
@@ -240,20 +266,70 @@ class _GradAccumulator:
         return self.hidden, cast(self.weight_acc, self.dtypes[1]), cast(self.bias_acc, self.dtypes[2])
 
 
+def _stats_pass(hidden, weight, bias, labels, transform, chunk_size):
+    """Forward of [`chunked_token_stats`]: `(N,)` log-probs, entropy and correctness, chunk by chunk."""
+    n = hidden.shape[0]
+    workspace = _Workspace(hidden, weight, chunk_size, num_buffers=2)
+    logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
+    entropy = torch.empty_like(logps)
+    correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+    for start, end in _chunks(n, chunk_size):
+        logits = workspace.logits(hidden[start:end], weight, bias, transform)
+        stats = _forward_stats(logits, labels[start:end], workspace[1][: end - start], logits)
+        logps[start:end], correct[start:end], entropy[start:end], _ = stats
+    return logps, entropy, correct
+
+
+def _recompute_grad_pass(hidden, weight, bias, labels, transform, chunk_size, grad_logps, needs):
+    """Backward of [`chunked_token_stats`]: recomputes each chunk's softmax and accumulates the input gradients."""
+    grads = _GradAccumulator(hidden, weight, bias, needs)
+    workspace = _Workspace(hidden, weight, chunk_size, num_buffers=2)
+    coefs = grad_logps.to(workspace.compute_dtype) * (transform.scale / transform.temperature)
+    for start, end in _chunks(hidden.shape[0], chunk_size):
+        h = hidden[start:end]
+        logits = workspace.logits(h, weight, bias, transform)
+        probs = torch.softmax(logits, dim=-1, out=workspace[1][: end - start])
+        grads.add(start, h, _logits_grad_(probs, logits, labels[start:end], coefs[start:end], transform), workspace)
+    return grads.result()
+
+
+def _fused_pass(hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs):
+    """Forward of [`fused_token_loss`]: loss, stats and, where `needs` says so, the input gradients."""
+    n = hidden.shape[0]
+    grads = _GradAccumulator(hidden, weight, bias, needs) if any(needs) else None
+    # the softcap chain rule needs the logits after the softmax: then the softmax gets a buffer of its own
+    keep_logits = grads is not None and transform.softcap is not None
+    workspace = _Workspace(hidden, weight, chunk_size, num_buffers=3 if keep_logits else 2)
+    logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
+    entropy = torch.empty_like(logps)
+    correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+    loss = torch.zeros((), dtype=workspace.compute_dtype, device=hidden.device)
+    for start, end in _chunks(n, chunk_size):
+        h, y = hidden[start:end], labels[start:end]
+        scale = token_scale[start:end] if isinstance(token_scale, torch.Tensor) else token_scale
+        logits = workspace.logits(h, weight, bias, transform)
+        probs_out = workspace[2][: end - start] if keep_logits else logits
+        chunk_logps, correct[start:end], entropy[start:end], probs = _forward_stats(
+            logits, y, workspace[1][: end - start], probs_out
+        )
+        logps[start:end] = chunk_logps
+        if grads is None:
+            loss += (_call_loss_fn(loss_fn, chunk_logps) * scale).sum()
+            continue
+        chunk_loss, dloss_dlogps = _loss_and_grad(loss_fn, chunk_logps, scale)
+        loss += chunk_loss
+        coef = dloss_dlogps * (transform.scale / transform.temperature)
+        grads.add(start, h, _logits_grad_(probs, logits, y, coef, transform), workspace)
+    return loss, logps, entropy, correct, grads.result() if grads is not None else (None, None, None)
+
+
 class _ChunkedTokenStats(torch.autograd.Function):
     """Forward saves only its inputs; backward recomputes each chunk's logits and softmax."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, transform, chunk_size):
-        n = hidden.shape[0]
-        workspace = _Workspace(hidden, weight, chunk_size, num_buffers=2)
-        logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
-        entropy = torch.empty_like(logps)
-        correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
-        for start, end in _chunks(n, chunk_size):
-            logits = workspace.logits(hidden[start:end], weight, bias, transform)
-            stats = _forward_stats(logits, labels[start:end], workspace[1][: end - start], logits)
-            logps[start:end], correct[start:end], entropy[start:end], _ = stats
+        with _no_autocast(hidden.device):
+            logps, entropy, correct = _stats_pass(hidden, weight, bias, labels, transform, chunk_size)
         ctx.save_for_backward(hidden, weight, bias, labels)
         ctx.transform, ctx.chunk_size = transform, chunk_size
         ctx.mark_non_differentiable(entropy, correct)
@@ -262,18 +338,11 @@ class _ChunkedTokenStats(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logps, grad_entropy, grad_correct):
         hidden, weight, bias, labels = ctx.saved_tensors
-        transform = ctx.transform
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-        grads = _GradAccumulator(hidden, weight, bias, needs)
-        workspace = _Workspace(hidden, weight, ctx.chunk_size, num_buffers=2)
-        coefs = grad_logps.to(workspace.compute_dtype) * (transform.scale / transform.temperature)
-        for start, end in _chunks(hidden.shape[0], ctx.chunk_size):
-            h = hidden[start:end]
-            logits = workspace.logits(h, weight, bias, transform)
-            probs = torch.softmax(logits, dim=-1, out=workspace[1][: end - start])
-            grad = _logits_grad_(probs, logits, labels[start:end], coefs[start:end], transform)
-            grads.add(start, h, grad, workspace)
-        grad_hidden, grad_weight, grad_bias = grads.result()
+        with _no_autocast(hidden.device):
+            grad_hidden, grad_weight, grad_bias = _recompute_grad_pass(
+                hidden, weight, bias, labels, ctx.transform, ctx.chunk_size, grad_logps, needs
+            )
         return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
@@ -282,33 +351,11 @@ class _FusedTokenLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs):
-        n = hidden.shape[0]
-        grads = _GradAccumulator(hidden, weight, bias, needs) if any(needs) else None
-        # the softcap chain rule needs the logits after the softmax: then the softmax gets a buffer of its own
-        keep_logits = grads is not None and transform.softcap is not None
-        workspace = _Workspace(hidden, weight, chunk_size, num_buffers=3 if keep_logits else 2)
-        logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
-        entropy = torch.empty_like(logps)
-        correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
-        loss = torch.zeros((), dtype=workspace.compute_dtype, device=hidden.device)
-        for start, end in _chunks(n, chunk_size):
-            h, y = hidden[start:end], labels[start:end]
-            scale = token_scale[start:end] if isinstance(token_scale, torch.Tensor) else token_scale
-            logits = workspace.logits(h, weight, bias, transform)
-            probs_out = workspace[2][: end - start] if keep_logits else logits
-            chunk_logps, correct[start:end], entropy[start:end], probs = _forward_stats(
-                logits, y, workspace[1][: end - start], probs_out
+        with _no_autocast(hidden.device):
+            loss, logps, entropy, correct, grads = _fused_pass(
+                hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs
             )
-            logps[start:end] = chunk_logps
-            if grads is None:
-                loss += (_call_loss_fn(loss_fn, chunk_logps) * scale).sum()
-                continue
-            chunk_loss, dloss_dlogps = _loss_and_grad(loss_fn, chunk_logps, scale)
-            loss += chunk_loss
-            coef = dloss_dlogps * (transform.scale / transform.temperature)
-            grads.add(start, h, _logits_grad_(probs, logits, y, coef, transform), workspace)
-        grad_tensors = grads.result() if grads is not None else (None, None, None)
-        ctx.save_for_backward(*grad_tensors)
+        ctx.save_for_backward(*grads)
         ctx.mark_non_differentiable(logps, entropy, correct)
         return loss, logps, entropy, correct
 
@@ -374,6 +421,10 @@ def _prepare(hidden, weight, labels, bias, scale, softcap, temperature, chunk_si
     elif chunk_size < 1:
         raise ValueError(f"{name}: `chunk_size` must be a positive integer or None, got {chunk_size}.")
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    device_type = hidden.device.type
+    if dtype != torch.float64 and torch.amp.is_autocast_available(device_type):
+        if torch.is_autocast_enabled(device_type):  # run the head's matmul in the autocast dtype, as `F.linear` would
+            dtype = torch.get_autocast_dtype(device_type)
     hidden = hidden.reshape(-1, hidden.shape[-1]).to(dtype).contiguous()
     weight = weight.to(dtype)
     bias = bias.to(dtype) if bias is not None else None
