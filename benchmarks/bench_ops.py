@@ -7,8 +7,8 @@ Each measurement is one forward + backward of a summed NLL over `N` target token
 - `naive_stats`: `trl.ops.naive_token_stats` (also computes entropy and accuracy, like the trainers' metrics);
 - `chunked@R`: `trl.ops.chunked_token_stats` with `R` rows per chunk (its backward recomputes the logits);
 - `fused@R`: `trl.ops.fused_token_loss` with `R` rows per chunk (the gradient is computed during the forward pass).
-`R = default` is what `chunk_size=None` picks on this device; the default run adds `fused` with a 4 MB logits block,
-and `--rows` / `--budgets` add other chunk sizes.
+`R = default` is what `chunk_size=None` picks on this device; the default run adds `fused` at 32 and 1024 rows on the
+faster shapes, and `--rows` / `--budgets` (MB of float32 logits) pick other chunk sizes.
 
 Peak memory is the growth of the process's peak RSS during the call on CPU (`/proc/self/clear_refs` resets it, and
 `malloc_trim` returns freed heap memory first, so earlier calls do not hide allocations), and
@@ -17,7 +17,7 @@ header prints the load average: on a shared machine, 2-thread figures are only m
 
 Usage:
     python benchmarks/bench_ops.py                 # the default grid, about 3 minutes on 2 CPU cores
-    python benchmarks/bench_ops.py --full          # + N=8192 at V=151936, 1-64 MB blocks, naive_stats everywhere
+    python benchmarks/bench_ops.py --full          # + N=8192 at V=151936, 1-64 MB blocks, 64-1024 rows
     python benchmarks/bench_ops.py --shapes 2048x256x32000 --threads 1 --rows 64,128,256,512
     python benchmarks/bench_ops.py --device cuda --dtype bfloat16 --shapes 16384x896x151936 --budgets 128,512,2048
 """
@@ -159,18 +159,22 @@ def parse_args():
 
 
 def methods_for(n, v, default_rows, args):
-    big = n * v >= 2048 * 32000  # seconds per call on CPU
+    big = n * v > 2048 * 32000  # several seconds per call on CPU: the default run skips the extras there
     methods = []
     if n * v * 4 <= NAIVE_LIMIT:
         methods.append(("naive_ce", n))
-        if args.full or not big:
+        if args.full or n * v < 2048 * 32000:
             methods.append(("naive_stats", n))
     methods += [("chunked", default_rows), ("fused", default_rows)]
-    extra = [int(r) for r in args.rows.split(",")] if args.rows else []
-    budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else ([1, 4, 16, 64] if args.full else [4])
-    extra += [max(1, int(b * MB) // (4 * v)) for b in budgets]
+    if args.rows or args.budgets:
+        extra = [int(r) for r in args.rows.split(",")] if args.rows else []
+        extra += [max(1, int(float(b) * MB) // (4 * v)) for b in (args.budgets.split(",") if args.budgets else [])]
+    elif args.full:
+        extra = [max(1, int(b * MB) // (4 * v)) for b in (1, 4, 16, 64)] + [64, 128, 512, 1024]
+    else:
+        extra = [] if big else [32, 1024]
     for rows in dict.fromkeys(extra):
-        if rows != default_rows and (rows < n or args.rows):
+        if rows != default_rows and rows < n:
             methods.append(("fused", rows))
     return methods
 

@@ -67,6 +67,7 @@ def test_formats_train(tmp_path, form):
         {"loss_type": "dft"},
         {"gradient_checkpointing": True},
         {"gradient_accumulation_steps": 2},
+        {"activation_offloading": True},
     ],
     ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()),
 )
@@ -188,3 +189,29 @@ def test_pretokenized_rows_are_truncated_and_packed(tmp_path):
                          train_dataset=rows, processing_class=tiny_tokenizer())
     assert sorted(sum(trainer.train_dataset["seq_lengths"], [])) == [2, 3, 7, 9, 16]
     assert len(trainer.train_dataset) == 3
+
+
+def test_moe_aux_loss_is_added_and_logged(tmp_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "qwen3_moe", vocab_size=448, hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=4,
+        num_experts_per_tok=2, router_aux_loss_coef=0.01, pad_token_id=3, eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    trainer, before = _train(tmp_path, tiny_task_dataset(num_rows=16), model=AutoModelForCausalLM.from_config(config))
+    logs = _assert_trained(trainer, before)
+    assert logs[0]["aux_loss"] > 0
+    with pytest.raises(ValueError, match="not a mixture-of-experts"):
+        _train(tmp_path, tiny_task_dataset(num_rows=4), router_aux_loss_coef=0.1)
+
+
+def test_nan_loss_stops_the_run(tmp_path):
+    from trl.guards import TrainingWillNotLearnError
+
+    model = tiny_model(**SMALL)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float("nan"))
+    with pytest.raises(TrainingWillNotLearnError, match="loss is nan at step 1"):
+        _train(tmp_path, tiny_task_dataset(num_rows=8), model=model)

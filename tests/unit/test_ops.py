@@ -294,8 +294,8 @@ def test_logit_transform_from_config():
 
 def test_default_chunk_size():
     # at least 256 rows (fewer make every chunk re-read the (V, H) weight for little work), more for small vocabularies
-    assert default_chunk_size(32000, "cpu") == 32 * 2**20 // (4 * 32000)
-    assert default_chunk_size(151936, "cpu") == default_chunk_size(10**9, "cpu") == 256
+    assert default_chunk_size(448, "cpu") == 4 * 2**20 // (4 * 448)
+    assert default_chunk_size(32000, "cpu") == default_chunk_size(10**9, "cpu") == 256
     assert default_chunk_size(151936, "cuda") > default_chunk_size(151936, "cpu")
 
 

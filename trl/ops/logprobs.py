@@ -45,7 +45,7 @@ import torch
 # longer stays in the caches and its first touch page-faults. 128-256 rows is the flat optimum for both vocabularies
 # (1.4x faster than naive at V = 32000, 3x at V = 151936, where naive also pays for faulting in 1 GB of logits); the
 # 32 MB budget only matters for small vocabularies, where it lets one chunk cover a whole batch (V = 448: 18724 rows).
-_CPU_LOGITS_BUDGET = 32 * 2**20
+_CPU_LOGITS_BUDGET = 4 * 2**20
 # CUDA (not measured here; `python benchmarks/bench_ops.py --device cuda` sweeps it): larger blocks keep the GEMMs on
 # the tensor cores efficient. 512 MB of float32 logits is 883 rows at V = 151936 (Qwen2.5), against ~10 GB for the
 # naive logits + their float32 copy + gradient of a packed 8 x 2048 batch.
@@ -89,14 +89,14 @@ def default_chunk_size(vocab_size: int, device: torch.device | str | None = None
         device (`torch.device` or `str`, *optional*): device the logits are computed on; CPU when omitted.
 
     Returns:
-        `int`: `max(256, budget // (4 * vocab_size))`, with a 32 MB budget on CPU and 512 MB on other devices (see the
+        `int`: `max(256, budget // (4 * vocab_size))`, with a 4 MB budget on CPU and 512 MB on other devices (see the
         measurements next to the constants in `trl/ops/logprobs.py`).
 
     Example:
         ```python
         >>> from trl.ops import default_chunk_size
         >>> default_chunk_size(32000, "cpu"), default_chunk_size(151936, "cpu"), default_chunk_size(151936, "cuda")
-        (262, 256, 883)
+        (256, 256, 883)
         ```
     """
     device_type = torch.device(device).type if device is not None else "cpu"

@@ -36,6 +36,9 @@ class _BaseConfig(TrainingArguments):
             Log every X updates steps.
         gradient_checkpointing (`bool`, *optional*, defaults to `True`):
             Trade compute for memory by recomputing activations in the backward pass.
+        logging_nan_inf_filter (`bool`, *optional*, defaults to `False`):
+            transformers replaces NaN/inf losses in its logs by the running mean, which hides a diverged run; here the
+            real value is logged and the NaN guard stops the run.
         bf16 (`bool`, *optional*):
             Train in bf16 mixed precision. `None` means: on where the hardware supports it (a CUDA device with bf16),
             off otherwise, so that the defaults also run on a CPU-only machine. `fp16=True` turns it off.
@@ -56,6 +59,10 @@ class _BaseConfig(TrainingArguments):
             "nargs": "?",
             "const": True,
         },
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={"help": "Replace NaN/inf losses in the logs by the running mean (hides a diverged run; off here)."},
     )
     bf16: bool | None = field(
         default=None,

@@ -129,6 +129,12 @@ class _BaseTrainer(Trainer):
         self._num_tokens_total[mode] += float(window)
         return self._num_tokens_total[mode]
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.state.global_step < 3:  # the first steps are checked at once; later ones at every log
+            guards.check_finite_loss(float(loss), self.state.global_step + 1, getattr(self.args, "guards", True))
+        return loss
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:

@@ -29,12 +29,14 @@ class FusedHeadRequest:
             during the forward pass; otherwise `logps` carry the gradient.
         token_weight (`float` or `torch.Tensor`, *optional*, defaults to `1.0`): weight of each token's loss.
         temperature (`float`, *optional*, defaults to `1.0`): logits are divided by it.
+        router_aux_loss (`bool`, *optional*, defaults to `False`): also return the MoE load-balancing loss.
     """
 
     labels: torch.Tensor
     loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
     token_weight: float | torch.Tensor = 1.0
     temperature: float = 1.0
+    router_aux_loss: bool = False
 
 
 @dataclass
@@ -59,10 +61,14 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
         )
     kwargs.pop("labels", None)
     backbone = getattr(self, self.base_model_prefix)
-    hidden = backbone(
+    if request.router_aux_loss:
+        kwargs["output_router_logits"] = True
+    outputs = backbone(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
         use_cache=False, **kwargs,
-    ).last_hidden_state  # (B, T, H)
+    )
+    hidden = outputs.last_hidden_state  # (B, T, H)
+    aux_loss = _router_aux_loss(self, outputs, attention_mask) if request.router_aux_loss else None
     targets = request.labels[:, 1:]
     label_mask = targets != -100  # (B, T-1)
     hidden = hidden[:, :-1][label_mask]  # (N, H): only positions that enter the loss
@@ -74,8 +80,24 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     else:
         loss, stats = None, chunked_token_stats(hidden, head.weight, targets, **options)
     return FusedCausalLMOutput(
-        loss=loss, logps=stats.logps, entropy=stats.entropy, correct=stats.correct, label_mask=label_mask
+        loss=loss, logps=stats.logps, entropy=stats.entropy, correct=stats.correct, label_mask=label_mask,
+        aux_loss=aux_loss,
     )
+
+
+def _router_aux_loss(model, outputs, attention_mask) -> torch.Tensor:
+    """The architecture's own MoE load-balancing loss (the function its modelling module defines)."""
+    import sys
+
+    balance = getattr(sys.modules[type(model).__module__], "load_balancing_loss_func", None)
+    if balance is None or getattr(outputs, "router_logits", None) is None:
+        raise ValueError(f"{type(model).__name__} does not return router logits; it has no MoE load-balancing loss.")
+    return balance(outputs.router_logits, model.num_experts, model.num_experts_per_tok, attention_mask)
+
+
+def is_moe(model) -> bool:
+    """Whether a causal LM is a mixture of experts with a load-balancing loss (router logits and a coefficient)."""
+    return hasattr(model.config, "router_aux_loss_coef") and hasattr(model, "num_experts_per_tok")
 
 
 def add_fused_lm_head(model: torch.nn.Module) -> torch.nn.Module:

@@ -28,7 +28,7 @@ from ..losses.reduce import count_loss_tokens, token_weight
 from ..losses.sft import SFT_LOSSES
 from ..models import loading
 from .base_trainer import _BaseTrainer
-from .fused_head import FusedHeadRequest, add_fused_lm_head
+from .fused_head import FusedHeadRequest, add_fused_lm_head, is_moe
 from .sft_config import SFTConfig
 
 
@@ -111,6 +111,7 @@ class SFTTrainer(_BaseTrainer):
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
         add_fused_lm_head(_causal_lm(model))
+        self._aux_loss_coef = _router_aux_loss_coef(_causal_lm(model), args.router_aux_loss_coef)
 
         skip_prepare = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset", False))
         self._dataset_format = None
@@ -153,8 +154,6 @@ class SFTTrainer(_BaseTrainer):
             optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
             preprocess_logits_for_metrics=preprocess_logits_for_metrics,
         )
-        if args.activation_offloading:
-            warnings.warn("`activation_offloading` is not implemented yet and is ignored.", stacklevel=2)
 
     @staticmethod
     def _prepare(dataset, tokenizer, args, formatting_func, name, packing):
@@ -179,6 +178,13 @@ class SFTTrainer(_BaseTrainer):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", "completion_mask", "assistant_masks", "seq_lengths"]
 
+    def compute_loss_context_manager(self):
+        stack = super().compute_loss_context_manager()
+        if self.args.activation_offloading and self.model.training:
+            # tensors saved for backward live in (pinned) host memory until the backward pass needs them
+            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()))
+        return stack
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.compute_loss_func is not None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -189,14 +195,19 @@ class SFTTrainer(_BaseTrainer):
         else:  # evaluation: the mean over this batch's tokens
             weight = token_weight(count_loss_tokens(labels).clamp(min=1))
         model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        request = FusedHeadRequest(labels=labels, loss_fn=self._loss_fn, token_weight=weight)
+        request = FusedHeadRequest(labels=labels, loss_fn=self._loss_fn, token_weight=weight,
+                                   router_aux_loss=self._aux_loss_coef > 0)
         outputs = model(**model_inputs, fused_lm_head=request)
+        loss = outputs.loss
+        if outputs.aux_loss is not None:  # a per-micro-batch mean: averaged over the accumulation steps
+            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
+            loss = loss + self._aux_loss_coef * outputs.aux_loss / steps
+            self._metrics.add(mode, "aux_loss", outputs.aux_loss.detach())
 
         self._record_tokens(mode, inputs)
         count = outputs.entropy.numel()
         self._metrics.add(mode, "entropy", outputs.entropy.sum(), count)
         self._metrics.add(mode, "mean_token_accuracy", outputs.correct.sum(), count)
-        loss = outputs.loss
         if return_outputs:  # callers that want logits (compute_metrics) pay for a plain forward
             with torch.no_grad():
                 outputs = model(**model_inputs)
@@ -213,6 +224,18 @@ def _as_sft_config(args, model, default_output_dir: str) -> SFTConfig:
         values = {k: v for k, v in values.items() if not k.startswith("_")}
         return SFTConfig(**values)
     raise TypeError(f"`args` must be an SFTConfig or TrainingArguments; got {type(args).__name__}.")
+
+
+def _router_aux_loss_coef(model, coef: float | None) -> float:
+    """The MoE load-balancing loss weight: the config's value unless set; 0.0 disables it; an error on a dense model."""
+    if not is_moe(model):
+        if coef:
+            raise ValueError(
+                f"`router_aux_loss_coef={coef}` but {type(model).__name__} is not a mixture-of-experts model with a "
+                "load-balancing loss. Leave it unset (None)."
+            )
+        return 0.0
+    return float(model.config.router_aux_loss_coef if coef is None else coef)
 
 
 def _causal_lm(model):
