@@ -95,9 +95,14 @@ class _BaseTrainer(Trainer):
             return None
         count = sum(count_loss_tokens(batch["labels"]) for batch in batch_samples)
         count = torch.as_tensor(count, device=device)
-        if self.accelerator.num_processes > 1:
+        if self._dp_world_size() > 1:
             count = self.accelerator.reduce(count, reduction="sum")
         return count
+
+    def _dp_world_size(self) -> int:
+        """Ranks whose loss tokens share one normaliser: all of them, unless `average_tokens_across_devices=False`
+        asks for each rank's own token mean (then DDP averages the per-rank means)."""
+        return self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):

@@ -191,7 +191,7 @@ class SFTTrainer(_BaseTrainer):
         mode = "train" if model.training else "eval"
         labels = inputs["labels"]
         if mode == "train" and num_items_in_batch is not None:
-            weight = token_weight(num_items_in_batch, self.accelerator.num_processes)
+            weight = token_weight(num_items_in_batch, self._dp_world_size())
         else:  # evaluation: the mean over this batch's tokens
             weight = token_weight(count_loss_tokens(labels).clamp(min=1))
         model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
