@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trl.ops import chunked_token_stats, default_chunk_size, fused_token_loss, naive_token_stats  # noqa: E402
+from trl.ops import chunked_token_stats, default_chunk_size, fused_token_loss, naive_token_stats
 
 
 MB = 2**20
@@ -189,7 +189,9 @@ def main():
         threads = [torch.get_num_threads()]
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"device={device} dtype={dtype} torch={torch.__version__} cpus={os.cpu_count()} load_avg={load}")
-    header = f"{'N':>5} {'H':>4} {'V':>7} {'thr':>3}  {'method':<15} {'rows':>5} {'logits MB':>9} {'ms':>9} {'peak MB':>8}"
+    header = (
+        f"{'N':>5} {'H':>4} {'V':>7} {'thr':>3}  {'method':<15} {'rows':>5} {'logits MB':>9} {'ms':>9} {'peak MB':>8}"
+    )
     print(header)
     print("-" * len(header))
     for method in ("naive_ce", "chunked", "fused"):  # warm up kernels and thread pools once

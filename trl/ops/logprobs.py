@@ -31,24 +31,27 @@ import torch
 
 # Default chunk (see `default_chunk_size`): `max(_MIN_ROWS, budget // (4 * V))` rows.
 #
-# CPU, measured with `benchmarks/bench_ops.py` (2-core AMD EPYC, shared, fp32, one thread, forward + backward of a
-# summed NLL, ms; the fused path at several chunk sizes against the plain `F.linear` + `F.cross_entropy` head):
+# CPU, measured with `benchmarks/bench_ops.py` (fp32 forward + backward of a summed NLL, ms, medians of interleaved
+# calls on a shared 2-core AMD EPYC, +-15% from run to run; naive = `F.linear` + `F.cross_entropy`):
 #
-#   N     H    V        naive   rows: 6/32*   128    256    512   1024   peak MB naive / fused@256
-#   2048  256  32000     2442         3185    1876   1701   2090  2072       752 / 98
-#   2048  64   151936    8948         7460    2755   2869   3374  4298      3563 / 334
-#   2048  256  448         24            -       -     23 (one chunk)          16 / 10
-#   (* a 4 MB logits block: 32 rows at V = 32000, 6 rows at V = 151936)
+#   threads  N     H    V        naive   fused @ rows: 6-32*   128    256    512   1024    peak MB naive / fused
+#   1        2048  256  32000     1749                 2124   1876   1442   1481   1540       750 / 100 (256 rows)
+#   2        2048  256  32000      975                    -      -    845    843   1056
+#   1        2048  64   151936    8948                 7460   2755   2869   3374   4298      3561 / 334 (256 rows)
+#   1        8192  256  448         95                  137      -  86 (2340 rows)   87        64 / 25
+#   2        8192  256  448         67                    -      -  62 (2340 rows)   59
+#   (* 32 rows, a 4 MB logits block at V = 32000; 6 rows, 4 MB at V = 151936; 32 rows at V = 448)
 #
-# A few-MB block is too small: every chunk reads the whole (V, H) weight twice and reads and writes the (V, H) float32
-# weight-gradient accumulator, which at 6-32 rows costs as much as the logits themselves. Past ~512 rows the block no
-# longer stays in the caches and its first touch page-faults. 128-256 rows is the flat optimum for both vocabularies
-# (1.4x faster than naive at V = 32000, 3x at V = 151936, where naive also pays for faulting in 1 GB of logits); the
-# 32 MB budget only matters for small vocabularies, where it lets one chunk cover a whole batch (V = 448: 18724 rows).
+# A block of a few MB is too small for a large vocabulary: every chunk reads the whole (V, H) weight twice and reads
+# and writes the (V, H) float32 weight-gradient accumulator, which at 6-32 rows costs as much as the logits themselves.
+# Past ~512 rows the block falls out of the caches and the first touch of its pages shows. 256 rows is in the flat
+# optimum for both large vocabularies (1.2x faster than naive at V = 32000, 3x at V = 151936, where naive also
+# faults in 1.2 GB of fresh logits every step) with an 8-10x smaller peak; for small vocabularies the 4 MB budget
+# gives larger chunks (V = 448: 2340 rows), as fast as or faster than naive.
 _CPU_LOGITS_BUDGET = 4 * 2**20
 # CUDA (not measured here; `python benchmarks/bench_ops.py --device cuda` sweeps it): larger blocks keep the GEMMs on
-# the tensor cores efficient. 512 MB of float32 logits is 883 rows at V = 151936 (Qwen2.5), against ~10 GB for the
-# naive logits + their float32 copy + gradient of a packed 8 x 2048 batch.
+# the tensor cores efficient. 512 MB of float32 logits is 883 rows at V = 151936 (Qwen2.5); the naive head on a packed
+# 8 x 2048 batch holds 10 GB for each float32 copy of its logits (the upcast, the log-softmax, the gradient).
 _CUDA_LOGITS_BUDGET = 512 * 2**20
 _MIN_ROWS = 256
 
@@ -199,7 +202,9 @@ class _Workspace:
         self.compute_dtype = _compute_dtype(weight.dtype)
         self.buffers = [torch.empty(shape, dtype=self.compute_dtype, device=device) for _ in range(num_buffers)]
         # matmul in the input dtype (bf16 / fp16): its result and the gradient fed back into the matmuls live here
-        self.raw = torch.empty(shape, dtype=weight.dtype, device=device) if weight.dtype != self.compute_dtype else None
+        self.raw = (
+            torch.empty(shape, dtype=weight.dtype, device=device) if weight.dtype != self.compute_dtype else None
+        )
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.buffers[index]
@@ -262,8 +267,9 @@ class _GradAccumulator:
             self.weight_acc.addmm_(grad_raw.T, h)
 
     def result(self):
-        cast = lambda t, dtype: t.to(dtype) if t is not None else None  # noqa: E731
-        return self.hidden, cast(self.weight_acc, self.dtypes[1]), cast(self.bias_acc, self.dtypes[2])
+        weight = self.weight_acc.to(self.dtypes[1]) if self.weight_acc is not None else None
+        bias = self.bias_acc.to(self.dtypes[2]) if self.bias_acc is not None else None
+        return self.hidden, weight, bias
 
 
 def _stats_pass(hidden, weight, bias, labels, transform, chunk_size):
@@ -408,7 +414,7 @@ def _prepare(hidden, weight, labels, bias, scale, softcap, temperature, chunk_si
             f"scale={scale}, softcap={softcap}."
         )
     vocab_size = weight.shape[0]
-    labels = labels.reshape(-1).long()
+    labels = labels.reshape(-1).to(device=hidden.device, dtype=torch.long)
     if labels.numel() > 0:
         low, high = torch.aminmax(labels)
         if low < 0 or high >= vocab_size:
@@ -422,13 +428,14 @@ def _prepare(hidden, weight, labels, bias, scale, softcap, temperature, chunk_si
         raise ValueError(f"{name}: `chunk_size` must be a positive integer or None, got {chunk_size}.")
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
     device_type = hidden.device.type
-    if dtype != torch.float64 and torch.amp.is_autocast_available(device_type):
-        if torch.is_autocast_enabled(device_type):  # run the head's matmul in the autocast dtype, as `F.linear` would
-            dtype = torch.get_autocast_dtype(device_type)
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if autocast and dtype != torch.float64:  # run the head's matmul in the autocast dtype, as `F.linear` would
+        dtype = torch.get_autocast_dtype(device_type)
     hidden = hidden.reshape(-1, hidden.shape[-1]).to(dtype).contiguous()
     weight = weight.to(dtype)
     bias = bias.to(dtype) if bias is not None else None
-    return hidden, weight, labels, bias, _Transform(float(scale), softcap, float(temperature)), int(chunk_size)
+    transform = _Transform(float(scale), float(softcap) if softcap is not None else None, float(temperature))
+    return hidden, weight, labels, bias, transform, int(chunk_size)
 
 
 def naive_token_stats(
@@ -608,11 +615,10 @@ def fused_token_loss(
                 f"fused_token_loss: `token_scale` must be a float, a one-element tensor or shaped like `labels` "
                 f"{tuple(out_shape)}; got {tuple(token_scale.shape)}."
             )
-        token_scale = token_scale.detach().to(_compute_dtype(weight.dtype)).expand(out_shape).reshape(-1)
+        token_scale = token_scale.detach().to(hidden.device, _compute_dtype(weight.dtype))
+        token_scale = token_scale.expand(out_shape).reshape(-1)
     grad_enabled = torch.is_grad_enabled()
-    needs = tuple(
-        grad_enabled and t is not None and t.requires_grad for t in (hidden_in, weight_in, bias_in)
-    )
+    needs = tuple(grad_enabled and t is not None and t.requires_grad for t in (hidden_in, weight_in, bias_in))
     loss, logps, entropy, correct = _FusedTokenLoss.apply(
         hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs
     )
