@@ -151,7 +151,10 @@ def _parse_tools(tools: Any) -> list | None:
         try:
             tools = json.loads(tools)
         except json.JSONDecodeError as error:
-            raise ValueError(f"`tools` is a string but not valid JSON ({error}); got {tools[:200]!r}.") from error
+            raise ValueError(
+                f"Column 'tools' holds a string that is not valid JSON: {tools[:80]!r} ({error}). Store the tools as a list "
+                "of JSON schemas, or as a string that `json.loads` turns into one."
+            ) from None
     if tools is not None and not isinstance(tools, list):
         raise TypeError(f"`tools` must be a list of JSON schemas or functions, or a JSON string; got {type(tools)}.")
     return tools or None  # `[]` renders differently from "no tools" in some templates

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .conversation import _is_message_list
+
 
 KINDS = (
     "tokenized",
@@ -43,10 +45,6 @@ class DatasetFormat:
             return "pre-tokenized"
         style = "conversational" if self.conversational else "standard"
         return f"{style} {self.kind.replace('_', ' ').replace('prompt completion', 'prompt-completion')}"
-
-
-def _is_message_list(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "role" in value[0]
 
 
 def detect_format(column_names: list[str], example: dict, text_field: str = "text") -> DatasetFormat:

@@ -12,9 +12,10 @@ targets, because generation stops at the end-of-turn token.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+from .conversation import _parse_tools, common_prefix_length
 
 
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -32,34 +33,10 @@ def has_generation_markers(chat_template: str | None) -> bool:
     return bool(chat_template) and _GENERATION_MARKER.search(chat_template) is not None
 
 
-def common_prefix_length(a: list, b: list) -> int:
-    """Length of the longest common prefix of two sequences.
-
-    Example:
-        ```python
-        >>> common_prefix_length([1, 2, 3], [1, 2, 4])
-        2
-        ```
-    """
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
-
-
 def row_template_kwargs(example: dict) -> dict[str, Any]:
     """Per-row `tools` (a list or a JSON string) and `chat_template_kwargs`, as `apply_chat_template` arguments."""
     kwargs = dict(example.get("chat_template_kwargs") or {})
-    tools = example.get("tools")
-    if isinstance(tools, str):
-        try:
-            tools = json.loads(tools)
-        except json.JSONDecodeError as error:
-            raise ValueError(
-                f"Column 'tools' holds a string that is not valid JSON: {tools[:80]!r} ({error}). Store the tools as a "
-                "list of JSON schemas, or as a string that `json.loads` turns into one."
-            ) from None
+    tools = _parse_tools(example.get("tools"))
     if tools:  # an empty list means no tools
         kwargs["tools"] = tools
     return kwargs
