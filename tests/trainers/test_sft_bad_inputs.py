@@ -208,7 +208,7 @@ class TestOptions:
 
     @pytest.mark.parametrize("args", [{"output_dir": "out"}, "out"], ids=["dict", "str"])
     def test_args_of_a_wrong_type(self, build, args):
-        with pytest.raises(TypeError, match=rf"`args` must be an SFTConfig or TrainingArguments; got "
+        with pytest.raises(TypeError, match=rf"`args` must be an? SFTConfig or TrainingArguments; got "
                                             rf"{type(args).__name__}\."):
             build(PROMPT_COMPLETION, args=args)
 

@@ -106,3 +106,56 @@ def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out
+
+
+@dataclass
+class DataCollatorForPreference:
+    """Collate preference rows (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one batch of `2B` sequences:
+    the `B` chosen sequences, then the `B` rejected ones, so a single forward scores both sides.
+
+    Each sequence is `prompt + completion`, truncated to `max_length` before padding (`keep_start` cuts the end of the
+    completion; `keep_end` cuts the start of the sequence), then right-padded. `completion_mask` marks completion
+    tokens. Optional per-row columns are passed on as `(B,)` tensors: `ref_chosen_logps`, `ref_rejected_logps`
+    (precomputed reference log-probs) and `margin` (reward modelling).
+
+    Args:
+        pad_token_id (`int`): id used to pad `input_ids`.
+        max_length (`int`, *optional*): truncation length of each sequence.
+        truncation_mode (`str`, *optional*, defaults to `"keep_start"`): `"keep_start"` or `"keep_end"`.
+        pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+
+    Example:
+        ```python
+        >>> collator = DataCollatorForPreference(pad_token_id=0)
+        >>> batch = collator([{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]}])
+        >>> batch["input_ids"].tolist(), batch["completion_mask"].tolist()
+        ([[1, 2, 3, 0], [1, 2, 4, 5]], [[0, 0, 1, 0], [0, 0, 1, 1]])
+        ```
+    """
+
+    pad_token_id: int
+    max_length: int | None = None
+    truncation_mode: str = "keep_start"
+    pad_to_multiple_of: int | None = None
+
+    def _sequence(self, prompt: list[int], completion: list[int]) -> tuple[list[int], list[int]]:
+        ids, mask = list(prompt) + list(completion), [0] * len(prompt) + [1] * len(completion)
+        if self.max_length is not None and len(ids) > self.max_length:
+            window = slice(0, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
+            ids, mask = ids[window], mask[window]
+        return ids, mask
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        pairs = [self._sequence(e["prompt_ids"], e[side]) for side in ("chosen_ids", "rejected_ids") for e in examples]
+        width = max(len(ids) for ids, _ in pairs)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch = {
+            "input_ids": _pad([ids for ids, _ in pairs], width, self.pad_token_id),
+            "attention_mask": _pad([[1] * len(ids) for ids, _ in pairs], width, 0),
+            "completion_mask": _pad([mask for _, mask in pairs], width, 0),
+        }
+        for key in ("ref_chosen_logps", "ref_rejected_logps", "margin"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([float(e[key]) for e in examples])
+        return batch

@@ -1,4 +1,5 @@
-"""`_BaseTrainer`: what every trainer shares, as helpers. Nothing here is a hook that a trainer must override.
+"""`_BaseTrainer`: what every trainer shares, as helpers. Nothing here is a hook that a trainer must override; the
+one overridable method is `_count_loss_items` (what a micro-batch's loss is averaged over).
 
 - a metrics buffer that averages correctly over gradient accumulation and processes (sums and counts, reduced once
   per logging step), merged into `log()`;
@@ -19,6 +20,31 @@ from transformers import Trainer
 from .. import guards
 from ..losses.reduce import count_loss_tokens
 from ..models import loading
+
+
+def as_config(args, config_class, default_output_dir: str):
+    """`args` as a `config_class`: None -> defaults with `default_output_dir`; a plain `TrainingArguments` (or another
+    config) is converted field by field.
+
+    Example:
+        ```python
+        >>> as_config(None, SFTConfig, "model-SFT").output_dir
+        'model-SFT'
+        ```
+    """
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    if args is None:
+        return config_class(output_dir=default_output_dir)
+    if isinstance(args, config_class):
+        return args
+    if isinstance(args, TrainingArguments):
+        names = {f.name for f in dataclasses.fields(config_class) if f.init}
+        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init and f.name in names}
+        return config_class(**values)
+    raise TypeError(f"`args` must be a {config_class.__name__} or TrainingArguments; got {type(args).__name__}.")
 
 
 class _MetricsBuffer:
@@ -83,17 +109,34 @@ class _BaseTrainer(Trainer):
         return loading.create_model_from_path(model, **kwargs)
 
     @staticmethod
+    def _load_processing_class(processing_class, model, model_id: str | None, args):
+        """`processing_class` itself, or the tokenizer saved with the model (same revision)."""
+        if processing_class is not None:
+            return processing_class
+        revision = (args.model_init_kwargs or {}).get("revision")
+        source = model_id or getattr(model.config, "_name_or_path", None)
+        if not source:
+            raise ValueError("`processing_class` is required when `model` is an object with no `_name_or_path`.")
+        return loading.load_processing_class(source, revision, args.trust_remote_code)
+
+    @staticmethod
     def _default_output_dir(model, suffix: str) -> str:
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
         return f"{Path(str(name).rstrip('/')).name or 'model'}-{suffix}"
 
     # ---- Trainer overrides --------------------------------------------------------------------------------------
 
+    def _count_loss_items(self, batch: dict) -> torch.Tensor | int | None:
+        """What the loss of one micro-batch is averaged over (overridable): loss tokens by default; pairs or
+        sequences for sequence-level losses. `None` when the batch carries no loss items."""
+        return count_loss_tokens(batch["labels"]) if "labels" in batch else None
+
     def _get_num_items_in_batch(self, batch_samples, device):
-        """Loss tokens in the whole optimiser step: every accumulated micro-batch, summed over processes."""
-        if not batch_samples or "labels" not in batch_samples[0]:
+        """Loss items in the whole optimiser step: every accumulated micro-batch, summed over processes."""
+        counts = [self._count_loss_items(batch) for batch in batch_samples]
+        if not counts or any(c is None for c in counts):
             return None
-        count = sum(count_loss_tokens(batch["labels"]) for batch in batch_samples)
+        count = sum(counts)
         count = torch.as_tensor(count, device=device)
         if self._dp_world_size() > 1:
             count = self.accelerator.reduce(count, reduction="sum")

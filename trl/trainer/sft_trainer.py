@@ -13,13 +13,12 @@ DFT variant (https://huggingface.co/papers/2508.05629). Deviations from the refe
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments
+from transformers import TrainingArguments  # noqa: F401  (documented argument type)
 
 from .. import guards
 from ..data.collators import DataCollatorForLanguageModeling
@@ -27,7 +26,7 @@ from ..data.prepare import SFTDataOptions, prepare_sft_dataset
 from ..losses.reduce import count_loss_tokens, token_weight
 from ..losses.sft import SFT_LOSSES
 from ..models import loading
-from .base_trainer import _BaseTrainer
+from .base_trainer import _BaseTrainer, as_config
 from .fused_head import FusedHeadRequest, add_fused_lm_head, is_moe
 from .sft_config import SFTConfig
 
@@ -82,7 +81,7 @@ class SFTTrainer(_BaseTrainer):
         peft_config=None,
         formatting_func: Callable[[dict], str] | None = None,
     ):
-        args = _as_sft_config(args, model, self._default_output_dir(model, "SFT"))
+        args = as_config(args, SFTConfig, self._default_output_dir(model, "SFT"))
         if train_dataset is None:
             raise ValueError("SFTTrainer needs a `train_dataset`.")
         if formatting_func is not None and args.completion_only_loss:
@@ -98,12 +97,7 @@ class SFTTrainer(_BaseTrainer):
 
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
-        if processing_class is None:
-            revision = (args.model_init_kwargs or {}).get("revision")
-            source = model_id or getattr(model.config, "_name_or_path", None)
-            if not source:
-                raise ValueError("`processing_class` is required when `model` is an object with no `_name_or_path`.")
-            processing_class = loading.load_processing_class(source, revision, args.trust_remote_code)
+        processing_class = self._load_processing_class(processing_class, model, model_id, args)
         if args.chat_template_path is not None:
             model, processing_class = _apply_chat_template_path(model, processing_class, args.chat_template_path)
         loading.prepare_tokenizer(processing_class, model, args.eos_token)
@@ -212,18 +206,6 @@ class SFTTrainer(_BaseTrainer):
             with torch.no_grad():
                 outputs = model(**model_inputs)
         return (loss, outputs) if return_outputs else loss
-
-
-def _as_sft_config(args, model, default_output_dir: str) -> SFTConfig:
-    if args is None:
-        return SFTConfig(output_dir=default_output_dir)
-    if isinstance(args, SFTConfig):
-        return args
-    if isinstance(args, TrainingArguments):
-        values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-        values = {k: v for k, v in values.items() if not k.startswith("_")}
-        return SFTConfig(**values)
-    raise TypeError(f"`args` must be an SFTConfig or TrainingArguments; got {type(args).__name__}.")
 
 
 def _router_aux_loss_coef(model, coef: float | None) -> float:

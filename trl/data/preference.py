@@ -1,0 +1,154 @@
+"""Dataset preparation for preference trainers (DPO, reward modelling): prompt, chosen and rejected token ids.
+
+Each side is tokenised with the SFT path (`tokenize_sft_example`), so masks and eos handling are the same
+everywhere: the prompt is the longest token prefix shared by the rendered prompt and both full sequences, and each
+completion ends with its end-of-turn token (template text after it, such as ChatML's "\\n", is dropped).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from .. import guards
+from .conversation import common_prefix_length, extract_prompt, maybe_convert_to_chatml
+from .formats import DatasetFormat, check_example_types, detect_format, require_format
+from .tokenize import tokenize_sft_example
+
+
+TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+
+
+@dataclass
+class PreferenceDataOptions:
+    """The parts of a preference config that dataset preparation reads."""
+
+    max_length: int | None
+    num_proc: int | None = None
+    guards: bool = True
+
+
+def _completion_span(out: dict) -> tuple[int, int]:
+    mask = out["completion_mask"]
+    start = mask.index(1) if 1 in mask else len(mask)
+    end = len(mask) - mask[::-1].index(1) if 1 in mask else len(mask)
+    return start, end
+
+
+def tokenize_preference_example(row: dict, tokenizer, *, conversational: bool, eos_ids: set[int]) -> dict:
+    """Tokenise one explicit-prompt preference row into `prompt_ids`, `chosen_ids` and `rejected_ids`.
+
+    Example:
+        ```python
+        >>> out = tokenize_preference_example({"prompt": "2+2=", "chosen": " 4", "rejected": " 5"}, tok,
+        ...                                   conversational=False, eos_ids={tok.eos_token_id})
+        >>> tok.decode(out["chosen_ids"])
+        ' 4<|im_end|>'
+        ```
+    """
+    sides = {}
+    for side in ("chosen", "rejected"):
+        example = {k: v for k, v in row.items() if k in ("prompt", "tools", "chat_template_kwargs")}
+        example["completion"] = row[side]
+        sides[side] = tokenize_sft_example(
+            example, tokenizer, kind="prompt_completion", conversational=conversational,
+            eos_token_id=tokenizer.eos_token_id, eos_ids=eos_ids,
+        )
+    (c_start, c_end), (r_start, r_end) = _completion_span(sides["chosen"]), _completion_span(sides["rejected"])
+    chosen, rejected = sides["chosen"]["input_ids"], sides["rejected"]["input_ids"]
+    prompt_len = min(c_start, r_start, common_prefix_length(chosen, rejected))
+    return {
+        "prompt_ids": chosen[:prompt_len],
+        "chosen_ids": chosen[prompt_len:c_end],
+        "rejected_ids": rejected[prompt_len:r_end],
+    }
+
+
+def _first_row(dataset) -> dict:
+    for row in dataset:
+        return row
+    raise ValueError("The dataset is empty: there is nothing to train on.")
+
+
+def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOptions, trainer: str, name: str = "train"):
+    """Turn a preference dataset (explicit or implicit prompt, standard or conversational, or pre-tokenised
+    `prompt_ids`/`chosen_ids`/`rejected_ids`) into token ids, with checks.
+
+    Rows whose prompt alone fills `max_length` and rows whose chosen and rejected completions are identical teach
+    nothing: they are reported (an error with guards on, else a warning) and dropped.
+
+    Returns:
+        `(dataset, fmt)`.
+
+    Example:
+        ```python
+        >>> ds, fmt = prepare_preference_dataset(prefs, tok, PreferenceDataOptions(max_length=256), "DPOTrainer")
+        >>> ds.column_names
+        ['prompt_ids', 'chosen_ids', 'rejected_ids']
+        ```
+    """
+    from datasets import Dataset
+
+    map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
+    columns = list(dataset.column_names or _first_row(dataset).keys())
+    if {"chosen_ids", "rejected_ids"} <= set(columns):
+        fmt = DatasetFormat("tokenized", False)
+        if "prompt_ids" not in columns:
+            dataset = dataset.map(lambda row: {"prompt_ids": []}, **map_kwargs)
+    else:
+        first = maybe_convert_to_chatml(_first_row(dataset))
+        fmt = detect_format(columns, first)
+        require_format(fmt, ("preference", "implicit_preference"), trainer, columns)
+        check_example_types(first, fmt)
+        if fmt.conversational and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat "
+                "template. Set `chat_template_path=...` in the config, or give the tokenizer a template."
+            )
+        if fmt.kind == "implicit_preference":  # the shared start of chosen and rejected becomes the prompt
+            dataset = dataset.map(extract_prompt, **map_kwargs)
+        fn_kwargs = dict(tokenizer=tokenizer, conversational=fmt.conversational, eos_ids={tokenizer.eos_token_id})
+        if isinstance(dataset, Dataset):
+            map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
+        dataset = dataset.map(
+            tokenize_preference_example, fn_kwargs=fn_kwargs,
+            remove_columns=[c for c in dataset.column_names or [] if c not in ("ref_chosen_logps", "ref_rejected_logps")],
+            **map_kwargs,
+        )
+    if isinstance(dataset, Dataset):
+        dataset = _check_pairs(dataset, options, name)
+    return dataset, fmt
+
+
+def _check_pairs(dataset, options: PreferenceDataOptions, name: str):
+    prompts, chosen, rejected = dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]
+    identical = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if c == r]
+    if identical:
+        guards.report(
+            f"{len(identical)} of {len(dataset)} {name} pairs have identical chosen and rejected completions "
+            f"(e.g. rows {identical[:5]}): they carry no preference.",
+            "Remove them from the dataset. With guards=False they are dropped.",
+            options.guards,
+        )
+    no_room = []
+    if options.max_length is not None:
+        no_room = [i for i, p in enumerate(prompts) if len(p) >= options.max_length]
+        if no_room:
+            guards.report(
+                f"{len(no_room)} of {len(dataset)} {name} rows have a prompt of at least max_length="
+                f"{options.max_length} tokens (e.g. rows {no_room[:5]}, longest {max(len(prompts[i]) for i in no_room)}"
+                "): no completion token would be left to compare.",
+                "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
+                options.guards,
+            )
+    empty = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if not c or not r]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} {name} rows have an empty chosen or rejected completion (e.g. rows {empty[:5]}); every "
+            "pair needs two completions. Fix or remove those rows."
+        )
+    drop = set(identical) | set(no_room)
+    if drop:
+        warnings.warn(f"Dropped {len(drop)} of {len(dataset)} {name} rows (see above).")
+        dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
+    return dataset

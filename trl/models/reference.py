@@ -1,0 +1,74 @@
+"""Reference models and cached reference log-probs (DESIGN principle 6)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+
+def freeze(model: torch.nn.Module) -> torch.nn.Module:
+    """Put `model` in eval mode with no parameter requiring grad."""
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    return model
+
+
+def independent_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen deep copy of `model` (the reference of a full fine-tune given as an object)."""
+    return freeze(copy.deepcopy(model))
+
+
+def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256) -> str:
+    """A short hash that changes when the model's architecture or weights change.
+
+    Hashes the config, every parameter's name, shape and dtype, and a strided sample of its values (plus its sum), so
+    it costs a fraction of a forward pass even for large models.
+
+    Example:
+        ```python
+        >>> model_fingerprint(model)
+        '3f6c0a1b9e2d4c57'
+        ```
+    """
+    digest = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        digest.update(config.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            step = max(1, flat.numel() // samples_per_tensor)
+            sample = torch.cat([flat[::step][:samples_per_tensor].float(), flat.float().sum().reshape(1)])
+            digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
+            digest.update(sample.cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Where precomputed reference log-probs are kept: `$TRL_CACHE_DIR`, else `~/.cache/trl`."""
+    return Path(os.environ.get("TRL_CACHE_DIR", Path.home() / ".cache" / "trl")) / "ref_logps"
+
+
+def cache_key(**parts) -> str:
+    """Hash of everything the cached values depend on (model and dataset fingerprints, truncation, ...)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def load_cached(key: str) -> dict[str, torch.Tensor] | None:
+    path = cache_dir() / f"{key}.pt"
+    return torch.load(path) if path.exists() else None
+
+
+def save_cached(key: str, values: dict[str, torch.Tensor]) -> Path:
+    path = cache_dir() / f"{key}.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(values, tmp)
+    tmp.replace(path)  # atomic: a concurrent or interrupted run never reads half a file
+    return path
