@@ -7,7 +7,16 @@ from pathlib import Path
 
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_task"
-FORMATS = ("conversational", "prompt_completion", "conversational_prompt_completion", "text", "prompt_only")
+FORMATS = (
+    "conversational",
+    "prompt_completion",
+    "conversational_prompt_completion",
+    "text",
+    "prompt_only",
+    "preference",
+    "standard_preference",
+    "unpaired_preference",
+)
 
 
 def _rows(split: str) -> list[dict]:
@@ -16,8 +25,22 @@ def _rows(split: str) -> list[dict]:
     return [json.loads(line) for line in (TASK_DIR / f"{split}.jsonl").read_text().splitlines()]
 
 
+def _wrong_answer(question: str, answer: str) -> str:
+    """A plausible wrong answer: the letters as given (unchanged), or shifted by one if that happens to be right."""
+    letters = question.split(": ", 1)[1]
+    return letters if letters != answer else " ".join(answer.split()[1:] + answer.split()[:1])
+
+
 def _convert(row: dict, form: str) -> dict:
     question, answer = row["question"], row["answer"]
+    if form == "preference":
+        return {
+            "prompt": [{"role": "user", "content": question}],
+            "chosen": [{"role": "assistant", "content": answer}],
+            "rejected": [{"role": "assistant", "content": _wrong_answer(question, answer)}],
+        }
+    if form == "standard_preference":
+        return {"prompt": f"{question}\nanswer:", "chosen": f" {answer}", "rejected": f" {_wrong_answer(question, answer)}"}
     if form == "conversational":
         return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
     if form == "conversational_prompt_completion":
@@ -30,6 +53,17 @@ def _convert(row: dict, form: str) -> dict:
     if form == "prompt_only":
         return {"prompt": [{"role": "user", "content": question}], "answer": answer}
     return {"text": f"{question}\nanswer: {answer}"}
+
+
+def _unpaired(rows: list[dict]) -> list[dict]:
+    """Alternate desirable (the right answer) and undesirable (a wrong answer) rows."""
+    out = []
+    for i, row in enumerate(rows):
+        good = i % 2 == 0
+        answer = row["answer"] if good else _wrong_answer(row["question"], row["answer"])
+        out.append({"prompt": [{"role": "user", "content": row["question"]}],
+                    "completion": [{"role": "assistant", "content": answer}], "label": good})
+    return out
 
 
 def tiny_task_dataset(form: str = "conversational", split: str = "train", num_rows: int | None = None):
@@ -53,4 +87,6 @@ def tiny_task_dataset(form: str = "conversational", split: str = "train", num_ro
     if form not in FORMATS:
         raise ValueError(f"Unknown tiny dataset form {form!r}; expected one of {FORMATS}.")
     rows = _rows(split)[:num_rows]
+    if form == "unpaired_preference":
+        return Dataset.from_list(_unpaired(rows))
     return Dataset.from_list([_convert(row, form) for row in rows])

@@ -24,11 +24,12 @@ def independent_copy(model: torch.nn.Module) -> torch.nn.Module:
     return freeze(copy.deepcopy(model))
 
 
-def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256) -> str:
+def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256, exclude_adapters: bool = False) -> str:
     """A short hash that changes when the model's architecture or weights change.
 
     Hashes the config, every parameter's name, shape and dtype, and a strided sample of its values (plus its sum), so
-    it costs a fraction of a forward pass even for large models.
+    it costs a fraction of a forward pass even for large models. With `exclude_adapters`, PEFT adapter weights are left
+    out (the reference of a PEFT policy is the model without them; a fresh adapter is random).
 
     Example:
         ```python
@@ -42,6 +43,9 @@ def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256) -> 
         digest.update(config.to_json_string(use_diff=False).encode())
     with torch.no_grad():
         for name, param in model.named_parameters():
+            if exclude_adapters and "lora_" in name:
+                continue
+            name = name.replace(".base_layer", "")
             flat = param.detach().reshape(-1)
             step = max(1, flat.numel() // samples_per_tensor)
             sample = torch.cat([flat[::step][:samples_per_tensor].float(), flat.float().sum().reshape(1)])

@@ -17,6 +17,10 @@ The logits follow the model's own transform, in this order: `logits = hidden @ w
 `softcap * tanh(logits / softcap)` (Gemma 2's `final_logit_softcapping`), then `logits / temperature`.
 [`logit_transform_from_config`] reads `scale` and `softcap` from a transformers config.
 
+Besides the label log-probs, every function returns detached per-token statistics of the whole next-token
+distribution (entropy, accuracy, the mean logit and, with `with_sum_sq=True`, `log sum_v p_v^2`), each one more
+reduction over a chunk that is already in memory.
+
 The matmuls run in the inputs' dtype (bf16 / fp16 on GPU); the softmax runs in float32 (float64 for float64 inputs).
 """
 
@@ -68,6 +72,13 @@ class TokenStats:
             `(N,)` entropy of the full next-token distribution, detached.
         correct (`torch.Tensor`):
             `(N,)` bool, whether the label is the argmax of the logits (token accuracy), detached.
+        mean_logits (`torch.Tensor`):
+            `(N,)` mean over the vocabulary of the logits after `scale`, `softcap` and `temperature`, in the dtype of
+            `logps`, detached.
+        log_sum_sq_probs (`torch.Tensor` or `None`):
+            `(N,)` `log sum_v p_v^2` of the next-token distribution `p` (the log-probability that two independent
+            samples agree, used by WPO's weight alignment), in the dtype of `logps`, detached. Only computed with
+            `with_sum_sq=True`; `None` otherwise.
 
     Example:
         ```python
@@ -82,6 +93,8 @@ class TokenStats:
     logps: torch.Tensor
     entropy: torch.Tensor
     correct: torch.Tensor
+    mean_logits: torch.Tensor
+    log_sum_sq_probs: torch.Tensor | None = None
 
 
 def default_chunk_size(vocab_size: int, device: torch.device | str | None = None) -> int:
@@ -224,15 +237,22 @@ class _Workspace:
         return grad if self.raw is None else self.raw[: grad.shape[0]].copy_(grad)
 
 
-def _forward_stats(logits, labels, logps_out, probs_out):
-    """Label log-probs, correctness, entropy and softmax of one chunk. Writes the log-softmax to `logps_out` (then
-    overwrites it) and the softmax to `probs_out`, which may alias `logits`."""
+def _forward_stats(logits, labels, logps_out, probs_out, with_sum_sq):
+    """Label log-probs, correctness, entropy, mean logit, `log sum p^2` (or `None`) and softmax of one chunk. Writes
+    the log-softmax to `logps_out` (then overwrites it) and the softmax to `probs_out`, which may alias `logits`."""
     correct = logits.argmax(dim=-1) == labels  # first maximal index, as torch.argmax on the full logits
+    mean_logits = logits.mean(dim=-1)  # before `probs_out`, which may alias the logits, is written
     all_logps = torch.log_softmax(logits, dim=-1, out=logps_out)
     logps = all_logps.gather(1, labels.unsqueeze(1)).squeeze(1)
     probs = torch.exp(all_logps, out=probs_out)
     entropy = all_logps.mul_(probs).sum(dim=-1).neg_()
-    return logps, correct, entropy, probs
+    log_sum_sq = None
+    if with_sum_sq:
+        # `logps_out` is free again. sum_v p_v^2 >= 1 / V (Cauchy-Schwarz), so the sum never underflows and its log is
+        # as precise as the softmax (squares that underflow are < 1e-38, nothing next to 1 / V); one multiply and one
+        # sum, where `torch.logsumexp(2 * all_logps)` would take a fresh block and several passes.
+        log_sum_sq = torch.mul(probs, probs, out=logps_out).sum(dim=-1).log_()
+    return logps, correct, entropy, mean_logits, log_sum_sq, probs
 
 
 def _logits_grad_(probs, logits, labels, coef, transform: _Transform) -> torch.Tensor:
@@ -272,18 +292,33 @@ class _GradAccumulator:
         return self.hidden, weight, bias
 
 
-def _stats_pass(hidden, weight, bias, labels, transform, chunk_size):
-    """Forward of [`chunked_token_stats`]: `(N,)` log-probs, entropy and correctness, chunk by chunk."""
+def _stats_outputs(n: int, workspace: _Workspace, device, with_sum_sq: bool):
+    """Empty `(N,)` logps, entropy, correct, mean_logits and log_sum_sq (`None` without `with_sum_sq`)."""
+    logps = torch.empty(n, dtype=workspace.compute_dtype, device=device)
+    correct = torch.empty(n, dtype=torch.bool, device=device)
+    log_sum_sq = torch.empty_like(logps) if with_sum_sq else None
+    return logps, torch.empty_like(logps), correct, torch.empty_like(logps), log_sum_sq
+
+
+def _store_stats(outputs, start: int, end: int, stats) -> None:
+    """Copy one chunk's `_forward_stats` results into the `_stats_outputs` tensors."""
+    logps, entropy, correct, mean_logits, log_sum_sq = outputs
+    logps[start:end], correct[start:end], entropy[start:end], mean_logits[start:end] = stats[:4]
+    if log_sum_sq is not None:
+        log_sum_sq[start:end] = stats[4]
+
+
+def _stats_pass(hidden, weight, bias, labels, transform, chunk_size, with_sum_sq):
+    """Forward of [`chunked_token_stats`]: `(N,)` log-probs, entropy, correctness, mean logit and `log sum p^2` (or
+    `None`), chunk by chunk."""
     n = hidden.shape[0]
     workspace = _Workspace(hidden, weight, chunk_size, num_buffers=2)
-    logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
-    entropy = torch.empty_like(logps)
-    correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+    outputs = _stats_outputs(n, workspace, hidden.device, with_sum_sq)
     for start, end in _chunks(n, chunk_size):
         logits = workspace.logits(hidden[start:end], weight, bias, transform)
-        stats = _forward_stats(logits, labels[start:end], workspace[1][: end - start], logits)
-        logps[start:end], correct[start:end], entropy[start:end], _ = stats
-    return logps, entropy, correct
+        stats = _forward_stats(logits, labels[start:end], workspace[1][: end - start], logits, with_sum_sq)
+        _store_stats(outputs, start, end, stats)
+    return outputs
 
 
 def _recompute_grad_pass(hidden, weight, bias, labels, transform, chunk_size, grad_logps, needs):
@@ -299,26 +334,24 @@ def _recompute_grad_pass(hidden, weight, bias, labels, transform, chunk_size, gr
     return grads.result()
 
 
-def _fused_pass(hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs):
-    """Forward of [`fused_token_loss`]: loss, stats and, where `needs` says so, the input gradients."""
+def _fused_pass(hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs, with_sum_sq):
+    """Forward of [`fused_token_loss`]: loss, the five stats of `_stats_outputs` and, where `needs` says so, the input
+    gradients."""
     n = hidden.shape[0]
     grads = _GradAccumulator(hidden, weight, bias, needs) if any(needs) else None
     # the softcap chain rule needs the logits after the softmax: then the softmax gets a buffer of its own
     keep_logits = grads is not None and transform.softcap is not None
     workspace = _Workspace(hidden, weight, chunk_size, num_buffers=3 if keep_logits else 2)
-    logps = torch.empty(n, dtype=workspace.compute_dtype, device=hidden.device)
-    entropy = torch.empty_like(logps)
-    correct = torch.empty(n, dtype=torch.bool, device=hidden.device)
+    outputs = _stats_outputs(n, workspace, hidden.device, with_sum_sq)
     loss = torch.zeros((), dtype=workspace.compute_dtype, device=hidden.device)
     for start, end in _chunks(n, chunk_size):
         h, y = hidden[start:end], labels[start:end]
         scale = token_scale[start:end] if isinstance(token_scale, torch.Tensor) else token_scale
         logits = workspace.logits(h, weight, bias, transform)
         probs_out = workspace[2][: end - start] if keep_logits else logits
-        chunk_logps, correct[start:end], entropy[start:end], probs = _forward_stats(
-            logits, y, workspace[1][: end - start], probs_out
-        )
-        logps[start:end] = chunk_logps
+        stats = _forward_stats(logits, y, workspace[1][: end - start], probs_out, with_sum_sq)
+        _store_stats(outputs, start, end, stats)
+        chunk_logps, probs = stats[0], stats[-1]
         if grads is None:
             loss += (_call_loss_fn(loss_fn, chunk_logps) * scale).sum()
             continue
@@ -326,49 +359,49 @@ def _fused_pass(hidden, weight, bias, labels, token_scale, loss_fn, transform, c
         loss += chunk_loss
         coef = dloss_dlogps * (transform.scale / transform.temperature)
         grads.add(start, h, _logits_grad_(probs, logits, y, coef, transform), workspace)
-    return loss, logps, entropy, correct, grads.result() if grads is not None else (None, None, None)
+    return loss, *outputs, grads.result() if grads is not None else (None, None, None)
 
 
 class _ChunkedTokenStats(torch.autograd.Function):
     """Forward saves only its inputs; backward recomputes each chunk's logits and softmax."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, transform, chunk_size):
+    def forward(ctx, hidden, weight, bias, labels, transform, chunk_size, with_sum_sq):
         with _no_autocast(hidden.device):
-            logps, entropy, correct = _stats_pass(hidden, weight, bias, labels, transform, chunk_size)
+            logps, *stats = _stats_pass(hidden, weight, bias, labels, transform, chunk_size, with_sum_sq)
         ctx.save_for_backward(hidden, weight, bias, labels)
         ctx.transform, ctx.chunk_size = transform, chunk_size
-        ctx.mark_non_differentiable(entropy, correct)
-        return logps, entropy, correct
+        ctx.mark_non_differentiable(*(t for t in stats if t is not None))
+        return logps, *stats
 
     @staticmethod
-    def backward(ctx, grad_logps, grad_entropy, grad_correct):
+    def backward(ctx, grad_logps, grad_entropy, grad_correct, grad_mean_logits, grad_log_sum_sq):
         hidden, weight, bias, labels = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
         with _no_autocast(hidden.device):
             grad_hidden, grad_weight, grad_bias = _recompute_grad_pass(
                 hidden, weight, bias, labels, ctx.transform, ctx.chunk_size, grad_logps, needs
             )
-        return grad_hidden, grad_weight, grad_bias, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
 
 class _FusedTokenLoss(torch.autograd.Function):
     """Forward computes the loss and, when `needs` says so, its full gradient; backward only rescales it."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs):
+    def forward(ctx, hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs, with_sum_sq):
         with _no_autocast(hidden.device):
-            loss, logps, entropy, correct, grads = _fused_pass(
-                hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs
+            loss, *stats, grads = _fused_pass(
+                hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs, with_sum_sq
             )
         ctx.save_for_backward(*grads)
-        ctx.mark_non_differentiable(logps, entropy, correct)
-        return loss, logps, entropy, correct
+        ctx.mark_non_differentiable(*(t for t in stats if t is not None))
+        return loss, *stats
 
     @staticmethod
-    def backward(ctx, grad_loss, grad_logps, grad_entropy, grad_correct):
+    def backward(ctx, grad_loss, grad_logps, grad_entropy, grad_correct, grad_mean_logits, grad_log_sum_sq):
         scaled = [g * grad_loss.to(g.dtype) if g is not None else None for g in ctx.saved_tensors]
-        return *scaled, None, None, None, None, None, None
+        return *scaled, None, None, None, None, None, None, None
 
 
 def _call_loss_fn(loss_fn, logps: torch.Tensor) -> torch.Tensor:
@@ -447,6 +480,7 @@ def naive_token_stats(
     scale: float = 1.0,
     softcap: float | None = None,
     temperature: float = 1.0,
+    with_sum_sq: bool = False,
 ) -> TokenStats:
     """Reference implementation: materialises the full `(N, V)` logits. Use [`chunked_token_stats`] in training.
 
@@ -458,9 +492,11 @@ def naive_token_stats(
         scale (`float`, *optional*, defaults to `1.0`): multiplies the logits (see [`logit_transform_from_config`]).
         softcap (`float`, *optional*): when set, logits become `softcap * tanh(logits / softcap)` after `scale`.
         temperature (`float`, *optional*, defaults to `1.0`): divides the logits last.
+        with_sum_sq (`bool`, *optional*, defaults to `False`): also compute `log_sum_sq_probs`.
 
     Returns:
-        [`TokenStats`]: differentiable `logps`, detached `entropy` and `correct`, shaped like `labels`.
+        [`TokenStats`]: differentiable `logps`, detached `entropy`, `correct`, `mean_logits` and
+        `log_sum_sq_probs` (`None` unless `with_sum_sq`), shaped like `labels`.
 
     Example:
         ```python
@@ -483,7 +519,9 @@ def naive_token_stats(
     logps = all_logps.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     entropy = -(all_logps.exp() * all_logps).sum(-1)
     correct = logits.argmax(-1) == labels
-    return TokenStats(logps.reshape(out_shape), entropy.detach().reshape(out_shape), correct.reshape(out_shape))
+    mean_logits = logits.detach().mean(-1)
+    log_sum_sq = torch.logsumexp(2 * all_logps.detach(), dim=-1) if with_sum_sq else None
+    return _reshape_stats(TokenStats(logps, entropy.detach(), correct, mean_logits, log_sum_sq), out_shape)
 
 
 def chunked_token_stats(
@@ -496,6 +534,7 @@ def chunked_token_stats(
     softcap: float | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    with_sum_sq: bool = False,
 ) -> TokenStats:
     """Label log-probs, entropy and accuracy from hidden states, `chunk_size` rows of logits at a time.
 
@@ -514,10 +553,12 @@ def chunked_token_stats(
         softcap (`float`, *optional*): when set, logits become `softcap * tanh(logits / softcap)` after `scale`.
         temperature (`float`, *optional*, defaults to `1.0`): divides the logits last.
         chunk_size (`int`, *optional*): rows of logits computed at once; defaults to [`default_chunk_size`].
+        with_sum_sq (`bool`, *optional*, defaults to `False`): also compute `log_sum_sq_probs` (one more multiply and
+            sum per chunk, in a buffer that is already allocated).
 
     Returns:
-        [`TokenStats`]: `logps` (differentiable w.r.t. `hidden`, `weight` and `bias`), detached `entropy` and
-        `correct`, shaped like `labels`.
+        [`TokenStats`]: `logps` (differentiable w.r.t. `hidden`, `weight` and `bias`), detached `entropy`, `correct`,
+        `mean_logits` and `log_sum_sq_probs` (`None` unless `with_sum_sq`), shaped like `labels`.
 
     Raises:
         `ValueError`: if the shapes disagree, a label is outside `[0, V)` or a transform parameter is invalid.
@@ -538,12 +579,19 @@ def chunked_token_stats(
     hidden, weight, labels, bias, transform, chunk_size = _prepare(
         hidden, weight, labels, bias, scale, softcap, temperature, chunk_size, "chunked_token_stats"
     )
-    logps, entropy, correct = _ChunkedTokenStats.apply(hidden, weight, bias, labels, transform, chunk_size)
-    return _reshape_stats(TokenStats(logps, entropy, correct), out_shape)
+    stats = _ChunkedTokenStats.apply(hidden, weight, bias, labels, transform, chunk_size, with_sum_sq)
+    return _reshape_stats(TokenStats(*stats), out_shape)
 
 
 def _reshape_stats(stats: TokenStats, shape: torch.Size) -> TokenStats:
-    return TokenStats(stats.logps.reshape(shape), stats.entropy.reshape(shape), stats.correct.reshape(shape))
+    log_sum_sq = stats.log_sum_sq_probs.reshape(shape) if stats.log_sum_sq_probs is not None else None
+    return TokenStats(
+        stats.logps.reshape(shape),
+        stats.entropy.reshape(shape),
+        stats.correct.reshape(shape),
+        stats.mean_logits.reshape(shape),
+        log_sum_sq,
+    )
 
 
 def fused_token_loss(
@@ -558,6 +606,7 @@ def fused_token_loss(
     softcap: float | None = None,
     temperature: float = 1.0,
     chunk_size: int | None = None,
+    with_sum_sq: bool = False,
 ) -> tuple[torch.Tensor, TokenStats]:
     """`sum_i token_scale_i * loss_fn(logp_i)` with its gradient computed chunk by chunk during the forward pass.
 
@@ -582,10 +631,11 @@ def fused_token_loss(
         softcap (`float`, *optional*): when set, logits become `softcap * tanh(logits / softcap)` after `scale`.
         temperature (`float`, *optional*, defaults to `1.0`): divides the logits last.
         chunk_size (`int`, *optional*): rows of logits computed at once; defaults to [`default_chunk_size`].
+        with_sum_sq (`bool`, *optional*, defaults to `False`): also compute `log_sum_sq_probs`.
 
     Returns:
         `tuple[torch.Tensor, TokenStats]`: the scalar loss (differentiable w.r.t. `hidden`, `weight` and `bias`) and
-        detached [`TokenStats`] shaped like `labels`.
+        detached [`TokenStats`] shaped like `labels` (`log_sum_sq_probs` is `None` unless `with_sum_sq`).
 
     Raises:
         `ValueError`: if the shapes disagree, a label is outside `[0, V)`, `loss_fn` is not elementwise-shaped or a
@@ -619,7 +669,7 @@ def fused_token_loss(
         token_scale = token_scale.expand(out_shape).reshape(-1)
     grad_enabled = torch.is_grad_enabled()
     needs = tuple(grad_enabled and t is not None and t.requires_grad for t in (hidden_in, weight_in, bias_in))
-    loss, logps, entropy, correct = _FusedTokenLoss.apply(
-        hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs
+    loss, *stats = _FusedTokenLoss.apply(
+        hidden, weight, bias, labels, token_scale, loss_fn, transform, chunk_size, needs, with_sum_sq
     )
-    return loss, _reshape_stats(TokenStats(logps, entropy, correct), out_shape)
+    return loss, _reshape_stats(TokenStats(*stats), out_shape)

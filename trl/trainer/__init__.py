@@ -10,6 +10,13 @@ _import_structure = {
     "model_config": ["ModelConfig", "get_peft_config", "get_quantization_config"],
     "sft_config": ["SFTConfig"],
     "sft_trainer": ["SFTTrainer"],
+    "dpo_config": ["DPOConfig"],
+    "dpo_trainer": ["DPOTrainer"],
+    "kto_config": ["KTOConfig"],
+    "kto_trainer": ["KTOTrainer"],
+    "reward_config": ["RewardConfig"],
+    "reward_trainer": ["RewardTrainer"],
+    "callbacks": ["SyncRefModelCallback"],
     "fused_head": ["add_fused_lm_head"],
     "utils": ["disable_dropout_in_model"],
 }

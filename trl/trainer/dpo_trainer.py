@@ -1,0 +1,299 @@
+"""Direct Preference Optimization (DPO), https://huggingface.co/papers/2305.18290, and its variants.
+
+The loss compares the policy's and the reference's log-probs of a chosen and a rejected completion (eq. 7); the
+variants (IPO, robust, EXO, NCA, BCO, SPPO, AOT, APO, DiscoPOP, MPO combinations, f-divergences, LD-DPO, WPO) are
+pure functions in `trl.losses.dpo`. Deviations from the reference implementation:
+- the loss is a mean over the pairs of the whole optimiser step (all accumulation steps and ranks), so gradient
+  accumulation does not change the gradient (`trl.losses.reduce`);
+- log-probs come from the last hidden states chunk by chunk, never from `(B, T, V)` logits (`trl.ops`);
+- with `precompute_ref_log_probs` and no explicit `ref_model`, the reference log-probs are those of the initial
+  policy, computed before training with the policy itself: no reference model is ever built, and the values are
+  cached on disk, keyed by model and dataset fingerprints;
+- a completion ends with its end-of-turn token: template text after it (ChatML's "\\n") is not scored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+from ..data.collators import DataCollatorForPreference
+from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
+from ..losses.dpo import DPOLossParams, PreferenceLogps, bco_batch_reward_mean, dpo_loss, ld_logps, wpo_pair_weights
+from ..losses.dpo import wpo_weights
+from ..losses.reduce import token_weight
+from ..models import loading, reference
+from .base_trainer import _BaseTrainer, as_config
+from .callbacks import SyncRefModelCallback
+from .dpo_config import DPOConfig
+from .fused_head import FusedHeadRequest, add_fused_lm_head
+from .utils import disable_dropout_in_model
+
+
+__all__ = ["DPOTrainer", "DataCollatorForPreference"]
+
+
+class DPOTrainer(_BaseTrainer):
+    """Trainer for Direct Preference Optimization and its variants.
+
+    Args:
+        model (`str`, `PreTrainedModel` or `PeftModel`): hub id / local folder, or a model object.
+        ref_model (`PreTrainedModel`, *optional*): the reference. When omitted: with PEFT, the policy with its
+            adapters disabled; with `precompute_ref_log_probs`, the initial policy (used once, before training);
+            otherwise an independent frozen copy of the policy (loaded again from `model` when it is a string).
+        args (`DPOConfig`, *optional*): configuration; defaults to `DPOConfig(output_dir="<model-name>-DPO")`.
+        data_collator (*optional*): defaults to `DataCollatorForPreference`.
+        train_dataset: preference rows (`prompt`/`chosen`/`rejected`, or `chosen`/`rejected` with an implicit
+            prompt), standard or conversational, or pre-tokenised `prompt_ids`/`chosen_ids`/`rejected_ids`.
+        eval_dataset (*optional*): same formats; a dict of datasets is evaluated one by one.
+        processing_class (*optional*): the tokenizer; loaded from `model` when omitted.
+        compute_metrics, callbacks, optimizers: as in `transformers.Trainer`.
+        quantization_config (*optional*): used when `model` is a string.
+        peft_config (`peft.PeftConfig`, *optional*): train a fresh adapter; the reference is the model without it.
+
+    Example:
+        ```python
+        >>> from trl import DPOConfig, DPOTrainer
+        >>> trainer = DPOTrainer(model="path/to/sft-model", args=DPOConfig(output_dir="out"), train_dataset=prefs)
+        >>> trainer.train()
+        ```
+    """
+
+    _tag_names = ["trl", "dpo"]
+    _name = "DPO"
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: DPOConfig | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        args = as_config(args, DPOConfig, self._default_output_dir(model, "DPO"))
+        if train_dataset is None:
+            raise ValueError("DPOTrainer needs a `train_dataset` of preference pairs.")
+        if ref_model is not None and ref_model is model:
+            raise ValueError(
+                "`ref_model` is the policy object itself, so the reference would move with every update. Pass a "
+                "separate copy, or leave `ref_model=None` to let the trainer make one."
+            )
+        model_id = model if isinstance(model, str) else None
+        model = self._load_model(model, args, quantization_config)
+        processing_class = self._load_processing_class(processing_class, model, model_id, args)
+        loading.prepare_tokenizer(processing_class, model)
+        peft_input = loading.is_peft_model(model)
+        if peft_config is not None:
+            model = loading.wrap_peft(model, peft_config)
+        use_adapters_as_ref = ref_model is None and loading.is_peft_model(model)
+        if peft_input and ref_model is None:
+            warnings.warn(
+                "The model is a PeftModel and no `ref_model` was given: the reference is the base model with the "
+                "adapters disabled. Pass `ref_model=` to compare against the adapted model instead.", stacklevel=2
+            )
+        if args.sync_ref_model and use_adapters_as_ref:
+            raise ValueError("`sync_ref_model=True` needs a separate reference model; it does not work with PEFT.")
+        add_fused_lm_head(_causal_lm(model))
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+
+        # The reference: an explicit model, the adapter-free policy, the initial policy (precompute) or a copy.
+        if ref_model is None and not use_adapters_as_ref and not args.precompute_ref_log_probs:
+            ref_model = self._load_model(model_id, args, quantization_config) if model_id else _causal_lm(model)
+            ref_model = reference.independent_copy(ref_model) if ref_model is _causal_lm(model) else ref_model
+        if ref_model is not None:
+            reference.freeze(ref_model)
+            add_fused_lm_head(ref_model)
+            if args.disable_dropout:
+                disable_dropout_in_model(ref_model)
+        self.ref_model = ref_model
+        self._use_adapters_as_ref = use_adapters_as_ref
+
+        options = PreferenceDataOptions(max_length=args.max_length, num_proc=args.dataset_num_proc, guards=args.guards)
+        train_dataset, _ = prepare_preference_dataset(train_dataset, processing_class, options, "DPOTrainer")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                k: prepare_preference_dataset(v, processing_class, options, "DPOTrainer", f"eval[{k}]")[0]
+                for k, v in eval_dataset.items()
+            }
+        elif eval_dataset is not None:
+            eval_dataset = prepare_preference_dataset(eval_dataset, processing_class, options, "DPOTrainer", "eval")[0]
+        if data_collator is None:
+            data_collator = DataCollatorForPreference(
+                pad_token_id=processing_class.pad_token_id, max_length=args.max_length,
+                truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
+            )
+
+        self._loss_params = DPOLossParams(
+            beta=args.beta, label_smoothing=args.label_smoothing, f_divergence_type=args.f_divergence_type,
+            f_alpha_divergence_coef=args.f_alpha_divergence_coef, discopop_tau=args.discopop_tau,
+        )
+        self._bco_rewards = [0.0, 0]  # running sum and count of implicit rewards (BCO's delta)
+        self._init_metrics()
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
+            callbacks=callbacks, optimizers=optimizers,
+        )
+        if self.ref_model is not None:
+            self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        if args.sync_ref_model:
+            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        if args.precompute_ref_log_probs:
+            self.train_dataset = self._with_ref_logps(self.train_dataset, "train")
+            if isinstance(self.eval_dataset, dict):
+                self.eval_dataset = {k: self._with_ref_logps(v, f"eval[{k}]") for k, v in self.eval_dataset.items()}
+            elif self.eval_dataset is not None:
+                self.eval_dataset = self._with_ref_logps(self.eval_dataset, "eval")
+            self.ref_model = None  # not needed any more: every row carries its reference log-probs
+
+    # ---- reference log-probs ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The model that scores the reference, with gradients off."""
+        with torch.no_grad():
+            if self.ref_model is not None:
+                yield self.ref_model
+            elif self._use_adapters_as_ref:
+                with self.accelerator.unwrap_model(self.model).disable_adapter():
+                    yield self.model
+            else:  # precompute before training: the initial policy is the reference
+                yield self.model
+
+    def _with_ref_logps(self, dataset, name: str):
+        """Add `ref_chosen_logps`/`ref_rejected_logps` columns, from the on-disk cache or one pass over `dataset`."""
+        from torch.utils.data import DataLoader
+
+        if "ref_chosen_logps" in dataset.column_names:
+            return dataset
+        source = self.ref_model if self.ref_model is not None else self.model
+        key = reference.cache_key(
+            model=reference.model_fingerprint(self.accelerator.unwrap_model(source), exclude_adapters=True),
+            dataset=getattr(dataset, "_fingerprint", None), max_length=self.args.max_length,
+            truncation_mode=self.args.truncation_mode, ld_alpha=self.args.ld_alpha, dtype=str(self.args.bf16),
+        )
+        cached = reference.load_cached(key)
+        if cached is None:
+            batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+            loader = self.accelerator.prepare(
+                DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+            )
+            chosen, rejected = [], []
+            was_training = self.model.training
+            self.model.eval()
+            for batch in loader:
+                with self._reference() as ref, self.compute_loss_context_manager():
+                    logps = self._sequence_logps(ref, batch)
+                chosen.append(self.accelerator.gather_for_metrics(logps["chosen"]).float().cpu())
+                rejected.append(self.accelerator.gather_for_metrics(logps["rejected"]).float().cpu())
+            self.model.train(was_training)
+            cached = {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
+            if self.accelerator.is_main_process:
+                path = reference.save_cached(key, cached)
+                print(f"Reference log-probs of the {name} dataset computed and cached in {path}")
+        else:
+            print(f"Reference log-probs of the {name} dataset loaded from the cache (key {key}).")
+        dataset = dataset.add_column("ref_chosen_logps", cached["chosen"].tolist())
+        return dataset.add_column("ref_rejected_logps", cached["rejected"].tolist())
+
+    # ---- Trainer overrides, in lifecycle order -------------------------------------------------------------------
+
+    def _set_signature_columns_if_needed(self):
+        if self._signature_columns is None:
+            self._signature_columns = [
+                "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"
+            ]
+
+    def _count_loss_items(self, batch: dict) -> int:
+        return batch["input_ids"].shape[0] // 2  # the loss is a mean over pairs
+
+    def _sequence_logps(self, model, batch: dict) -> dict[str, torch.Tensor]:
+        """Forward `[chosen; rejected]` once and sum each completion's token log-probs."""
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+        outputs = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            fused_lm_head=FusedHeadRequest(labels=labels),
+        )
+        mask = outputs.label_mask  # (2B, T-1)
+        token_logps = torch.zeros(mask.shape, dtype=outputs.logps.dtype, device=mask.device)
+        token_logps = token_logps.masked_scatter(mask, outputs.logps)
+        lengths = mask.sum(-1)
+        if self.args.ld_alpha is not None:
+            half = mask.shape[0] // 2
+            shared = torch.minimum(lengths[:half], lengths[half:]).repeat(2)
+            sequence = ld_logps(token_logps, mask, shared, self.args.ld_alpha)
+        else:
+            sequence = token_logps.sum(-1)
+        chosen, rejected = sequence.chunk(2)
+        return {"chosen": chosen, "rejected": rejected, "lengths": lengths, "token_logps": token_logps,
+                "mask": mask, "outputs": outputs}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        policy = self._sequence_logps(model, inputs)
+        if "ref_chosen_logps" in inputs:
+            ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            with self._reference() as ref:
+                ref_logps = self._sequence_logps(ref, inputs)
+            ref_chosen, ref_rejected = ref_logps["chosen"], ref_logps["rejected"]
+        chosen_lengths, rejected_lengths = policy["lengths"].chunk(2)
+        pairs = PreferenceLogps(
+            chosen_logps=policy["chosen"], rejected_logps=policy["rejected"], ref_chosen_logps=ref_chosen,
+            ref_rejected_logps=ref_rejected, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+        )
+        if "bco_pair" in self.args.loss_type:
+            pairs.bco_delta = self._bco_delta(pairs, mode)
+        losses, metrics = dpo_loss(pairs, self.args.loss_type, self.args.loss_weights, self._loss_params)
+        if self.args.use_weighting:
+            weights = wpo_weights(policy["token_logps"], policy["mask"]).chunk(2)
+            losses = losses * wpo_pair_weights(*weights)
+        if mode == "train" and num_items_in_batch is not None:
+            loss = losses.sum() * token_weight(num_items_in_batch, self._dp_world_size())
+        else:
+            loss = losses.mean()
+        self._record(mode, inputs, policy, metrics)
+        return (loss, policy["outputs"]) if return_outputs else loss
+
+    def _bco_delta(self, pairs: PreferenceLogps, mode: str) -> torch.Tensor:
+        """BCO's delta: the running mean of every implicit reward seen in training so far."""
+        if mode == "train":
+            batch_mean = float(bco_batch_reward_mean(pairs, self.args.beta))
+            n = 2 * pairs.chosen_logps.shape[0]
+            self._bco_rewards = [self._bco_rewards[0] + batch_mean * n, self._bco_rewards[1] + n]
+        total, count = self._bco_rewards
+        return torch.tensor(total / count if count else 0.0, device=pairs.chosen_logps.device)
+
+    def _record(self, mode: str, inputs: dict, policy: dict, metrics: dict) -> None:
+        self._record_tokens(mode, inputs)
+        outputs, mask = policy["outputs"], policy["mask"]
+        half = mask.shape[0] // 2
+        n_chosen = int(mask[:half].sum())
+        self._metrics.add(mode, "entropy", outputs.entropy.sum(), outputs.entropy.numel())
+        self._metrics.add(mode, "mean_token_accuracy", outputs.correct[:n_chosen].sum(), n_chosen)
+        if getattr(outputs, "mean_logits", None) is not None:
+            self._metrics.add(mode, "logits/chosen", outputs.mean_logits[:n_chosen].sum(), n_chosen)
+            self._metrics.add(mode, "logits/rejected", outputs.mean_logits[n_chosen:].sum(),
+                              outputs.mean_logits.numel() - n_chosen)
+        chosen_rewards, rejected_rewards = metrics["chosen_rewards"], metrics["rejected_rewards"]
+        b = chosen_rewards.numel()
+        self._metrics.add(mode, "rewards/chosen", chosen_rewards.sum(), b)
+        self._metrics.add(mode, "rewards/rejected", rejected_rewards.sum(), b)
+        self._metrics.add(mode, "rewards/accuracies", (chosen_rewards > rejected_rewards).sum(), b)
+        self._metrics.add(mode, "rewards/margins", (chosen_rewards - rejected_rewards).sum(), b)
+        self._metrics.add(mode, "logps/chosen", policy["chosen"].detach().sum(), b)
+        self._metrics.add(mode, "logps/rejected", policy["rejected"].detach().sum(), b)
+
+
+def _causal_lm(model):
+    return model.get_base_model() if loading.is_peft_model(model) else model
