@@ -1,0 +1,218 @@
+"""DPOTrainer on tiny models: every loss type trains; reference semantics; precompute cache; invariance; errors."""
+
+import gc
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from trl import DPOConfig, DPOTrainer
+from trl.data.tiny import tiny_task_dataset
+from trl.guards import TrainingWillNotLearnError
+from trl.losses.dpo import DPO_LOSSES
+from trl.models.tiny import save_tiny_model, tiny_model, tiny_tokenizer
+
+from .sft_one_step import SMALL
+
+
+METRICS = {"loss", "entropy", "num_tokens", "mean_token_accuracy", "rewards/chosen", "rewards/rejected",
+           "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"}
+
+
+def _config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
+                  logging_steps=1, report_to="none", save_strategy="no", max_length=64, seed=0,
+                  gradient_checkpointing=False)
+    values.update(overrides)
+    return DPOConfig(**values)
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _changed(model, before):
+    return [n for n, p in model.named_parameters() if n in before and not torch.equal(p.detach(), before[n])]
+
+
+@pytest.mark.parametrize("loss_type", sorted(DPO_LOSSES))
+def test_every_loss_type_trains(tmp_path, loss_type):
+    model = tiny_model(seed=0, **SMALL)
+    before = _params(model)
+    trainer = DPOTrainer(model=model, args=_config(tmp_path, loss_type=loss_type),
+                         train_dataset=tiny_task_dataset("preference", num_rows=16), processing_class=tiny_tokenizer())
+    ref_before = _params(trainer.ref_model)
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert all(math.isfinite(log["loss"]) for log in logs)
+    assert METRICS <= set(logs[0]), set(logs[0])
+    assert _changed(trainer.model, before), "the policy did not move"
+    assert not _changed(trainer.ref_model, ref_before), "the reference moved"
+
+
+def test_first_step_sigmoid_loss_is_log2_and_ref_equals_policy(tmp_path):
+    """Before any update the policy is the reference: every log-ratio is 0, so the sigmoid loss is ln 2."""
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path, max_steps=1),
+                         train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer())
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_standard_and_implicit_prompt_data(tmp_path):
+    implicit = Dataset.from_list([{"chosen": f"Q{i}: the answer is {i}.", "rejected": f"Q{i}: the answer is {i + 1}."}
+                                  for i in range(8)])
+    for name, data in (("standard", tiny_task_dataset("standard_preference", num_rows=8)), ("implicit", implicit)):
+        trainer = DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path / name, max_steps=2),
+                             train_dataset=data, processing_class=tiny_tokenizer())
+        trainer.train()
+        assert math.isfinite(trainer.state.log_history[0]["loss"])
+
+
+def test_peft_reference_is_the_model_without_adapters(tmp_path):
+    """No second model exists: the reference pass disables the adapters of the policy itself."""
+    peft = pytest.importorskip("peft")
+    gc.collect()
+    model = tiny_model(seed=0, **SMALL)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = DPOTrainer(model=model, args=_config(tmp_path, learning_rate=5e-2), peft_config=config,
+                         train_dataset=tiny_task_dataset("preference", num_rows=16), processing_class=tiny_tokenizer())
+    assert trainer.ref_model is None
+    gc.collect()
+    causal_lms = [o for o in gc.get_objects() if isinstance(o, torch.nn.Module) and type(o).__name__ == "Qwen3ForCausalLM"]
+    assert len(causal_lms) == 1
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert logs[0]["loss"] == pytest.approx(math.log(2), rel=1e-5)  # adapters start at zero: policy == reference
+    assert logs[-1]["rewards/margins"] != 0.0
+
+
+def test_explicit_ref_model_stays_frozen_and_sync_moves_it(tmp_path):
+    ref = tiny_model(seed=1, **SMALL)
+    ref_before = _params(ref)
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), ref_model=ref, args=_config(tmp_path),
+                         train_dataset=tiny_task_dataset("preference", num_rows=16), processing_class=tiny_tokenizer())
+    trainer.train()
+    assert not _changed(ref, ref_before)
+    ref = tiny_model(seed=1, **SMALL)
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), ref_model=ref,
+                         args=_config(tmp_path, sync_ref_model=True, ref_model_sync_steps=2, ref_model_mixup_alpha=0.5),
+                         train_dataset=tiny_task_dataset("preference", num_rows=16), processing_class=tiny_tokenizer())
+    trainer.train()
+    assert _changed(ref, ref_before), "TR-DPO sync did not update the reference"
+
+
+def test_ref_model_loaded_again_from_a_path(tmp_path):
+    path = save_tiny_model(tmp_path / "tiny", **SMALL)
+    trainer = DPOTrainer(model=str(path), args=_config(tmp_path, max_steps=1),
+                         train_dataset=tiny_task_dataset("preference", num_rows=4))
+    assert trainer.ref_model is not None and trainer.ref_model is not trainer.model
+    assert all(not p.requires_grad for p in trainer.ref_model.parameters())
+
+
+class _GradCatcher(TrainerCallback):
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _one_step(tmp_path, batch_size, grad_accum, **overrides):
+    catcher = _GradCatcher()
+    args = _config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size,
+                   gradient_accumulation_steps=grad_accum, max_grad_norm=0.0, **overrides)
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), ref_model=tiny_model(seed=1, **SMALL), args=args,
+                         train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer(),
+                         callbacks=[catcher])
+    trainer.train()
+    return trainer.state.log_history[0]["loss"], catcher.grads
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_gradient_accumulation_invariance(tmp_path, loss_type):
+    loss, grads = _one_step(tmp_path / "a", 4, 1, loss_type=loss_type)
+    loss_ga, grads_ga = _one_step(tmp_path / "b", 2, 2, loss_type=loss_type)
+    loss_ga1, grads_ga1 = _one_step(tmp_path / "c", 1, 4, loss_type=loss_type)
+    assert loss_ga == pytest.approx(loss, rel=1e-5) and loss_ga1 == pytest.approx(loss, rel=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads_ga[name], grads[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(grads_ga1[name], grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_precomputed_reference_is_cached_and_matches(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_CACHE_DIR", str(tmp_path / "cache"))
+    data = tiny_task_dataset("preference", num_rows=8)
+    args = _config(tmp_path, max_steps=1, per_device_train_batch_size=8, max_grad_norm=0.0)
+    live = DPOTrainer(model=tiny_model(seed=0, **SMALL), args=args, train_dataset=data,
+                      processing_class=tiny_tokenizer())
+    live.train()
+
+    args = _config(tmp_path, max_steps=1, per_device_train_batch_size=8, precompute_ref_log_probs=True)
+    first = DPOTrainer(model=tiny_model(seed=0, **SMALL), args=args, train_dataset=data,
+                       processing_class=tiny_tokenizer())
+    assert first.ref_model is None and "ref_chosen_logps" in first.train_dataset.column_names
+    assert len(list((tmp_path / "cache" / "ref_logps").glob("*.pt"))) == 1
+
+    def no_reference_pass(self):
+        raise AssertionError("the reference pass ran although the cache holds the values")
+
+    monkeypatch.setattr(DPOTrainer, "_reference", no_reference_pass)
+    second = DPOTrainer(model=tiny_model(seed=0, **SMALL), args=args, train_dataset=data,
+                        processing_class=tiny_tokenizer())
+    assert second.train_dataset["ref_chosen_logps"] == first.train_dataset["ref_chosen_logps"]
+    second.train()
+    assert second.state.log_history[0]["loss"] == pytest.approx(live.state.log_history[0]["loss"], rel=1e-5)
+
+    other = tiny_model(seed=3, **SMALL)  # another model: another key, so the pass must run (and here it fails)
+    with pytest.raises(AssertionError, match="reference pass ran"):
+        DPOTrainer(model=other, args=args, train_dataset=data, processing_class=tiny_tokenizer())
+
+
+class TestBadInputs:
+    def build(self, tmp_path, data, **overrides):
+        return DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, **overrides), train_dataset=data,
+                          processing_class=tiny_tokenizer())
+
+    def test_missing_chosen(self, tmp_path):
+        data = Dataset.from_list([{"prompt": "a", "rejected": "b"}])
+        with pytest.raises(ValueError, match="DPOTrainer does not accept"):
+            self.build(tmp_path, data)
+
+    def test_prompt_and_completion_types_differ(self, tmp_path):
+        data = Dataset.from_list([{"prompt": "hi", "chosen": [{"role": "assistant", "content": "a"}],
+                                   "rejected": [{"role": "assistant", "content": "b"}]}])
+        with pytest.raises(TypeError, match="'prompt'"):
+            self.build(tmp_path, data)
+
+    def test_unknown_loss_type(self, tmp_path):
+        with pytest.raises(ValueError, match="sigmoidd"):
+            _config(tmp_path, loss_type="sigmoidd")
+
+    def test_loss_weights_of_the_wrong_length(self, tmp_path):
+        with pytest.raises(ValueError, match="loss_weights"):
+            _config(tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0])
+
+    def test_ref_model_is_the_policy(self, tmp_path):
+        model = tiny_model(**SMALL)
+        with pytest.raises(ValueError, match="policy object itself"):
+            DPOTrainer(model=model, ref_model=model, args=_config(tmp_path),
+                       train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer())
+
+    def test_identical_chosen_and_rejected(self, tmp_path):
+        data = Dataset.from_list([{"prompt": "q", "chosen": " same", "rejected": " same"},
+                                  {"prompt": "q", "chosen": " yes", "rejected": " no"}])
+        with pytest.raises(TrainingWillNotLearnError, match="identical chosen and rejected"):
+            self.build(tmp_path, data)
+        with pytest.warns(UserWarning, match="identical chosen and rejected"):
+            trainer = self.build(tmp_path, data, guards=False)
+        assert len(trainer.train_dataset) == 1
+
+    def test_prompt_fills_max_length(self, tmp_path):
+        data = Dataset.from_list([{"prompt": "word " * 40, "chosen": " yes", "rejected": " no"}])
+        with pytest.raises(TrainingWillNotLearnError, match="prompt of at least max_length=16"):
+            self.build(tmp_path, data, max_length=16)
+
+    def test_sync_with_precompute(self, tmp_path):
+        with pytest.raises(ValueError, match="sync_ref_model"):
+            _config(tmp_path, sync_ref_model=True, precompute_ref_log_probs=True)
