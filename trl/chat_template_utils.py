@@ -14,7 +14,12 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from .data import tokenize as _tokenize
-from .data.tokenize import assistant_mask, assistant_mask_by_prefix, common_prefix_length, render_ids
+from .data.tokenize import (
+    assistant_mask,
+    assistant_mask_by_prefix,
+    end_of_turn_position,
+    render_ids,
+)
 
 
 if TYPE_CHECKING:
@@ -140,19 +145,6 @@ def is_chat_template_prefix_preserving(tokenizer: "ProcessingClass") -> bool:
     return True
 
 
-def _end_of_turn_position(tokenizer, ids: list[int], messages: list[dict]) -> int | None:
-    """Position in `ids` (the rendering of `messages`) of the token that ends the final assistant turn.
-
-    It is the first eos or special/added token after the assistant content; the content ends where the rendering
-    with `continue_final_message=True` stops being a prefix of the full rendering.
-    """
-    open_ids = render_ids(tokenizer, messages, continue_final_message=True)
-    start = common_prefix_length(open_ids, ids)
-    inner = _inner_tokenizer(tokenizer)
-    stop_ids = {inner.eos_token_id, *inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}
-    return next((i for i in range(start, len(ids)) if ids[i] in stop_ids), None)
-
-
 def is_chat_template_stop_token_trained(tokenizer: "ProcessingClass") -> bool:
     """Whether the token that ends an assistant turn falls inside the assistant mask.
 
@@ -180,7 +172,7 @@ def is_chat_template_stop_token_trained(tokenizer: "ProcessingClass") -> bool:
     messages = _MULTI_TURN
     try:
         ids, mask = assistant_mask(tokenizer, messages, {_inner_tokenizer(tokenizer).eos_token_id})
-        position = _end_of_turn_position(tokenizer, ids, messages)
+        position = end_of_turn_position(tokenizer, ids, messages)
     except ValueError:
         return False
     return position is not None and bool(mask[position])

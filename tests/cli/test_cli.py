@@ -165,3 +165,18 @@ def test_trl_sft_relaunches_through_accelerate(tiny_model_and_data, tmp_path):
     result = _trl("sft", "--config", str(config), "--output_dir", str(tmp_path / "out"), *SHORT_RUN)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "config.json").exists()
+
+
+@needs_sft_trainer
+def test_trl_sft_two_processes_on_cpu(tiny_model_and_data, tmp_path):
+    """`--num_processes 2` really starts 2 ranks on a CPU-only machine (gloo) and exits cleanly."""
+    model, data = tiny_model_and_data
+    out = tmp_path / "out"
+    result = _trl("sft", "--model_name_or_path", model, "--dataset_name", data, "--output_dir", str(out),
+                  "--max_steps", "1", "--per_device_train_batch_size", "4", "--report_to", "none",
+                  "--logging_steps", "1", "--save_strategy", "no", "--num_processes", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "config.json").exists()
+    # 16 rows, 4 per rank and step: one step is 8 rows, i.e. half an epoch only if 2 ranks ran
+    epochs = [line for line in result.stdout.splitlines() + result.stderr.splitlines() if "'epoch'" in line]
+    assert any("'epoch': '0.5'" in line for line in epochs), epochs[-3:]

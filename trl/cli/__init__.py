@@ -129,10 +129,27 @@ def run_training_command(name: str, argv: list[str]) -> None:
 
     if accelerate_config is not None:
         launch_args = ["--config_file", resolve_accelerate_config(accelerate_config), *launch_args]
+    elif _needs_multi_process_flag(launch_args):
+        # Without a distributed flag accelerate runs several processes only on GPUs; on a CPU-only machine it would
+        # silently start one. --multi_gpu starts them (gloo on CPU: the configs detect that and use the CPU).
+        launch_args = ["--multi_gpu", *launch_args]
     # The script re-parses its own arguments (with the same --config file, whose launcher keys it tolerates).
     script_args = _strip_option(_strip_subsequence(argv, cli_leftovers), "--accelerate_config")
     script = Path(module.__file__).resolve()
     launch_command(launch_command_parser().parse_args([*launch_args, str(script), *script_args]))
+
+
+_DISTRIBUTED_FLAGS = ("--multi_gpu", "--config_file", "--use_deepspeed", "--use_fsdp", "--use_xpu", "--tpu", "--cpu")
+
+
+def _needs_multi_process_flag(launch_args: list[str]) -> bool:
+    """Whether `--num_processes N` (N > 1) was given without a flag that tells accelerate how to launch them."""
+    processes = 1
+    for i, arg in enumerate(launch_args):
+        if arg.startswith("--num_processes"):
+            value = arg.split("=", 1)[1] if "=" in arg else (launch_args[i + 1] if i + 1 < len(launch_args) else "1")
+            processes = int(value) if value.isdigit() else 1
+    return processes > 1 and not any(arg.split("=")[0] in _DISTRIBUTED_FLAGS for arg in launch_args)
 
 
 def main(argv: list[str] | None = None) -> None:

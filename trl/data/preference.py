@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from .. import guards
 from .conversation import common_prefix_length, extract_prompt, maybe_convert_to_chatml
 from .formats import DatasetFormat, check_example_types, detect_format, require_format
-from .tokenize import tokenize_sft_example
+from .tokenize import end_of_turn_ids, tokenize_sft_example
 
 
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+# Per-pair values that survive tokenisation: precomputed reference log-probs (DPO) and a reward margin (reward models).
+PASSTHROUGH_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "margin")
 
 
 @dataclass
@@ -107,12 +109,12 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
             )
         if fmt.kind == "implicit_preference":  # the shared start of chosen and rejected becomes the prompt
             dataset = dataset.map(extract_prompt, **map_kwargs)
-        fn_kwargs = dict(tokenizer=tokenizer, conversational=fmt.conversational, eos_ids={tokenizer.eos_token_id})
+        fn_kwargs = dict(tokenizer=tokenizer, conversational=fmt.conversational, eos_ids=end_of_turn_ids(tokenizer))
         if isinstance(dataset, Dataset):
             map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
         dataset = dataset.map(
             tokenize_preference_example, fn_kwargs=fn_kwargs,
-            remove_columns=[c for c in dataset.column_names or [] if c not in ("ref_chosen_logps", "ref_rejected_logps")],
+            remove_columns=[c for c in dataset.column_names or [] if c not in PASSTHROUGH_COLUMNS],
             **map_kwargs,
         )
     if isinstance(dataset, Dataset):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .. import guards
 from .conversation import maybe_convert_to_chatml
 from .formats import check_example_types, detect_format, require_format
-from .tokenize import tokenize_sft_example, truncate
+from .tokenize import end_of_turn_ids, tokenize_sft_example, truncate
 
 
 SFT_KINDS = ("language_modeling", "prompt_completion", "tokenized")
@@ -132,7 +132,7 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
         )
     # Prompt-completion rows train on the completion unless told otherwise; pre-tokenised rows on their own masks.
     completion_only_loss = options.completion_only_loss is not False and fmt.kind in ("prompt_completion", "tokenized")
-    eos_ids = {tokenizer.eos_token_id}
+    eos_ids = end_of_turn_ids(tokenizer)
     if isinstance(dataset, Dataset):
         map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
     fn_kwargs = dict(
@@ -179,7 +179,8 @@ def _check_rows(dataset, tokenizer, options: SFTDataOptions, name: str, check_eo
         dataset = dataset.select(keep)
     eos_trained = dataset["_eos_trained"]
     if check_eos and (not options.packing or options.packing_strategy == "bfd"):
-        guards.check_eos_trained(name, len(dataset), len(dataset) - sum(eos_trained), tokenizer.eos_token, options.guards)
+        end_tokens = "/".join(tokenizer.convert_ids_to_tokens(sorted(end_of_turn_ids(tokenizer))))
+        guards.check_eos_trained(name, len(dataset), len(dataset) - sum(eos_trained), end_tokens, options.guards)
     if "prompt_is_prefix" in dataset.column_names:
         bad = len(dataset) - sum(dataset["prompt_is_prefix"])
         if bad:

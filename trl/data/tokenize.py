@@ -60,6 +60,40 @@ def render_ids(tokenizer, messages: list[dict], template_kwargs: dict | None = N
     return list(out["input_ids"])
 
 
+def end_of_turn_position(tokenizer, ids: list[int], messages: list[dict]) -> int | None:
+    """Position in `ids` (the rendering of `messages`) of the token that ends the final assistant turn: the first eos
+    or special/added token after the assistant content, which ends where the rendering with
+    `continue_final_message=True` stops being a prefix of the full rendering."""
+    open_ids = render_ids(tokenizer, messages, continue_final_message=True)
+    start = common_prefix_length(open_ids, ids)
+    inner = getattr(tokenizer, "tokenizer", tokenizer)
+    stop_ids = {inner.eos_token_id, *inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}
+    return next((i for i in range(start, len(ids)) if ids[i] in stop_ids), None)
+
+
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The tokens that end a sequence: eos, plus the token the chat template writes at the end of an assistant turn
+    (e.g. `<|im_end|>` for a base model whose eos is `<|endoftext|>`).
+
+    Example:
+        ```python
+        >>> end_of_turn_ids(tiny_tokenizer())
+        {2}
+        ```
+    """
+    ids = {tokenizer.eos_token_id}
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+        try:
+            full = render_ids(tokenizer, messages)
+            position = end_of_turn_position(tokenizer, full, messages)
+        except Exception:  # a template that cannot render this probe has no end-of-turn token to add
+            position = None
+        if position is not None:
+            ids.add(full[position])
+    return ids
+
+
 def _trim_after_end_of_turn(ids: list[int], start: int, end: int, eos_ids: set[int]) -> int:
     """End of the trained span [start, end): just after its last end-of-turn token, if it has one."""
     for i in range(end - 1, start - 1, -1):

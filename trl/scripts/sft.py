@@ -15,6 +15,7 @@ import argparse
 import warnings
 
 from trl.scripts.utils import (
+    finish_training,
     DatasetMixtureConfig,
     ScriptArguments,
     TrlParser,
@@ -111,11 +112,7 @@ def main(
         peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
-    if hasattr(trainer, "end"):  # transformers>=5.18: closes trackers and frees the accelerator state
-        trainer.end()
+    finish_training(trainer, training_args, script_args.dataset_name)
 
 
 def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str | None = None) -> TrlParser:

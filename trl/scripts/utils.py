@@ -603,3 +603,20 @@ def init_zero_verbose() -> None:
         datasets.utils.logging.set_verbosity_error()
     except ImportError:
         pass
+
+
+def finish_training(trainer, training_args, dataset_name: str | None = None) -> None:
+    """Save, optionally push, and close a run; under several processes, leave together and release the process group
+    (a gloo group torn down while a DDP wrapper still holds it can hang at exit)."""
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=dataset_name)
+    trainer.accelerator.wait_for_everyone()
+    if hasattr(trainer, "end"):  # transformers>=5.18: closes trackers and frees the accelerator state
+        trainer.end()
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        trainer.accelerator.free_memory()
+        trainer.model_wrapped = trainer.model
+        torch.distributed.destroy_process_group()

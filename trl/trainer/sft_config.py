@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from .base_config import _BaseConfig
 
@@ -48,9 +48,11 @@ class SFTConfig(_BaseConfig):
             `"bfd"` (best-fit decreasing, truncates overlong examples), `"bfd_split"` (splits them instead) or
             `"wrapped"` (concatenate and cut, ignoring document boundaries).
         padding_free (`bool`, *optional*, defaults to `False`):
-            Flatten each batch into one row with `position_ids` instead of padding. Forced on by `bfd` packing.
-            Works with every attention implementation (sdpa/eager use a block-diagonal mask built from
-            `position_ids`; flash attention uses varlen kernels).
+            Flatten each batch into one row with `position_ids` instead of padding. Works with every attention
+            implementation (sdpa/eager build a block-diagonal mask from `position_ids`; flash attention uses varlen
+            kernels). Packed batches are flattened automatically under flash attention; with sdpa/eager they keep one
+            row per packed block (documents are still separated by `position_ids`), since a flat row would make
+            attention quadratic in the whole batch.
         pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`):
             Pad each batch to a multiple of this. `"auto"` means no extra padding.
         eval_packing (`bool`, *optional*):
@@ -152,8 +154,6 @@ class SFTConfig(_BaseConfig):
         unknown = set(self.dataset_kwargs or {}) - {"skip_prepare_dataset"}
         if unknown:
             raise ValueError(f"`dataset_kwargs` only accepts 'skip_prepare_dataset'; got unknown keys {sorted(unknown)}.")
-        if self.packing and self.packing_strategy in ("bfd", "bfd_split"):
-            self.padding_free = True  # packed documents are separated by position_ids, which needs the flat layout
         if self.eval_packing is None:
             self.eval_packing = self.packing
         if self.pad_token is not None:
