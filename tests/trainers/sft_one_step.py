@@ -30,7 +30,7 @@ def dataset(num_rows: int = 8):
     return tiny_task_dataset("conversational_prompt_completion", "train", num_rows=num_rows)
 
 
-def one_step(output_dir, batch_size, grad_accum, padding_free=False, packing=False, loss_type="nll"):
+def one_step(output_dir, batch_size, grad_accum, padding_free=False, packing=False, loss_type="nll", streaming=False):
     """Train one optimiser step covering all 8 rows; return (logged loss, {param name: grad}, trainer)."""
     catcher = _GradCatcher()
     args = SFTConfig(
@@ -39,7 +39,8 @@ def one_step(output_dir, batch_size, grad_accum, padding_free=False, packing=Fal
         padding_free=padding_free, packing=packing, max_length=256, loss_type=loss_type,
         gradient_checkpointing=False, seed=0, dataloader_drop_last=False,
     )
-    trainer = SFTTrainer(model=tiny_model(seed=0, **SMALL), args=args, train_dataset=dataset(),
+    data = dataset().to_iterable_dataset() if streaming else dataset()
+    trainer = SFTTrainer(model=tiny_model(seed=0, **SMALL), args=args, train_dataset=data,
                          processing_class=tiny_tokenizer(), callbacks=[catcher])
     trainer.train()
     loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
@@ -48,6 +49,7 @@ def one_step(output_dir, batch_size, grad_accum, padding_free=False, packing=Fal
 
 if __name__ == "__main__":
     out, bs, ga = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    loss, grads, trainer = one_step(out + ".dir", bs, ga, padding_free="padding_free" in sys.argv[4:])
+    loss, grads, trainer = one_step(out + ".dir", bs, ga, padding_free="padding_free" in sys.argv[4:],
+                                    streaming="streaming" in sys.argv[4:])
     if trainer.accelerator.is_main_process:
         torch.save({"loss": loss, "grads": grads, "world_size": trainer.accelerator.num_processes}, out)

@@ -26,6 +26,14 @@ WRONG_END_OF_TURN = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+# Ends assistant turns with no special token at all: nothing tells the model to stop.
+NO_END_OF_TURN = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'assistant' %}{{- '<|im_start|>assistant\\n' + message['content'] + '\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 # Drops the <think> block of every assistant message but the last (like Qwen3): not prefix-preserving.
 THINK_STRIPPING = (
     "{%- for message in messages %}{%- set content = message['content'] %}"
@@ -167,15 +175,22 @@ class TestNothingToLearn:
         with pytest.raises(TrainingWillNotLearnError, match=r"1 of 2 train rows have no token .*rows \[1\]"):
             build(rows, assistant_only_loss=True)
 
-    def test_end_of_turn_token_never_trained(self, build, tokenizer, model, config):
-        tokenizer.chat_template = WRONG_END_OF_TURN
+    def test_end_of_turn_token_never_trained(self, build, tokenizer):
+        tokenizer.chat_template = NO_END_OF_TURN
         with pytest.raises(TrainingWillNotLearnError, match=r"None of the 2 train rows trains the end-of-turn token "
                                                             r"'<\|im_end\|>'.*set SFTConfig\.eos_token to the "
                                                             r"template's end-of-turn token"):
             build(CONVERSATIONS, assistant_only_loss=True)
-        # The suggested fix works: with the template's end-of-turn token as eos, the rows train it.
-        trainer = build(CONVERSATIONS, assistant_only_loss=True, eos_token="<|endoftext|>")
+
+    def test_template_end_of_turn_other_than_eos_is_trained_and_stops_generation(self, build, tokenizer):
+        """A template that ends assistant turns with <|endoftext|> while eos is <|im_end|> (a base model with a chat
+        template): that token is trained, and generation learns to stop at it."""
+        tokenizer.chat_template = WRONG_END_OF_TURN
+        with pytest.warns(UserWarning, match=r"ends assistant turns with \['<\|endoftext\|>'\]"):
+            trainer = build(CONVERSATIONS, assistant_only_loss=True)
         assert len(trainer.train_dataset) == 2
+        endoftext = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+        assert endoftext in trainer.model.generation_config.eos_token_id
 
     def test_not_prefix_preserving_template(self, build, tmp_path):
         template = tmp_path / "think.jinja"

@@ -62,12 +62,14 @@ def test_packed_equals_padded(reference, tmp_path):
     _assert_same(reference, loss, grads)
 
 
-def test_two_ddp_ranks_equal_one_process(reference, tmp_path):
-    """2 processes (gloo) x 2 rows x 2 accumulation steps = the same 8 rows as one process."""
+@pytest.mark.parametrize("streaming", [False, True], ids=["map-style", "streaming"])
+def test_two_ddp_ranks_equal_one_process(reference, tmp_path, streaming):
+    """2 processes (gloo) x 2 rows x 2 accumulation steps = the same 8 rows as one process, also when the rows are
+    streamed (each rank reads its own batches)."""
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(HERE / "sft_one_step.py"), str(out), "2", "2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "sft_one_step.py"), str(out), "2", "2"] + (["streaming"] if streaming else [])
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE.parents[1])
     assert result.returncode == 0, result.stderr[-3000:]
     saved = torch.load(out)

@@ -185,8 +185,8 @@ def test_padding_free_matches_padded_through_the_model(attn_implementation):
 
 
 def test_sft_trainer_outputs_of_padding_free_batch_match_padded(tmp_path):
-    """`compute_loss(return_outputs=True)` reruns a plain forward for compute_metrics; its logits of a padding-free batch
-    must keep the documents apart too (transformers' Trainer sets `config.use_cache=False`, so no KV cache is built)."""
+    """With `compute_metrics`, `compute_loss(return_outputs=True)` reruns a plain forward; its logits of a padding-free
+    batch must keep the documents apart too (the forward builds no KV cache)."""
     from datasets import Dataset
 
     from trl import SFTConfig, SFTTrainer
@@ -196,7 +196,7 @@ def test_sft_trainer_outputs_of_padding_free_batch_match_padded(tmp_path):
                        num_key_value_heads=1, head_dim=32)
     args = SFTConfig(output_dir=str(tmp_path), report_to="none", padding_free=True)
     trainer = SFTTrainer(model=model, args=args, processing_class=tiny_tokenizer(),
-                         train_dataset=Dataset.from_list([{"text": "a b c"}]))
+                         train_dataset=Dataset.from_list([{"text": "a b c"}]), compute_metrics=lambda pred: {})
     lengths = [len(row["input_ids"]) for row in MODEL_ROWS]
     expected_lp = per_token_log_probs(trainer.model.eval(), DataCollatorForLanguageModeling(pad_token_id=PAD)(MODEL_ROWS))
     expected = torch.cat([expected_lp[i, :n] for i, n in enumerate(lengths)])

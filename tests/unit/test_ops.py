@@ -329,3 +329,207 @@ def test_autocast_runs_the_matmul_in_the_autocast_dtype():
     assert [g.dtype for g in out_grads] == [torch.float32] * 3
     assert_close_all(out_grads, [2 * g for g in grads(-ref.logps.sum(), ref_inputs)], **loose)
     assert not torch.equal(stats.logps, naive_token_stats(hidden, weight, labels, bias=bias).logps)  # bf16 was used
+
+
+def full_logits_stats(hidden, weight, bias, labels, scale=1.0, softcap=None, temperature=1.0):
+    """`mean_logits` and `log_sum_sq_probs` written out from the full logits, independently of `trl.ops`."""
+    logits = torch.nn.functional.linear(hidden, weight, bias) * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    logits = (logits / temperature).detach()
+    return logits.mean(-1), torch.log(torch.softmax(logits, -1).square().sum(-1))
+
+
+def run_path(path, hidden, weight, bias, labels, **kwargs):
+    if path == "chunked":
+        return chunked_token_stats(hidden, weight, labels, bias=bias, **kwargs)
+    return fused_token_loss(hidden, weight, labels, nll, 1.0, bias=bias, **kwargs)[1]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_naive_extra_stats_match_full_logits(transform, dtype):
+    hidden, weight, bias, labels = make_inputs(dtype=dtype)
+    kwargs = TRANSFORMS[transform]
+    expected = full_logits_stats(*float64_copies(hidden, weight, bias), labels, **kwargs)
+
+    stats = naive_token_stats(hidden, weight, labels, bias=bias, with_sum_sq=True, **kwargs)
+
+    assert_close_all([stats.mean_logits, stats.log_sum_sq_probs], expected, **TOL)
+    assert stats.mean_logits.dtype == stats.log_sum_sq_probs.dtype == dtype
+    assert not (stats.mean_logits.requires_grad or stats.log_sum_sq_probs.requires_grad)
+    assert naive_token_stats(hidden, weight, labels, bias=bias, **kwargs).log_sum_sq_probs is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("chunk_size", [10, 16, None])  # divides N, does not divide N, default (> N)
+@pytest.mark.parametrize("path", ["chunked", "fused"])
+def test_extra_stats_match_naive(path, chunk_size, transform, dtype):
+    hidden, weight, bias, labels = make_inputs(dtype=dtype)
+    ref_inputs = float64_copies(hidden, weight, bias)
+    kwargs = TRANSFORMS[transform]
+    ref = naive_token_stats(ref_inputs[0], ref_inputs[1], labels, bias=ref_inputs[2], with_sum_sq=True, **kwargs)
+
+    stats = run_path(path, hidden, weight, bias, labels, chunk_size=chunk_size, with_sum_sq=True, **kwargs)
+
+    assert_close_all([stats.mean_logits, stats.log_sum_sq_probs], [ref.mean_logits, ref.log_sum_sq_probs], **TOL)
+    assert stats.mean_logits.dtype == stats.log_sum_sq_probs.dtype == dtype
+    assert stats.mean_logits.shape == stats.log_sum_sq_probs.shape == (N,)
+    assert not (stats.mean_logits.requires_grad or stats.log_sum_sq_probs.requires_grad)
+    # log sum p^2 lies in [log(1 / V), 0]
+    assert (stats.log_sum_sq_probs <= 1e-6).all() and (
+        stats.log_sum_sq_probs >= -torch.log(torch.tensor(V)) - 1e-6
+    ).all()
+
+
+@pytest.mark.parametrize("path", ["chunked", "fused"])
+def test_sum_sq_is_off_by_default(path):
+    hidden, weight, bias, labels = make_inputs()
+    stats = run_path(path, hidden, weight, bias, labels, chunk_size=16)
+    explicit = run_path(path, hidden, weight, bias, labels, chunk_size=16, with_sum_sq=False)
+
+    assert stats.log_sum_sq_probs is None and explicit.log_sum_sq_probs is None
+    assert stats.mean_logits.shape == (N,)  # always computed
+    torch.testing.assert_close(stats.mean_logits, explicit.mean_logits, rtol=0, atol=0)
+
+
+def test_peaked_distribution_sum_sq():
+    # one logit far above the others: p ~ 1 for it, the other squares underflow; log sum p^2 -> 2 log p_max ~ 0
+    hidden, weight, bias, labels = make_inputs(dtype=torch.float64)
+    bias = torch.zeros(V, dtype=torch.float64)
+    bias[3] = 200.0
+    ref = naive_token_stats(hidden, weight, labels, bias=bias, with_sum_sq=True)
+    for path in ("chunked", "fused"):
+        stats = run_path(path, hidden.float(), weight.float(), bias.float(), labels, chunk_size=16, with_sum_sq=True)
+        assert torch.isfinite(stats.log_sum_sq_probs).all()
+        assert_close_all([stats.log_sum_sq_probs, stats.mean_logits], [ref.log_sum_sq_probs, ref.mean_logits], **TOL)
+
+
+@pytest.mark.parametrize("path", ["chunked", "fused"])
+@pytest.mark.parametrize("transform", ["plain", "all"])
+def test_with_sum_sq_leaves_everything_else_unchanged(transform, path):
+    # the extra statistics are detached side results: the log-probs, the other stats and the gradients must be the
+    # same bits with and without them
+    kwargs = TRANSFORMS[transform]
+    hidden, weight, bias, labels = make_inputs()
+    results = []
+    for with_sum_sq in (False, True):
+        if path == "chunked":
+            stats = chunked_token_stats(
+                hidden, weight, labels, bias=bias, chunk_size=16, with_sum_sq=with_sum_sq, **kwargs
+            )
+            output = -(stats.logps * torch.linspace(0.5, 1.5, N)).sum()
+        else:
+            output, stats = fused_token_loss(
+                hidden, weight, labels, dft, 1 / N, bias=bias, chunk_size=16, with_sum_sq=with_sum_sq, **kwargs
+            )
+        results.append(
+            (
+                [output, stats.logps, stats.entropy, stats.correct, stats.mean_logits],
+                grads(output, (hidden, weight, bias)),
+            )
+        )
+    (values_off, grads_off), (values_on, grads_on) = results
+    for a, b in zip(values_off + list(grads_off), values_on + list(grads_on), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("path", ["chunked", "fused"])
+def test_extra_stats_in_a_loss_do_not_change_gradients(path):
+    hidden, weight, bias, labels = make_inputs(dtype=torch.float64)
+    stats = run_path(path, hidden, weight, bias, labels, chunk_size=16, with_sum_sq=True)
+    ref = naive_token_stats(hidden, weight, labels, bias=bias)
+    # WPO-style weights built from the detached stats: they scale the loss without being differentiated
+    weights = torch.exp(stats.logps.detach() - stats.log_sum_sq_probs) + stats.mean_logits
+    if path == "chunked":
+        output = -(weights * stats.logps).sum()
+        assert_close_all(
+            grads(output, (hidden, weight, bias)), grads(-(weights * ref.logps).sum(), (hidden, weight, bias)), **TOL
+        )
+    else:
+        loss, _ = fused_token_loss(hidden, weight, labels, nll, weights, bias=bias, chunk_size=16, with_sum_sq=True)
+        assert_close_all(
+            grads(loss, (hidden, weight, bias)), grads(-(weights * ref.logps).sum(), (hidden, weight, bias)), **TOL
+        )
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_extra_stats_empty_input(bias):
+    hidden, weight, b, labels = make_inputs(n=0, bias=bias)
+    naive = naive_token_stats(hidden, weight, labels, bias=b, with_sum_sq=True)
+    stats = chunked_token_stats(hidden, weight, labels, bias=b, with_sum_sq=True)
+    loss, fused_stats = fused_token_loss(hidden, weight, labels, nll, 1.0, bias=b, with_sum_sq=True)
+
+    for s in (naive, stats, fused_stats):
+        assert s.mean_logits.shape == s.log_sum_sq_probs.shape == (0,)
+        assert s.mean_logits.dtype == s.log_sum_sq_probs.dtype == torch.float32
+    (stats.logps.sum() + loss).backward()
+    assert hidden.grad.shape == (0, H) and torch.equal(weight.grad, torch.zeros_like(weight))
+
+
+def test_extra_stats_keep_leading_dimensions():
+    hidden, weight, bias, labels = make_inputs(dtype=torch.float64)
+    hidden3d, labels2d = hidden.reshape(5, 10, H), labels.reshape(5, 10)
+    ref = naive_token_stats(hidden, weight, labels, bias=bias, with_sum_sq=True)
+    for stats in (
+        chunked_token_stats(hidden3d, weight, labels2d, bias=bias, chunk_size=8, with_sum_sq=True),
+        fused_token_loss(hidden3d, weight, labels2d, nll, 1.0, bias=bias, chunk_size=8, with_sum_sq=True)[1],
+    ):
+        assert stats.mean_logits.shape == stats.log_sum_sq_probs.shape == (5, 10)
+        assert_close_all(
+            [stats.mean_logits.reshape(-1), stats.log_sum_sq_probs.reshape(-1)],
+            [ref.mean_logits, ref.log_sum_sq_probs],
+            **TOL,
+        )
+
+
+def test_bf16_extra_stats():
+    hidden, weight, bias, labels = make_inputs(dtype=torch.bfloat16)
+    ref_inputs = [t.detach().float() for t in (hidden, weight, bias)]
+    ref = naive_token_stats(*ref_inputs[:2], labels, bias=ref_inputs[2], softcap=10.0, with_sum_sq=True)
+    loose = {"rtol": 5e-2, "atol": 5e-2}
+    for path in ("chunked", "fused"):
+        stats = run_path(path, hidden, weight, bias, labels, softcap=10.0, chunk_size=16, with_sum_sq=True)
+        assert stats.mean_logits.dtype == stats.log_sum_sq_probs.dtype == torch.float32
+        assert_close_all([stats.mean_logits, stats.log_sum_sq_probs], [ref.mean_logits, ref.log_sum_sq_probs], **loose)
+
+
+class _NewLargeBuffers(TorchDispatchMode):
+    """Counts op outputs of at least `min_numel` elements that do not share storage with an input (fresh buffers)."""
+
+    def __init__(self, min_numel):
+        super().__init__()
+        self.min_numel, self.count = min_numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        flat = torch.utils._pytree.tree_leaves((args, kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in flat if isinstance(t, torch.Tensor)}
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and t.numel() >= self.min_numel:
+                self.count += t.untyped_storage().data_ptr() not in inputs
+        return out
+
+
+@pytest.mark.parametrize("softcap", [None, 4.0])
+def test_sum_sq_adds_no_logits_sized_buffer(softcap):
+    n, v, chunk = 64, 512, 16
+    gen = torch.Generator().manual_seed(4)
+    hidden = torch.randn(n, H, generator=gen, requires_grad=True)
+    weight = torch.randn(v, H, generator=gen, requires_grad=True)
+    labels = torch.randint(0, v, (n,), generator=gen)
+
+    counts = []
+    for with_sum_sq in (False, True):
+        with _NewLargeBuffers(chunk * v) as mode:
+            stats = chunked_token_stats(
+                hidden, weight, labels, softcap=softcap, chunk_size=chunk, with_sum_sq=with_sum_sq
+            )
+            stats.logps.sum().backward()
+            loss, _ = fused_token_loss(
+                hidden, weight, labels, nll, 1.0, softcap=softcap, chunk_size=chunk, with_sum_sq=with_sum_sq
+            )
+            loss.backward()
+        counts.append(mode.count)
+    assert counts[0] == counts[1] > 0

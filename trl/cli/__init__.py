@@ -17,6 +17,8 @@ from pathlib import Path
 # and `main(*parsed_dataclasses)`. Adding a trainer to the CLI is one line here.
 TRAINING_COMMANDS = {
     "sft": ("trl.scripts.sft", "Supervised fine-tuning (SFT)."),
+    "kto": ("trl.scripts.kto", "Kahneman-Tversky Optimization (KTO) on unpaired preference data."),
+    "reward": ("trl.scripts.reward", "Reward modelling on preference pairs (Bradley-Terry)."),
 }
 
 # Other subcommands: name -> (module, help). The module defines `main(argv)`.

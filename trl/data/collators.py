@@ -108,6 +108,32 @@ def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
     return out
 
 
+def _prompt_completion(
+    prompt: list[int], completion: list[int], max_length: int | None, truncation_mode: str = "keep_start"
+) -> tuple[list[int], list[int]]:
+    """`prompt + completion` and its completion mask, truncated to `max_length` (`keep_start` cuts the end of the
+    completion; `keep_end` cuts the start of the sequence)."""
+    ids, mask = list(prompt) + list(completion), [0] * len(prompt) + [1] * len(completion)
+    if max_length is not None and len(ids) > max_length:
+        window = slice(0, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+        ids, mask = ids[window], mask[window]
+    return ids, mask
+
+
+def _pad_prompt_completions(
+    sequences: list[tuple[list[int], list[int]]], pad_token_id: int, pad_to_multiple_of: int | None
+) -> dict[str, torch.Tensor]:
+    """Right-pad `(ids, completion_mask)` sequences into `input_ids`, `attention_mask` and `completion_mask`."""
+    width = max(len(ids) for ids, _ in sequences)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    return {
+        "input_ids": _pad([ids for ids, _ in sequences], width, pad_token_id),
+        "attention_mask": _pad([[1] * len(ids) for ids, _ in sequences], width, 0),
+        "completion_mask": _pad([mask for _, mask in sequences], width, 0),
+    }
+
+
 @dataclass
 class DataCollatorForPreference:
     """Collate preference rows (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one batch of `2B` sequences:
@@ -138,24 +164,54 @@ class DataCollatorForPreference:
     truncation_mode: str = "keep_start"
     pad_to_multiple_of: int | None = None
 
-    def _sequence(self, prompt: list[int], completion: list[int]) -> tuple[list[int], list[int]]:
-        ids, mask = list(prompt) + list(completion), [0] * len(prompt) + [1] * len(completion)
-        if self.max_length is not None and len(ids) > self.max_length:
-            window = slice(0, self.max_length) if self.truncation_mode == "keep_start" else slice(-self.max_length, None)
-            ids, mask = ids[window], mask[window]
-        return ids, mask
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        sequences = [
+            _prompt_completion(e["prompt_ids"], e[side], self.max_length, self.truncation_mode)
+            for side in ("chosen_ids", "rejected_ids") for e in examples
+        ]
+        batch = _pad_prompt_completions(sequences, self.pad_token_id, self.pad_to_multiple_of)
+        for key in ("ref_chosen_logps", "ref_rejected_logps", "margin"):
+            if key in examples[0]:
+                batch[key] = torch.tensor([float(e[key]) for e in examples])
+        return batch
+
+
+@dataclass
+class DataCollatorForUnpairedPreference:
+    """Collate unpaired preference rows (`prompt_ids`, `completion_ids`, `label`, and `kl_completion_ids` for KTO's KL
+    term) into one batch: the `B` sequences `prompt + completion`, then, with `kl_completions`, the `B` sequences
+    `prompt + kl_completion`, so a single forward scores both.
+
+    Each sequence is truncated to `max_length` from the right before padding, then right-padded; `completion_mask`
+    marks completion tokens. `label` is a `(B,)` bool tensor. The optional per-row columns `ref_logps` and
+    `ref_KL_logps` (precomputed reference log-probs) are passed on as `(B,)` float tensors.
+
+    Args:
+        pad_token_id (`int`): id used to pad `input_ids`.
+        max_length (`int`, *optional*): truncation length of each sequence.
+        pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+        kl_completions (`bool`, *optional*, defaults to `True`): also emit the `prompt + kl_completion` sequences.
+
+    Example:
+        ```python
+        >>> collator = DataCollatorForUnpairedPreference(pad_token_id=0)
+        >>> batch = collator([{"prompt_ids": [1, 2], "completion_ids": [3], "kl_completion_ids": [4, 5], "label": True}])
+        >>> batch["input_ids"].tolist(), batch["completion_mask"].tolist(), batch["label"].tolist()
+        ([[1, 2, 3, 0], [1, 2, 4, 5]], [[0, 0, 1, 0], [0, 0, 1, 1]], [True])
+        ```
+    """
+
+    pad_token_id: int
+    max_length: int | None = None
+    pad_to_multiple_of: int | None = None
+    kl_completions: bool = True
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        pairs = [self._sequence(e["prompt_ids"], e[side]) for side in ("chosen_ids", "rejected_ids") for e in examples]
-        width = max(len(ids) for ids, _ in pairs)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {
-            "input_ids": _pad([ids for ids, _ in pairs], width, self.pad_token_id),
-            "attention_mask": _pad([[1] * len(ids) for ids, _ in pairs], width, 0),
-            "completion_mask": _pad([mask for _, mask in pairs], width, 0),
-        }
-        for key in ("ref_chosen_logps", "ref_rejected_logps", "margin"):
+        sides = ("completion_ids", "kl_completion_ids") if self.kl_completions else ("completion_ids",)
+        sequences = [_prompt_completion(e["prompt_ids"], e[side], self.max_length) for side in sides for e in examples]
+        batch = _pad_prompt_completions(sequences, self.pad_token_id, self.pad_to_multiple_of)
+        batch["label"] = torch.tensor([bool(e["label"]) for e in examples])
+        for key in ("ref_logps", "ref_KL_logps"):
             if key in examples[0]:
                 batch[key] = torch.tensor([float(e[key]) for e in examples])
         return batch

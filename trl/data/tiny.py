@@ -26,9 +26,13 @@ def _rows(split: str) -> list[dict]:
 
 
 def _wrong_answer(question: str, answer: str) -> str:
-    """A plausible wrong answer: the letters as given (unchanged), or shifted by one if that happens to be right."""
-    letters = question.split(": ", 1)[1]
-    return letters if letters != answer else " ".join(answer.split()[1:] + answer.split()[:1])
+    """A plausible wrong answer: the letters as given, else rotated by one, else with the last letter changed."""
+    letters = question.split(": ", 1)[1].split()
+    for candidate in (letters, letters[1:] + letters[:1]):
+        if " ".join(candidate) != answer:
+            return " ".join(candidate)
+    last = letters[-1]
+    return " ".join(letters[:-1] + [chr(ord("a") + (ord(last) - ord("a") + 1) % 26)])
 
 
 def _convert(row: dict, form: str) -> dict:

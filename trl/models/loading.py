@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,12 +32,12 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
-def create_model_from_path(model_id: str, **kwargs: Any):
-    """Load a causal LM from a hub id or a local folder.
+def create_model_from_path(model_id: str, model_class: type | None = None, **kwargs: Any):
+    """Load a model (a causal LM unless `model_class` says otherwise) from a hub id or a local folder.
 
-    The class comes from `config.architectures[0]` when transformers has it, else `AutoModelForCausalLM`. `dtype`
-    defaults to float32; `device_map` defaults to "auto" on a single accelerator and None on CPU or under a
-    distributed launcher.
+    The class is `model_class` when given (e.g. `AutoModelForSequenceClassification` for a reward model), else
+    `config.architectures[0]` when transformers has it, else `AutoModelForCausalLM`. `dtype` defaults to float32;
+    `device_map` defaults to "auto" on a single accelerator and None on CPU or under a distributed launcher.
 
     Example:
         ```python
@@ -52,13 +54,65 @@ def create_model_from_path(model_id: str, **kwargs: Any):
         kwargs["device_map"] = "auto" if torch.cuda.is_available() and not distributed else None
     elif distributed:
         kwargs["device_map"] = None
-    config_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
-    config = AutoConfig.from_pretrained(model_id, **config_kwargs)
-    architecture = (getattr(config, "architectures", None) or [None])[0]
-    model_class = getattr(transformers, architecture, None) if architecture else None
+    if model_class is None:
+        config_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+        config = AutoConfig.from_pretrained(model_id, **config_kwargs)
+        architecture = (getattr(config, "architectures", None) or [None])[0]
+        model_class = getattr(transformers, architecture, None) if architecture else None
     if model_class is None:
         model_class = AutoModelForCausalLM
     return model_class.from_pretrained(model_id, **kwargs)
+
+
+class _HoldLoadReports(logging.Filter):
+    """Hold back transformers' state-dict load report (one warning record) so that it can be judged afterwards."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in str(record.msg):
+            self.held.append(record)
+            return False
+        return True
+
+
+def create_reward_model_from_path(model_id: str, **kwargs: Any):
+    """Load a reward model: `AutoModelForSequenceClassification` with `num_labels=1`, from a hub id or a local folder.
+
+    Starting a reward model from a causal LM (the usual case) adds a randomly initialised `score` head and drops the
+    LM head, and transformers reports both. That report is dropped when this is all it says; any other missing,
+    unexpected or mismatched weight is reported in full. Other arguments as in `create_model_from_path`.
+
+    Example:
+        ```python
+        >>> model = create_reward_model_from_path("path/to/sft-model")
+        >>> model.config.num_labels
+        1
+        ```
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    kwargs.setdefault("num_labels", 1)
+    logger = logging.getLogger("transformers.modeling_utils")
+    hold, info = _HoldLoadReports(), None
+    logger.addFilter(hold)
+    try:
+        model, info = create_model_from_path(
+            model_id, AutoModelForSequenceClassification, output_loading_info=True, **kwargs
+        )
+    finally:
+        logger.removeFilter(hold)
+        head_swap_only = info is not None and (
+            all(key.split(".")[0] == "score" for key in info.get("missing_keys", ()))
+            and all(key.split(".")[0] == "lm_head" for key in info.get("unexpected_keys", ()))
+            and not info.get("mismatched_keys")
+        )
+        if not head_swap_only:  # including a failed load, whose error points at the report
+            for record in hold.held:
+                logger.handle(record)
+    return model
 
 
 def load_processing_class(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
@@ -90,10 +144,14 @@ def prepare_tokenizer(tokenizer, model, eos_token: str | None = None):
         if eos_token not in tokenizer.get_vocab():
             raise ValueError(f"`eos_token` {eos_token!r} is not in the tokenizer's vocabulary; add it first.")
         tokenizer.eos_token = eos_token
-        gen_eos = model.generation_config.eos_token_id
-        gen_eos = [] if gen_eos is None else [gen_eos] if isinstance(gen_eos, int) else list(gen_eos)
-        if tokenizer.eos_token_id not in gen_eos:
-            model.generation_config.eos_token_id = gen_eos + [tokenizer.eos_token_id]
+        generation_config = getattr(model, "generation_config", None)  # None/absent on models that do not generate
+        if generation_config is not None:
+            gen_eos = generation_config.eos_token_id
+            gen_eos = [] if gen_eos is None else [gen_eos] if isinstance(gen_eos, int) else list(gen_eos)
+            if tokenizer.eos_token_id not in gen_eos:
+                generation_config.eos_token_id = gen_eos + [tokenizer.eos_token_id]
+    if eos_token is None:
+        _stop_at_template_end_of_turn(tokenizer, model)
     if tokenizer.eos_token_id is None:
         raise ValueError(
             f"The tokenizer {type(tokenizer).__name__} has no eos token, so no example would end. Set "
@@ -103,9 +161,53 @@ def prepare_tokenizer(tokenizer, model, eos_token: str | None = None):
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.pad_token_id != tokenizer.eos_token_id:
         model.config.pad_token_id = tokenizer.pad_token_id
-        if model.generation_config is not None:
+        if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
+
+
+def apply_chat_template_path(model, tokenizer, path: str):
+    """Give `tokenizer` the chat template of `path`: a `.jinja`/`.j2` file, or another tokenizer (hub id or folder)
+    whose template and added tokens are copied with `clone_chat_template` (which resizes the model's embeddings).
+
+    Returns:
+        `(model, tokenizer)`.
+
+    Example:
+        ```python
+        >>> model, tokenizer = apply_chat_template_path(model, tokenizer, "templates/chatml.jinja")
+        ```
+    """
+    if path.endswith((".jinja", ".j2")):
+        tokenizer.chat_template = Path(path).read_text()
+        return model, tokenizer
+    from ..chat_template_utils import clone_chat_template
+
+    model, tokenizer, _ = clone_chat_template(model, tokenizer, path)
+    return model, tokenizer
+
+
+def _stop_at_template_end_of_turn(tokenizer, model) -> None:
+    """A chat template may end assistant turns with a token other than eos (a base model's tokenizer with a ChatML
+    template: eos `<|endoftext|>`, turns end with `<|im_end|>`). The model learns to emit that token, so generation
+    must stop at it too: it is added to the generation config's eos ids, and said once."""
+    from ..data.tokenize import end_of_turn_ids
+
+    config = getattr(model, "generation_config", None)
+    extra = end_of_turn_ids(tokenizer) - {tokenizer.eos_token_id, None}
+    if config is None or not extra:
+        return
+    eos = config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    missing = sorted(extra - set(eos))
+    if missing:
+        config.eos_token_id = eos + missing
+        names = tokenizer.convert_ids_to_tokens(missing)
+        warnings.warn(
+            f"The chat template ends assistant turns with {names}, not the tokenizer's eos {tokenizer.eos_token!r}; "
+            f"{names} was added to the generation config's eos_token_id so that generation stops there.",
+            stacklevel=4,
+        )
 
 
 def wrap_peft(model, peft_config):

@@ -5,13 +5,18 @@ one overridable method is `_count_loss_items` (what a micro-batch's loss is aver
   per logging step), merged into `log()`;
 - the loss-token count of a whole optimiser step (`num_items_in_batch`, see `trl.losses.reduce`);
 - model and processing-class set-up from a string or an object, PEFT wrapping;
+- the reference model of preference trainers (explicit, adapters disabled, a precomputed and cached pass with
+  the initial policy, or an independent frozen copy; DESIGN principle 6);
 - a NaN/inf guard on the logged loss; a model card written with every save.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,7 +24,10 @@ from transformers import Trainer
 
 from .. import guards
 from ..losses.reduce import count_loss_tokens
-from ..models import loading
+from ..models import loading, reference
+from .callbacks import SyncRefModelCallback
+from .fused_head import add_fused_lm_head
+from .utils import disable_dropout_in_model
 
 
 def as_config(args, config_class, default_output_dir: str):
@@ -47,6 +55,15 @@ def as_config(args, config_class, default_output_dir: str):
     raise TypeError(f"`args` must be a {config_class.__name__} or TrainingArguments; got {type(args).__name__}.")
 
 
+def configure_streaming(args, *datasets) -> None:
+    """Streamed (`IterableDataset`) data: each process reads its own shard, so accelerate must not dispatch batches
+    from rank 0 (which needs equal batch sizes). `max_steps` is required (checked by `transformers.Trainer`)."""
+    from datasets import IterableDataset
+
+    if any(isinstance(d, IterableDataset) for d in datasets) and args.accelerator_config is not None:
+        args.accelerator_config.dispatch_batches = False
+
+
 class _MetricsBuffer:
     """Per-mode running sums and counts. `mean()` reduces them over processes, so a metric is the exact average over
     every item seen since the last log, whatever the accumulation steps and ranks (not a mean of means)."""
@@ -54,6 +71,12 @@ class _MetricsBuffer:
     def __init__(self):
         self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": defaultdict(float), "eval": defaultdict(float)}
+        self._derived: dict[str, Callable[[dict[str, float]], float]] = {}
+
+    def derive(self, key: str, fn: Callable[[dict[str, float]], float]) -> None:
+        """Log `key = fn(means)` at every log, from the window's exact means (e.g. a difference of two means); skipped
+        when `fn` needs a metric that the window does not have (KeyError)."""
+        self._derived[key] = fn
 
     def add(self, mode: str, key: str, total: float | torch.Tensor, count: float | torch.Tensor = 1.0) -> None:
         self._sums[mode][key] += float(total)
@@ -72,7 +95,11 @@ class _MetricsBuffer:
             values = accelerator.reduce(values, reduction="sum")
         self._sums[mode].clear()
         self._counts[mode].clear()
-        return {k: (s / c if c else float("nan")) for k, s, c in zip(keys, values[0].tolist(), values[1].tolist())}
+        means = {k: (s / c if c else float("nan")) for k, s, c in zip(keys, values[0].tolist(), values[1].tolist())}
+        for key, fn in self._derived.items():
+            with contextlib.suppress(KeyError):
+                means[key] = fn(means)
+        return means
 
 
 class _BaseTrainer(Trainer):
@@ -91,8 +118,9 @@ class _BaseTrainer(Trainer):
     # ---- model set-up helpers ----------------------------------------------------------------------------------
 
     @staticmethod
-    def _load_model(model, args, quantization_config=None):
-        """Return a model object: `model` itself, or loaded from a hub id / local folder with `model_init_kwargs`."""
+    def _load_model(model, args, quantization_config=None, loader=None):
+        """Return a model object: `model` itself, or loaded from a hub id / local folder with `model_init_kwargs` by
+        `loader` (`loading.create_model_from_path` by default)."""
         if not isinstance(model, str):
             loading.warn_if_quantization_ignored(quantization_config, model)
             if args.model_init_kwargs:
@@ -106,7 +134,7 @@ class _BaseTrainer(Trainer):
             if "quantization_config" in kwargs:
                 raise ValueError("`quantization_config` was given both as an argument and in `model_init_kwargs`.")
             kwargs["quantization_config"] = quantization_config
-        return loading.create_model_from_path(model, **kwargs)
+        return (loader or loading.create_model_from_path)(model, **kwargs)
 
     @staticmethod
     def _load_processing_class(processing_class, model, model_id: str | None, args):
@@ -123,6 +151,147 @@ class _BaseTrainer(Trainer):
     def _default_output_dir(model, suffix: str) -> str:
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
         return f"{Path(str(name).rstrip('/')).name or 'model'}-{suffix}"
+
+    # ---- reference model helpers (preference trainers) -----------------------------------------------------------
+
+    def _setup_policy_and_reference(self, model, ref_model, model_id: str | None, args, quantization_config=None,
+                                    peft_config=None):
+        """Wrap the policy with `peft_config`, give it the fused LM head, disable dropout, and pick the reference.
+
+        The reference, in this order: `ref_model` when given (frozen); with PEFT, the policy with its adapters
+        disabled; with `args.precompute_ref_log_probs`, the initial policy, used once before training; otherwise an
+        independent frozen copy (loaded again from `model_id` when the policy was given as a string). Sets
+        `self.ref_model` (None for the adapter-disabled and precompute cases) and `self._use_adapters_as_ref`.
+        Reads `args.disable_dropout`, `args.sync_ref_model` and `args.precompute_ref_log_probs`.
+
+        Returns:
+            The policy (a `PeftModel` when `peft_config` is given).
+
+        Raises:
+            `ValueError`: `ref_model` is the policy object itself; `sync_ref_model` with a PEFT reference.
+        """
+        if ref_model is not None and ref_model is model:
+            raise ValueError(
+                "`ref_model` is the policy object itself, so the reference would move with every update. Pass a "
+                "separate copy, or leave `ref_model=None` to let the trainer make one."
+            )
+        peft_input = loading.is_peft_model(model)
+        if peft_config is not None:
+            model = loading.wrap_peft(model, peft_config)
+        use_adapters_as_ref = ref_model is None and loading.is_peft_model(model)
+        if peft_input and ref_model is None:
+            warnings.warn(
+                "The model is a PeftModel and no `ref_model` was given: the reference is the base model with the "
+                "adapters disabled. Pass `ref_model=` to compare against the adapted model instead.", stacklevel=3
+            )
+        if args.sync_ref_model and use_adapters_as_ref:
+            raise ValueError("`sync_ref_model=True` needs a separate reference model; it does not work with PEFT.")
+        add_fused_lm_head(causal_lm(model))
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+
+        if ref_model is None and not use_adapters_as_ref and not args.precompute_ref_log_probs:
+            if model_id is not None:
+                ref_model = self._load_model(model_id, args, quantization_config)
+            else:
+                ref_model = reference.independent_copy(causal_lm(model))
+        if ref_model is not None:
+            reference.freeze(ref_model)
+            add_fused_lm_head(ref_model)
+            if args.disable_dropout:
+                disable_dropout_in_model(ref_model)
+        self.ref_model = ref_model
+        self._use_adapters_as_ref = use_adapters_as_ref
+        return model
+
+    def _finish_reference_setup(self, score: Callable, columns: tuple[str, ...], **cache_key_parts) -> None:
+        """After `Trainer.__init__`: prepare the reference model for the accelerator, add the TR-DPO sync callback, and
+        with `precompute_ref_log_probs` add the reference columns to the train and eval datasets (see
+        [`_with_ref_logps`]), after which no reference model is kept."""
+        if self.ref_model is not None:
+            self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
+        if self.args.sync_ref_model:
+            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        if not self.args.precompute_ref_log_probs:
+            return
+
+        def add(dataset, name):
+            return self._with_ref_logps(dataset, name, score, columns, **cache_key_parts)
+
+        self.train_dataset = add(self.train_dataset, "train")
+        if isinstance(self.eval_dataset, dict):
+            self.eval_dataset = {k: add(v, f"eval[{k}]") for k, v in self.eval_dataset.items()}
+        elif self.eval_dataset is not None:
+            self.eval_dataset = add(self.eval_dataset, "eval")
+        self.ref_model = None  # not needed any more: every row carries its reference log-probs
+
+    @contextlib.contextmanager
+    def _reference(self):
+        """The model that scores the reference, with gradients off: `ref_model`, the policy with its adapters
+        disabled, or (precompute, before training) the initial policy."""
+        with torch.no_grad():
+            if self.ref_model is not None:
+                yield self.ref_model
+            elif self._use_adapters_as_ref:
+                with self.accelerator.unwrap_model(self.model).disable_adapter():
+                    yield self.model
+            else:
+                yield self.model
+
+    def _with_ref_logps(self, dataset, name: str, score: Callable, columns: tuple[str, ...], **cache_key_parts):
+        """Add per-row reference columns to `dataset`, from the on-disk cache or one pass over it in order.
+
+        Args:
+            dataset (`datasets.Dataset`): the prepared dataset (collated by `self.data_collator`).
+            name (`str`): its name, for messages.
+            score (`Callable`): `score(ref_model, batch) -> dict[column, (B,) tensor]`.
+            columns (`tuple[str, ...]`): the columns `score` returns; a dataset that has the first one is returned
+                as it is (values given by the user).
+            **cache_key_parts: whatever else the values depend on (truncation, loss options).
+
+        The cache key hashes the reference's weights (adapters excluded), the dataset's fingerprint, the columns,
+        `max_length`, the precision and `cache_key_parts`.
+        """
+        from datasets import Dataset
+        from torch.utils.data import DataLoader
+
+        if columns[0] in (dataset.column_names or []):
+            return dataset
+        if not isinstance(dataset, Dataset):
+            raise TypeError(
+                f"`precompute_ref_log_probs=True` needs a `datasets.Dataset` (random access and a fingerprint); the "
+                f"{name} dataset is of type {type(dataset).__name__}. Turn precompute off for streamed data."
+            )
+        source = self.ref_model if self.ref_model is not None else self.model
+        key = reference.cache_key(
+            model=reference.model_fingerprint(self.accelerator.unwrap_model(source), exclude_adapters=True),
+            dataset=dataset._fingerprint, columns=list(columns), max_length=self.args.max_length,
+            dtype=str(self.args.bf16), **cache_key_parts,
+        )
+        cached = reference.load_cached(key)
+        if cached is None:
+            batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+            loader = self.accelerator.prepare(
+                DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
+            )
+            values = {column: [] for column in columns}
+            was_training = self.model.training
+            self.model.eval()
+            for batch in loader:
+                with self._reference() as ref, self.compute_loss_context_manager():
+                    scores = score(ref, batch)
+                for column in columns:
+                    values[column].append(self.accelerator.gather_for_metrics(scores[column]).float().cpu())
+            self.model.train(was_training)
+            cached = {column: torch.cat(v) for column, v in values.items()}
+            if self.accelerator.is_main_process:
+                path = reference.save_cached(key, cached)
+                print(f"Reference log-probs of the {name} dataset computed and cached in {path}")
+        else:
+            print(f"Reference log-probs of the {name} dataset loaded from the cache (key {key}).")
+        for column in columns:
+            dataset = dataset.add_column(column, cached[column].tolist())
+        return dataset
 
     # ---- Trainer overrides --------------------------------------------------------------------------------------
 
@@ -177,6 +346,13 @@ class _BaseTrainer(Trainer):
         self._num_tokens_total[mode] += float(window)
         return self._num_tokens_total[mode]
 
+    def compute_loss_context_manager(self):
+        stack = super().compute_loss_context_manager()
+        if getattr(self.args, "activation_offloading", False) and self.model.training:
+            # tensors saved for backward live in (pinned) host memory until the backward pass needs them
+            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()))
+        return stack
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.state.global_step < 3:  # the first steps are checked at once; later ones at every log
@@ -211,3 +387,8 @@ class _BaseTrainer(Trainer):
         )
         os.makedirs(output_dir, exist_ok=True)
         Path(output_dir, "README.md").write_text(card)
+
+
+def causal_lm(model):
+    """The `PreTrainedModel` with the LM head inside a possible PEFT wrapper."""
+    return model.get_base_model() if loading.is_peft_model(model) else model

@@ -14,9 +14,6 @@ pure functions in `trl.losses.dpo`. Deviations from the reference implementation
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-
 import torch
 
 from ..data.collators import DataCollatorForPreference
@@ -24,12 +21,10 @@ from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
 from ..losses.dpo import DPOLossParams, PreferenceLogps, bco_batch_reward_mean, dpo_loss, ld_logps, wpo_pair_weights
 from ..losses.dpo import wpo_weights
 from ..losses.reduce import token_weight
-from ..models import loading, reference
-from .base_trainer import _BaseTrainer, as_config
-from .callbacks import SyncRefModelCallback
+from ..models import loading
+from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .dpo_config import DPOConfig
-from .fused_head import FusedHeadRequest, add_fused_lm_head
-from .utils import disable_dropout_in_model
+from .fused_head import completion_logps
 
 
 __all__ = ["DPOTrainer", "DataCollatorForPreference"]
@@ -82,41 +77,12 @@ class DPOTrainer(_BaseTrainer):
         args = as_config(args, DPOConfig, self._default_output_dir(model, "DPO"))
         if train_dataset is None:
             raise ValueError("DPOTrainer needs a `train_dataset` of preference pairs.")
-        if ref_model is not None and ref_model is model:
-            raise ValueError(
-                "`ref_model` is the policy object itself, so the reference would move with every update. Pass a "
-                "separate copy, or leave `ref_model=None` to let the trainer make one."
-            )
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
         loading.prepare_tokenizer(processing_class, model)
-        peft_input = loading.is_peft_model(model)
-        if peft_config is not None:
-            model = loading.wrap_peft(model, peft_config)
-        use_adapters_as_ref = ref_model is None and loading.is_peft_model(model)
-        if peft_input and ref_model is None:
-            warnings.warn(
-                "The model is a PeftModel and no `ref_model` was given: the reference is the base model with the "
-                "adapters disabled. Pass `ref_model=` to compare against the adapted model instead.", stacklevel=2
-            )
-        if args.sync_ref_model and use_adapters_as_ref:
-            raise ValueError("`sync_ref_model=True` needs a separate reference model; it does not work with PEFT.")
-        add_fused_lm_head(_causal_lm(model))
-        if args.disable_dropout:
-            disable_dropout_in_model(model)
-
         # The reference: an explicit model, the adapter-free policy, the initial policy (precompute) or a copy.
-        if ref_model is None and not use_adapters_as_ref and not args.precompute_ref_log_probs:
-            ref_model = self._load_model(model_id, args, quantization_config) if model_id else _causal_lm(model)
-            ref_model = reference.independent_copy(ref_model) if ref_model is _causal_lm(model) else ref_model
-        if ref_model is not None:
-            reference.freeze(ref_model)
-            add_fused_lm_head(ref_model)
-            if args.disable_dropout:
-                disable_dropout_in_model(ref_model)
-        self.ref_model = ref_model
-        self._use_adapters_as_ref = use_adapters_as_ref
+        model = self._setup_policy_and_reference(model, ref_model, model_id, args, quantization_config, peft_config)
 
         options = PreferenceDataOptions(max_length=args.max_length, num_proc=args.dataset_num_proc, guards=args.guards)
         train_dataset, _ = prepare_preference_dataset(train_dataset, processing_class, options, "DPOTrainer")
@@ -133,6 +99,7 @@ class DPOTrainer(_BaseTrainer):
                 truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
             )
 
+        configure_streaming(args, train_dataset, eval_dataset)
         self._loss_params = DPOLossParams(
             beta=args.beta, label_smoothing=args.label_smoothing, f_divergence_type=args.f_divergence_type,
             f_alpha_divergence_coef=args.f_alpha_divergence_coef, discopop_tau=args.discopop_tau,
@@ -144,67 +111,17 @@ class DPOTrainer(_BaseTrainer):
             eval_dataset=eval_dataset, processing_class=processing_class, compute_metrics=compute_metrics,
             callbacks=callbacks, optimizers=optimizers,
         )
-        if self.ref_model is not None:
-            self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
-        if args.sync_ref_model:
-            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
-        if args.precompute_ref_log_probs:
-            self.train_dataset = self._with_ref_logps(self.train_dataset, "train")
-            if isinstance(self.eval_dataset, dict):
-                self.eval_dataset = {k: self._with_ref_logps(v, f"eval[{k}]") for k, v in self.eval_dataset.items()}
-            elif self.eval_dataset is not None:
-                self.eval_dataset = self._with_ref_logps(self.eval_dataset, "eval")
-            self.ref_model = None  # not needed any more: every row carries its reference log-probs
+        self._finish_reference_setup(
+            self._ref_scores, ("ref_chosen_logps", "ref_rejected_logps"), truncation_mode=args.truncation_mode,
+            ld_alpha=args.ld_alpha,
+        )
 
     # ---- reference log-probs ------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _reference(self):
-        """The model that scores the reference, with gradients off."""
-        with torch.no_grad():
-            if self.ref_model is not None:
-                yield self.ref_model
-            elif self._use_adapters_as_ref:
-                with self.accelerator.unwrap_model(self.model).disable_adapter():
-                    yield self.model
-            else:  # precompute before training: the initial policy is the reference
-                yield self.model
-
-    def _with_ref_logps(self, dataset, name: str):
-        """Add `ref_chosen_logps`/`ref_rejected_logps` columns, from the on-disk cache or one pass over `dataset`."""
-        from torch.utils.data import DataLoader
-
-        if "ref_chosen_logps" in dataset.column_names:
-            return dataset
-        source = self.ref_model if self.ref_model is not None else self.model
-        key = reference.cache_key(
-            model=reference.model_fingerprint(self.accelerator.unwrap_model(source), exclude_adapters=True),
-            dataset=getattr(dataset, "_fingerprint", None), max_length=self.args.max_length,
-            truncation_mode=self.args.truncation_mode, ld_alpha=self.args.ld_alpha, dtype=str(self.args.bf16),
-        )
-        cached = reference.load_cached(key)
-        if cached is None:
-            batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
-            loader = self.accelerator.prepare(
-                DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator, shuffle=False)
-            )
-            chosen, rejected = [], []
-            was_training = self.model.training
-            self.model.eval()
-            for batch in loader:
-                with self._reference() as ref, self.compute_loss_context_manager():
-                    logps = self._sequence_logps(ref, batch)
-                chosen.append(self.accelerator.gather_for_metrics(logps["chosen"]).float().cpu())
-                rejected.append(self.accelerator.gather_for_metrics(logps["rejected"]).float().cpu())
-            self.model.train(was_training)
-            cached = {"chosen": torch.cat(chosen), "rejected": torch.cat(rejected)}
-            if self.accelerator.is_main_process:
-                path = reference.save_cached(key, cached)
-                print(f"Reference log-probs of the {name} dataset computed and cached in {path}")
-        else:
-            print(f"Reference log-probs of the {name} dataset loaded from the cache (key {key}).")
-        dataset = dataset.add_column("ref_chosen_logps", cached["chosen"].tolist())
-        return dataset.add_column("ref_rejected_logps", cached["rejected"].tolist())
+    def _ref_scores(self, ref, batch: dict) -> dict[str, torch.Tensor]:
+        """The reference columns of one batch (the precompute pass, `_with_ref_logps`)."""
+        logps = self._sequence_logps(ref, batch)
+        return {"ref_chosen_logps": logps["chosen"], "ref_rejected_logps": logps["rejected"]}
 
     # ---- Trainer overrides, in lifecycle order -------------------------------------------------------------------
 
@@ -219,15 +136,8 @@ class DPOTrainer(_BaseTrainer):
 
     def _sequence_logps(self, model, batch: dict) -> dict[str, torch.Tensor]:
         """Forward `[chosen; rejected]` once and sum each completion's token log-probs."""
-        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-        outputs = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-            fused_lm_head=FusedHeadRequest(labels=labels),
-        )
-        mask = outputs.label_mask  # (2B, T-1)
-        token_logps = torch.zeros(mask.shape, dtype=outputs.logps.dtype, device=mask.device)
-        token_logps = token_logps.masked_scatter(mask, outputs.logps)
-        lengths = mask.sum(-1)
+        scored = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        token_logps, mask, lengths, outputs = scored.token_logps, scored.mask, scored.lengths, scored.outputs
         if self.args.ld_alpha is not None:
             half = mask.shape[0] // 2
             shared = torch.minimum(lengths[:half], lengths[half:]).repeat(2)
@@ -293,7 +203,3 @@ class DPOTrainer(_BaseTrainer):
         self._metrics.add(mode, "rewards/margins", (chosen_rewards - rejected_rewards).sum(), b)
         self._metrics.add(mode, "logps/chosen", policy["chosen"].detach().sum(), b)
         self._metrics.add(mode, "logps/rejected", policy["rejected"].detach().sum(), b)
-
-
-def _causal_lm(model):
-    return model.get_base_model() if loading.is_peft_model(model) else model

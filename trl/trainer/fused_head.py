@@ -124,3 +124,52 @@ def add_fused_lm_head(model: torch.nn.Module) -> torch.nn.Module:
     model._trl_logit_transform = logit_transform_from_config(model.config)
     model.forward = types.MethodType(_fused_forward, model)
     return model
+
+
+@dataclass
+class CompletionLogps:
+    """Per-token log-probs of the completions of a batch, from one fused-head forward ([`completion_logps`]).
+
+    Args:
+        token_logps (`torch.Tensor`): `(B, T-1)` log-prob of each next token, 0 outside the completions.
+        mask (`torch.Tensor`): `(B, T-1)` bool, True where the predicted token is a completion token.
+        outputs ([`FusedCausalLMOutput`]): the forward's output (`entropy`, `correct`, ... over the `mask` positions).
+    """
+
+    token_logps: torch.Tensor
+    mask: torch.Tensor
+    outputs: FusedCausalLMOutput
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """`(B,)` completion tokens of each sequence."""
+        return self.mask.sum(-1)
+
+    def sums(self) -> torch.Tensor:
+        """`(B,)` sequence log-probs: the sum of each completion's token log-probs."""
+        return self.token_logps.sum(-1)
+
+
+def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
+                     **request) -> CompletionLogps:
+    """Score the completions of a batch of `prompt + completion` sequences with one fused-head forward.
+
+    Args:
+        model: a causal LM patched by [`add_fused_lm_head`] (possibly wrapped by PEFT, DDP, ...).
+        input_ids (`torch.Tensor`): `(B, T)` token ids.
+        attention_mask (`torch.Tensor`): `(B, T)` 1 on real tokens.
+        completion_mask (`torch.Tensor`): `(B, T)` 1 on the completion tokens to score.
+        **request: other [`FusedHeadRequest`] fields (`temperature`, `router_aux_loss`).
+
+    Example:
+        ```python
+        >>> scored = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        >>> scored.sums().shape  # (B,)
+        ```
+    """
+    labels = input_ids.masked_fill(completion_mask == 0, -100)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask,
+                    fused_lm_head=FusedHeadRequest(labels=labels, **request))
+    mask = outputs.label_mask  # (B, T-1)
+    token_logps = torch.zeros(mask.shape, dtype=outputs.logps.dtype, device=mask.device)
+    return CompletionLogps(token_logps=token_logps.masked_scatter(mask, outputs.logps), mask=mask, outputs=outputs)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from transformers import TrainingArguments  # noqa: F401  (documented argument type)
@@ -26,7 +25,7 @@ from ..data.prepare import SFTDataOptions, prepare_sft_dataset
 from ..losses.reduce import count_loss_tokens, token_weight
 from ..losses.sft import SFT_LOSSES
 from ..models import loading
-from .base_trainer import _BaseTrainer, as_config
+from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .fused_head import FusedHeadRequest, add_fused_lm_head, is_moe
 from .sft_config import SFTConfig
 
@@ -99,7 +98,9 @@ class SFTTrainer(_BaseTrainer):
         model = self._load_model(model, args, quantization_config)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
         if args.chat_template_path is not None:
-            model, processing_class = _apply_chat_template_path(model, processing_class, args.chat_template_path)
+            model, processing_class = loading.apply_chat_template_path(
+                model, processing_class, args.chat_template_path
+            )
         loading.prepare_tokenizer(processing_class, model, args.eos_token)
         guards.check_generation_config_pad(model)
         if peft_config is not None:
@@ -126,12 +127,13 @@ class SFTTrainer(_BaseTrainer):
             data_collator = DataCollatorForLanguageModeling(
                 pad_token_id=processing_class.pad_token_id,
                 completion_only_loss=args.completion_only_loss is not False,
-                padding_free=args.padding_free,
+                padding_free=args.padding_free or (args.packing and _has_varlen_attention(model)),
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
         elif args.padding_free:
             raise ValueError("`padding_free=True` needs the default collator; got a custom `data_collator`.")
 
+        configure_streaming(args, train_dataset, eval_dataset)
         self._loss_fn = SFT_LOSSES[args.loss_type]
         self._init_metrics()
         super().__init__(
@@ -172,13 +174,6 @@ class SFTTrainer(_BaseTrainer):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", "completion_mask", "assistant_masks", "seq_lengths"]
 
-    def compute_loss_context_manager(self):
-        stack = super().compute_loss_context_manager()
-        if self.args.activation_offloading and self.model.training:
-            # tensors saved for backward live in (pinned) host memory until the backward pass needs them
-            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()))
-        return stack
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.compute_loss_func is not None:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -202,10 +197,15 @@ class SFTTrainer(_BaseTrainer):
         count = outputs.entropy.numel()
         self._metrics.add(mode, "entropy", outputs.entropy.sum(), count)
         self._metrics.add(mode, "mean_token_accuracy", outputs.correct.sum(), count)
-        if return_outputs:  # callers that want logits (compute_metrics) pay for a plain forward
-            with torch.no_grad():
-                outputs = model(**model_inputs)
+        if return_outputs and (self.compute_metrics is not None or self.preprocess_logits_for_metrics is not None):
+            with torch.no_grad():  # only `compute_metrics` needs full logits, and pays for a plain forward
+                outputs = model(**model_inputs, use_cache=False)
         return (loss, outputs) if return_outputs else loss
+
+
+def _has_varlen_attention(model) -> bool:
+    """Flash attention runs a flat batch as separate sequences (varlen); sdpa/eager pay for the full square."""
+    return "flash" in str(getattr(_causal_lm(model).config, "_attn_implementation", "") or "")
 
 
 def _router_aux_loss_coef(model, coef: float | None) -> float:
@@ -223,14 +223,3 @@ def _router_aux_loss_coef(model, coef: float | None) -> float:
 def _causal_lm(model):
     """The `PreTrainedModel` with the LM head inside a possible PEFT wrapper."""
     return model.get_base_model() if loading.is_peft_model(model) else model
-
-
-def _apply_chat_template_path(model, tokenizer, path: str):
-    """Use the chat template in a `.jinja`/`.j2` file, or copy it from another tokenizer."""
-    if path.endswith((".jinja", ".j2")):
-        tokenizer.chat_template = Path(path).read_text()
-        return model, tokenizer
-    from ..chat_template_utils import clone_chat_template
-
-    model, tokenizer, _ = clone_chat_template(model, tokenizer, path)
-    return model, tokenizer

@@ -1,0 +1,194 @@
+"""Dataset preparation for unpaired preference data (KTO): prompt and completion token ids, a desirability label, and
+the mismatched "KL completion" of each row.
+
+Rows are `prompt`/`completion`/`label` (standard or conversational), or pre-tokenised `prompt_ids`/`completion_ids`/
+`label`. Paired preference data (`prompt`/`chosen`/`rejected`, explicit or implicit prompt) is unpaired first: each
+pair becomes a desirable row and an undesirable row. Prompt and completion are tokenised with the SFT path
+(`tokenize_sft_example`), so a completion ends with its end-of-turn token, as in SFT and DPO.
+
+KL completions are paired here, once, in dataset order: row `i` gets the completion of row `(i + shift) mod n`
+(`kl_completion_ids`). `shift` is 1, or 2 for data that was paired (its rows come in same-prompt pairs, and the KL
+completion must answer another prompt). Pairing at preparation time rather than inside each batch keeps the estimate
+independent of the sampler and of the batch size, and makes the reference log-probs of KL completions cacheable.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+from .. import guards
+from .conversation import extract_prompt, maybe_convert_to_chatml, unpair_preference_dataset
+from .formats import DatasetFormat, check_example_types, detect_format
+from .preference import PreferenceDataOptions, _completion_span, _first_row
+from .tokenize import tokenize_sft_example
+
+TOKENIZED_COLUMNS = ("prompt_ids", "completion_ids", "label")
+# Per-row values that survive tokenisation: precomputed reference log-probs of the completion and KL completion.
+PASSTHROUGH_COLUMNS = ("ref_logps", "ref_KL_logps")
+_ACCEPTED = "'prompt'/'completion'/'label' (unpaired), 'prompt'/'chosen'/'rejected' or 'chosen'/'rejected' (paired)"
+
+
+def tokenize_unpaired_example(row: dict, tokenizer, *, conversational: bool, eos_ids: set[int]) -> dict:
+    """Tokenise one unpaired row into `prompt_ids`, `completion_ids` and a boolean `label`.
+
+    Example:
+        ```python
+        >>> out = tokenize_unpaired_example({"prompt": "2+2=", "completion": " 4", "label": True}, tok,
+        ...                                 conversational=False, eos_ids={tok.eos_token_id})
+        >>> tok.decode(out["completion_ids"]), out["label"]
+        (' 4<|im_end|>', True)
+        ```
+    """
+    example = {k: v for k, v in row.items() if k in ("prompt", "completion", "tools", "chat_template_kwargs")}
+    out = tokenize_sft_example(
+        example, tokenizer, kind="prompt_completion", conversational=conversational,
+        eos_token_id=tokenizer.eos_token_id, eos_ids=eos_ids,
+    )
+    start, end = _completion_span(out)
+    return {"prompt_ids": out["input_ids"][:start], "completion_ids": out["input_ids"][start:end],
+            "label": bool(row["label"])}
+
+
+def _check_label(value) -> None:
+    if not isinstance(value, bool) and value not in (0, 1):
+        raise TypeError(
+            f"Column 'label' must hold booleans (True: desirable, False: undesirable); got {type(value).__name__}: "
+            f"{str(value)[:80]}."
+        )
+
+
+def _rotate(values, shift: int) -> list:
+    """`values` rotated left by `shift`: element `i` is `values[(i + shift) mod n]`."""
+    values = list(values)
+    shift = shift % max(len(values), 1)
+    return values[shift:] + values[:shift]
+
+
+def add_kl_completions(dataset, shift: int = 1):
+    """Add `kl_completion_ids`: row `i` gets the completion of row `(i + shift) mod n`.
+
+    A `datasets.Dataset` is paired over the whole dataset; an `IterableDataset` (no random access) within each chunk
+    of 1,000 streamed rows.
+
+    Example:
+        ```python
+        >>> ds = add_kl_completions(Dataset.from_dict({"completion_ids": [[1], [2], [3]]}))
+        >>> ds["kl_completion_ids"]
+        [[2], [3], [1]]
+        ```
+    """
+    from datasets import Dataset
+
+    if isinstance(dataset, Dataset):
+        return dataset.add_column("kl_completion_ids", _rotate(dataset["completion_ids"], shift))
+    return dataset.map(lambda batch: {"kl_completion_ids": _rotate(batch["completion_ids"], shift)}, batched=True,
+                       batch_size=1000)
+
+
+def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions, trainer: str, name: str = "train",
+                             kl_completions: bool = True):
+    """Turn unpaired (or paired, which is unpaired here) preference data into token ids, with checks.
+
+    Rows whose prompt alone fills `max_length` teach nothing: they are reported (an error with guards on, else a
+    warning) and dropped. Rows with an empty completion are an error. Data with only desirable or only undesirable
+    rows trains, but the missing side is reported in a warning.
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`): the rows.
+        tokenizer: the tokenizer (with a chat template for conversational data).
+        options ([`~trl.data.preference.PreferenceDataOptions`]): `max_length`, `num_proc`, `guards`.
+        trainer (`str`): the trainer's name, for messages.
+        name (`str`, *optional*, defaults to `"train"`): the dataset's name, for messages.
+        kl_completions (`bool`, *optional*, defaults to `True`): add `kl_completion_ids` (see the module docstring).
+
+    Returns:
+        `(dataset, fmt)`: columns `prompt_ids`, `completion_ids`, `label` (and `kl_completion_ids`).
+
+    Example:
+        ```python
+        >>> ds, fmt = prepare_unpaired_dataset(rows, tok, PreferenceDataOptions(max_length=256), "KTOTrainer")
+        >>> ds.column_names
+        ['label', 'prompt_ids', 'completion_ids', 'kl_completion_ids']
+        ```
+    """
+    from datasets import Dataset
+
+    map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
+    columns = list(dataset.column_names or _first_row(dataset).keys())
+    if any(c in columns for c in ("image", "images")):
+        raise ValueError(f"{trainer} does not support image datasets yet (the {name} dataset has columns {columns}).")
+    shift = 1
+    if set(TOKENIZED_COLUMNS[1:]) <= set(columns):
+        fmt = DatasetFormat("tokenized", False)
+        if "prompt_ids" not in columns:
+            dataset = dataset.map(lambda row: {"prompt_ids": []}, **map_kwargs)
+        _check_label(_first_row(dataset)["label"])
+    else:
+        if {"chosen", "rejected"} <= set(columns) and "label" not in columns:
+            if "prompt" not in columns:  # implicit prompt: the shared start of chosen and rejected
+                dataset = dataset.map(extract_prompt, **map_kwargs)
+            dataset = unpair_preference_dataset(dataset, num_proc=options.num_proc)
+            columns = list(dataset.column_names or _first_row(dataset).keys())
+            shift = 2  # pair i is rows 2i, 2i+1 with the same prompt: skip to the next pair
+        first = maybe_convert_to_chatml(_first_row(dataset))
+        if not {"prompt", "completion", "label"} <= set(columns):
+            missing = sorted({"prompt", "completion", "label"} - set(columns))
+            raise ValueError(
+                f"{trainer} expects columns {_ACCEPTED}; the {name} dataset has {sorted(columns)} (missing {missing}). "
+                "Add a boolean 'label' column (True for a desirable completion) to prompt-completion data."
+            )
+        fmt = detect_format(columns, first)
+        check_example_types(first, fmt)
+        _check_label(first["label"])
+        if fmt.conversational and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(
+                f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat "
+                "template. Give the tokenizer a template, or pass a tokenizer that has one."
+            )
+        fn_kwargs = {"tokenizer": tokenizer, "conversational": fmt.conversational, "eos_ids": {tokenizer.eos_token_id}}
+        if isinstance(dataset, Dataset):
+            map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
+        dataset = dataset.map(
+            tokenize_unpaired_example, fn_kwargs=fn_kwargs,
+            remove_columns=[c for c in dataset.column_names or [] if c not in PASSTHROUGH_COLUMNS], **map_kwargs,
+        )
+    if isinstance(dataset, Dataset):
+        dataset = _check_rows(dataset, options, name, trainer)
+    if kl_completions and "kl_completion_ids" not in (dataset.column_names or []):
+        dataset = add_kl_completions(dataset, shift)
+    return dataset, fmt
+
+
+def _check_rows(dataset, options: PreferenceDataOptions, name: str, trainer: str):
+    prompts, completions, labels = dataset["prompt_ids"], dataset["completion_ids"], dataset["label"]
+    empty = [i for i, c in enumerate(completions) if not c]
+    if empty:
+        raise ValueError(
+            f"{len(empty)} {name} rows have an empty completion (e.g. rows {empty[:5]}); every row needs a completion "
+            "to score. Fix or remove those rows."
+        )
+    no_room = []
+    if options.max_length is not None:
+        no_room = [i for i, p in enumerate(prompts) if len(p) >= options.max_length]
+        if no_room:
+            guards.report(
+                f"{len(no_room)} of {len(dataset)} {name} rows have a prompt of at least max_length="
+                f"{options.max_length} tokens (e.g. rows {no_room[:5]}, longest {max(len(prompts[i]) for i in no_room)}"
+                "): no completion token would be left to score.",
+                "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
+                options.guards,
+            )
+            warnings.warn(f"Dropped {len(no_room)} of {len(dataset)} {name} rows (see above).", stacklevel=3)
+            drop = set(no_room)
+            dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
+            labels = dataset["label"]
+    desirable = sum(bool(label) for label in labels)
+    if desirable in (0, len(labels)):
+        side, other = ("desirable", "undesirable") if desirable else ("undesirable", "desirable")
+        warnings.warn(
+            f"Every one of the {len(labels)} {name} rows is {side} (label={bool(desirable)}): {trainer} still trains "
+            f"(each row is pushed against the KL reference point), but nothing shows it what {other} output looks "
+            "like. KTO works best with both kinds of rows.",
+            stacklevel=3,
+        )
+    return dataset
