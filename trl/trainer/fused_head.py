@@ -8,6 +8,7 @@ charge, and PEFT models reach the patched method because `PeftModel.forward` cal
 
 from __future__ import annotations
 
+import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ class FusedHeadRequest:
         token_weight (`float` or `torch.Tensor`, *optional*, defaults to `1.0`): weight of each token's loss.
         temperature (`float`, *optional*, defaults to `1.0`): logits are divided by it.
         router_aux_loss (`bool`, *optional*, defaults to `False`): also return the MoE load-balancing loss.
+        with_sum_sq (`bool`, *optional*, defaults to `False`): also return `log_sum_sq_probs` (WPO weighting).
     """
 
     labels: torch.Tensor
@@ -37,6 +39,7 @@ class FusedHeadRequest:
     token_weight: float | torch.Tensor = 1.0
     temperature: float = 1.0
     router_aux_loss: bool = False
+    with_sum_sq: bool = False
 
 
 @dataclass
@@ -48,17 +51,24 @@ class FusedCausalLMOutput(ModelOutput):
     logps: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     correct: torch.Tensor | None = None
+    mean_logits: torch.Tensor | None = None
+    log_sum_sq_probs: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
 
 
-def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, **kwargs):
-    request: FusedHeadRequest | None = kwargs.pop("fused_lm_head", None)
-    if request is None:
-        return self._trl_original_forward(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            inputs_embeds=inputs_embeds, **kwargs,
-        )
+def _fused_forward(self, *args, fused_lm_head: FusedHeadRequest | None = None, **kwargs):
+    if fused_lm_head is None:
+        return self._trl_original_forward(*args, **kwargs)
+    if args:
+        raise TypeError("With `fused_lm_head=...`, pass the model inputs as keyword arguments.")
+    return _forward_with_fused_head(self, fused_lm_head, **kwargs)
+
+
+def _forward_with_fused_head(
+    self, request: FusedHeadRequest, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None,
+    **kwargs,
+):
     kwargs.pop("labels", None)
     backbone = getattr(self, self.base_model_prefix)
     if request.router_aux_loss:
@@ -74,13 +84,15 @@ def _fused_forward(self, input_ids=None, attention_mask=None, position_ids=None,
     hidden = hidden[:, :-1][label_mask]  # (N, H): only positions that enter the loss
     targets = targets[label_mask]
     head = self.get_output_embeddings()
-    options = dict(bias=head.bias, temperature=request.temperature, **self._trl_logit_transform)
+    options = dict(bias=head.bias, temperature=request.temperature, with_sum_sq=request.with_sum_sq,
+                   **self._trl_logit_transform)
     if request.loss_fn is not None:
         loss, stats = fused_token_loss(hidden, head.weight, targets, request.loss_fn, request.token_weight, **options)
     else:
         loss, stats = None, chunked_token_stats(hidden, head.weight, targets, **options)
     return FusedCausalLMOutput(
-        loss=loss, logps=stats.logps, entropy=stats.entropy, correct=stats.correct, label_mask=label_mask,
+        loss=loss, logps=stats.logps, entropy=stats.entropy, correct=stats.correct, mean_logits=stats.mean_logits,
+        log_sum_sq_probs=stats.log_sum_sq_probs, label_mask=label_mask,
         aux_loss=aux_loss,
     )
 
@@ -98,6 +110,13 @@ def _router_aux_loss(model, outputs, attention_mask) -> torch.Tensor:
 def is_moe(model) -> bool:
     """Whether a causal LM is a mixture of experts with a load-balancing loss (router logits and a coefficient)."""
     return hasattr(model.config, "router_aux_loss_coef") and hasattr(model, "num_experts_per_tok")
+
+
+def _with_fused_parameter(signature: inspect.Signature) -> inspect.Signature:
+    params = list(signature.parameters.values())
+    fused = inspect.Parameter("fused_lm_head", inspect.Parameter.KEYWORD_ONLY, default=None)
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    return signature.replace(parameters=[*params[:at], fused, *params[at:]])
 
 
 def add_fused_lm_head(model: torch.nn.Module) -> torch.nn.Module:
@@ -122,7 +141,15 @@ def add_fused_lm_head(model: torch.nn.Module) -> torch.nn.Module:
         raise ValueError(f"{type(model).__name__} has no LM head (get_output_embeddings() is None); expected a causal LM.")
     model._trl_original_forward = model.forward
     model._trl_logit_transform = logit_transform_from_config(model.config)
-    model.forward = types.MethodType(_fused_forward, model)
+    # A per-model copy of the function carries the model's own signature (plus `fused_lm_head`): `generate` and
+    # `Trainer` inspect `forward` (e.g. for `logits_to_keep`, or to keep dataset columns).
+    forward = types.FunctionType(
+        _fused_forward.__code__, _fused_forward.__globals__, "forward", _fused_forward.__defaults__,
+        _fused_forward.__closure__,
+    )
+    forward.__kwdefaults__ = dict(_fused_forward.__kwdefaults__)
+    forward.__signature__ = _with_fused_parameter(inspect.signature(type(model).forward))
+    model.forward = types.MethodType(forward, model)
     return model
 
 
