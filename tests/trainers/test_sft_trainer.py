@@ -215,3 +215,64 @@ def test_nan_loss_stops_the_run(tmp_path):
         model.model.norm.weight.fill_(float("nan"))
     with pytest.raises(TrainingWillNotLearnError, match="loss is nan at step 1"):
         _train(tmp_path, tiny_task_dataset(num_rows=8), model=model)
+
+
+def test_eval_loss_is_exact_and_evaluations_do_not_leak(tmp_path):
+    """The eval loss is the token mean over the whole eval set, whatever the eval batch size; predict() and earlier
+    evaluations do not leak into the next evaluation."""
+    data = tiny_task_dataset("prompt_completion", "test", num_rows=10)
+    results = []
+    for batch_size in (1, 3, 10):
+        trainer = SFTTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path, per_device_eval_batch_size=batch_size),
+                             train_dataset=data, eval_dataset=data, processing_class=tiny_tokenizer())
+        first = trainer.evaluate()
+        trainer.predict(trainer.eval_dataset)
+        second = trainer.evaluate()
+        assert second["eval_loss"] == pytest.approx(first["eval_loss"], rel=1e-9)
+        assert second["eval_num_tokens"] == first["eval_num_tokens"]
+        results.append(first["eval_loss"])
+    assert results[0] == pytest.approx(results[1], rel=1e-6) and results[0] == pytest.approx(results[2], rel=1e-6)
+
+
+def test_resume_from_checkpoint_is_exact(tmp_path):
+    data = tiny_task_dataset(num_rows=32)
+
+    def run(output_dir, resume=None, max_steps=4):
+        trainer = SFTTrainer(model=tiny_model(seed=0, **SMALL), processing_class=tiny_tokenizer(), train_dataset=data,
+                             args=_config(tmp_path, output_dir=str(output_dir), max_steps=max_steps,
+                                          save_strategy="steps", save_steps=2))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full")
+    resumed = run(tmp_path / "part", resume=str(tmp_path / "full" / "checkpoint-2"))
+    full_logs = [log for log in full.state.log_history if "loss" in log]
+    resumed_logs = [log for log in resumed.state.log_history if "loss" in log]
+    assert resumed_logs[-1]["loss"] == pytest.approx(full_logs[-1]["loss"], rel=1e-6)
+    assert resumed_logs[-1]["num_tokens"] == full_logs[-1]["num_tokens"]
+    for (name, a), b in zip(full.model.named_parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_chat_template_from_another_tokenizer_trains_its_new_tokens_under_lora(tmp_path):
+    """`chat_template_path` pointing at a tokenizer with extra tokens: the tokens are added, and under LoRA their
+    randomly initialised embeddings are trainable (otherwise the model could never learn them)."""
+    peft = pytest.importorskip("peft")
+    source = tiny_tokenizer()
+    source.add_special_tokens({"additional_special_tokens": ["<|turn_end|>"]})
+    source.chat_template = (
+        "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|turn_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    source.eos_token = "<|turn_end|>"
+    source.save_pretrained(tmp_path / "source")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=tiny_model(seed=0, **SMALL), processing_class=tiny_tokenizer(), peft_config=config,
+                         args=_config(tmp_path, chat_template_path=str(tmp_path / "source"), learning_rate=5e-2),
+                         train_dataset=tiny_task_dataset(num_rows=16))
+    new_id = trainer.processing_class.convert_tokens_to_ids("<|turn_end|>")
+    assert trainer.processing_class.eos_token == "<|turn_end|>"
+    embed = trainer.model.get_input_embeddings()
+    before = embed(torch.tensor([new_id])).detach().clone()
+    trainer.train()
+    assert not torch.allclose(embed(torch.tensor([new_id])), before), "the new token's embedding did not train"

@@ -171,20 +171,35 @@ def apply_chat_template_path(model, tokenizer, path: str):
     whose template and added tokens are copied with `clone_chat_template` (which resizes the model's embeddings).
 
     Returns:
-        `(model, tokenizer)`.
+        `(model, tokenizer, added_token_ids)`: the ids of tokens added to the vocabulary (empty for a template file).
 
     Example:
         ```python
-        >>> model, tokenizer = apply_chat_template_path(model, tokenizer, "templates/chatml.jinja")
+        >>> model, tokenizer, added = apply_chat_template_path(model, tokenizer, "templates/chatml.jinja")
         ```
     """
     if path.endswith((".jinja", ".j2")):
         tokenizer.chat_template = Path(path).read_text()
-        return model, tokenizer
+        return model, tokenizer, []
     from ..chat_template_utils import clone_chat_template
 
-    model, tokenizer, _ = clone_chat_template(model, tokenizer, path)
-    return model, tokenizer
+    return clone_chat_template(model, tokenizer, path)
+
+
+def train_new_tokens(peft_config, added_token_ids: list[int], tied_embeddings: bool) -> None:
+    """Tokens added to the vocabulary start with random embeddings: under PEFT they must be trainable, or the model
+    can never learn them. Their embedding rows are trained (`trainable_token_indices`, or the whole embedding on peft
+    versions without it), and an untied `lm_head` is trained in full."""
+    if not added_token_ids:
+        return
+    modules = list(getattr(peft_config, "modules_to_save", None) or [])
+    if hasattr(peft_config, "trainable_token_indices") and not peft_config.trainable_token_indices:
+        peft_config.trainable_token_indices = list(added_token_ids)
+    elif "embed_tokens" not in modules:
+        modules.append("embed_tokens")
+    if not tied_embeddings and "lm_head" not in modules:
+        modules.append("lm_head")
+    peft_config.modules_to_save = modules or None
 
 
 def _stop_at_template_end_of_turn(tokenizer, model) -> None:

@@ -79,18 +79,26 @@ class _MetricsBuffer:
         self._derived[key] = fn
 
     def add(self, mode: str, key: str, total: float | torch.Tensor, count: float | torch.Tensor = 1.0) -> None:
-        self._sums[mode][key] += float(total)
-        self._counts[mode][key] += float(count)
+        # Tensors stay on their device until `pop_means`: no host sync per micro-step on a GPU.
+        if isinstance(total, torch.Tensor):
+            total = total.detach().to(torch.float64)
+        self._sums[mode][key] = self._sums[mode][key] + total
+        self._counts[mode][key] = self._counts[mode][key] + count
+
+    def clear(self, mode: str) -> None:
+        self._sums[mode].clear()
+        self._counts[mode].clear()
 
     def pop_means(self, mode: str, accelerator) -> dict[str, float]:
         keys = sorted(self._sums[mode])
         if not keys:
             return {}
         device = accelerator.device if accelerator is not None else "cpu"
-        values = torch.tensor(
-            [[self._sums[mode][k] for k in keys], [self._counts[mode][k] for k in keys]], dtype=torch.float64,
-            device=device,
-        )
+
+        def column(values):
+            return torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
+
+        values = torch.stack([column(self._sums[mode][k] for k in keys), column(self._counts[mode][k] for k in keys)])
         if accelerator is not None and accelerator.num_processes > 1:
             values = accelerator.reduce(values, reduction="sum")
         self._sums[mode].clear()
@@ -320,7 +328,31 @@ class _BaseTrainer(Trainer):
         if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # calls back once per dataset
         self._metric_prefix = f"{metric_key_prefix}_"  # e.g. "eval_a_" for a dict of eval datasets
+        self._reset_eval_metrics()  # each evaluation reports its own numbers
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
+        try:
+            return super().predict(test_dataset, ignore_keys, metric_key_prefix)
+        finally:  # predict() does not log: its metrics must not leak into the next evaluate()
+            self._reset_eval_metrics()
+
+    def _reset_eval_metrics(self) -> None:
+        self._metrics.clear("eval")
+        self._num_tokens["eval"] = 0
+        self._num_tokens_total["eval"] = 0.0
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        loss, logits, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        self._record_eval_loss(loss, inputs)
+        return loss, logits, labels
+
+    def _record_eval_loss(self, loss: torch.Tensor | None, inputs: dict) -> None:
+        """Keep the batch's loss weighted by its loss items: the logged eval loss is then the exact mean over every
+        item of the evaluation, not a mean of batch means (which depends on the batch size and the world size)."""
+        count = self._count_loss_items(inputs) if loss is not None else None
+        if count:
+            self._metrics.add("eval", "loss", loss.detach().to(torch.float64) * count, count)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         prefix = getattr(self, "_metric_prefix", "eval_")
@@ -335,11 +367,15 @@ class _BaseTrainer(Trainer):
 
     def _record_tokens(self, mode: str, inputs: dict) -> None:
         mask = inputs.get("attention_mask")
-        self._num_tokens[mode] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        self._num_tokens[mode] = self._num_tokens[mode] + (mask.sum() if mask is not None else inputs["input_ids"].numel())
 
     def _pop_num_tokens(self, mode: str) -> float:
-        """Cumulative count of input tokens seen in `mode`, over all processes."""
-        window = torch.tensor(float(self._num_tokens[mode]), device=self.accelerator.device)
+        """Input tokens seen, over all processes: cumulative over the run in training (continued from the last logged
+        value when a run resumes from a checkpoint), per evaluation in eval."""
+        if mode == "train" and not self._num_tokens_total["train"]:
+            logged = [log["num_tokens"] for log in self.state.log_history if "num_tokens" in log and "loss" in log]
+            self._num_tokens_total["train"] = float(logged[-1]) if logged else 0.0
+        window = torch.as_tensor(self._num_tokens[mode], dtype=torch.float64, device=self.accelerator.device)
         self._num_tokens[mode] = 0
         if self.accelerator.num_processes > 1:
             window = self.accelerator.reduce(window, reduction="sum")

@@ -83,18 +83,34 @@ def _forward_with_fused_head(
     label_mask = targets != -100  # (B, T-1)
     hidden = hidden[:, :-1][label_mask]  # (N, H): only positions that enter the loss
     targets = targets[label_mask]
-    head = self.get_output_embeddings()
-    options = dict(bias=head.bias, temperature=request.temperature, with_sum_sq=request.with_sum_sq,
+    weight, bias = _effective_head(self.get_output_embeddings())
+    options = dict(bias=bias, temperature=request.temperature, with_sum_sq=request.with_sum_sq,
                    **self._trl_logit_transform)
     if request.loss_fn is not None:
-        loss, stats = fused_token_loss(hidden, head.weight, targets, request.loss_fn, request.token_weight, **options)
+        loss, stats = fused_token_loss(hidden, weight, targets, request.loss_fn, request.token_weight, **options)
     else:
-        loss, stats = None, chunked_token_stats(hidden, head.weight, targets, **options)
+        loss, stats = None, chunked_token_stats(hidden, weight, targets, **options)
     return FusedCausalLMOutput(
         loss=loss, logps=stats.logps, entropy=stats.entropy, correct=stats.correct, mean_logits=stats.mean_logits,
         log_sum_sq_probs=stats.log_sum_sq_probs, label_mask=label_mask,
         aux_loss=aux_loss,
     )
+
+
+def _effective_head(head: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weight and bias that `head` applies, seen through PEFT wrappers: trainable new-token rows
+    (`trainable_token_indices`, also when tied to the embeddings) and `modules_to_save` copies."""
+    adapter = getattr(head, "token_adapter", None)  # peft TrainableTokensWrapper
+    if adapter is not None:
+        base = adapter.base_layer
+        if adapter.disable_adapters or adapter.merged or not adapter.active_adapters:
+            return base.weight, getattr(base, "bias", None)
+        return adapter.get_merged_weights(adapter.active_adapters), getattr(base, "bias", None)
+    copies = getattr(head, "modules_to_save", None)  # peft ModulesToSaveWrapper
+    if copies is not None and hasattr(head, "original_module"):
+        module = head.original_module if head.disable_adapters else copies[head.active_adapters[0]]
+        return module.weight, getattr(module, "bias", None)
+    return head.weight, getattr(head, "bias", None)
 
 
 def _router_aux_loss(model, outputs, attention_mask) -> torch.Tensor:
@@ -110,6 +126,41 @@ def _router_aux_loss(model, outputs, attention_mask) -> torch.Tensor:
 def is_moe(model) -> bool:
     """Whether a causal LM is a mixture of experts with a load-balancing loss (router logits and a coefficient)."""
     return hasattr(model.config, "router_aux_loss_coef") and hasattr(model, "num_experts_per_tok")
+
+
+def router_aux_loss_coef(model, coef: float | None) -> float:
+    """The weight of the MoE load-balancing loss in a trainer's loss (the `router_aux_loss_coef` config field).
+
+    Args:
+        model (`PreTrainedModel`): the causal LM (inside any PEFT wrapper).
+        coef (`float`, *optional*): the configured weight. `None` means the model config's own
+            `router_aux_loss_coef`; `0.0` disables the auxiliary loss.
+
+    Returns:
+        `float`: the weight to use; `0.0` for a dense model (when `coef` is unset) or when disabled. When it is
+        positive, request `FusedHeadRequest(router_aux_loss=True)` and add `weight * outputs.aux_loss` to the loss.
+
+    Raises:
+        `ValueError`: a non-zero `coef` for a model that is not a mixture of experts.
+
+    Example:
+        ```python
+        >>> router_aux_loss_coef(qwen3_moe_model, None)  # the model config's value
+        0.001
+        >>> router_aux_loss_coef(qwen3_moe_model, 0.0)  # disabled
+        0.0
+        >>> router_aux_loss_coef(dense_model, None)
+        0.0
+        ```
+    """
+    if not is_moe(model):
+        if coef:
+            raise ValueError(
+                f"`router_aux_loss_coef={coef}` but {type(model).__name__} is not a mixture-of-experts model with a "
+                "load-balancing loss. Leave it unset (None)."
+            )
+        return 0.0
+    return float(model.config.router_aux_loss_coef if coef is None else coef)
 
 
 def _with_fused_parameter(signature: inspect.Signature) -> inspect.Signature:
@@ -161,11 +212,14 @@ class CompletionLogps:
         token_logps (`torch.Tensor`): `(B, T-1)` log-prob of each next token, 0 outside the completions.
         mask (`torch.Tensor`): `(B, T-1)` bool, True where the predicted token is a completion token.
         outputs ([`FusedCausalLMOutput`]): the forward's output (`entropy`, `correct`, ... over the `mask` positions).
+        log_sum_sq_probs (`torch.Tensor`, *optional*): `(B, T-1)` `log Σ_v π(v)²` at each position, 0 outside the
+            completions; only when the forward was asked for it (`with_sum_sq=True`).
     """
 
     token_logps: torch.Tensor
     mask: torch.Tensor
     outputs: FusedCausalLMOutput
+    log_sum_sq_probs: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -186,7 +240,7 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         input_ids (`torch.Tensor`): `(B, T)` token ids.
         attention_mask (`torch.Tensor`): `(B, T)` 1 on real tokens.
         completion_mask (`torch.Tensor`): `(B, T)` 1 on the completion tokens to score.
-        **request: other [`FusedHeadRequest`] fields (`temperature`, `router_aux_loss`).
+        **request: other [`FusedHeadRequest`] fields (`temperature`, `router_aux_loss`, `with_sum_sq`).
 
     Example:
         ```python
@@ -198,5 +252,12 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     outputs = model(input_ids=input_ids, attention_mask=attention_mask,
                     fused_lm_head=FusedHeadRequest(labels=labels, **request))
     mask = outputs.label_mask  # (B, T-1)
-    token_logps = torch.zeros(mask.shape, dtype=outputs.logps.dtype, device=mask.device)
-    return CompletionLogps(token_logps=token_logps.masked_scatter(mask, outputs.logps), mask=mask, outputs=outputs)
+
+    def per_position(values: torch.Tensor) -> torch.Tensor:  # (N,) over the mask -> (B, T-1), 0 elsewhere
+        return torch.zeros(mask.shape, dtype=values.dtype, device=mask.device).masked_scatter(mask, values)
+
+    sum_sq = outputs.log_sum_sq_probs
+    return CompletionLogps(
+        token_logps=per_position(outputs.logps), mask=mask, outputs=outputs,
+        log_sum_sq_probs=per_position(sum_sq) if sum_sq is not None else None,
+    )

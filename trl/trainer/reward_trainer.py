@@ -123,9 +123,12 @@ class RewardTrainer(_BaseTrainer):
         _check_single_output(model)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
         if args.chat_template_path is not None:
-            model, processing_class = loading.apply_chat_template_path(
+            model, processing_class, added_tokens = loading.apply_chat_template_path(
                 model, processing_class, args.chat_template_path
             )
+            if peft_config is not None:
+                # a reward model has a score head, no LM head to add
+                loading.train_new_tokens(peft_config, added_tokens, tied_embeddings=True)
         if args.pad_token is not None:
             processing_class.pad_token = args.pad_token
         loading.prepare_tokenizer(processing_class, model, args.eos_token)
@@ -223,6 +226,7 @@ class RewardTrainer(_BaseTrainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, rewards = self.compute_loss(model, inputs, return_outputs=True)
         loss = loss.detach()
+        self._record_eval_loss(loss, inputs)
         if prediction_loss_only:
             return loss, None, None
         logits = torch.stack([rewards["rewards_chosen"], rewards["rewards_rejected"]], dim=1).detach()

@@ -98,9 +98,14 @@ class SFTTrainer(_BaseTrainer):
         model = self._load_model(model, args, quantization_config)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
         if args.chat_template_path is not None:
-            model, processing_class = loading.apply_chat_template_path(
+            model, processing_class, added_tokens = loading.apply_chat_template_path(
                 model, processing_class, args.chat_template_path
             )
+            if peft_config is not None:
+                tied = bool(getattr(model.config, "tie_word_embeddings", False))
+                loading.train_new_tokens(peft_config, added_tokens, tied_embeddings=tied)
+        if args.pad_token is not None:  # deprecated, still honoured
+            processing_class.pad_token = args.pad_token
         loading.prepare_tokenizer(processing_class, model, args.eos_token)
         guards.check_generation_config_pad(model)
         if peft_config is not None:
