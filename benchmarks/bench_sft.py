@@ -7,21 +7,32 @@ tokens/s (non-pad input tokens), step time and peak memory.
     python benchmarks/bench_sft.py --device cuda   # GPU: Qwen2.5-0.5B-shaped random model, bf16, 8 x 2048 packed
     python benchmarks/bench_sft.py --only ours-padded --steps 10
 
-CPU peak memory is the process's maximum resident set size during training minus its size just before training.
+Peak memory: on CPU, the largest resident set size (RSS) of the process during `trainer.train()` minus its RSS just
+before it (`PeakRSS`: a background thread samples the RSS every 5 ms; where Linux lets us reset the kernel's
+high-water mark, `VmHWM` also catches spikes shorter than a sample and the larger of the two is reported). Memory
+held before training (the model's weights, a reference model) is not counted; the optimizer state, activations and
+gradients are. On CUDA, `torch.cuda.max_memory_allocated()` during training (weights included).
+The header prints the load average: on a shared machine, the figures are noisy; compare runs made side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
-import resource
+import os
+import re
+import statistics
 import subprocess
 import sys
+import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
-
 
 CPU_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=32, vocab_size=32768)
@@ -59,6 +70,121 @@ def _naive_trainer_class():
             return loss_sum * token_weight(num_items_in_batch, self.accelerator.num_processes)
 
     return NaiveSFTTrainer
+
+
+class PeakRSS:
+    """Peak resident set size of this process while a `with` block runs, minus the RSS at its start.
+
+    A daemon thread samples the RSS (psutil) every `interval` seconds. Before the first sample, garbage is collected
+    and freed heap memory is returned to the system (`malloc_trim`), so that the block's allocations show up as RSS
+    growth instead of reusing pages freed earlier. Where `/proc/self/clear_refs` is writable (Linux), the kernel's
+    high-water mark `VmHWM` is reset at the start too and read at the end: it sees spikes shorter than `interval`.
+
+    Attributes (after the block): `before` (bytes), `peak` (bytes, the larger of the sampled peak and `VmHWM`),
+    `sampled_peak`, `hwm_peak` (None where unavailable), `peak_mib` (`(peak - before) / 2**20`), `samples`.
+
+    Example:
+        ```python
+        >>> with PeakRSS() as mem:
+        ...     trainer.train()
+        >>> mem.peak_mib
+        ```
+    """
+
+    def __init__(self, interval: float = 0.005):
+        self.interval = interval
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._hwm_reset = False
+        self.samples = 0
+
+    def _sample(self) -> None:
+        rss = self._process.memory_info().rss
+        self.samples += 1
+        if rss > self.sampled_peak:
+            self.sampled_peak = rss
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    @staticmethod
+    def _status_bytes(field: str) -> int:
+        return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+    def __enter__(self):
+        gc.collect()
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+            self._hwm_reset = True
+        except OSError:
+            self._hwm_reset = False
+        self.before = self.sampled_peak = self._process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, name="PeakRSS", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        self.hwm_peak = self._status_bytes("VmHWM") if self._hwm_reset else None
+        self.peak = max(self.sampled_peak, self.hwm_peak or 0)
+        self.peak_mib = (self.peak - self.before) / 2**20
+        return False
+
+    def summary(self) -> dict:
+        """The measurements in MiB, for the JSON line of a benchmark child process."""
+        return {"rss_before_mib": self.before / 2**20, "rss_peak_mib": self.peak / 2**20,
+                "rss_sampled_peak_mib": self.sampled_peak / 2**20,
+                "rss_hwm_peak_mib": None if self.hwm_peak is None else self.hwm_peak / 2**20,
+                "rss_samples": self.samples}
+
+
+def summarise_steps(times: list[float], tokens: list[int], warmup: int) -> dict:
+    """Robust figures of the steps after `warmup`: the median step time, the median of the per-step throughputs
+    (`tokens[i] / times[i]`, so one step slowed by another process on a shared machine does not move it), and the
+    mean tokens per step. Means are kept too (`*_mean`)."""
+    times, tokens = times[warmup:], tokens[warmup:]
+    if not times or len(tokens) != len(times):
+        raise RuntimeError(f"expected one token count per timed step after {warmup} warm-up steps; got "
+                           f"{len(times)} steps and {len(tokens)} counts")
+    return {"tokens_per_s": statistics.median(n / t for n, t in zip(tokens, times)),
+            "step_time_s": statistics.median(times), "tokens_per_step": sum(tokens) / len(tokens),
+            "tokens_per_s_mean": sum(tokens) / sum(times), "step_time_s_mean": sum(times) / len(times),
+            "step_times_s": times}
+
+
+def median_of_runs(runs: list[dict]) -> dict:
+    """Per-key median of repeated runs of one configuration (numbers only; other values from the first run)."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            values = [r[key] for r in runs if r.get(key) is not None]
+            out[key] = statistics.median(values)
+    out["repeats"] = len(runs)
+    return out
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def load_average() -> str:
+    try:
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average n/a"
 
 
 class _Timer:
@@ -120,19 +246,13 @@ def run_one(name: str, cli) -> dict:
         return original(model, inputs, num_items_in_batch)
 
     trainer.training_step = counting_step
-    rss_before = psutil.Process().memory_info().rss
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer.train()
-    steady = timer.times[cli.warmup :]
-    step_time = sum(steady) / len(steady)
-    tokens_per_step = sum(tokens[cli.warmup :]) / len(steady)
-    if cuda:
-        peak_mib = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before) / 2**20
-    return {"config": name, "tokens_per_s": tokens_per_step / step_time, "step_time_s": step_time,
-            "tokens_per_step": tokens_per_step, "peak_mib": peak_mib}
+    with PeakRSS() as mem:
+        trainer.train()
+    peak_mib = torch.cuda.max_memory_allocated() / 2**20 if cuda else mem.peak_mib
+    return {"config": name, **summarise_steps(timer.times, tokens, cli.warmup), "peak_mib": peak_mib,
+            **mem.summary()}
 
 
 class _Tok:
@@ -150,6 +270,38 @@ class _Tok:
         return ()
 
 
+def run_child(argv: list[str]) -> dict:
+    """Run one benchmark child process; its last stdout line is a JSON object. Raises `RuntimeError` on failure."""
+    out = subprocess.run(argv, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_configs(names: list[str], child_argv, repeats: int, print_row) -> list[dict]:
+    """Each configuration `repeats` times, each run in its own process (round-robin over the configurations, so
+    a burst of load from other processes does not fall on one configuration only); prints the per-key medians."""
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    failed: dict[str, str] = {}
+    for _ in range(repeats):
+        for name in names:
+            if name in failed:
+                continue
+            try:
+                runs[name].append(run_child(child_argv(name)))
+            except RuntimeError as error:
+                failed[name] = str(error)
+    results = []
+    for name in names:
+        if name in failed:
+            print(f"{name:16} failed:\n{failed[name]}")
+            continue
+        r = median_of_runs(runs[name])
+        print_row(r)
+        results.append(r)
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -157,8 +309,10 @@ def main():
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration (the median is printed)")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--json", help="also write every result (medians, per-step times, RSS details) to this file")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     cuda = cli.device == "cuda"
@@ -169,22 +323,24 @@ def main():
         print(json.dumps(run_one(cli.only, cli)))
         return
     names = [cli.only] if cli.only else list(CONFIGS)
-    print(f"device={cli.device} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
-          f"lengths={cli.min_len}-{cli.max_len} steps={cli.steps} (+{cli.warmup} warm-up) "
-          f"gradient_checkpointing={cli.gradient_checkpointing}")
-    print(f"{'config':14} {'tokens/s':>10} {'step (s)':>9} {'tokens/step':>12} {'peak MiB':>9}")
-    for name in names:
+
+    def child_argv(name):
         argv = [sys.executable, __file__, "--_child", "--only", name, "--device", cli.device, "--steps",
                 str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--attn", cli.attn]
-        if cli.gradient_checkpointing:
-            argv.append("--gradient_checkpointing")
-        out = subprocess.run(argv, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(f"{name:14} failed:\n{out.stderr[-2000:]}")
-            continue
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{name:14} {r['tokens_per_s']:10.0f} {r['step_time_s']:9.3f} {r['tokens_per_step']:12.0f} "
-              f"{r['peak_mib']:9.1f}")
+        return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
+
+    def print_row(r):
+        print(f"{r['config']:14} {r['tokens_per_s']:10.0f} {r['step_time_s']:9.3f} {r['tokens_per_step']:12.0f} "
+              f"{r['peak_mib']:9.1f}", flush=True)
+
+    print(f"device={cli.device} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
+          f"lengths={cli.min_len}-{cli.max_len} steps={cli.steps} (+{cli.warmup} warm-up) repeats={cli.repeats} "
+          f"gradient_checkpointing={cli.gradient_checkpointing} | {load_average()}")
+    print(f"{'config':14} {'tokens/s':>10} {'step (s)':>9} {'tokens/step':>12} {'peak MiB':>9}", flush=True)
+    results = run_configs(names, child_argv, cli.repeats, print_row)
+    print(f"(end: {load_average()})")
+    if cli.json:
+        Path(cli.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,18 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._lazy import _LazyModule
 
-
 try:
     __version__ = version("trl")
 except PackageNotFoundError:  # running from a checkout that was not installed
     __version__ = "0.0.0+local"
 
 _import_structure = {
+    # submodules reachable as attributes (`trl.models.tiny`, `trl.ops`, ...)
+    "data": [],
+    "guards": [],
+    "losses": [],
+    "models": [],
+    "ops": [],
     "data_utils": [
         "apply_chat_template",
         "extract_prompt",

@@ -21,7 +21,6 @@ from .data.tokenize import (
     render_ids,
 )
 
-
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, ProcessorMixin

@@ -28,7 +28,6 @@ from .data.conversation import (
 )
 from .data.packing import _get_dataset_format, _pack_bfd, _pack_wrapped, _SegmentTree, pack_dataset  # noqa: F401
 
-
 __all__ = [
     "apply_chat_template",
     "common_prefix_length",

@@ -13,9 +13,21 @@ from trl import SFTConfig, SFTTrainer
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
-
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
              head_dim=32)
+
+
+def tiny_moe_model(seed: int = 0, router_aux_loss_coef: float = 0.01):
+    """A tiny random `qwen3_moe` causal LM (4 experts, 2 per token) for the bundled tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "qwen3_moe", vocab_size=448, hidden_size=32, intermediate_size=64, moe_intermediate_size=32,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16, num_experts=4,
+        num_experts_per_tok=2, router_aux_loss_coef=router_aux_loss_coef, pad_token_id=3, eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
 
 
 class _GradCatcher(TrainerCallback):

@@ -11,11 +11,10 @@ from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer
 from trl.data.tiny import tiny_task_dataset
 from trl.guards import TrainingWillNotLearnError
-from trl.losses.dpo import DPO_LOSSES
+from trl.losses.dpo import DPO_LOSSES, wpo_pair_weights, wpo_weights
 from trl.models.tiny import save_tiny_model, tiny_model, tiny_tokenizer
 
-from .sft_one_step import SMALL
-
+from .sft_one_step import SMALL, tiny_moe_model
 
 METRICS = {"loss", "entropy", "num_tokens", "mean_token_accuracy", "rewards/chosen", "rewards/rejected",
            "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"}
@@ -167,6 +166,83 @@ def test_precomputed_reference_is_cached_and_matches(tmp_path, monkeypatch):
     other = tiny_model(seed=3, **SMALL)  # another model: another key, so the pass must run (and here it fails)
     with pytest.raises(AssertionError, match="reference pass ran"):
         DPOTrainer(model=other, args=args, train_dataset=data, processing_class=tiny_tokenizer())
+
+
+def test_evaluate_reports_the_loss_and_dpo_metrics(tmp_path):
+    """Preference batches have no `labels`: evaluation must still compute the loss. At init the policy is the
+    reference, so the sigmoid loss of every pair is ln 2 and every implicit reward is 0."""
+    seen = {}
+
+    def compute_metrics(prediction):
+        seen["predictions"], seen["labels"] = prediction.predictions, prediction.label_ids
+        return {"pairs": len(prediction.predictions)}
+
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path, per_device_eval_batch_size=3),
+                         train_dataset=tiny_task_dataset("preference", num_rows=4),
+                         eval_dataset=tiny_task_dataset("preference", "test", num_rows=8),
+                         processing_class=tiny_tokenizer())
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] == pytest.approx(math.log(2), rel=1e-6)
+    expected = {f"eval_{key}" for key in METRICS - {"loss"}} | {"eval_logits/chosen", "eval_logits/rejected"}
+    assert expected <= set(metrics), set(metrics)
+    assert metrics["eval_rewards/accuracies"] == 0.0 and metrics["eval_rewards/margins"] == pytest.approx(0, abs=1e-6)
+
+    trainer.compute_metrics = compute_metrics  # predictions: the (N, 2) implicit rewards, labels: zeros
+    metrics = trainer.evaluate()
+    assert metrics["eval_pairs"] == 8 and seen["predictions"].shape == (8, 2) and not seen["labels"].any()
+    assert metrics["eval_loss"] == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_moe_aux_loss_is_added_and_logged(tmp_path):
+    """Step 1: policy == reference, so the DPO loss is ln 2 and the logged loss is ln 2 + coef * aux_loss."""
+    trainer = DPOTrainer(model=tiny_moe_model(router_aux_loss_coef=0.01), args=_config(tmp_path, max_steps=2),
+                         train_dataset=tiny_task_dataset("preference", num_rows=8), processing_class=tiny_tokenizer())
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert first["aux_loss"] > 0
+    assert first["loss"] == pytest.approx(math.log(2) + 0.01 * first["aux_loss"], rel=1e-5)
+    assert all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+
+    off = DPOTrainer(model=tiny_moe_model(), args=_config(tmp_path, max_steps=1, router_aux_loss_coef=0.0),
+                     train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer())
+    off.train()
+    assert "aux_loss" not in off.state.log_history[0]
+    assert off.state.log_history[0]["loss"] == pytest.approx(math.log(2), rel=1e-6)
+    with pytest.raises(ValueError, match="not a mixture-of-experts"):
+        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, router_aux_loss_coef=0.1),
+                   train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer())
+
+
+def test_wpo_uses_the_aligned_weights(tmp_path, monkeypatch):
+    """`use_weighting=True` weighs each pair by the aligned WPO weight, p(y_t) / Σ_v p(v)² per token, computed here
+    from the full `(B, T, V)` logits of a plain forward."""
+    import trl.trainer.dpo_trainer as dpo_module
+
+    used = []
+
+    def spy(chosen_weights, rejected_weights):
+        used.append(wpo_pair_weights(chosen_weights, rejected_weights))
+        return used[-1]
+
+    monkeypatch.setattr(dpo_module, "wpo_pair_weights", spy)
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path, use_weighting=True),
+                         train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    model = trainer.model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    logps = logits.float().log_softmax(-1)  # (2B, T-1, V)
+    token_logps = logps.gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    log_sum_sq_probs = torch.logsumexp(2 * logps, dim=-1)  # log Σ_v p(v)²
+    mask = batch["completion_mask"][:, 1:].bool()
+    expected = wpo_pair_weights(*wpo_weights(token_logps, mask, log_sum_sq_probs).chunk(2))
+    unaligned = wpo_pair_weights(*wpo_weights(token_logps, mask).chunk(2))
+    assert len(used) == 1
+    torch.testing.assert_close(used[0], expected, rtol=1e-5, atol=1e-6)
+    assert (expected < 1).any() and not torch.allclose(expected, unaligned)  # the check can tell them apart
+    # policy == reference: every pair's sigmoid loss is ln 2, weighted by its WPO weight
+    assert float(loss) == pytest.approx(math.log(2) * float(expected.mean()), rel=1e-5)
 
 
 class TestBadInputs:

@@ -16,7 +16,7 @@ from trl.data.tiny import tiny_task_dataset
 from trl.data.unpaired import prepare_unpaired_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
-from .sft_one_step import SMALL
+from .sft_one_step import SMALL, tiny_moe_model
 
 METRICS = {"loss", "kl", "entropy", "num_tokens", "rewards/chosen", "rewards/rejected", "rewards/margins",
            "logps/chosen", "logps/rejected"}
@@ -199,6 +199,22 @@ def test_one_sided_data_warns_but_trains(tmp_path):
                              train_dataset=data, processing_class=tiny_tokenizer())
     trainer.train()
     assert "rewards/rejected" not in trainer.state.log_history[0]  # no undesirable row: the side is not logged
+
+
+def test_moe_aux_loss_is_added_and_logged(tmp_path):
+    """Step 1: policy == reference, so the KTO loss is λ·σ(0) = 0.5 per row and the logged loss is 0.5 plus
+    coef * aux_loss."""
+    trainer = KTOTrainer(model=tiny_moe_model(router_aux_loss_coef=0.01), args=_config(tmp_path),
+                         train_dataset=tiny_task_dataset("unpaired_preference", num_rows=8),
+                         processing_class=tiny_tokenizer())
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert first["aux_loss"] > 0
+    assert first["loss"] == pytest.approx(0.5 + 0.01 * first["aux_loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="not a mixture-of-experts"):
+        KTOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, router_aux_loss_coef=0.1),
+                   train_dataset=tiny_task_dataset("unpaired_preference", num_rows=4),
+                   processing_class=tiny_tokenizer())
 
 
 class TestBadInputs:

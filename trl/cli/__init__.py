@@ -12,11 +12,11 @@ import importlib
 import sys
 from pathlib import Path
 
-
 # Training subcommands: name -> (script module, help). The module defines `make_parser(subparsers=None, prog=None)`
 # and `main(*parsed_dataclasses)`. Adding a trainer to the CLI is one line here.
 TRAINING_COMMANDS = {
     "sft": ("trl.scripts.sft", "Supervised fine-tuning (SFT)."),
+    "dpo": ("trl.scripts.dpo", "Direct Preference Optimization (DPO) and its variants on preference pairs."),
     "kto": ("trl.scripts.kto", "Kahneman-Tversky Optimization (KTO) on unpaired preference data."),
     "reward": ("trl.scripts.reward", "Reward modelling on preference pairs (Bradley-Terry)."),
 }

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 IGNORE_INDEX = -100
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from .conversation import _is_message_list
 
-
 KINDS = (
     "tokenized",
     "unpaired_preference",
@@ -140,3 +139,21 @@ def check_example_types(example: dict, fmt: DatasetFormat, text_field: str = "te
                 f"Column {key!r} must hold strings in a standard (non-conversational) dataset; got "
                 f"{type(value).__name__}: {str(value)[:80]}."
             )
+
+
+def check_single_dataset(dataset, trainer: str, name: str) -> None:
+    """A dict of splits is not a dataset: say which split to pass instead of failing on its column names.
+
+    Example:
+        ```python
+        >>> check_single_dataset(DatasetDict({"train": ds}), "SFTTrainer", "train")
+        Traceback (most recent call last):
+        TypeError: SFTTrainer got a DatasetDict with splits ['train'] as its train dataset; pass one split ...
+        ```
+    """
+    if isinstance(dataset, dict) or type(dataset).__name__ in ("DatasetDict", "IterableDatasetDict"):
+        splits = sorted(dataset.keys())
+        raise TypeError(
+            f"{trainer} got a {type(dataset).__name__} with splits {splits} as its {name} dataset; pass one split, "
+            f"e.g. `dataset[{splits[0]!r}]`."
+        )

@@ -15,7 +15,6 @@ import warnings
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa

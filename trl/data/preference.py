@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 from .. import guards
 from .conversation import common_prefix_length, extract_prompt, maybe_convert_to_chatml
-from .formats import DatasetFormat, check_example_types, detect_format, require_format
+from .formats import DatasetFormat, check_example_types, check_single_dataset, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example
-
 
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 # Per-pair values that survive tokenisation: precomputed reference log-probs (DPO) and a reward margin (reward models).
@@ -90,6 +89,8 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
         ```
     """
     from datasets import Dataset
+
+    check_single_dataset(dataset, trainer, name)
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
     columns = list(dataset.column_names or _first_row(dataset).keys())

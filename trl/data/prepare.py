@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 from .. import guards
 from .conversation import maybe_convert_to_chatml
-from .formats import check_example_types, detect_format, require_format
+from .formats import check_example_types, check_single_dataset, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example, truncate
-
 
 SFT_KINDS = ("language_modeling", "prompt_completion", "tokenized")
 TOKEN_COLUMNS = ("input_ids", "labels", "completion_mask", "assistant_masks")
@@ -96,6 +95,8 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
     """
     from datasets import Dataset
 
+    check_single_dataset(dataset, "SFTTrainer", name)
+
     if getattr(dataset, "_format_type", None) == "custom":
         raise ValueError(
             f"The {name} dataset was built with `with_transform`, which cannot be prepared ahead of training. Apply "
@@ -132,6 +133,12 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
         )
     # Prompt-completion rows train on the completion unless told otherwise; pre-tokenised rows on their own masks.
     completion_only_loss = options.completion_only_loss is not False and fmt.kind in ("prompt_completion", "tokenized")
+    if options.completion_only_loss and fmt.kind == "language_modeling":
+        warnings.warn(
+            f"`completion_only_loss=True` has no effect on the {name} dataset: it is {fmt.describe()} data, which has "
+            "no completion (every token is trained; use assistant_only_loss=True for conversations).",
+            stacklevel=3,
+        )
     eos_ids = end_of_turn_ids(tokenizer)
     if isinstance(dataset, Dataset):
         map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
@@ -144,7 +151,10 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
         # pre-tokenised rows are the user's tokens: they need not end with an eos (e.g. pretraining chunks)
         dataset = _check_rows(dataset, tokenizer, options, name, check_eos=fmt.kind != "tokenized")
     else:  # a stream cannot be inspected ahead of training: drop rows with nothing to learn, and say so once
-        warnings.warn(f"Rows of the streamed {name} dataset with no loss token left after truncation are skipped.")
+        warnings.warn(
+            f"The {name} dataset is streamed, so it cannot be checked ahead of training: rows with no loss token left "
+            "after truncation will be skipped as they arrive, without being counted."
+        )
         dataset = dataset.filter(lambda row: row["_kept_loss_tokens"] > 0)
     helper_columns = [c for c in ("_loss_tokens", "_prompt_tokens", "_kept_loss_tokens", "_eos_trained",
                                   "prompt_is_prefix") if c in (dataset.column_names or [])]

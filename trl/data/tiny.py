@@ -1,10 +1,17 @@
-"""The bundled tiny task dataset ("reverse"/"sort" a few letters), in the dataset formats the trainers accept."""
+"""The bundled tiny task dataset ("reverse"/"sort" a few letters), in the dataset formats the trainers accept.
+
+Export every format to JSON-lines files (for `trl <command> --dataset_name ...` and the YAML files in `examples/`):
+
+```bash
+python -m trl.data.tiny --export outputs/data   # writes outputs/data/<form>_{train,test}.jsonl
+```
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
-
 
 TASK_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_task"
 FORMATS = (
@@ -88,9 +95,64 @@ def tiny_task_dataset(form: str = "conversational", split: str = "train", num_ro
     """
     from datasets import Dataset
 
+    return Dataset.from_list(tiny_task_rows(form, split, num_rows))
+
+
+def tiny_task_rows(form: str = "conversational", split: str = "train", num_rows: int | None = None) -> list[dict]:
+    """The rows of [`tiny_task_dataset`] as plain dicts (no `datasets` import).
+
+    Example:
+        ```python
+        >>> tiny_task_rows("unpaired_preference", "test", num_rows=1)[0]["label"]
+        True
+        ```
+    """
     if form not in FORMATS:
         raise ValueError(f"Unknown tiny dataset form {form!r}; expected one of {FORMATS}.")
     rows = _rows(split)[:num_rows]
     if form == "unpaired_preference":
-        return Dataset.from_list(_unpaired(rows))
-    return Dataset.from_list([_convert(row, form) for row in rows])
+        return _unpaired(rows)
+    return [_convert(row, form) for row in rows]
+
+
+def export_tiny_task(output_dir: str | Path, forms: tuple[str, ...] = FORMATS) -> list[Path]:
+    """Write each form of the tiny task to `<output_dir>/<form>_train.jsonl` and `<form>_test.jsonl`.
+
+    Args:
+        output_dir (`str` or `Path`): the folder (created if needed).
+        forms (`tuple[str, ...]`, *optional*, defaults to every form): which forms to write.
+
+    Returns:
+        `list[Path]`: the files written.
+
+    Example:
+        ```python
+        >>> from trl.data.tiny import export_tiny_task
+        >>> [path.name for path in export_tiny_task("outputs/data", forms=("preference",))]
+        ['preference_train.jsonl', 'preference_test.jsonl']
+        ```
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for form in forms:
+        for split in ("train", "test"):
+            path = output_dir / f"{form}_{split}.jsonl"
+            lines = (json.dumps(row, ensure_ascii=False) for row in tiny_task_rows(form, split))
+            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m trl.data.tiny --export DIR [--forms FORM ...]`: export the tiny task as JSON-lines files."""
+    parser = argparse.ArgumentParser(prog="python -m trl.data.tiny", description=main.__doc__.split(": ", 1)[1])
+    parser.add_argument("--export", required=True, metavar="DIR", help="Folder to write <form>_{train,test}.jsonl to.")
+    parser.add_argument("--forms", nargs="+", choices=FORMATS, default=list(FORMATS), help="Forms to export.")
+    args = parser.parse_args(argv)
+    for path in export_tiny_task(args.export, tuple(args.forms)):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,7 +17,6 @@ from typing import Any
 
 from .conversation import _parse_tools, common_prefix_length
 
-
 _GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 

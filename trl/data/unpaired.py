@@ -18,7 +18,7 @@ import warnings
 
 from .. import guards
 from .conversation import extract_prompt, maybe_convert_to_chatml, unpair_preference_dataset
-from .formats import DatasetFormat, check_example_types, detect_format
+from .formats import DatasetFormat, check_example_types, check_single_dataset, detect_format
 from .preference import PreferenceDataOptions, _completion_span, _first_row
 from .tokenize import tokenize_sft_example
 
@@ -112,6 +112,8 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
         ```
     """
     from datasets import Dataset
+
+    check_single_dataset(dataset, trainer, name)
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
     columns = list(dataset.column_names or _first_row(dataset).keys())

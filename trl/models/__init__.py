@@ -1,1 +1,14 @@
-"""Model loading, PEFT wrapping and the bundled tiny models."""
+"""Model loading, PEFT wrapping, reference models and the bundled tiny models (lazy submodules)."""
+
+import sys
+
+from .._lazy import _LazyModule
+
+
+_import_structure = {
+    "loading": ["create_model_from_path"],
+    "reference": [],
+    "tiny": ["save_tiny_model", "tiny_config", "tiny_model", "tiny_tokenizer"],
+}
+
+sys.modules[__name__] = _LazyModule(__name__, __file__, _import_structure)

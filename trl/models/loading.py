@@ -10,7 +10,6 @@ from typing import Any
 
 import torch
 
-
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
 
 

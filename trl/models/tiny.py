@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
 TINY_ARCHITECTURES = ("qwen3", "qwen2", "llama")
 

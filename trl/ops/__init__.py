@@ -10,7 +10,6 @@ from .logprobs import (
     naive_token_stats,
 )
 
-
 __all__ = [
     "TokenStats",
     "chunked_token_stats",

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 import torch
 
-
 # Default chunk (see `default_chunk_size`): `max(_MIN_ROWS, budget // (4 * V))` rows.
 #
 # CPU, measured with `benchmarks/bench_ops.py` (fp32 forward + backward of a summed NLL, ms, medians of interleaved

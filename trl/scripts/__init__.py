@@ -4,7 +4,6 @@ import sys
 
 from .._lazy import _LazyModule
 
-
 _import_structure = {
     "utils": [
         "DatasetConfig",

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 
-from trl.scripts.sft import _split, load_script_dataset
 from trl.scripts.utils import (
     DatasetMixtureConfig,
     ScriptArguments,
     TrlParser,
-    check_launch_leftovers,
     finish_training,
+    run_script,
+    script_trainer_kwargs,
 )
-from trl.trainer.model_config import ModelConfig, get_kbit_device_map, get_peft_config, get_quantization_config
+from trl.trainer.model_config import ModelConfig
 from trl.trainer.reward_config import RewardConfig
 
 
@@ -50,35 +50,7 @@ def main(
     """
     from trl.trainer.reward_trainer import RewardTrainer
 
-    if model_args.model_name_or_path is None:
-        raise ValueError("`trl reward` needs a model: pass `--model_name_or_path` (hub id or local folder).")
-
-    model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        "trust_remote_code": training_args.trust_remote_code,
-    }
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None:
-        model_init_kwargs["device_map"] = get_kbit_device_map()
-    # Explicit `--model_init_kwargs` win over the values derived from ModelConfig.
-    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
-
-    dataset = load_script_dataset(script_args, dataset_args)
-    train_dataset = _split(dataset, script_args.dataset_train_split, "train")
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = _split(dataset, script_args.dataset_test_split, "test")
-
-    trainer = RewardTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=quantization_config,
-        peft_config=get_peft_config(model_args),
-    )
+    trainer = RewardTrainer(**script_trainer_kwargs("reward", script_args, training_args, model_args, dataset_args))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     finish_training(trainer, training_args, script_args.dataset_name)
 
@@ -115,12 +87,4 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
 
 if __name__ == "__main__":
-    parser = make_parser()
-    # Config keys meant for `accelerate launch` (the `trl` CLI forwards them as launcher flags) are tolerated here.
-    *parsed, config_leftovers, cli_leftovers = parser.parse_args_and_config(
-        return_remaining_strings=True, separate_remaining_strings=True
-    )
-    if cli_leftovers:
-        parser.error(f"unrecognized arguments: {' '.join(cli_leftovers)}")
-    check_launch_leftovers(config_leftovers)
-    main(*parsed)
+    run_script(make_parser, main)

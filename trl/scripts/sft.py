@@ -12,52 +12,17 @@ accelerate launch trl/scripts/sft.py --config sft.yaml
 from __future__ import annotations
 
 import argparse
-import warnings
 
 from trl.scripts.utils import (
-    finish_training,
     DatasetMixtureConfig,
     ScriptArguments,
     TrlParser,
-    check_launch_leftovers,
-    get_dataset,
-    load_dataset_from_name,
+    finish_training,
+    run_script,
+    script_trainer_kwargs,
 )
-from trl.trainer.model_config import ModelConfig, get_kbit_device_map, get_peft_config, get_quantization_config
+from trl.trainer.model_config import ModelConfig
 from trl.trainer.sft_config import SFTConfig
-
-
-def load_script_dataset(script_args: ScriptArguments, dataset_args: DatasetMixtureConfig | None):
-    """Load the training data of a script: the mixture when `datasets` is set, else `dataset_name`.
-
-    Example:
-        ```python
-        >>> dataset = load_script_dataset(ScriptArguments(dataset_name="data/train.jsonl"), DatasetMixtureConfig())
-        >>> dataset["train"]
-        ```
-    """
-    if dataset_args is not None and dataset_args.datasets:
-        if script_args.dataset_name is not None:
-            warnings.warn(
-                f"Both `datasets` (a mixture) and `dataset_name` ({script_args.dataset_name!r}) are set; training on "
-                "the mixture and ignoring `dataset_name`.",
-                stacklevel=2,
-            )
-        return get_dataset(dataset_args)
-    if script_args.dataset_name is None:
-        raise ValueError("No training data: pass `--dataset_name` (hub id, file or folder) or a `datasets` mixture.")
-    return load_dataset_from_name(
-        script_args.dataset_name, script_args.dataset_config, streaming=script_args.dataset_streaming
-    )
-
-
-def _split(dataset, name: str, what: str):
-    if name not in dataset:
-        raise ValueError(
-            f"The dataset has no {what} split {name!r}; its splits are {list(dataset)}. Pick one with "
-            f"`--dataset_{what}_split`" + (", or set `--eval_strategy no`." if what == "test" else ".")
-        )
-    return dataset[name]
 
 
 def main(
@@ -82,35 +47,7 @@ def main(
     """
     from trl.trainer.sft_trainer import SFTTrainer
 
-    if model_args.model_name_or_path is None:
-        raise ValueError("`trl sft` needs a model: pass `--model_name_or_path` (hub id or local folder).")
-
-    model_init_kwargs = {
-        "revision": model_args.model_revision,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-        "trust_remote_code": training_args.trust_remote_code,
-    }
-    quantization_config = get_quantization_config(model_args)
-    if quantization_config is not None:
-        model_init_kwargs["device_map"] = get_kbit_device_map()
-    # Explicit `--model_init_kwargs` win over the values derived from ModelConfig.
-    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
-
-    dataset = load_script_dataset(script_args, dataset_args)
-    train_dataset = _split(dataset, script_args.dataset_train_split, "train")
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = _split(dataset, script_args.dataset_test_split, "test")
-
-    trainer = SFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=quantization_config,
-        peft_config=get_peft_config(model_args),
-    )
+    trainer = SFTTrainer(**script_trainer_kwargs("sft", script_args, training_args, model_args, dataset_args))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     finish_training(trainer, training_args, script_args.dataset_name)
 
@@ -141,12 +78,4 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
 
 
 if __name__ == "__main__":
-    parser = make_parser()
-    # Config keys meant for `accelerate launch` (the `trl` CLI forwards them as launcher flags) are tolerated here.
-    *parsed, config_leftovers, cli_leftovers = parser.parse_args_and_config(
-        return_remaining_strings=True, separate_remaining_strings=True
-    )
-    if cli_leftovers:
-        parser.error(f"unrecognized arguments: {' '.join(cli_leftovers)}")
-    check_launch_leftovers(config_leftovers)
-    main(*parsed)
+    run_script(make_parser, main)

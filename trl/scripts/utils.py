@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from transformers import HfArgumentParser
 
-
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
@@ -620,3 +619,134 @@ def finish_training(trainer, training_args, dataset_name: str | None = None) -> 
         trainer.accelerator.free_memory()
         trainer.model_wrapped = trainer.model
         torch.distributed.destroy_process_group()
+
+
+# ---- what every training script does: data, model options, the `__main__` entry ----------------------------------
+
+
+def load_script_dataset(
+    script_args: ScriptArguments, dataset_args: DatasetMixtureConfig | None = None
+) -> DatasetDict | IterableDatasetDict:
+    """Load the data of a training script: the mixture when `datasets` is set, else `dataset_name`.
+
+    Args:
+        script_args ([`ScriptArguments`]): `dataset_name`, `dataset_config`, `dataset_streaming`.
+        dataset_args ([`DatasetMixtureConfig`], *optional*): a mixture; it wins over `dataset_name` (with a warning).
+
+    Raises:
+        `ValueError`: neither a mixture nor `dataset_name` is given.
+
+    Example:
+        ```python
+        >>> dataset = load_script_dataset(ScriptArguments(dataset_name="data/train.jsonl"), DatasetMixtureConfig())
+        >>> dataset["train"]
+        ```
+    """
+    if dataset_args is not None and dataset_args.datasets:
+        if script_args.dataset_name is not None:
+            warnings.warn(
+                f"Both `datasets` (a mixture) and `dataset_name` ({script_args.dataset_name!r}) are set; training on "
+                "the mixture and ignoring `dataset_name`.",
+                stacklevel=2,
+            )
+        return get_dataset(dataset_args)
+    if script_args.dataset_name is None:
+        raise ValueError("No training data: pass `--dataset_name` (hub id, file or folder) or a `datasets` mixture.")
+    return load_dataset_from_name(
+        script_args.dataset_name, script_args.dataset_config, streaming=script_args.dataset_streaming
+    )
+
+
+def _split(dataset, name: str, what: str):
+    if name not in dataset:
+        raise ValueError(
+            f"The dataset has no {what} split {name!r}; its splits are {list(dataset)}. Pick one with "
+            f"`--dataset_{what}_split`" + (", or set `--eval_strategy no`." if what == "test" else ".")
+        )
+    return dataset[name]
+
+
+def script_trainer_kwargs(
+    command: str,
+    script_args: ScriptArguments,
+    training_args: Any,
+    model_args: Any,
+    dataset_args: DatasetMixtureConfig | None = None,
+) -> dict[str, Any]:
+    """The keyword arguments of a trainer built by a `trl <command>` script.
+
+    - `training_args.model_init_kwargs` gets `revision`, `attn_implementation` and `dtype` from `model_args`,
+      `trust_remote_code` from `training_args`, and a k-bit `device_map` when quantizing; keys the user set in
+      `--model_init_kwargs` win.
+    - The train split, and the test split unless `eval_strategy` is `"no"`, of [`load_script_dataset`].
+    - The quantization and LoRA configs of `model_args` ([`get_quantization_config`], [`get_peft_config`]).
+
+    Args:
+        command (`str`): the command's name (e.g. `"dpo"`), for messages.
+        script_args ([`ScriptArguments`]): which dataset and splits.
+        training_args (`TrainingArguments`): the trainer's config; its `model_init_kwargs` are filled in.
+        model_args ([`ModelConfig`]): model, LoRA and quantization options.
+        dataset_args ([`DatasetMixtureConfig`], *optional*): a dataset mixture; overrides `dataset_name` when set.
+
+    Returns:
+        `dict[str, Any]`: `model`, `args`, `train_dataset`, `eval_dataset`, `quantization_config`, `peft_config`.
+
+    Raises:
+        `ValueError`: no `model_name_or_path`; no data; a missing split.
+
+    Example:
+        ```python
+        >>> from trl import DPOTrainer
+        >>> from trl.scripts.dpo import make_parser
+        >>> trainer = DPOTrainer(**script_trainer_kwargs("dpo", *make_parser().parse_args_and_config()))
+        ```
+    """
+    from trl.trainer.model_config import get_kbit_device_map, get_peft_config, get_quantization_config
+
+    if model_args.model_name_or_path is None:
+        raise ValueError(f"`trl {command}` needs a model: pass `--model_name_or_path` (hub id or local folder).")
+    model_init_kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+        "trust_remote_code": training_args.trust_remote_code,
+    }
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        model_init_kwargs["device_map"] = get_kbit_device_map()
+    training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
+
+    dataset = load_script_dataset(script_args, dataset_args)
+    train_dataset = _split(dataset, script_args.dataset_train_split, "train")
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = _split(dataset, script_args.dataset_test_split, "test")
+    return {
+        "model": model_args.model_name_or_path,
+        "args": training_args,
+        "train_dataset": train_dataset,
+        "eval_dataset": eval_dataset,
+        "quantization_config": quantization_config,
+        "peft_config": get_peft_config(model_args),
+    }
+
+
+def run_script(make_parser, main) -> None:
+    """The `__main__` entry of a training script (run directly or by `accelerate launch`): parse `sys.argv` with
+    `make_parser()` and call `main(*parsed)`. Config-file keys that are `accelerate launch` options (the `trl` CLI
+    forwards them to the launcher) are tolerated; unknown command-line arguments are an error.
+
+    Example:
+        ```python
+        >>> if __name__ == "__main__":
+        ...     run_script(make_parser, main)
+        ```
+    """
+    parser = make_parser()
+    *parsed, config_leftovers, cli_leftovers = parser.parse_args_and_config(
+        return_remaining_strings=True, separate_remaining_strings=True
+    )
+    if cli_leftovers:
+        parser.error(f"unrecognized arguments: {' '.join(cli_leftovers)}")
+    check_launch_leftovers(config_leftovers)
+    main(*parsed)

@@ -4,7 +4,6 @@ import sys
 
 from .._lazy import _LazyModule
 
-
 _import_structure = {
     "base_config": ["_BaseConfig"],
     "model_config": ["ModelConfig", "get_peft_config", "get_quantization_config"],

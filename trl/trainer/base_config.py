@@ -66,7 +66,7 @@ class _BaseConfig(TrainingArguments):
     )
     bf16: bool | None = field(
         default=None,
-        metadata={"help": "bf16 mixed precision. Default: on where the hardware supports it (CUDA with bf16)."},
+        metadata={"nargs": "?", "const": True, "help": "bf16 mixed precision. Default: on where the hardware supports it (CUDA with bf16)."},
     )
     lr_scheduler_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Extra arguments for the learning-rate scheduler (dict or JSON string)."}

@@ -18,14 +18,20 @@ import torch
 
 from ..data.collators import DataCollatorForPreference
 from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
-from ..losses.dpo import DPOLossParams, PreferenceLogps, bco_batch_reward_mean, dpo_loss, ld_logps, wpo_pair_weights
-from ..losses.dpo import wpo_weights
+from ..losses.dpo import (
+    DPOLossParams,
+    PreferenceLogps,
+    bco_batch_reward_mean,
+    dpo_loss,
+    ld_logps,
+    wpo_pair_weights,
+    wpo_weights,
+)
 from ..losses.reduce import token_weight
 from ..models import loading
-from .base_trainer import _BaseTrainer, as_config, configure_streaming
+from .base_trainer import _BaseTrainer, as_config, causal_lm, configure_streaming
 from .dpo_config import DPOConfig
-from .fused_head import completion_logps
-
+from .fused_head import completion_logps, router_aux_loss_coef
 
 __all__ = ["DPOTrainer", "DataCollatorForPreference"]
 
@@ -44,9 +50,17 @@ class DPOTrainer(_BaseTrainer):
             prompt), standard or conversational, or pre-tokenised `prompt_ids`/`chosen_ids`/`rejected_ids`.
         eval_dataset (*optional*): same formats; a dict of datasets is evaluated one by one.
         processing_class (*optional*): the tokenizer; loaded from `model` when omitted.
-        compute_metrics, callbacks, optimizers: as in `transformers.Trainer`.
+        compute_metrics (`Callable[[EvalPrediction], dict]`, *optional*):
+            Receives `predictions` of shape `(N, 2)` (the implicit rewards `β·(log π − log π_ref)` of the chosen and
+            rejected completion of each pair) and `label_ids` of zeros (the chosen side, column 0, is preferred).
+        callbacks, optimizers: as in `transformers.Trainer`.
         quantization_config (*optional*): used when `model` is a string.
         peft_config (`peft.PeftConfig`, *optional*): train a fresh adapter; the reference is the model without it.
+
+    Logged metrics (train, and with an `eval_` prefix in evaluation): `loss`, `entropy`, `num_tokens`,
+    `mean_token_accuracy` (chosen), `logits/chosen`, `logits/rejected`, `rewards/chosen`, `rewards/rejected`,
+    `rewards/accuracies`, `rewards/margins`, `logps/chosen`, `logps/rejected`, and `aux_loss` for a mixture of experts
+    whose load-balancing loss is on (`router_aux_loss_coef`).
 
     Example:
         ```python
@@ -83,6 +97,9 @@ class DPOTrainer(_BaseTrainer):
         loading.prepare_tokenizer(processing_class, model)
         # The reference: an explicit model, the adapter-free policy, the initial policy (precompute) or a copy.
         model = self._setup_policy_and_reference(model, ref_model, model_id, args, quantization_config, peft_config)
+        # The MoE load-balancing loss (policy only); with WPO, the aligned weights need log Σ_v π(v)² per token.
+        self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
+        self._policy_request = {"router_aux_loss": self._aux_loss_coef > 0, "with_sum_sq": args.use_weighting}
 
         options = PreferenceDataOptions(max_length=args.max_length, num_proc=args.dataset_num_proc, guards=args.guards)
         train_dataset, _ = prepare_preference_dataset(train_dataset, processing_class, options, "DPOTrainer")
@@ -134,9 +151,12 @@ class DPOTrainer(_BaseTrainer):
     def _count_loss_items(self, batch: dict) -> int:
         return batch["input_ids"].shape[0] // 2  # the loss is a mean over pairs
 
-    def _sequence_logps(self, model, batch: dict) -> dict[str, torch.Tensor]:
-        """Forward `[chosen; rejected]` once and sum each completion's token log-probs."""
-        scored = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    def _sequence_logps(self, model, batch: dict, **request) -> dict[str, torch.Tensor]:
+        """Forward `[chosen; rejected]` once and sum each completion's token log-probs. `request`: other
+        [`FusedHeadRequest`] fields (the policy asks for the MoE aux loss and the WPO statistics)."""
+        scored = completion_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], **request
+        )
         token_logps, mask, lengths, outputs = scored.token_logps, scored.mask, scored.lengths, scored.outputs
         if self.args.ld_alpha is not None:
             half = mask.shape[0] // 2
@@ -146,11 +166,31 @@ class DPOTrainer(_BaseTrainer):
             sequence = token_logps.sum(-1)
         chosen, rejected = sequence.chunk(2)
         return {"chosen": chosen, "rejected": rejected, "lengths": lengths, "token_logps": token_logps,
-                "mask": mask, "outputs": outputs}
+                "mask": mask, "log_sum_sq_probs": scored.log_sum_sq_probs, "outputs": outputs}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, policy, _ = self._loss(model, inputs, num_items_in_batch)
+        return (loss, policy["outputs"]) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation step: the loss (preference batches have no `labels`, on which `Trainer.prediction_step` would
+        wait before computing one), and for `compute_metrics` the `(B, 2)` implicit rewards `[chosen, rejected]` with
+        labels of zeros (the preferred column), as in [`RewardTrainer`]."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, _, metrics = self._loss(model, inputs)
+        loss = loss.detach()
+        self._record_eval_loss(loss, inputs)
+        if prediction_loss_only:
+            return loss, None, None
+        logits = torch.stack([metrics["chosen_rewards"], metrics["rejected_rewards"]], dim=1).detach()
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return loss, logits, labels
+
+    def _loss(self, model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, dict, dict]:
+        """Forward, the pure DPO loss, metrics: returns the reduced loss, the policy's scores and the loss metrics."""
         mode = "train" if model.training else "eval"
-        policy = self._sequence_logps(model, inputs)
+        policy = self._sequence_logps(model, inputs, **self._policy_request)
         if "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
@@ -165,15 +205,20 @@ class DPOTrainer(_BaseTrainer):
         if "bco_pair" in self.args.loss_type:
             pairs.bco_delta = self._bco_delta(pairs, mode)
         losses, metrics = dpo_loss(pairs, self.args.loss_type, self.args.loss_weights, self._loss_params)
-        if self.args.use_weighting:
-            weights = wpo_weights(policy["token_logps"], policy["mask"]).chunk(2)
+        if self.args.use_weighting:  # aligned WPO weights (§3 of the paper): on-policy pairs weigh about 1
+            weights = wpo_weights(policy["token_logps"], policy["mask"], policy["log_sum_sq_probs"]).chunk(2)
             losses = losses * wpo_pair_weights(*weights)
         if mode == "train" and num_items_in_batch is not None:
             loss = losses.sum() * token_weight(num_items_in_batch, self._dp_world_size())
         else:
             loss = losses.mean()
+        aux_loss = policy["outputs"].aux_loss
+        if aux_loss is not None:  # a per-micro-batch mean: averaged over the accumulation steps
+            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
+            loss = loss + self._aux_loss_coef * aux_loss / steps
+            self._metrics.add(mode, "aux_loss", aux_loss.detach())
         self._record(mode, inputs, policy, metrics)
-        return (loss, policy["outputs"]) if return_outputs else loss
+        return loss, policy, metrics
 
     def _bco_delta(self, pairs: PreferenceLogps, mode: str) -> torch.Tensor:
         """BCO's delta: the running mean of every implicit reward seen in training so far."""

@@ -35,8 +35,8 @@ from ..data.unpaired import prepare_unpaired_dataset
 from ..losses.kto import kto_kl, kto_loss
 from ..losses.reduce import token_weight
 from ..models import loading
-from .base_trainer import _BaseTrainer, as_config, configure_streaming
-from .fused_head import CompletionLogps, completion_logps
+from .base_trainer import _BaseTrainer, as_config, causal_lm, configure_streaming
+from .fused_head import CompletionLogps, completion_logps, router_aux_loss_coef
 from .kto_config import KTOConfig
 
 __all__ = ["DataCollatorForUnpairedPreference", "KTOTrainer"]
@@ -64,8 +64,9 @@ class KTOTrainer(_BaseTrainer):
 
     The per-device batch size is not constrained by the KL term (see the module docstring). Logged metrics: `kl`,
     `entropy`, `num_tokens`, `logits/chosen`, `logits/rejected` (when the fused head reports mean logits),
-    `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `logps/chosen`, `logps/rejected`; "chosen" means
-    desirable rows and "rejected" undesirable ones, each averaged over the rows of that side in the logging window.
+    `rewards/chosen`, `rewards/rejected`, `rewards/margins`, `logps/chosen`, `logps/rejected`, and `aux_loss` for a
+    mixture of experts whose load-balancing loss is on (`router_aux_loss_coef`); "chosen" means desirable rows and
+    "rejected" undesirable ones, each averaged over the rows of that side in the logging window.
 
     Example:
         ```python
@@ -104,6 +105,7 @@ class KTOTrainer(_BaseTrainer):
         loading.prepare_tokenizer(processing_class, model)
         # The reference: an explicit model, the adapter-free policy, the initial policy (precompute) or a copy.
         model = self._setup_policy_and_reference(model, ref_model, model_id, args, quantization_config, peft_config)
+        self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)  # policy only
 
         self._with_kl = args.loss_type == "kto"  # apo_zero_unpaired has no KL term: no KL completions to score
         self._ref_columns = ("ref_logps", "ref_KL_logps") if self._with_kl else ("ref_logps",)
@@ -138,10 +140,15 @@ class KTOTrainer(_BaseTrainer):
 
     # ---- log-probs -----------------------------------------------------------------------------------------------
 
-    def _completion_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None, CompletionLogps]:
+    def _completion_logps(
+        self, model, batch: dict, **request
+    ) -> tuple[torch.Tensor, torch.Tensor | None, CompletionLogps]:
         """One forward over `[completions; KL completions]`: `(B,)` completion log-probs, `(B,)` KL-completion
-        log-probs (None without the KL term) and the per-token scores."""
-        scored = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        log-probs (None without the KL term) and the per-token scores. `request`: other [`FusedHeadRequest`] fields
+        (the policy asks for the MoE aux loss)."""
+        scored = completion_logps(
+            model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], **request
+        )
         sums = scored.sums()
         b = batch["label"].shape[0]
         return sums[:b], (sums[b:] if self._with_kl else None), scored
@@ -170,7 +177,7 @@ class KTOTrainer(_BaseTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
-        logps, kl_logps, scored = self._completion_logps(model, inputs)
+        logps, kl_logps, scored = self._completion_logps(model, inputs, router_aux_loss=self._aux_loss_coef > 0)
         if all(column in inputs for column in self._ref_columns):
             ref_logps, ref_kl_logps = inputs["ref_logps"], inputs.get("ref_KL_logps")
         else:
@@ -185,6 +192,11 @@ class KTOTrainer(_BaseTrainer):
             loss = losses.sum() * token_weight(num_items_in_batch, self._dp_world_size())
         else:
             loss = losses.mean()
+        aux_loss = scored.outputs.aux_loss
+        if aux_loss is not None:  # a per-micro-batch mean: averaged over the accumulation steps
+            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
+            loss = loss + self._aux_loss_coef * aux_loss / steps
+            self._metrics.add(mode, "aux_loss", aux_loss.detach())
         self._record(mode, inputs, scored, metrics)
         return (loss, scored.outputs) if return_outputs else loss
 

@@ -27,7 +27,6 @@ from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .reward_config import RewardConfig
 from .utils import disable_dropout_in_model
 
-
 __all__ = ["RewardTrainer"]
 
 # Pre-tokenised columns of older TRL versions -> the names used here.

@@ -8,7 +8,6 @@ from typing import Any
 
 from .base_config import _BaseConfig
 
-
 PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
 SFT_LOSS_TYPES = ("nll", "dft")
 TRUNCATION_MODES = ("keep_start", "keep_end")
@@ -106,11 +105,11 @@ class SFTConfig(_BaseConfig):
     pad_to_multiple_of: int | str | None = field(
         default="auto", metadata={"help": "Pad each batch to a multiple of this; 'auto' means no extra padding."}
     )
-    eval_packing: bool | None = field(default=None, metadata={"help": "Pack the eval dataset (default: packing)."})
+    eval_packing: bool | None = field(default=None, metadata={"nargs": "?", "const": True, "help": "Pack the eval dataset (default: packing)."})
 
     # Training
     completion_only_loss: bool | None = field(
-        default=None, metadata={"help": "Loss on completion tokens only (default: on for prompt-completion data)."}
+        default=None, metadata={"nargs": "?", "const": True, "help": "Loss on completion tokens only (default: on for prompt-completion data)."}
     )
     assistant_only_loss: bool = field(default=False, metadata={"help": "Loss on assistant turns only."})
     loss_type: str = field(default="nll", metadata={"help": "nll or dft (chunked_nll: deprecated alias of nll)."})

@@ -26,7 +26,7 @@ from ..losses.reduce import count_loss_tokens, token_weight
 from ..losses.sft import SFT_LOSSES
 from ..models import loading
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
-from .fused_head import FusedHeadRequest, add_fused_lm_head, is_moe
+from .fused_head import FusedHeadRequest, add_fused_lm_head, router_aux_loss_coef
 from .sft_config import SFTConfig
 
 
@@ -111,7 +111,7 @@ class SFTTrainer(_BaseTrainer):
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
         add_fused_lm_head(_causal_lm(model))
-        self._aux_loss_coef = _router_aux_loss_coef(_causal_lm(model), args.router_aux_loss_coef)
+        self._aux_loss_coef = router_aux_loss_coef(_causal_lm(model), args.router_aux_loss_coef)
 
         skip_prepare = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset", False))
         self._dataset_format = None
@@ -211,18 +211,6 @@ class SFTTrainer(_BaseTrainer):
 def _has_varlen_attention(model) -> bool:
     """Flash attention runs a flat batch as separate sequences (varlen); sdpa/eager pay for the full square."""
     return "flash" in str(getattr(_causal_lm(model).config, "_attn_implementation", "") or "")
-
-
-def _router_aux_loss_coef(model, coef: float | None) -> float:
-    """The MoE load-balancing loss weight: the config's value unless set; 0.0 disables it; an error on a dense model."""
-    if not is_moe(model):
-        if coef:
-            raise ValueError(
-                f"`router_aux_loss_coef={coef}` but {type(model).__name__} is not a mixture-of-experts model with a "
-                "load-balancing loss. Leave it unset (None)."
-            )
-        return 0.0
-    return float(model.config.router_aux_loss_coef if coef is None else coef)
 
 
 def _causal_lm(model):
