@@ -96,11 +96,14 @@ def unpaired_rows(pairs: dict[str, list], num_rows: int) -> dict[str, list]:
     return rows
 
 
-def naive_completion_logps(model, input_ids, attention_mask, completion_mask, **request):
+def naive_completion_logps(model, input_ids, attention_mask, completion_mask, layout=None, **request):
     """`trl.trainer.fused_head.completion_logps` the naive way: a plain forward that returns `(B, T, V)` logits, then
-    `log_softmax` over the whole vocabulary and `gather` (the metrics the fused head reports, from the same tensor)."""
+    `log_softmax` over the whole vocabulary and `gather` (the metrics the fused head reports, from the same tensor).
+    Padded batches only."""
     from trl.trainer.fused_head import CompletionLogps, FusedCausalLMOutput
 
+    if layout is not None:
+        raise NotImplementedError("the naive baseline scores padded batches only (no padding_free)")
     if request.get("router_aux_loss"):
         raise NotImplementedError("the naive baseline has no MoE load-balancing loss")
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]

@@ -292,3 +292,13 @@ class TestBadInputs:
     def test_sync_with_precompute(self, tmp_path):
         with pytest.raises(ValueError, match="sync_ref_model"):
             _config(tmp_path, sync_ref_model=True, precompute_ref_log_probs=True)
+
+
+@pytest.mark.parametrize("ld_alpha", [None, 0.5])
+def test_padding_free_equals_padded(tmp_path, ld_alpha):
+    """One flat row per batch (sequences separated by position_ids) gives the padded loss and gradient."""
+    loss, grads = _one_step(tmp_path / "padded", 4, 1, ld_alpha=ld_alpha)
+    loss_flat, grads_flat = _one_step(tmp_path / "flat", 4, 1, ld_alpha=ld_alpha, padding_free=True)
+    assert loss_flat == pytest.approx(loss, rel=1e-5)
+    for name in grads:
+        torch.testing.assert_close(grads_flat[name], grads[name], rtol=1e-4, atol=1e-6)

@@ -133,6 +133,32 @@ def _pad_prompt_completions(
     }
 
 
+def _flatten_prompt_completions(
+    sequences: list[tuple[list[int], list[int]]], pad_token_id: int, pad_to_multiple_of: int | None
+) -> dict[str, torch.Tensor | int]:
+    """Concatenate `(ids, completion_mask)` sequences into one row, padding-free: `position_ids` restart at every
+    sequence (so attention stays within it), `sequence_index` says which sequence each token belongs to (-1 on
+    padding), and the first token of each sequence is never a completion target (it follows another sequence)."""
+    ids, masks, positions, index = [], [], [], []
+    for i, (seq_ids, seq_mask) in enumerate(sequences):
+        ids += seq_ids
+        masks += [0] + list(seq_mask[1:])
+        positions += range(len(seq_ids))
+        index += [i] * len(seq_ids)
+    width = len(ids)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    extra = width - len(ids)
+    return {
+        "input_ids": _pad([ids + [pad_token_id] * extra], width, pad_token_id),
+        "completion_mask": _pad([masks + [0] * extra], width, 0),
+        "position_ids": _pad([positions + list(range(extra))], width, 0),
+        "sequence_index": _pad([index + [-1] * extra], width, -1),
+        "num_sequences": len(sequences),
+        "max_sequence_length": max(len(seq_ids) for seq_ids, _ in sequences),
+    }
+
+
 @dataclass
 class DataCollatorForPreference:
     """Collate preference rows (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one batch of `2B` sequences:
@@ -148,6 +174,8 @@ class DataCollatorForPreference:
         max_length (`int`, *optional*): truncation length of each sequence.
         truncation_mode (`str`, *optional*, defaults to `"keep_start"`): `"keep_start"` or `"keep_end"`.
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+        padding_free (`bool`, *optional*, defaults to `False`): concatenate the `2B` sequences into one row with
+            `position_ids` and `sequence_index` instead of padding them (see `_flatten_prompt_completions`).
 
     Example:
         ```python
@@ -162,13 +190,15 @@ class DataCollatorForPreference:
     max_length: int | None = None
     truncation_mode: str = "keep_start"
     pad_to_multiple_of: int | None = None
+    padding_free: bool = False
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         sequences = [
             _prompt_completion(e["prompt_ids"], e[side], self.max_length, self.truncation_mode)
             for side in ("chosen_ids", "rejected_ids") for e in examples
         ]
-        batch = _pad_prompt_completions(sequences, self.pad_token_id, self.pad_to_multiple_of)
+        layout = _flatten_prompt_completions if self.padding_free else _pad_prompt_completions
+        batch = layout(sequences, self.pad_token_id, self.pad_to_multiple_of)
         for key in ("ref_chosen_logps", "ref_rejected_logps", "margin"):
             if key in examples[0]:
                 batch[key] = torch.tensor([float(e[key]) for e in examples])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 from ..losses.dpo import validate_dpo_loss_config
@@ -27,7 +26,10 @@ class DPOConfig(_BaseConfig):
         max_length (`int` or `None`, *optional*, defaults to `1024`):
             Maximum tokens of prompt + completion; longer sequences are truncated (`truncation_mode`).
         truncation_mode (`str`, *optional*, defaults to `"keep_start"`): `"keep_start"` or `"keep_end"` (deprecated).
-        padding_free (`bool`, *optional*, defaults to `False`): not supported yet; warns and pads.
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Concatenate the chosen and rejected sequences of a batch into one row (no padding tokens); each sequence
+            attends only to itself (sdpa/eager build the block-diagonal mask from `position_ids`, flash attention uses
+            varlen kernels). Pays off with flash attention; with sdpa/eager attention costs grow with the whole row.
         pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`): `"auto"` means no extra padding.
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
             Compute the reference log-probs once before training and cache them on disk (keyed by the model's and the
@@ -71,7 +73,7 @@ class DPOConfig(_BaseConfig):
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
     max_length: int | None = field(default=1024, metadata={"help": "Maximum tokens of prompt + completion."})
     truncation_mode: str = field(default="keep_start", metadata={"help": "keep_start or keep_end (deprecated)."})
-    padding_free: bool = field(default=False, metadata={"help": "Not supported yet: warns and pads."})
+    padding_free: bool = field(default=False, metadata={"help": "One flat row per batch instead of padding."})
     pad_to_multiple_of: int | str | None = field(default="auto", metadata={"help": "'auto': no extra padding."})
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute reference log-probs once before training and cache them."}
@@ -125,9 +127,6 @@ class DPOConfig(_BaseConfig):
             )
         if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
             raise ValueError(f"`ref_model_mixup_alpha` must be in [0, 1]; got {self.ref_model_mixup_alpha}.")
-        if self.padding_free:
-            warnings.warn("`padding_free=True` is not supported by DPOTrainer yet; batches are padded.", stacklevel=2)
-            self.padding_free = False
         if self.pad_to_multiple_of == "auto":
             self.pad_to_multiple_of = None
         if self.pad_to_multiple_of is not None:

@@ -36,6 +36,9 @@ from .fused_head import completion_logps, router_aux_loss_coef
 __all__ = ["DPOTrainer", "DataCollatorForPreference"]
 
 
+_FLAT_KEYS = ("position_ids", "sequence_index", "num_sequences", "max_sequence_length")
+
+
 class DPOTrainer(_BaseTrainer):
     """Trainer for Direct Preference Optimization and its variants.
 
@@ -114,6 +117,7 @@ class DPOTrainer(_BaseTrainer):
             data_collator = DataCollatorForPreference(
                 pad_token_id=processing_class.pad_token_id, max_length=args.max_length,
                 truncation_mode=args.truncation_mode, pad_to_multiple_of=args.pad_to_multiple_of,
+                padding_free=args.padding_free,
             )
 
         configure_streaming(args, train_dataset, eval_dataset)
@@ -149,13 +153,14 @@ class DPOTrainer(_BaseTrainer):
             ]
 
     def _count_loss_items(self, batch: dict) -> int:
-        return batch["input_ids"].shape[0] // 2  # the loss is a mean over pairs
+        return batch.get("num_sequences", batch["input_ids"].shape[0]) // 2  # the loss is a mean over pairs
 
     def _sequence_logps(self, model, batch: dict, **request) -> dict[str, torch.Tensor]:
         """Forward `[chosen; rejected]` once and sum each completion's token log-probs. `request`: other
         [`FusedHeadRequest`] fields (the policy asks for the MoE aux loss and the WPO statistics)."""
+        layout = {k: batch[k] for k in _FLAT_KEYS} if "sequence_index" in batch else None
         scored = completion_logps(
-            model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], **request
+            model, batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"], layout, **request
         )
         token_logps, mask, lengths, outputs = scored.token_logps, scored.mask, scored.lengths, scored.outputs
         if self.args.ld_alpha is not None:

@@ -231,8 +231,8 @@ class CompletionLogps:
         return self.token_logps.sum(-1)
 
 
-def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor,
-                     **request) -> CompletionLogps:
+def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                     completion_mask: torch.Tensor, layout: dict | None = None, **request) -> CompletionLogps:
     """Score the completions of a batch of `prompt + completion` sequences with one fused-head forward.
 
     Args:
@@ -240,6 +240,9 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         input_ids (`torch.Tensor`): `(B, T)` token ids.
         attention_mask (`torch.Tensor`): `(B, T)` 1 on real tokens.
         completion_mask (`torch.Tensor`): `(B, T)` 1 on the completion tokens to score.
+        layout (`dict`, *optional*): for a padding-free batch (one flat row), its `position_ids`, `sequence_index`,
+            `num_sequences` and `max_sequence_length` (from `DataCollatorForPreference(padding_free=True)`); the
+            result then has one row per sequence, exactly as for the padded batch.
         **request: other [`FusedHeadRequest`] fields (`temperature`, `router_aux_loss`, `with_sum_sq`).
 
     Example:
@@ -249,12 +252,22 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         ```
     """
     labels = input_ids.masked_fill(completion_mask == 0, -100)
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask,
-                    fused_lm_head=FusedHeadRequest(labels=labels, **request))
-    mask = outputs.label_mask  # (B, T-1)
+    inputs = {"attention_mask": attention_mask} if layout is None else {"position_ids": layout["position_ids"]}
+    outputs = model(input_ids=input_ids, **inputs, fused_lm_head=FusedHeadRequest(labels=labels, **request))
+    mask = outputs.label_mask  # (B, T-1); padding-free: (1, L-1)
+    if layout is not None:  # scatter the flat row back to one row per sequence: (num_sequences, max_length - 1)
+        targets = (slice(None), slice(1, None))
+        rows = layout["sequence_index"][targets][mask]
+        cols = layout["position_ids"][targets][mask] - 1
+        shape = (layout["num_sequences"], max(layout["max_sequence_length"] - 1, 1))
+        mask = torch.zeros(shape, dtype=torch.bool, device=mask.device).index_put_((rows, cols), torch.ones_like(rows, dtype=torch.bool))
 
-    def per_position(values: torch.Tensor) -> torch.Tensor:  # (N,) over the mask -> (B, T-1), 0 elsewhere
-        return torch.zeros(mask.shape, dtype=values.dtype, device=mask.device).masked_scatter(mask, values)
+        def per_position(values: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(shape, dtype=values.dtype, device=values.device).index_put((rows, cols), values)
+    else:
+
+        def per_position(values: torch.Tensor) -> torch.Tensor:  # (N,) over the mask -> (B, T-1), 0 elsewhere
+            return torch.zeros(mask.shape, dtype=values.dtype, device=mask.device).masked_scatter(mask, values)
 
     sum_sq = outputs.log_sum_sq_probs
     return CompletionLogps(
