@@ -1,11 +1,13 @@
 """SFT throughput and memory: our fused LM head vs the naive full-logits loss, packing on and off.
 
 Each configuration runs in its own process (so peak memory is its own) on a fixed random-token dataset and prints
-tokens/s (non-pad input tokens), step time and peak memory.
+tokens/s (non-pad input tokens) and step time (medians over the timed steps, so that a step slowed by another process
+does not move them; `--repeats N` runs each configuration N times and prints the medians), and peak memory.
 
     python benchmarks/bench_sft.py                 # CPU: tiny Qwen3 (4 layers, hidden 128, vocab 32768), fp32
     python benchmarks/bench_sft.py --device cuda   # GPU: Qwen2.5-0.5B-shaped random model, bf16, 8 x 2048 packed
     python benchmarks/bench_sft.py --only ours-padded --steps 10
+    python benchmarks/bench_sft.py --repeats 3 --json sft.json  # medians of 3 runs; every figure in sft.json
 
 Peak memory: on CPU, the largest resident set size (RSS) of the process during `trainer.train()` minus its RSS just
 before it (`PeakRSS`: a background thread samples the RSS every 5 ms; where Linux lets us reset the kernel's
