@@ -4,7 +4,6 @@ import sys
 
 from .._lazy import _LazyModule
 
-
 _import_structure = {
     "loading": ["create_model_from_path"],
     "reference": [],

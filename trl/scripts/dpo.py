@@ -20,6 +20,7 @@ from trl.scripts.utils import (
     DatasetMixtureConfig,
     ScriptArguments,
     TrlParser,
+    command_parser,
     finish_training,
     run_script,
     script_trainer_kwargs,
@@ -72,14 +73,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         0.2
         ```
     """
-    dataclass_types = (ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig)
     description = "Direct Preference Optimization (DPO) and its variants on preference pairs."
-    if subparsers is not None:
-        kwargs = {"prog": prog} if prog else {}
-        return subparsers.add_parser(
-            "dpo", help=description, description=description, dataclass_types=dataclass_types, **kwargs
-        )
-    return TrlParser(dataclass_types, prog=prog, description=description)
+    return command_parser("dpo", DPOConfig, description, subparsers, prog)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from trl.scripts.utils import (
     DatasetMixtureConfig,
     ScriptArguments,
     TrlParser,
+    command_parser,
     finish_training,
     run_script,
     script_trainer_kwargs,
@@ -69,14 +70,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         >>> script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(["--beta", "0.2"])
         ```
     """
-    dataclass_types = (ScriptArguments, KTOConfig, ModelConfig, DatasetMixtureConfig)
     description = "Kahneman-Tversky Optimization (KTO) on completions labelled desirable or undesirable."
-    if subparsers is not None:
-        kwargs = {"prog": prog} if prog else {}
-        return subparsers.add_parser(
-            "kto", help=description, description=description, dataclass_types=dataclass_types, **kwargs
-        )
-    return TrlParser(dataclass_types, prog=prog, description=description)
+    return command_parser("kto", KTOConfig, description, subparsers, prog)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from trl.scripts.utils import (
     DatasetMixtureConfig,
     ScriptArguments,
     TrlParser,
+    command_parser,
     finish_training,
     run_script,
     script_trainer_kwargs,
@@ -73,15 +74,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         'SEQ_CLS'
         ```
     """
-    dataclass_types = (ScriptArguments, RewardConfig, ModelConfig, DatasetMixtureConfig)
     description = "Reward modelling: train a sequence classifier with one output on preference pairs."
-    if subparsers is not None:
-        kwargs = {"prog": prog} if prog else {}
-        parser = subparsers.add_parser(
-            "reward", help=description, description=description, dataclass_types=dataclass_types, **kwargs
-        )
-    else:
-        parser = TrlParser(dataclass_types, prog=prog, description=description)
+    parser = command_parser("reward", RewardConfig, description, subparsers, prog)
     parser.set_defaults(lora_task_type="SEQ_CLS")  # a config file or a flag still overrides it
     return parser
 

@@ -17,6 +17,7 @@ from trl.scripts.utils import (
     DatasetMixtureConfig,
     ScriptArguments,
     TrlParser,
+    command_parser,
     finish_training,
     run_script,
     script_trainer_kwargs,
@@ -67,14 +68,8 @@ def make_parser(subparsers: argparse._SubParsersAction | None = None, prog: str 
         >>> script_args, training_args, model_args, dataset_args = parser.parse_args_and_config(["--max_steps", "2"])
         ```
     """
-    dataclass_types = (ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)
     description = "Supervised fine-tuning (SFT) of a causal language model."
-    if subparsers is not None:
-        kwargs = {"prog": prog} if prog else {}
-        return subparsers.add_parser(
-            "sft", help=description, description=description, dataclass_types=dataclass_types, **kwargs
-        )
-    return TrlParser(dataclass_types, prog=prog, description=description)
+    return command_parser("sft", SFTConfig, description, subparsers, prog)
 
 
 if __name__ == "__main__":

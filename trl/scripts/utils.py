@@ -750,3 +750,17 @@ def run_script(make_parser, main) -> None:
         parser.error(f"unrecognized arguments: {' '.join(cli_leftovers)}")
     check_launch_leftovers(config_leftovers)
     main(*parsed)
+
+
+def command_parser(name: str, config_class, description: str, subparsers=None, prog: str | None = None) -> TrlParser:
+    """The parser of `trl <name>`: `(ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)`, standalone or
+    as a subcommand of `subparsers` (created with `parser_class=TrlParser`)."""
+    from trl.trainer.model_config import ModelConfig
+
+    dataclass_types = (ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)
+    if subparsers is not None:
+        kwargs = {"prog": prog} if prog else {}
+        return subparsers.add_parser(
+            name, help=description, description=description, dataclass_types=dataclass_types, **kwargs
+        )
+    return TrlParser(dataclass_types, prog=prog, description=description)
