@@ -90,3 +90,20 @@ def check_finite_loss(loss: float, step: int, enforce: bool) -> None:
             "of fp16.",
             enforce,
         )
+
+
+def check_prompts_fit(name: str, prompts: list[list[int]], max_length: int | None, enforce: bool, verb: str) -> list[int]:
+    """Rows whose prompt alone fills `max_length`: no completion token would be left to `verb` (compare, score).
+    Returns those rows (dropped by the caller when `enforce` is off)."""
+    if max_length is None:
+        return []
+    no_room = [i for i, p in enumerate(prompts) if len(p) >= max_length]
+    if no_room:
+        report(
+            f"{len(no_room)} of {len(prompts)} {name} rows have a prompt of at least max_length={max_length} tokens "
+            f"(e.g. rows {no_room[:5]}, longest {max(len(prompts[i]) for i in no_room)}): no completion token would be "
+            f"left to {verb}.",
+            "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
+            enforce,
+        )
+    return no_room

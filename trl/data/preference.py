@@ -133,17 +133,7 @@ def _check_pairs(dataset, options: PreferenceDataOptions, name: str):
             "Remove them from the dataset. With guards=False they are dropped.",
             options.guards,
         )
-    no_room = []
-    if options.max_length is not None:
-        no_room = [i for i, p in enumerate(prompts) if len(p) >= options.max_length]
-        if no_room:
-            guards.report(
-                f"{len(no_room)} of {len(dataset)} {name} rows have a prompt of at least max_length="
-                f"{options.max_length} tokens (e.g. rows {no_room[:5]}, longest {max(len(prompts[i]) for i in no_room)}"
-                "): no completion token would be left to compare.",
-                "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
-                options.guards,
-            )
+    no_room = guards.check_prompts_fit(name, prompts, options.max_length, options.guards, "compare")
     empty = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if not c or not r]
     if empty:
         raise ValueError(

@@ -169,21 +169,12 @@ def _check_rows(dataset, options: PreferenceDataOptions, name: str, trainer: str
             f"{len(empty)} {name} rows have an empty completion (e.g. rows {empty[:5]}); every row needs a completion "
             "to score. Fix or remove those rows."
         )
-    no_room = []
-    if options.max_length is not None:
-        no_room = [i for i, p in enumerate(prompts) if len(p) >= options.max_length]
-        if no_room:
-            guards.report(
-                f"{len(no_room)} of {len(dataset)} {name} rows have a prompt of at least max_length="
-                f"{options.max_length} tokens (e.g. rows {no_room[:5]}, longest {max(len(prompts[i]) for i in no_room)}"
-                "): no completion token would be left to score.",
-                "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
-                options.guards,
-            )
-            warnings.warn(f"Dropped {len(no_room)} of {len(dataset)} {name} rows (see above).", stacklevel=3)
-            drop = set(no_room)
-            dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
-            labels = dataset["label"]
+    no_room = guards.check_prompts_fit(name, prompts, options.max_length, options.guards, "score")
+    if no_room:
+        warnings.warn(f"Dropped {len(no_room)} of {len(dataset)} {name} rows (see above).", stacklevel=3)
+        drop = set(no_room)
+        dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
+        labels = dataset["label"]
     desirable = sum(bool(label) for label in labels)
     if desirable in (0, len(labels)):
         side, other = ("desirable", "undesirable") if desirable else ("undesirable", "desirable")
