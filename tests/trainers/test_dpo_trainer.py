@@ -302,3 +302,22 @@ def test_padding_free_equals_padded(tmp_path, ld_alpha):
     assert loss_flat == pytest.approx(loss, rel=1e-5)
     for name in grads:
         torch.testing.assert_close(grads_flat[name], grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_precompute_runs_at_the_training_precision(tmp_path, monkeypatch):
+    """Under bf16 autocast the cached reference equals the policy at step 0, so the first rewards are exactly 0."""
+    monkeypatch.setenv("TRL_CACHE_DIR", str(tmp_path / "cache"))
+    args = _config(tmp_path, max_steps=1, per_device_train_batch_size=8, precompute_ref_log_probs=True, bf16=True,
+                   use_cpu=True)
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), args=args, processing_class=tiny_tokenizer(),
+                         train_dataset=tiny_task_dataset("preference", num_rows=8))
+    trainer.train()
+    assert trainer.state.log_history[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_partial_reference_columns_are_an_error(tmp_path):
+    data = tiny_task_dataset("preference", num_rows=4)
+    data = data.add_column("ref_chosen_logps", [0.0] * 4)
+    with pytest.raises(ValueError, match="ref_rejected_logps"):
+        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, precompute_ref_log_probs=True),
+                   train_dataset=data, processing_class=tiny_tokenizer())

@@ -113,6 +113,8 @@ class _MetricsBuffer:
 class _BaseTrainer(Trainer):
     """Base of every trainer. See the module docstring for what it holds."""
 
+    _precomputing_reference = False  # True only during the one-off reference pass of `precompute_ref_log_probs`
+
     _tag_names: list[str] = ["trl"]
     _name: str = "Trainer"
     # Our losses are already normalised by the token count of the whole optimiser step (trl.losses.reduce).
@@ -243,8 +245,14 @@ class _BaseTrainer(Trainer):
             elif self._use_adapters_as_ref:
                 with self.accelerator.unwrap_model(self.model).disable_adapter():
                     yield self.model
+            elif self._precomputing_reference:
+                yield self.model  # before training, the initial policy is the reference
             else:
-                yield self.model
+                raise ValueError(
+                    "This batch has no precomputed reference log-probs and no reference model is kept "
+                    "(precompute_ref_log_probs=True): the policy would be compared with itself. Every dataset must "
+                    "carry all the reference columns, or turn precompute off."
+                )
 
     def _with_ref_logps(self, dataset, name: str, score: Callable, columns: tuple[str, ...], **cache_key_parts):
         """Add per-row reference columns to `dataset`, from the on-disk cache or one pass over it in order.
@@ -253,8 +261,8 @@ class _BaseTrainer(Trainer):
             dataset (`datasets.Dataset`): the prepared dataset (collated by `self.data_collator`).
             name (`str`): its name, for messages.
             score (`Callable`): `score(ref_model, batch) -> dict[column, (B,) tensor]`.
-            columns (`tuple[str, ...]`): the columns `score` returns; a dataset that has the first one is returned
-                as it is (values given by the user).
+            columns (`tuple[str, ...]`): the columns `score` returns; a dataset that has all of them is returned
+                as it is (values given by the user), one that has only some is an error.
             **cache_key_parts: whatever else the values depend on (truncation, loss options).
 
         The cache key hashes the reference's weights (adapters excluded), the dataset's fingerprint, the columns,
@@ -263,8 +271,14 @@ class _BaseTrainer(Trainer):
         from datasets import Dataset
         from torch.utils.data import DataLoader
 
-        if columns[0] in (dataset.column_names or []):
-            return dataset
+        present = [c for c in columns if c in (dataset.column_names or [])]
+        if len(present) == len(columns):
+            return dataset  # values given by the user
+        if present:
+            raise ValueError(
+                f"The {name} dataset has the reference column(s) {present} but not {sorted(set(columns) - set(present))}; "
+                "give all of them, or none (they are then computed)."
+            )
         if not isinstance(dataset, Dataset):
             raise TypeError(
                 f"`precompute_ref_log_probs=True` needs a `datasets.Dataset` (random access and a fingerprint); the "
@@ -274,7 +288,7 @@ class _BaseTrainer(Trainer):
         key = reference.cache_key(
             model=reference.model_fingerprint(self.accelerator.unwrap_model(source), exclude_adapters=True),
             dataset=dataset._fingerprint, columns=list(columns), max_length=self.args.max_length,
-            dtype=str(self.args.bf16), **cache_key_parts,
+            precision=[self.accelerator.mixed_precision, str(next(source.parameters()).dtype)], **cache_key_parts,
         )
         cached = reference.load_cached(key)
         if cached is None:
@@ -285,12 +299,17 @@ class _BaseTrainer(Trainer):
             values = {column: [] for column in columns}
             was_training = self.model.training
             self.model.eval()
-            for batch in loader:
-                with self._reference() as ref, self.compute_loss_context_manager():
-                    scores = score(ref, batch)
-                for column in columns:
-                    values[column].append(self.accelerator.gather_for_metrics(scores[column]).float().cpu())
-            self.model.train(was_training)
+            self._precomputing_reference = True
+            try:
+                for batch in loader:
+                    # same precision as training: there, autocast comes from accelerate's wrapper of the model
+                    with self._reference() as ref, self.accelerator.autocast(), self.compute_loss_context_manager():
+                        scores = score(ref, batch)
+                    for column in columns:
+                        values[column].append(self.accelerator.gather_for_metrics(scores[column]).float().cpu())
+            finally:
+                self._precomputing_reference = False
+                self.model.train(was_training)
             cached = {column: torch.cat(v) for column, v in values.items()}
             if self.accelerator.is_main_process:
                 path = reference.save_cached(key, cached)

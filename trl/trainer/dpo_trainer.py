@@ -227,10 +227,14 @@ class DPOTrainer(_BaseTrainer):
 
     def _bco_delta(self, pairs: PreferenceLogps, mode: str) -> torch.Tensor:
         """BCO's delta: the running mean of every implicit reward seen in training so far."""
-        if mode == "train":
-            batch_mean = float(bco_batch_reward_mean(pairs, self.args.beta))
+        if mode == "train":  # every rank folds in every rank's rewards, so all use the same delta
             n = 2 * pairs.chosen_logps.shape[0]
-            self._bco_rewards = [self._bco_rewards[0] + batch_mean * n, self._bco_rewards[1] + n]
+            batch = torch.stack([bco_batch_reward_mean(pairs, self.args.beta).detach().double() * n,
+                                 torch.tensor(float(n), dtype=torch.float64, device=pairs.chosen_logps.device)])
+            if self.accelerator.num_processes > 1:
+                batch = self.accelerator.reduce(batch, reduction="sum")
+            total, count = batch.tolist()
+            self._bco_rewards = [self._bco_rewards[0] + total, self._bco_rewards[1] + count]
         total, count = self._bco_rewards
         return torch.tensor(total / count if count else 0.0, device=pairs.chosen_logps.device)
 
