@@ -321,3 +321,22 @@ def test_partial_reference_columns_are_an_error(tmp_path):
     with pytest.raises(ValueError, match="ref_rejected_logps"):
         DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, precompute_ref_log_probs=True),
                    train_dataset=data, processing_class=tiny_tokenizer())
+
+
+def test_peft_model_input_keeps_its_adapter_as_the_reference(tmp_path):
+    """A PeftModel with a trained adapter (e.g. after SFT): the reference is a frozen copy of that adapter, in the same
+    model; so at step 0 the policy equals the reference (loss ln 2, rewards 0), and the copy never moves."""
+    peft = pytest.importorskip("peft")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = peft.get_peft_model(tiny_model(**SMALL), config)
+    before = _params(model)
+    trainer = DPOTrainer(model=model, args=_config(tmp_path, max_steps=2, learning_rate=1e-2),
+                         train_dataset=tiny_task_dataset("preference", num_rows=8), processing_class=tiny_tokenizer())
+    assert trainer.ref_model is None and trainer._ref_adapter == "ref"
+    trainer.train()
+    first = trainer.state.log_history[0]
+    assert first["loss"] == pytest.approx(math.log(2), rel=1e-6) and first["rewards/chosen"] == pytest.approx(0, abs=1e-7)
+    ref = {n: p for n, p in trainer.model.named_parameters() if ".ref." in n}
+    assert ref and all(not p.requires_grad for p in ref.values())
+    assert all(torch.equal(p, before[n.replace(".ref.", ".default.")]) for n, p in ref.items())
+    assert any("lora" in n and ".default." in n for n in _changed(trainer.model, before))

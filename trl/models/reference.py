@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -76,3 +77,41 @@ def save_cached(key: str, values: dict[str, torch.Tensor]) -> Path:
     torch.save(values, tmp)
     tmp.replace(path)  # atomic: a concurrent or interrupted run never reads half a file
     return path
+
+
+def add_reference_adapter(model, name: str = "ref") -> str:
+    """Add a frozen copy of a PeftModel's active adapter under `name`: the reference of a policy whose adapter was
+    already trained (e.g. by SFT), without a second model in memory. Returns `name`.
+
+    Example:
+        ```python
+        >>> add_reference_adapter(peft_model)
+        'ref'
+        ```
+    """
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    active = model.active_adapter
+    config = copy.deepcopy(model.peft_config[active])
+    config.inference_mode = True
+    model.add_adapter(name, config)
+    set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name=active), adapter_name=name)
+    model.set_adapter(active)  # the trained adapter stays the active, trainable one
+    for param_name, param in model.named_parameters():
+        if f".{name}." in param_name:
+            param.requires_grad_(False)
+    return name
+
+
+@contextlib.contextmanager
+def use_adapter(model, name: str):
+    """Run `model` with adapter `name` active, then restore the previous adapter and its trainable flags."""
+    previous = model.active_adapter
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    model.set_adapter(name)
+    try:
+        yield model
+    finally:
+        model.set_adapter(previous)
+        for param_name, param in model.named_parameters():
+            param.requires_grad_(param_name in trainable)

@@ -189,11 +189,10 @@ class _BaseTrainer(Trainer):
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
         use_adapters_as_ref = ref_model is None and loading.is_peft_model(model)
-        if peft_input and ref_model is None:
-            warnings.warn(
-                "The model is a PeftModel and no `ref_model` was given: the reference is the base model with the "
-                "adapters disabled. Pass `ref_model=` to compare against the adapted model instead.", stacklevel=3
-            )
+        # A PeftModel given as input carries a trained adapter (e.g. after SFT): the reference is that adapter as it
+        # is now, kept as a frozen copy named "ref" in the same model (no second model); a fresh adapter (peft_config)
+        # starts at zero, so there the reference is the model with its adapters disabled.
+        self._ref_adapter = reference.add_reference_adapter(model) if peft_input and ref_model is None else None
         if args.sync_ref_model and use_adapters_as_ref:
             raise ValueError("`sync_ref_model=True` needs a separate reference model; it does not work with PEFT.")
         add_fused_lm_head(causal_lm(model))
@@ -242,6 +241,9 @@ class _BaseTrainer(Trainer):
         with torch.no_grad():
             if self.ref_model is not None:
                 yield self.ref_model
+            elif self._ref_adapter is not None:
+                with reference.use_adapter(self.accelerator.unwrap_model(self.model), self._ref_adapter):
+                    yield self.model
             elif self._use_adapters_as_ref:
                 with self.accelerator.unwrap_model(self.model).disable_adapter():
                     yield self.model
@@ -286,7 +288,9 @@ class _BaseTrainer(Trainer):
             )
         source = self.ref_model if self.ref_model is not None else self.model
         key = reference.cache_key(
-            model=reference.model_fingerprint(self.accelerator.unwrap_model(source), exclude_adapters=True),
+            model=reference.model_fingerprint(
+                self.accelerator.unwrap_model(source), exclude_adapters=self._ref_adapter is None
+            ),
             dataset=dataset._fingerprint, columns=list(columns), max_length=self.args.max_length,
             precision=[self.accelerator.mixed_precision, str(next(source.parameters()).dtype)], **cache_key_parts,
         )
