@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
