@@ -26,6 +26,34 @@ def _launched_without_accelerator() -> bool:
     return several and not accelerator
 
 
+def resolve_pad_to_multiple_of(value) -> int | None:
+    """`"auto"` (or None) -> None; otherwise a positive int, with a clear error for anything else."""
+    if value is None or value == "auto":
+        return None
+    try:
+        value = int(value)
+    except ValueError:
+        raise ValueError(f"`pad_to_multiple_of` must be a positive integer or 'auto'; got {value!r}.") from None
+    if value <= 0:
+        raise ValueError(f"`pad_to_multiple_of` must be positive; got {value}.")
+    return value
+
+
+def check_reference_fields(config) -> None:
+    """Cross-field checks of the reference-model options shared by DPO and KTO configs."""
+    if config.precompute_ref_batch_size is not None and config.precompute_ref_batch_size <= 0:
+        raise ValueError(f"`precompute_ref_batch_size` must be positive; got {config.precompute_ref_batch_size}.")
+    if config.sync_ref_model and config.precompute_ref_log_probs:
+        raise ValueError(
+            "`sync_ref_model=True` updates the reference during training, so its log-probs cannot be precomputed; "
+            "turn off one of `sync_ref_model` and `precompute_ref_log_probs`."
+        )
+    if not 0.0 <= config.ref_model_mixup_alpha <= 1.0:
+        raise ValueError(f"`ref_model_mixup_alpha` must be in [0, 1]; got {config.ref_model_mixup_alpha}.")
+    if config.ref_model_sync_steps <= 0:
+        raise ValueError(f"`ref_model_sync_steps` must be positive; got {config.ref_model_sync_steps}.")
+
+
 @dataclass
 class _BaseConfig(TrainingArguments):
     r"""

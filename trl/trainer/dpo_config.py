@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..losses.dpo import validate_dpo_loss_config
-from .base_config import _BaseConfig
+from .base_config import _BaseConfig, check_reference_fields, resolve_pad_to_multiple_of
 from .sft_config import TRUNCATION_MODES
 
 
@@ -120,15 +120,6 @@ class DPOConfig(_BaseConfig):
             raise ValueError(f"`max_length` must be a positive integer or None; got {self.max_length}.")
         if self.ld_alpha is not None and not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"`ld_alpha` must be in [0, 1]; got {self.ld_alpha}.")
-        if self.sync_ref_model and self.precompute_ref_log_probs:
-            raise ValueError(
-                "`sync_ref_model=True` updates the reference during training, so its log-probs cannot be precomputed; "
-                "turn off one of `sync_ref_model` and `precompute_ref_log_probs`."
-            )
-        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
-            raise ValueError(f"`ref_model_mixup_alpha` must be in [0, 1]; got {self.ref_model_mixup_alpha}.")
-        if self.pad_to_multiple_of == "auto":
-            self.pad_to_multiple_of = None
-        if self.pad_to_multiple_of is not None:
-            self.pad_to_multiple_of = int(self.pad_to_multiple_of)
+        check_reference_fields(self)
+        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         super().__post_init__()

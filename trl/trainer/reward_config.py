@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from .base_config import _BaseConfig
+from .base_config import _BaseConfig, resolve_pad_to_multiple_of
 
 
 @dataclass
@@ -94,17 +94,7 @@ class RewardConfig(_BaseConfig):
                 f"`center_rewards_coefficient` must be >= 0 (or None to disable centring); got "
                 f"{self.center_rewards_coefficient}."
             )
-        if self.pad_to_multiple_of == "auto":
-            self.pad_to_multiple_of = None
-        if self.pad_to_multiple_of is not None:
-            try:
-                self.pad_to_multiple_of = int(self.pad_to_multiple_of)
-            except ValueError:
-                raise ValueError(
-                    f"`pad_to_multiple_of` must be a positive integer or 'auto'; got {self.pad_to_multiple_of!r}."
-                ) from None
-            if self.pad_to_multiple_of <= 0:
-                raise ValueError(f"`pad_to_multiple_of` must be positive; got {self.pad_to_multiple_of}.")
+        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         if self.dataset_num_proc is not None and self.dataset_num_proc <= 0:
             raise ValueError(f"`dataset_num_proc` must be a positive integer or None; got {self.dataset_num_proc}.")
         if self.pad_token is not None:

@@ -6,7 +6,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base_config import _BaseConfig
+from .base_config import _BaseConfig, resolve_pad_to_multiple_of
 
 PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
 SFT_LOSS_TYPES = ("nll", "dft")
@@ -140,12 +140,7 @@ class SFTConfig(_BaseConfig):
             raise ValueError(f"`max_length` must be a positive integer or None; got {self.max_length}.")
         if self.packing and self.max_length is None:
             raise ValueError("`packing=True` needs `max_length` (the block length); got max_length=None.")
-        if self.pad_to_multiple_of == "auto":
-            self.pad_to_multiple_of = None
-        if self.pad_to_multiple_of is not None:
-            self.pad_to_multiple_of = int(self.pad_to_multiple_of)
-            if self.pad_to_multiple_of <= 0:
-                raise ValueError(f"`pad_to_multiple_of` must be positive; got {self.pad_to_multiple_of}.")
+        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         if isinstance(self.dataset_kwargs, str):
             import json
 
