@@ -10,6 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from trl import SFTConfig, SFTTrainer
+from trl.scripts.utils import close_processes
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
@@ -65,3 +66,4 @@ if __name__ == "__main__":
                                     streaming="streaming" in sys.argv[4:])
     if trainer.accelerator.is_main_process:
         torch.save({"loss": loss, "grads": grads, "world_size": trainer.accelerator.num_processes}, out)
+    close_processes(trainer)

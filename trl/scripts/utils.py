@@ -605,11 +605,16 @@ def init_zero_verbose() -> None:
 
 
 def finish_training(trainer, training_args, dataset_name: str | None = None) -> None:
-    """Save, optionally push, and close a run; under several processes, leave together and release the process group
-    (a gloo group torn down while a DDP wrapper still holds it can hang at exit)."""
+    """Save, optionally push, and close a run (see [`close_processes`])."""
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=dataset_name)
+    close_processes(trainer)
+
+
+def close_processes(trainer) -> None:
+    """Under several processes, leave together and release the process group: a gloo group torn down at interpreter
+    exit while a DDP wrapper still holds it can hang or abort ("terminate called without an active exception")."""
     trainer.accelerator.wait_for_everyone()
     if hasattr(trainer, "end"):  # transformers>=5.18: closes trackers and frees the accelerator state
         trainer.end()
