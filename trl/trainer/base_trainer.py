@@ -71,6 +71,7 @@ class _MetricsBuffer:
         self._sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._counts = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._derived: dict[str, Callable[[dict[str, float]], float]] = {}
+        self._extremes = {"train": {}, "eval": {}}  # key -> (running value, "min" | "max")
 
     def derive(self, key: str, fn: Callable[[dict[str, float]], float]) -> None:
         """Log `key = fn(means)` at every log, from the window's exact means (e.g. a difference of two means); skipped
@@ -84,14 +85,24 @@ class _MetricsBuffer:
         self._sums[mode][key] = self._sums[mode][key] + total
         self._counts[mode][key] = self._counts[mode][key] + count
 
+    def add_extreme(self, mode: str, key: str, value: float | torch.Tensor, op: str) -> None:
+        """Track the minimum (`op="min"`) or maximum (`op="max"`) of `value` over the logging window and processes."""
+        value = value.detach().to(torch.float64) if isinstance(value, torch.Tensor) else float(value)
+        previous = self._extremes[mode].get(key)
+        if previous is not None:
+            value = (torch.minimum if op == "min" else torch.maximum)(torch.as_tensor(previous[0]), torch.as_tensor(value))
+        self._extremes[mode][key] = (value, op)
+
     def clear(self, mode: str) -> None:
         self._sums[mode].clear()
         self._counts[mode].clear()
+        self._extremes[mode].clear()
 
     def pop_means(self, mode: str, accelerator) -> dict[str, float]:
+        extremes = self._pop_extremes(mode, accelerator)
         keys = sorted(self._sums[mode])
         if not keys:
-            return {}
+            return extremes
         device = accelerator.device if accelerator is not None else "cpu"
 
         def column(values):
@@ -106,7 +117,23 @@ class _MetricsBuffer:
         for key, fn in self._derived.items():
             with contextlib.suppress(KeyError):
                 means[key] = fn(means)
+        means.update(extremes)
         return means
+
+    def _pop_extremes(self, mode: str, accelerator) -> dict[str, float]:
+        items = sorted(self._extremes[mode].items())
+        self._extremes[mode].clear()
+        if not items:
+            return {}
+        device = accelerator.device if accelerator is not None else "cpu"
+        values = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for _, (v, _) in items])
+        if accelerator is not None and accelerator.num_processes > 1:
+            values = accelerator.gather(values[None]).reshape(-1, len(items))  # (processes, keys)
+        else:
+            values = values[None]
+        return {
+            key: float(values[:, i].min() if op == "min" else values[:, i].max()) for i, (key, (_, op)) in enumerate(items)
+        }
 
 
 class _BaseTrainer(Trainer):
@@ -164,14 +191,15 @@ class _BaseTrainer(Trainer):
     # ---- reference model helpers (preference trainers) -----------------------------------------------------------
 
     def _setup_policy_and_reference(self, model, ref_model, model_id: str | None, args, quantization_config=None,
-                                    peft_config=None):
+                                    peft_config=None, need_reference: bool = True):
         """Wrap the policy with `peft_config`, give it the fused LM head, disable dropout, and pick the reference.
 
         The reference, in this order: `ref_model` when given (frozen); with PEFT, the policy with its adapters
         disabled; with `args.precompute_ref_log_probs`, the initial policy, used once before training; otherwise an
         independent frozen copy (loaded again from `model_id` when the policy was given as a string). Sets
         `self.ref_model` (None for the adapter-disabled and precompute cases) and `self._use_adapters_as_ref`.
-        Reads `args.disable_dropout`, `args.sync_ref_model` and `args.precompute_ref_log_probs`.
+        Reads `args.disable_dropout`, `args.sync_ref_model` and `args.precompute_ref_log_probs` (absent = False).
+        `need_reference=False` (GRPO with `beta=0`) keeps no reference at all.
 
         Returns:
             The policy (a `PeftModel` when `peft_config` is given).
@@ -187,18 +215,20 @@ class _BaseTrainer(Trainer):
         peft_input = loading.is_peft_model(model)
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
-        use_adapters_as_ref = ref_model is None and loading.is_peft_model(model)
+        use_adapters_as_ref = need_reference and ref_model is None and loading.is_peft_model(model)
         # A PeftModel given as input carries a trained adapter (e.g. after SFT): the reference is that adapter as it
         # is now, kept as a frozen copy named "ref" in the same model (no second model); a fresh adapter (peft_config)
         # starts at zero, so there the reference is the model with its adapters disabled.
-        self._ref_adapter = reference.add_reference_adapter(model) if peft_input and ref_model is None else None
+        keep_adapter = need_reference and peft_input and ref_model is None
+        self._ref_adapter = reference.add_reference_adapter(model) if keep_adapter else None
         if args.sync_ref_model and use_adapters_as_ref:
             raise ValueError("`sync_ref_model=True` needs a separate reference model; it does not work with PEFT.")
         add_fused_lm_head(causal_lm(model))
         if args.disable_dropout:
             disable_dropout_in_model(model)
 
-        if ref_model is None and not use_adapters_as_ref and not args.precompute_ref_log_probs:
+        precompute = getattr(args, "precompute_ref_log_probs", False)
+        if ref_model is None and not use_adapters_as_ref and not precompute and need_reference:
             if model_id is not None:
                 ref_model = self._load_model(model_id, args, quantization_config)
             else:
@@ -220,7 +250,7 @@ class _BaseTrainer(Trainer):
             self.ref_model = self.accelerator.prepare_model(self.ref_model, evaluation_mode=True)
         if self.args.sync_ref_model:
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
-        if not self.args.precompute_ref_log_probs:
+        if not getattr(self.args, "precompute_ref_log_probs", False):
             return
 
         def add(dataset, name):

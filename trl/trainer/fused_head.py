@@ -232,7 +232,8 @@ class CompletionLogps:
 
 
 def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                     completion_mask: torch.Tensor, layout: dict | None = None, **request) -> CompletionLogps:
+                     completion_mask: torch.Tensor, layout: dict | None = None, position_ids: torch.Tensor | None = None,
+                     **request) -> CompletionLogps:
     """Score the completions of a batch of `prompt + completion` sequences with one fused-head forward.
 
     Args:
@@ -243,6 +244,7 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
         layout (`dict`, *optional*): for a padding-free batch (one flat row), its `position_ids`, `sequence_index`,
             `num_sequences` and `max_sequence_length` (from `DataCollatorForPreference(padding_free=True)`); the
             result then has one row per sequence, exactly as for the padded batch.
+        position_ids (`torch.Tensor`, *optional*): `(B, T)` positions of a padded batch (needed with left padding).
         **request: other [`FusedHeadRequest`] fields (`temperature`, `router_aux_loss`, `with_sum_sq`).
 
     Example:
@@ -253,6 +255,8 @@ def completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     """
     labels = input_ids.masked_fill(completion_mask == 0, -100)
     inputs = {"attention_mask": attention_mask} if layout is None else {"position_ids": layout["position_ids"]}
+    if position_ids is not None and layout is None:
+        inputs["position_ids"] = position_ids
     outputs = model(input_ids=input_ids, **inputs, fused_lm_head=FusedHeadRequest(labels=labels, **request))
     mask = outputs.label_mask  # (B, T-1); padding-free: (1, L-1)
     if layout is not None:  # scatter the flat row back to one row per sequence: (num_sequences, max_length - 1)

@@ -1,0 +1,88 @@
+"""Prompt-only data for the online trainers: format checks and prompt token ids, computed once before training.
+
+Every row keeps its columns (the reward functions receive them) and gains `prompt_ids`: the prompt rendered by the
+chat template with the generation prompt appended (conversational) or tokenised as it is (standard), without extra
+special tokens (a chat template writes its own). Completions are then generated from exactly these ids.
+"""
+
+from __future__ import annotations
+
+from .conversation import maybe_convert_to_chatml
+from .formats import check_example_types, check_single_dataset, detect_format
+from .tokenize import render_ids, row_template_kwargs
+
+
+def _first_row(dataset) -> dict:
+    for row in dataset:
+        return row
+    raise ValueError("The dataset is empty.")
+
+
+def tokenize_prompt(row: dict, tokenizer, conversational: bool, chat_template_kwargs: dict | None = None) -> list[int]:
+    """Token ids of one row's prompt, ready for generation.
+
+    Example:
+        ```python
+        >>> tokenize_prompt({"prompt": [{"role": "user", "content": "hi"}]}, tiny_tokenizer(), True)[-3:]
+        [1, 68, 296, ...]
+        ```
+    """
+    prompt = row["prompt"]
+    if conversational:
+        kwargs = {**(chat_template_kwargs or {}), **row_template_kwargs(row)}
+        return render_ids(tokenizer, prompt, kwargs, add_generation_prompt=True)
+    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train", chat_template_kwargs=None,
+                           num_proc: int | None = None):
+    """Check that `dataset` has a `prompt` column of consistent type and add `prompt_ids`.
+
+    Args:
+        dataset (`datasets.Dataset`): rows with a `prompt` (text or messages) and any other columns.
+        tokenizer: the policy's tokenizer (needs a chat template for conversational prompts).
+        trainer (`str`): the trainer's name, for messages.
+
+    Returns:
+        `(dataset, conversational)`.
+
+    Raises:
+        `ValueError` / `TypeError`: no `prompt` column, mixed types, a conversational prompt without a chat template,
+            an empty prompt.
+    """
+    from datasets import Dataset
+
+    check_single_dataset(dataset, trainer, name)
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"{trainer} needs a map-style `datasets.Dataset` as its {name} dataset (each prompt is sampled "
+            f"num_generations times, in whole groups); got {type(dataset).__name__}. Streaming datasets are not "
+            "supported by online trainers yet: load the prompts into a `Dataset` (e.g. `Dataset.from_list`)."
+        )
+    columns = list(dataset.column_names)
+    if "prompt" not in columns:
+        raise ValueError(
+            f"{trainer} expects a 'prompt' column (text or a list of messages); the {name} dataset has columns "
+            f"{columns}. Rename the column holding the prompts to 'prompt'."
+        )
+    if "conversations" in columns or isinstance(_first_row(dataset)["prompt"], list):
+        dataset = dataset.map(maybe_convert_to_chatml, desc=None) if "conversations" in columns else dataset
+    example = _first_row(dataset)
+    fmt = detect_format(["prompt"], {"prompt": example["prompt"]})
+    check_example_types({"prompt": example["prompt"]}, fmt)
+    if fmt.conversational and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The {name} prompts are conversational but the tokenizer has no chat template. Give the tokenizer one "
+            "(`tokenizer.chat_template = ...`, or `trl.clone_chat_template`), or use plain-text prompts."
+        )
+
+    def add_ids(row):
+        check_example_types({"prompt": row["prompt"]}, fmt)
+        ids = tokenize_prompt(row, tokenizer, fmt.conversational, chat_template_kwargs)
+        return {"prompt_ids": ids}
+
+    dataset = dataset.map(add_ids, num_proc=num_proc, desc=f"Tokenizing {name} prompts ({fmt.describe()})")
+    empty = [i for i, ids in enumerate(dataset["prompt_ids"]) if not ids]
+    if empty:
+        raise ValueError(f"{len(empty)} {name} prompts are empty after tokenisation (e.g. rows {empty[:5]}).")
+    return dataset, fmt.conversational

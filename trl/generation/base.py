@@ -1,0 +1,106 @@
+"""The generation interface (DESIGN principle 5): a backend turns prompt token ids into a [`Rollout`].
+
+The trainer picks a backend once, in `__init__`; nothing else branches on which one it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from ..rollout import Rollout
+
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "do_sample", "max_new_tokens")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How completions are sampled.
+
+    Args:
+        max_completion_length (`int`): most tokens generated per completion.
+        eos_token_ids (`tuple[int, ...]`): a completion ends at the first of these (which is kept).
+        pad_token_id (`int`): fills completions shorter than the longest.
+        temperature (`float`, *optional*, defaults to `1.0`): logits are divided by it.
+        top_p (`float`, *optional*, defaults to `1.0`): nucleus sampling; 1.0 keeps every token.
+        top_k (`int`, *optional*, defaults to `0`): keep the k most likely tokens; 0 keeps every token.
+        min_p (`float`, *optional*): keep tokens whose probability is at least `min_p` times the top one.
+        repetition_penalty (`float`, *optional*, defaults to `1.0`): CTRL-style penalty on tokens already in the
+            prompt or completion; 1.0 is off.
+        do_sample (`bool`, *optional*, defaults to `True`): False decodes greedily.
+    """
+
+    max_completion_length: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    do_sample: bool = True
+
+    def __post_init__(self):
+        if self.max_completion_length < 1:
+            raise ValueError(f"`max_completion_length` must be >= 1; got {self.max_completion_length}.")
+        if self.temperature <= 0:
+            raise ValueError(
+                f"`temperature` must be > 0; got {self.temperature}. For greedy decoding set "
+                "`generation_kwargs={'do_sample': False}`."
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"`top_p` must be in (0, 1]; got {self.top_p}.")
+        if self.top_k is not None and self.top_k < 0:
+            raise ValueError(f"`top_k` must be >= 0 (0 = off); got {self.top_k}.")
+        if self.min_p is not None and not 0 <= self.min_p <= 1:
+            raise ValueError(f"`min_p` must be in [0, 1]; got {self.min_p}.")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"`repetition_penalty` must be > 0 (1.0 = off); got {self.repetition_penalty}.")
+        if not self.eos_token_ids:
+            raise ValueError("`eos_token_ids` is empty: completions would never end before `max_completion_length`.")
+
+    @property
+    def plain(self) -> bool:
+        """True when completions are sampled from `softmax(logits / temperature)` itself, so the sampling log-probs
+        are the log-probs the loss computes (no filtering, no penalty, not greedy)."""
+        return (
+            self.do_sample and self.top_p == 1.0 and not self.top_k and self.min_p is None
+            and self.repetition_penalty == 1.0
+        )
+
+    def with_overrides(self, generation_kwargs: dict[str, Any] | None) -> SamplingConfig:
+        """Apply `generation_kwargs` (`GRPOConfig.generation_kwargs`): known keys replace the fields above
+        (`max_new_tokens` sets `max_completion_length`); unknown keys are an error, not silently ignored."""
+        if not generation_kwargs:
+            return self
+        unknown = sorted(set(generation_kwargs) - set(_SAMPLING_KEYS))
+        if unknown:
+            raise ValueError(
+                f"`generation_kwargs` has keys the transformers backend does not support: {unknown}. Supported: "
+                f"{list(_SAMPLING_KEYS)}."
+            )
+        values = dict(generation_kwargs)
+        if "max_new_tokens" in values:
+            values["max_completion_length"] = values.pop("max_new_tokens")
+        return dataclasses.replace(self, **values)
+
+
+class GenerationBackend(Protocol):
+    """What the online trainers need from a generation engine.
+
+    `generate` returns `len(prompt_ids) * n` completions, prompt-major (the `n` samples of prompt 0 first), with
+    `Rollout.prompt_ids` repeated accordingly. `sync_weights` makes the backend generate with `model`'s current
+    weights (a no-op for a backend that generates with the training model itself).
+    """
+
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, generator: torch.Generator | None = None
+    ) -> Rollout: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None: ...
+
+
+__all__ = ["GenerationBackend", "SamplingConfig"]

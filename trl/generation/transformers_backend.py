@@ -1,0 +1,404 @@
+"""The embedded generation backend: sampling with the training model itself through transformers (DESIGN principle 5).
+
+Why not `model.generate`: an online step samples `n` completions of each prompt. `generate` with the prompts repeated
+`n` times prefills every prompt `n` times, keeps finished rows in the batch until the longest one ends, materialises
+`(B, T, V)` prefill logits, and returns no sampling log-probs. Here:
+
+- each unique prompt is prefilled once (`logits_to_keep=1`), then its KV cache is repeated for its `n` samples;
+- finished rows leave the batch (cache, attention mask and positions are re-indexed), in batches, not every step;
+- the log-prob of every sampled token under the distribution it was drawn from is returned, so an on-policy step
+  needs no extra forward pass.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ..rollout import Rollout
+from .base import SamplingConfig
+
+# Finished rows stay in the batch (decoding padding, outputs discarded) until at least this fraction of the active
+# rows has finished; then the cache, mask and positions are re-indexed at once. Measured with
+# `benchmarks/bench_generation.py --config tiny --eos realistic --compact-fraction F` (CPU, 1 thread, fp32, 8 x 8
+# completions of up to 64 tokens with a realistic EOS, median of 3 runs, completions/s):
+#     F = 0 (compact at every finish) 121,  0.25: 124,  0.5: 118,  1.0 (never compact) 88.
+# Dropping rows is what pays (+40% over never); re-indexing at every finish is close to batching it on a small
+# CPU model, and on a large model each re-index copies the whole KV cache, so the step that re-indexes costs more as
+# the cache grows: batching re-indexes O(log B) times instead of up to B times.
+_COMPACT_FRACTION = 0.25
+
+
+class TransformersBackend:
+    """Generate completions with a transformers causal LM (the training model itself), with a shared prompt prefill.
+
+    Args:
+        model (`PreTrainedModel`): the causal LM; may be wrapped by PEFT (LoRA-style adapters) or DDP, and its
+            `forward` may be patched by `trl.trainer.fused_head.add_fused_lm_head`.
+        max_batch_size (`int`, *optional*): most sequences decoded at once; the prompts are processed in chunks
+            (a memory bound). `None` decodes all `len(prompt_ids) * n` sequences together.
+
+    Example:
+        ```python
+        >>> from trl.generation.base import SamplingConfig
+        >>> from trl.generation.transformers_backend import TransformersBackend
+        >>> backend = TransformersBackend(model)
+        >>> sampling = SamplingConfig(max_completion_length=64, eos_token_ids=(2,), pad_token_id=3, temperature=0.7)
+        >>> rollout = backend.generate([[5, 6, 7], [8, 9]], n=4, sampling=sampling)
+        >>> rollout.completion_ids.shape  # (2 * 4, longest completion)
+        ```
+    """
+
+    def __init__(self, model: torch.nn.Module, *, max_batch_size: int | None = None):
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"`max_batch_size` must be >= 1 or None; got {max_batch_size}.")
+        self.max_batch_size = max_batch_size
+        self.model = _unwrap(model)
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Generate with `model` from now on. The backend samples with the training model itself, so this only keeps
+        the reference (nothing is copied)."""
+        self.model = _unwrap(model)
+
+    def generate(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, generator: torch.Generator | None = None
+    ) -> Rollout:
+        """Sample `n` completions of each prompt.
+
+        Args:
+            prompt_ids (`list[list[int]]`): token ids of each prompt (no padding).
+            n (`int`): completions per prompt.
+            sampling ([`SamplingConfig`]): how to sample.
+            generator (`torch.Generator`, *optional*): random source of `torch.multinomial`, on the model's device;
+                a seeded generator makes the output reproducible. Defaults to the global generator.
+
+        Returns:
+            [`Rollout`]: `len(prompt_ids) * n` rows, prompt-major, with `prompt_ids`, `prompt_mask`, `completion_ids`
+            (right-padded to the longest completion), `completion_mask`, `is_truncated` and `sampling_logps`, all on
+            the model's device.
+        """
+        if not prompt_ids:
+            raise ValueError("`prompt_ids` is empty: there is nothing to generate from.")
+        if any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("Every prompt needs at least one token; got an empty prompt in `prompt_ids`.")
+        if n < 1:
+            raise ValueError(f"`n` (completions per prompt) must be >= 1; got {n}.")
+        model = self.model
+        _check_supported(model)
+        device = _input_device(model)
+        prompts, prompt_mask = _left_pad(prompt_ids, sampling.pad_token_id, device)  # (U, P)
+        num_rows, max_new = len(prompt_ids) * n, sampling.max_completion_length
+        out = _Outputs(
+            ids=torch.full((num_rows, max_new), sampling.pad_token_id, dtype=torch.long, device=device),
+            logps=torch.zeros(num_rows, max_new, dtype=torch.float32, device=device),
+            lengths=torch.zeros(num_rows, dtype=torch.long, device=device),
+            ended=torch.zeros(num_rows, dtype=torch.bool, device=device),
+        )
+        with torch.no_grad(), _eval_mode(model):
+            for rows in _row_chunks(len(prompt_ids), n, self.max_batch_size or num_rows):
+                _generate_rows(model, prompts, prompt_mask, rows, n, sampling, generator, out)
+        width = max(int(out.lengths.max()), 1)  # right-pad to the longest completion, not to max_completion_length
+        completion_mask = (torch.arange(width, device=device) < out.lengths[:, None]).long()
+        return Rollout(
+            prompt_ids=prompts.repeat_interleave(n, dim=0),
+            prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
+            completion_ids=out.ids[:, :width].contiguous(),
+            completion_mask=completion_mask,
+            is_truncated=~out.ended,
+            sampling_logps=out.logps[:, :width].contiguous(),
+        )
+
+
+class _Outputs:
+    """Per-row output buffers, filled chunk by chunk: `ids`/`logps` `(N, max_completion_length)`, `lengths` `(N,)`
+    tokens emitted up to and including EOS, `ended` `(N,)` True when an EOS came."""
+
+    def __init__(self, ids: torch.Tensor, logps: torch.Tensor, lengths: torch.Tensor, ended: torch.Tensor):
+        self.ids, self.logps, self.lengths, self.ended = ids, logps, lengths, ended
+
+
+def _generate_rows(model, prompts, prompt_mask, rows: range, n: int, sampling: SamplingConfig, generator, out) -> None:
+    """Decode the output rows `rows` (a contiguous range, prompt-major): prefill their distinct prompts once, repeat
+    the cache for the samples, then decode, dropping finished rows from the batch."""
+    device = prompts.device
+    row_prompt = torch.arange(rows.start, rows.stop, device=device) // n  # prompt of each row
+    unique, counts = torch.unique_consecutive(row_prompt, return_counts=True)
+    ids, mask = prompts[unique], prompt_mask[unique]
+    first = int(mask.any(0).long().argmax())  # drop the columns that are padding in every prompt of this chunk
+    ids, mask = ids[:, first:], mask[:, first:]
+    prompt_len, max_new = ids.shape[1], sampling.max_completion_length
+
+    step = _Forward(model)
+    logits = step.prefill(ids, mask)  # (U, V): one prefill per distinct prompt
+    expand = torch.repeat_interleave(torch.arange(len(unique), device=device), counts)  # (B,) prompt of each row
+    step.reindex(expand)
+    logits = logits[expand]
+    # The attention mask of the whole run, allocated once: prompt mask, then one column per generated token.
+    attention = torch.zeros(len(expand), prompt_len + max_new, dtype=mask.dtype, device=device)
+    attention[:, :prompt_len] = mask[expand]
+    positions = mask.sum(-1)[expand]  # (B,) position of the next token of each row
+    seen = _seen_tokens(ids[expand], mask[expand], logits.shape[-1], sampling)  # (B, V) or None
+    row_ids = torch.arange(rows.start, rows.stop, device=device)  # output row of each batch row
+    alive = torch.ones(len(row_ids), dtype=torch.bool, device=device)
+    eos = torch.tensor(sampling.eos_token_ids, dtype=torch.long, device=device)
+
+    for t in range(max_new):
+        tokens, logps = _sample(logits, sampling, seen, generator)
+        tokens = tokens.masked_fill(~alive, sampling.pad_token_id)
+        out.ids[row_ids, t] = tokens
+        out.logps[row_ids, t] = logps.masked_fill(~alive, 0.0)
+        out.lengths[row_ids] += alive.long()
+        finished = alive & torch.isin(tokens, eos)
+        out.ended[row_ids] |= finished
+        alive &= ~finished
+        if t == max_new - 1:
+            break
+        num_alive = int(alive.sum())  # one host sync per step, as in `generate`'s stopping check
+        if num_alive == 0:
+            break
+        if len(alive) - num_alive >= max(1, math.ceil(_COMPACT_FRACTION * len(alive))):
+            keep = alive.nonzero().squeeze(1)
+            step.reindex(keep)
+            row_ids, attention, positions, tokens = row_ids[keep], attention[keep], positions[keep], tokens[keep]
+            seen = seen[keep] if seen is not None else None
+            alive = alive[keep]
+        attention[:, prompt_len + t] = 1
+        if seen is not None:
+            seen[torch.arange(len(tokens), device=device), tokens] = True
+        logits = step.decode(tokens, attention[:, : prompt_len + t + 1], positions)
+        positions = positions + 1
+
+
+class _Forward:
+    """The model calls of one decode: the prefill, single-token decode steps, and re-indexing of the KV cache."""
+
+    def __init__(self, model):
+        from transformers import DynamicCache
+
+        self.model = model
+        base = _base_model(model)
+        params = inspect.signature(type(base).forward).parameters
+        # transformers 5 renamed `past_key_values` to `cache` (the old name is deprecated, then removed).
+        self.cache_arg = next((name for name in ("cache", "past_key_values") if name in params), None)
+        if self.cache_arg is None:
+            raise TypeError(
+                f"{type(base).__name__}.forward takes no `cache`/`past_key_values` argument; the transformers "
+                "backend needs a model that decodes with a KV cache."
+            )
+        self.keep_arg = "logits_to_keep" in params
+        self.cache = DynamicCache(config=base.config)
+
+    def _call(self, input_ids, attention_mask, position_ids, **kwargs) -> torch.Tensor:
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+            **{self.cache_arg: self.cache}, **kwargs,
+        )
+        returned = getattr(outputs, "cache", None)
+        returned = getattr(outputs, "past_key_values", None) if returned is None else returned
+        if returned is not None:
+            self.cache = returned
+        return outputs.logits[:, -1].float()  # (B, V)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # Left padding: positions count real tokens only (pad positions get 0; they are masked anyway).
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self._call(ids, mask, position_ids, **({"logits_to_keep": 1} if self.keep_arg else {}))
+        if self.cache.get_seq_length() == 0:
+            raise TypeError(
+                f"{type(_base_model(self.model)).__name__} did not fill the KV cache it was given; the transformers "
+                "backend cannot decode with it."
+            )
+        return logits
+
+    def decode(self, tokens: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return self._call(tokens[:, None], attention_mask, positions[:, None])
+
+    def reindex(self, index: torch.Tensor) -> None:
+        """Keep (and repeat) the batch rows `index` of the KV cache, in that order."""
+        _reindex_cache(self.cache, index)
+
+
+def _reindex_cache(cache, index: torch.Tensor) -> None:
+    """Select rows `index` of every layer of a transformers `Cache` along the batch dimension.
+
+    Only layer types whose whole per-row state is re-indexed by `reorder_cache` are accepted (dynamic key/value
+    layers, sliding-window, quantized and linear-attention layers); anything else raises instead of decoding with a
+    cache whose rows no longer match the batch.
+    """
+    from transformers.cache_utils import Cache, DummyLayer, DynamicLayer, LinearAttentionCacheLayerMixin, StaticLayer
+
+    if not isinstance(cache, Cache):
+        raise TypeError(f"The model returned a {type(cache).__name__} KV cache; the transformers backend can only "
+                        "re-index a `transformers.Cache` along the batch.")
+    for layer in cache.layers:
+        supported = isinstance(layer, (DynamicLayer, LinearAttentionCacheLayerMixin, DummyLayer))
+        if not supported or isinstance(layer, StaticLayer):
+            raise TypeError(
+                f"The KV cache layer {type(layer).__name__} cannot be re-indexed along the batch by the transformers "
+                "backend (needed to share a prompt's cache between its samples and to drop finished rows)."
+            )
+        layer.reorder_cache(index)
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.numel() and keys.shape[0] != len(index):
+            raise RuntimeError(
+                f"Re-indexing the KV cache layer {type(layer).__name__} left {keys.shape[0]} rows instead of "
+                f"{len(index)}."
+            )
+
+
+def _sample(
+    logits: torch.Tensor, sampling: SamplingConfig, seen: torch.Tensor | None, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the next token of each row and its log-prob under the distribution it was picked from.
+
+    Args:
+        logits (`torch.Tensor`): `(B, V)` float32 next-token logits.
+        seen (`torch.Tensor`, *optional*): `(B, V)` bool, tokens already in the prompt or completion (repetition
+            penalty only).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: `(B,)` tokens and `(B,)` float32 log-probs.
+    """
+    logits = process_logits(logits, sampling, seen)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, 1)
+    if sampling.do_sample:
+        probs = (logits - lse).exp()
+        tokens = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    else:
+        tokens = logits.argmax(-1, keepdim=True)
+    return tokens.squeeze(1), (logits.gather(1, tokens) - lse).squeeze(1)
+
+
+def process_logits(logits: torch.Tensor, sampling: SamplingConfig, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits whose softmax the backend samples from: repetition penalty, temperature, then (when sampling)
+    top-k, top-p and min-p filtering (removed tokens get `-inf`), in the order of transformers' `generate`.
+
+    Greedy decoding (`do_sample=False`) takes the argmax of the penalised logits divided by the temperature, without
+    filtering; its recorded log-probs come from that unfiltered distribution.
+
+    Args:
+        logits (`torch.Tensor`): `(B, V)` next-token logits.
+        sampling ([`SamplingConfig`]): the sampling parameters.
+        seen (`torch.Tensor`, *optional*): `(B, V)` bool, True for tokens already in the prompt or completion
+            (padding excluded). Required when `sampling.repetition_penalty != 1`.
+
+    Returns:
+        `torch.Tensor`: `(B, V)` processed logits.
+
+    Example:
+        ```python
+        >>> sampling = SamplingConfig(max_completion_length=8, eos_token_ids=(2,), pad_token_id=3, top_k=1)
+        >>> process_logits(torch.tensor([[1.0, 3.0, 2.0]]), sampling)
+        tensor([[-inf, 3., -inf]])
+        ```
+    """
+    if sampling.repetition_penalty != 1.0:
+        if seen is None:
+            raise ValueError("`seen` is required when `repetition_penalty != 1`.")
+        # CTRL (https://arxiv.org/abs/1909.05858): divide positive logits, multiply negative ones.
+        penalised = torch.where(logits > 0, logits / sampling.repetition_penalty, logits * sampling.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    logits = logits / sampling.temperature
+    if not sampling.do_sample:
+        return logits
+    vocab = logits.shape[-1]
+    if sampling.top_k and sampling.top_k < vocab:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        # Keep the smallest set of most likely tokens whose mass reaches top_p: drop a token when the mass of the
+        # tokens ranked above it already reaches top_p (the most likely token is always kept).
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        mass_above = probs.cumsum(-1) - probs
+        drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(1, order, mass_above >= sampling.top_p)
+        logits = logits.masked_fill(drop, float("-inf"))
+    if sampling.min_p is not None and sampling.min_p > 0:
+        # p(v) < min_p * p_max  <=>  logit(v) < logit_max + log(min_p): no softmax needed.
+        floor = logits.max(-1, keepdim=True).values + math.log(sampling.min_p)
+        logits = logits.masked_fill(logits < floor, float("-inf"))
+    return logits
+
+
+def _seen_tokens(ids: torch.Tensor, mask: torch.Tensor, vocab: int, sampling: SamplingConfig) -> torch.Tensor | None:
+    """`(B, V)` bool, True for the tokens of each prompt (padding excluded); None without a repetition penalty."""
+    if sampling.repetition_penalty == 1.0:
+        return None
+    seen = torch.zeros(ids.shape[0], vocab, dtype=torch.bool, device=ids.device)
+    rows, cols = mask.bool().nonzero(as_tuple=True)
+    seen[rows, ids[rows, cols]] = True
+    return seen
+
+
+def _row_chunks(num_prompts: int, n: int, max_batch_size: int) -> Iterator[range]:
+    """Contiguous ranges of output rows (prompt-major) decoded together, each at most `max_batch_size` rows. Whole
+    prompt groups are kept together when they fit, so that a prompt is prefilled once; otherwise a prompt's samples
+    are split in pieces of at most `max_batch_size` (that prompt is then prefilled once per piece)."""
+    if n <= max_batch_size:
+        size = (max_batch_size // n) * n
+        for start in range(0, num_prompts * n, size):
+            yield range(start, min(start + size, num_prompts * n))
+        return
+    for p in range(num_prompts):
+        for start in range(p * n, (p + 1) * n, max_batch_size):
+            yield range(start, min(start + max_batch_size, (p + 1) * n))
+
+
+def _left_pad(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros(len(prompt_ids), width, dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        ids[i, width - len(p):] = torch.as_tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module):
+    """Eval mode for the duration (dropout off; gradient checkpointing, which only acts in train mode, would also
+    disable the KV cache), then every module's own previous mode back."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(model, DistributedDataParallel):
+        model = model.module
+    return model
+
+
+def _base_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a PEFT wrapper (the model itself otherwise)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _check_supported(model: torch.nn.Module) -> None:
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
+        raise ValueError(
+            f"The transformers backend does not support PEFT prompt-learning adapters ({peft_config.peft_type}): "
+            "they prepend virtual tokens that its KV-cache handling does not account for. Use a LoRA-style adapter."
+        )
+
+
+def _input_device(model: torch.nn.Module) -> torch.device:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device
+
+
+__all__ = ["TransformersBackend", "process_logits"]

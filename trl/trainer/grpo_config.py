@@ -1,0 +1,107 @@
+"""Configuration of the GRPO trainer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .online_config import _OnlineConfig
+
+
+@dataclass
+class GRPOConfig(_OnlineConfig):
+    r"""
+    Configuration for [`GRPOTrainer`]. Every field is also a `trl grpo` command-line flag. The data, generation,
+    reward, reference and logging fields are described in [`_OnlineConfig`]; `per_device_train_batch_size` counts
+    completions.
+
+    Parameters:
+        > Algorithm
+
+        beta (`float`, *optional*, defaults to `0.0`): KL coefficient; 0 loads no reference model.
+        importance_sampling_level (`str`, *optional*, defaults to `"token"`): `"token"`, or `"sequence"` for GSPO
+            (https://huggingface.co/papers/2507.18071), where the ratio is the geometric mean over the sequence.
+        delta (`float`, *optional*): cap of the unclipped ratio (two-sided clipping, INTELLECT-2).
+        sapo_temperature_pos (`float`, *optional*, defaults to `1.0`), sapo_temperature_neg (`float`, *optional*,
+            defaults to `1.05`): SAPO gate temperatures for positive / negative advantages.
+        vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg (`float`, *optional*): VESPO weight shape.
+
+        > Rewards
+
+        scale_rewards (`str` or `bool`, *optional*, defaults to `"group"`): divide advantages by the reward std of the
+            group (`"group"`/True), of the batch (`"batch"`), or not (`"none"`/False; Dr. GRPO).
+        multi_objective_aggregation (`str`, *optional*, defaults to `"sum_then_normalize"`): or
+            `"normalize_then_sum"` (GDPO: each reward normalised in its group before the weighted sum).
+
+        > Loss
+
+        loss_type (`str`, *optional*, defaults to `"dapo"`): `grpo`, `dr_grpo`, `dapo`, `bnpo`, `cispo`, `sapo`,
+            `luspo` or `vespo`; see `trl.losses.policy` for formulas and normalisation.
+        mask_truncated_completions (`bool`, *optional*, defaults to `False`): leave completions that hit
+            `max_completion_length` out of the loss.
+        top_entropy_quantile (`float`, *optional*, defaults to `1.0`): train only the tokens whose entropy is in the
+            top ρ quantile of the micro-batch (0.2 recommended by https://huggingface.co/papers/2506.01939).
+        use_bias_correction_kl (`bool`, *optional*, defaults to `True`): multiply the per-token KL by the ratio.
+
+    Example:
+        ```python
+        >>> from trl import GRPOConfig
+        >>> config = GRPOConfig(output_dir="out", per_device_train_batch_size=8, num_generations=8)
+        >>> config.loss_type, config.generation_batch_size
+        ('dapo', 8)
+        ```
+    """
+
+    # Algorithm
+    beta: float = field(default=0.0, metadata={"help": "KL coefficient; 0 loads no reference model."})
+    importance_sampling_level: str = field(
+        default="token", metadata={"help": "'token' or 'sequence' (GSPO).", "choices": ["token", "sequence"]}
+    )
+    delta: float | None = field(default=None, metadata={"help": "Cap of the unclipped ratio (two-sided clipping)."})
+    sapo_temperature_neg: float = field(default=1.05, metadata={"help": "SAPO temperature for negative advantages."})
+    sapo_temperature_pos: float = field(default=1.0, metadata={"help": "SAPO temperature for positive advantages."})
+    vespo_k_pos: float = field(default=2.0, metadata={"help": "VESPO shape k for positive advantages."})
+    vespo_lambda_pos: float = field(default=3.0, metadata={"help": "VESPO rate lambda for positive advantages."})
+    vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO shape k for negative advantages."})
+    vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO rate lambda for negative advantages."})
+
+    # Rewards
+    scale_rewards: str | bool = field(
+        default="group", metadata={"help": "Advantage scaling: 'group', 'batch' or 'none' (True/False accepted)."}
+    )
+    multi_objective_aggregation: str = field(
+        default="sum_then_normalize",
+        metadata={"help": "How several rewards combine.", "choices": ["sum_then_normalize", "normalize_then_sum"]},
+    )
+
+    # Loss
+    loss_type: str = field(default="dapo", metadata={"help": "grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo, vespo."})
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Leave completions that hit max_completion_length out of the loss."}
+    )
+    top_entropy_quantile: float = field(
+        default=1.0, metadata={"help": "Train only the top-entropy tokens of this quantile (1.0: all tokens)."}
+    )
+    use_bias_correction_kl: bool = field(default=True, metadata={"help": "Multiply the per-token KL by the ratio."})
+
+    def __post_init__(self):
+        from ..losses.policy import validate_policy_loss_config
+
+        scale = {True: "group", False: "none", "true": "group", "false": "none", "True": "group", "False": "none"}
+        self.scale_rewards = scale.get(self.scale_rewards, self.scale_rewards)
+        if self.scale_rewards not in ("group", "batch", "none"):
+            raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none'; got {self.scale_rewards!r}.")
+        if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):
+            raise ValueError(
+                "`multi_objective_aggregation` must be 'sum_then_normalize' or 'normalize_then_sum'; got "
+                f"{self.multi_objective_aggregation!r}."
+            )
+        warning = validate_policy_loss_config(self.loss_type, self.importance_sampling_level)
+        if warning:
+            import warnings
+
+            warnings.warn(warning, stacklevel=2)
+        if not 0.0 < self.top_entropy_quantile <= 1.0:
+            raise ValueError(f"`top_entropy_quantile` must be in (0, 1]; got {self.top_entropy_quantile}.")
+        if self.delta is not None and self.delta <= 1.0:
+            raise ValueError(f"`delta` caps the ratio and must be > 1 (e.g. 4.0); got {self.delta}.")
+        super().__post_init__()

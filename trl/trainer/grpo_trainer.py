@@ -1,0 +1,118 @@
+"""Group Relative Policy Optimization (GRPO), https://huggingface.co/papers/2402.03300, and its variants (DAPO,
+Dr. GRPO, BNPO, GSPO, CISPO, SAPO, LUSPO, VESPO) through `loss_type` and `importance_sampling_level`.
+
+For each prompt `num_generations` completions are sampled; the advantage of each is its reward relative to its group
+(`trl.advantages.group_normalized_advantages`), and the policy is trained with a clipped importance-sampling loss
+(`trl.losses.policy`). Everything but the advantage and the loss lives in `_OnlineTrainer`.
+
+Deviations from the reference, on purpose: completions are trained on exactly the sampled token ids; the sampling
+log-probs of the generation backend serve as the old log-probs when sampling is plain (no second forward pass); the
+entropy bonus (`entropy_coef`) and the adaptive entropy controller are not available yet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..advantages import group_normalized_advantages
+from ..losses.policy import POLICY_REDUCTIONS, PolicyLossParams, policy_loss
+from ..losses.reduce import reduce_policy_loss
+from ..rollout import Rollout
+from .grpo_config import GRPOConfig
+from .online import _OnlineTrainer
+
+
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+    """`(B, T)` True on the completion tokens whose entropy is in the top `quantile` fraction of the batch's
+    completion tokens (https://huggingface.co/papers/2506.01939); `quantile=1.0` keeps every token.
+
+    Example:
+        ```python
+        >>> high_entropy_mask(torch.tensor([[0.1, 0.9, 0.5]]), torch.tensor([[1, 1, 1]]), 0.34)
+        tensor([[False,  True, False]])
+        ```
+    """
+    valid = entropy[mask.bool()]
+    if quantile >= 1.0 or valid.numel() == 0:
+        return mask.bool()
+    threshold = torch.quantile(valid.float(), 1.0 - quantile)
+    return (entropy >= threshold) & mask.bool()
+
+
+class GRPOTrainer(_OnlineTrainer):
+    """Trainer for GRPO and its variants.
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`): the policy (a hub id / local folder, or a model object).
+        reward_funcs (callable, `str`, `PreTrainedModel`, or a list of them): see API.md §2.3; each returns one
+            float (or None) per completion.
+        args ([`GRPOConfig`], *optional*): configuration; defaults to `GRPOConfig(output_dir="<model>-GRPO")`.
+        train_dataset (`datasets.Dataset`): prompts in a `prompt` column (text or messages); other columns reach the
+            reward functions as keyword arguments.
+        eval_dataset (`datasets.Dataset`, *optional*): prompts whose sampled completions are scored at evaluation.
+        processing_class (*optional*): the tokenizer (loaded from the model when None; left padding).
+        reward_processing_classes (*optional*): tokenizers of model-based rewards.
+        callbacks, optimizers: as in `transformers.Trainer`.
+        quantization_config (*optional*): merged into the model-init kwargs when `model` is a string.
+        peft_config (`peft.PeftConfig`, *optional*): train a LoRA adapter; with `beta > 0` the reference is the model
+            with its adapters disabled.
+
+    Example:
+        ```python
+        >>> from trl import GRPOConfig, GRPOTrainer
+        >>> from trl.rewards import think_format_reward
+        >>> trainer = GRPOTrainer(model="Qwen/Qwen2.5-0.5B-Instruct", reward_funcs=think_format_reward,
+        ...                       args=GRPOConfig(output_dir="out"), train_dataset=dataset)
+        >>> trainer.train()
+        ```
+    """
+
+    _config_class = GRPOConfig
+    _tag_names = ["trl", "grpo"]
+    _name = "GRPO"
+
+    def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
+                 processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
+                 quantization_config=None, peft_config=None, tools=None, rollout_func=None, environment_factory=None):
+        unsupported = {"tools": tools, "rollout_func": rollout_func, "environment_factory": environment_factory}
+        given = [name for name, value in unsupported.items() if value is not None]
+        if given:
+            raise ValueError(f"GRPOTrainer: {given} are not supported yet in this version (single-turn generation only).")
+        super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class,
+                         reward_processing_classes, callbacks, optimizers, quantization_config, peft_config)
+        a = self.args
+        self._loss_params = PolicyLossParams(
+            loss_type=a.loss_type, epsilon_low=a.epsilon, epsilon_high=a.epsilon_high, delta=a.delta, beta=a.beta,
+            importance_sampling_level=a.importance_sampling_level, use_bias_correction_kl=a.use_bias_correction_kl,
+            sapo_temperature_pos=a.sapo_temperature_pos, sapo_temperature_neg=a.sapo_temperature_neg,
+            vespo_k_pos=a.vespo_k_pos, vespo_lambda_pos=a.vespo_lambda_pos, vespo_k_neg=a.vespo_k_neg,
+            vespo_lambda_neg=a.vespo_lambda_neg,
+        )
+        self._reduction = POLICY_REDUCTIONS[a.loss_type]
+
+    def _advantages(self, rollout: Rollout, all_rewards: torch.Tensor) -> torch.Tensor:
+        return group_normalized_advantages(
+            all_rewards, self.reward_scorer.weights.to(all_rewards.device), self.args.num_generations,
+            scale_rewards=self.args.scale_rewards, aggregation=self.args.multi_objective_aggregation,
+        )
+
+    def _loss_mask(self, micro: Rollout) -> torch.Tensor:
+        if self.args.mask_truncated_completions:
+            return micro.completion_mask * (~micro.is_truncated).unsqueeze(-1).to(micro.completion_mask.dtype)
+        return micro.completion_mask
+
+    def _loss(self, micro: Rollout, logps, entropy, mask):
+        # on-policy micro-batches use the detached current log-probs: the ratio is exactly 1
+        old_logps = micro.old_logps if self._off_policy and micro.old_logps is not None else logps.detach()
+        entropy_mask = None
+        if self.args.top_entropy_quantile < 1.0:
+            entropy_mask = high_entropy_mask(entropy, mask, self.args.top_entropy_quantile)
+        token_losses, metrics = policy_loss(
+            logps, old_logps, micro.advantages, mask, self._loss_params, ref_logps=micro.ref_logps,
+            entropy_mask=entropy_mask,
+        )
+        loss = reduce_policy_loss(
+            token_losses, mask, self._reduction, micro.step_counts, self._dp_world_size(),
+            self.args.max_completion_length,
+        )
+        return loss, metrics

@@ -1,0 +1,600 @@
+"""`_OnlineTrainer`: the rollout loop shared by GRPO and RLOO (generate -> score -> advantages -> buffer -> loss).
+
+How a run is cut (see `_OnlineConfig` for the fields):
+- The sampler ([`RepeatSampler`]) yields each prompt `num_generations` times in a row, a whole generation batch at a
+  time, and repeats that generation batch `steps_per_generation × num_iterations` times, so that the Trainer's
+  step count (one dataloader batch per micro-step) is right.
+- `get_batch_samples` (called once per optimiser step for its accumulated micro-batches) turns the first copy of a
+  generation batch into a [`Rollout`] and splits it into `steps_per_generation` micro-batches kept in a buffer; the
+  next copies are served from the buffer. Counting the loss tokens of the step there, after generation, is what
+  lets the losses normalise by the whole step (`trl.losses.reduce`).
+- A [`Rollout`] is the only thing passed between the stages.
+
+Subclasses provide `_advantages(rollout)` and `_loss(micro, logps, entropy, mask)` (and their config class); this
+base holds everything else. Overridable methods: those two, and `_needs_reference_for_rewards` (RLOO's KL penalty).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from .. import guards
+from ..data.prompts import prepare_prompt_dataset
+from ..data.tokenize import end_of_turn_ids
+from ..generation.base import SamplingConfig
+from ..generation.transformers_backend import TransformersBackend
+from ..models import loading
+from ..rollout import Rollout, StepCounts
+from .base_trainer import _BaseTrainer, as_config, causal_lm
+from .fused_head import completion_logps
+from .reward_scoring import RewardScorer
+
+_STATE_FILE = "online_state_{rank}.pt"
+
+
+class RepeatSampler(Sampler[int]):
+    """Indices of prompts in whole generation batches: each prompt `num_generations` times in a row, each generation
+    batch of `prompts_per_batch` prompts repeated `repeat_count` times (once per micro-step that consumes it).
+
+    Example:
+        ```python
+        >>> list(RepeatSampler(4, num_generations=2, prompts_per_batch=2, repeat_count=2, shuffle=False))
+        [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
+        ```
+    """
+
+    def __init__(self, num_rows: int, num_generations: int, prompts_per_batch: int, repeat_count: int = 1,
+                 shuffle: bool = True, seed: int = 0):
+        self.num_rows, self.num_generations, self.prompts_per_batch = num_rows, num_generations, prompts_per_batch
+        self.repeat_count, self.shuffle, self.seed, self.epoch = repeat_count, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.num_rows, generator=generator).tolist()
+        else:
+            order = list(range(self.num_rows))
+        for start in range(0, len(order) - self.prompts_per_batch + 1, self.prompts_per_batch):
+            chunk = order[start : start + self.prompts_per_batch]
+            for _ in range(self.repeat_count):
+                for index in chunk:
+                    yield from [index] * self.num_generations
+
+    def __len__(self) -> int:
+        batches = self.num_rows // self.prompts_per_batch
+        return batches * self.prompts_per_batch * self.num_generations * self.repeat_count
+
+
+def _identity(rows: list[dict]) -> list[dict]:
+    return rows
+
+
+def _runs(prompt_ids: list[list[int]]) -> list[tuple[int, int]]:
+    """`(start, length)` of the runs of identical consecutive prompts (the samples of one prompt)."""
+    runs = []
+    for i, ids in enumerate(prompt_ids):
+        if runs and prompt_ids[runs[-1][0]] == ids:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
+class _OnlineTrainer(_BaseTrainer):
+    """Base of [`GRPOTrainer`] and [`RLOOTrainer`]; see the module docstring."""
+
+    _config_class = None  # set by subclasses
+
+    def __init__(self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
+                 reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
+                 peft_config=None):
+        args = as_config(args, self._config_class, self._default_output_dir(model, self._name))
+        if train_dataset is None:
+            raise ValueError(f"{type(self).__name__} needs a `train_dataset` of prompts (a 'prompt' column).")
+        model_id = model if isinstance(model, str) else None
+        model = self._load_model(model, args, quantization_config)
+        processing_class = self._load_processing_class(processing_class, model, model_id, args)
+        tokenizer = getattr(processing_class, "tokenizer", None)
+        if tokenizer is not None and tokenizer is not processing_class:
+            raise ValueError(
+                f"{type(self).__name__} got a multimodal processor ({type(processing_class).__name__}); vision-language "
+                "models are not supported by the online trainers yet. Pass a text model and its tokenizer."
+            )
+        loading.prepare_tokenizer(processing_class, model)
+        processing_class.padding_side = "left"
+        model = self._setup_policy_and_reference(
+            model, None, model_id, args, quantization_config, peft_config, need_reference=self._uses_reference(args)
+        )
+        train_dataset, self._conversational = prepare_prompt_dataset(
+            train_dataset, processing_class, type(self).__name__, "train", args.chat_template_kwargs
+        )
+        self._check_prompts_fit(causal_lm(model), train_dataset, args)
+        self._check_enough_prompts(train_dataset, args)
+        if eval_dataset is not None:
+            eval_dataset, _ = prepare_prompt_dataset(
+                eval_dataset, processing_class, type(self).__name__, "eval", args.chat_template_kwargs
+            )
+        self.reward_scorer = RewardScorer(
+            reward_funcs, args.reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
+            trust_remote_code=args.trust_remote_code, trainer_name=type(self).__name__,
+        )
+        super().__init__(
+            model=model, args=args, data_collator=_identity, train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
+        )
+        self._init_metrics()
+        self._finish_reference_setup(score=None, columns=())
+        self.reward_scorer.to(self.accelerator.device)
+        self.backend = TransformersBackend(self.model)
+        generation_eos = getattr(causal_lm(model).generation_config, "eos_token_id", None)
+        generation_eos = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
+        self.sampling = SamplingConfig(
+            eos_token_ids=tuple(sorted(end_of_turn_ids(processing_class) | set(generation_eos))),
+            pad_token_id=processing_class.pad_token_id, **args.sampling_overrides(),
+        ).with_overrides(args.generation_kwargs)
+        self._generator = torch.Generator(device=self.accelerator.device)
+        self._generator.manual_seed(args.seed + self.accelerator.process_index)
+        cycle = args.steps_per_generation * args.num_iterations
+        # The policy that generated a micro-batch has moved when an optimiser step falls between generation and use.
+        self._off_policy = cycle > args.gradient_accumulation_steps or args.gradient_accumulation_steps % cycle != 0
+        self._buffer: list[Rollout] = []
+        self._buffer_position = 0  # micro-batches served since the start of training
+        self._guard_counts = {"truncated": 0, "zero_std": 0}
+        self._completions_table: dict | None = None  # the last generation batch, for `log_completions`
+        self._step_started = None
+        self.model_accepts_loss_kwargs = False
+
+    # ---- construction helpers -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _uses_reference(args) -> bool:
+        return args.beta != 0.0
+
+    @staticmethod
+    def _check_prompts_fit(model, dataset, args) -> None:
+        """Every prompt plus `max_completion_length` must fit the model's context."""
+        context = getattr(model.config, "max_position_embeddings", None)
+        if context is None:
+            return
+        limit = context - args.max_completion_length
+        lengths = [len(ids) for ids in dataset["prompt_ids"]]
+        too_long = [i for i, n in enumerate(lengths) if n > limit]
+        if too_long:
+            raise ValueError(
+                f"{len(too_long)} of {len(lengths)} prompts (e.g. rows {too_long[:5]}, longest {max(lengths)} tokens) "
+                f"leave no room for max_completion_length={args.max_completion_length} in the model's context of "
+                f"{context} tokens. Lower max_completion_length, or filter/shorten prompts to at most {limit} tokens."
+            )
+
+    @staticmethod
+    def _check_enough_prompts(dataset, args) -> None:
+        prompts_per_batch = args.generation_batch_size // args.num_generations
+        if len(dataset) < prompts_per_batch:
+            raise ValueError(
+                f"The train dataset has {len(dataset)} prompts but one generation batch needs {prompts_per_batch} "
+                f"(generation_batch_size {args.generation_batch_size} / num_generations {args.num_generations}). "
+                "Add prompts or lower per_device_train_batch_size / steps_per_generation."
+            )
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None) -> Sampler:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return RepeatSampler(
+            len(dataset), self.args.num_generations, self.args.generation_batch_size // self.args.num_generations,
+            repeat_count=self.args.steps_per_generation * self.args.num_iterations,
+            shuffle=self.args.shuffle_dataset, seed=self.args.seed,
+        )
+
+    def get_train_dataloader(self):
+        # one dataloader batch = this process's share of a generation batch (it is consumed as one micro-step)
+        return self._get_dataloader(
+            dataset=self.train_dataset, description="Training",
+            batch_size=self.args.per_device_train_batch_size * self.args.steps_per_generation,
+            sampler_fn=self._get_train_sampler, is_training=True,
+        )
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Serve the micro-batches of one optimiser step from the rollout buffer, generating when it is used up, and
+        attach the step's loss-token and sequence counts to each (the normalisers of `trl.losses.reduce`)."""
+        batches = []
+        for _ in range(num_batches):
+            try:
+                rows = next(epoch_iterator)
+            except StopIteration:
+                break
+            batches.append(self._next_micro_batch(rows))
+        if batches:
+            tokens = sum(self._loss_mask(b).sum() for b in batches)
+            sequences = torch.tensor(sum(len(b) for b in batches), device=tokens.device)
+            counts = torch.stack([tokens.to(torch.float64), sequences.to(torch.float64)])
+            if self._dp_world_size() > 1:
+                counts = self.accelerator.reduce(counts, reduction="sum")
+            step_counts = StepCounts(tokens=counts[0], sequences=counts[1], micro_batches=len(batches))
+            for batch in batches:
+                batch.step_counts = step_counts
+            self._check_step_has_loss_tokens(step_counts)
+        return batches, None
+
+    def _next_micro_batch(self, rows: list[dict]) -> Rollout:
+        spg = self.args.steps_per_generation
+        if self._buffer_position % (spg * self.args.num_iterations) == 0:
+            rollout = self._make_rollout(rows)
+            order = torch.randperm(len(rollout), generator=torch.Generator().manual_seed(self._shuffle_seed()))
+            rollout = rollout.select(order)
+            size = self.args.per_device_train_batch_size
+            self._buffer = [rollout.select(slice(i * size, (i + 1) * size)) for i in range(spg)]
+        micro = self._buffer[self._buffer_position % spg]
+        self._buffer_position += 1
+        return micro
+
+    def _shuffle_seed(self) -> int:
+        return self.args.seed * 1_000_003 + self._buffer_position
+
+    # ---- the rollout: generate -> (old / reference log-probs) -> score -> advantages ------------------------------
+
+    def _make_rollout(self, rows: list[dict]) -> Rollout:
+        self._step_started = time.perf_counter()
+        started = time.perf_counter()
+        rollout = self._generate([row["prompt_ids"] for row in rows])
+        generated = time.perf_counter()
+        rollout.prompts = [row["prompt"] for row in rows]
+        rollout.columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
+        rollout.completions = self._decode(rollout)
+        rollout.old_logps = self._old_logps(rollout)
+        if self._uses_reference(self.args):
+            rollout.ref_logps = self._score_logps(rollout, reference=True)
+        scored_logps = time.perf_counter()
+        scores = self.reward_scorer.score(
+            rollout.prompts, rollout.completions, self._completion_id_lists(rollout), rollout.columns,
+            trainer_state=self.state,
+        )
+        rollout.rewards = scores.rewards.to(self.accelerator.device)
+        all_rewards = self.accelerator.gather(rollout.rewards)  # (N_all, R): groups may straddle processes
+        advantages = self._advantages(rollout, all_rewards)
+        rank, local = self.accelerator.process_index, len(rollout)
+        rollout.advantages = advantages[rank * local : (rank + 1) * local]
+        scored = time.perf_counter()
+        self._record_rollout_metrics(rollout, all_rewards, scores)
+        timing = {"generate": generated - started, "logps": scored_logps - generated, "score": scored - scored_logps}
+        for key, seconds in timing.items():
+            self._metrics.add("train", f"timing/{key}", seconds)
+        self._remember_completions(rollout, scores, advantages)
+        self._check_rollout_guards(rollout, all_rewards)
+        return rollout
+
+    def _generate(self, prompt_ids: list[list[int]]) -> Rollout:
+        """Generate one completion per row, prefilling each run of identical prompts once."""
+        runs = _runs(prompt_ids)
+        by_count: dict[int, list[int]] = {}
+        for start, length in runs:
+            by_count.setdefault(length, []).append(start)
+        self.backend.sync_weights(self.model)
+        parts, order = [], []
+        for n, starts in sorted(by_count.items()):
+            parts.append(self.backend.generate([prompt_ids[s] for s in starts], n, self.sampling, self._generator))
+            order.extend(s + k for s in starts for k in range(n))
+        rollout = Rollout.cat(parts, pad_token_id=self.sampling.pad_token_id)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return rollout.select(inverse)  # back to the rows' order
+
+    def _decode(self, rollout: Rollout) -> list:
+        texts = self.processing_class.batch_decode(self._completion_id_lists(rollout), skip_special_tokens=True)
+        if self._conversational:
+            return [[{"role": "assistant", "content": text}] for text in texts]
+        return texts
+
+    @staticmethod
+    def _completion_id_lists(rollout: Rollout) -> list[list[int]]:
+        lengths = rollout.completion_lengths.tolist()
+        return [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths)]
+
+    def _old_logps(self, rollout: Rollout) -> torch.Tensor | None:
+        """Log-probs of the generating policy, only when a micro-batch is used after the policy moved (or RLOO needs
+        them for its KL penalty). Plain sampling in fp32 returns exactly these log-probs from generation, so no extra
+        forward pass is run; otherwise (filtered sampling, mixed precision) they are recomputed."""
+        if not (self._off_policy or self._needs_old_logps_for_rewards()):
+            return None
+        fp32 = not (self.args.bf16 or self.args.fp16) and next(self.model.parameters()).dtype == torch.float32
+        if self.sampling.plain and fp32 and rollout.sampling_logps is not None:
+            return rollout.sampling_logps
+        return self._score_logps(rollout, reference=False)
+
+    def _needs_old_logps_for_rewards(self) -> bool:
+        return False
+
+    def _score_logps(self, rollout: Rollout, reference: bool) -> torch.Tensor:
+        """`(N, C)` completion log-probs under the policy or the reference, without gradients, in micro-batches."""
+        size = self.args.per_device_train_batch_size
+        values = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(rollout), size):
+                part = rollout.select(slice(start, start + size))
+                with torch.no_grad(), self.compute_loss_context_manager():
+                    if reference:
+                        with self._reference() as ref:
+                            values.append(self._forward_logps(ref, part)[0])
+                    else:
+                        values.append(self._forward_logps(self.model, part)[0])
+        finally:
+            self.model.train(was_training)
+        return torch.cat(values).float()
+
+    def _forward_logps(self, model, micro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(B, C)` log-probs and entropies of the completion tokens, from one fused-head forward (no logits)."""
+        prompt_width = micro.prompt_ids.shape[1]
+        input_ids = torch.cat([micro.prompt_ids, micro.completion_ids], dim=1)
+        attention_mask = torch.cat([micro.prompt_mask, micro.completion_mask], dim=1)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        loss_positions = torch.cat([torch.zeros_like(micro.prompt_mask), micro.completion_mask], dim=1)
+        scored = completion_logps(
+            model, input_ids, attention_mask, loss_positions, position_ids=position_ids,
+            temperature=self.sampling.temperature,
+        )
+        entropy = torch.zeros(scored.mask.shape, dtype=scored.outputs.entropy.dtype, device=scored.mask.device)
+        entropy = entropy.masked_scatter(scored.mask, scored.outputs.entropy)
+        return scored.token_logps[:, prompt_width - 1 :], entropy[:, prompt_width - 1 :]
+
+    # ---- metrics, guards, completions table ---------------------------------------------------------------------
+
+    def _record_rollout_metrics(self, rollout: Rollout, all_rewards: torch.Tensor, scores) -> None:
+        from ..advantages import group_reward_stats
+
+        add = self._metrics.add
+        lengths = self.accelerator.gather(rollout.completion_lengths.float())
+        truncated = self.accelerator.gather(rollout.is_truncated.float())
+        terminated = lengths[truncated == 0]
+        add("train", "completions/mean_length", lengths.sum(), lengths.numel())
+        add("train", "completions/clipped_ratio", truncated.sum(), truncated.numel())
+        self._metrics.add_extreme("train", "completions/min_length", lengths.min(), "min")
+        self._metrics.add_extreme("train", "completions/max_length", lengths.max(), "max")
+        if terminated.numel():
+            add("train", "completions/mean_terminated_length", terminated.sum(), terminated.numel())
+            self._metrics.add_extreme("train", "completions/min_terminated_length", terminated.min(), "min")
+            self._metrics.add_extreme("train", "completions/max_terminated_length", terminated.max(), "max")
+        for i, name in enumerate(self.reward_scorer.names):
+            column = all_rewards[:, i]
+            valid = column[~torch.isnan(column)]
+            if valid.numel():
+                add("train", f"rewards/{name}/mean", valid.sum(), valid.numel())
+                add("train", f"rewards/{name}/std", valid.std() if valid.numel() > 1 else valid.new_zeros(()))
+        total = self._total_rewards(all_rewards)
+        group_std, zero_std = group_reward_stats(total, self.args.num_generations)
+        add("train", "reward", total.sum(), total.numel())
+        add("train", "reward_std", group_std.mean())
+        add("train", "frac_reward_zero_std", zero_std.float().mean())
+        for name, values in scores.metrics.items():
+            for value in values:
+                add("train", name, float(value))
+        self._num_tokens["train"] += int(rollout.prompt_mask.sum() + rollout.completion_mask.sum())
+
+    def _total_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
+        """`(N,)` weighted sum of the reward functions, NaN (None) excluded."""
+        return torch.nansum(rewards * self.reward_scorer.weights.to(rewards.device), dim=1)
+
+    def _check_rollout_guards(self, rollout: Rollout, all_rewards: torch.Tensor) -> None:
+        from ..advantages import group_reward_stats
+
+        patience, enforce = self.args.guard_patience, self.args.guards
+        all_truncated = bool(self.accelerator.gather(rollout.is_truncated.float()).min() == 1)
+        self._guard_counts["truncated"] = self._guard_counts["truncated"] + 1 if all_truncated else 0
+        _, zero_std = group_reward_stats(self._total_rewards(all_rewards), self.args.num_generations)
+        self._guard_counts["zero_std"] = self._guard_counts["zero_std"] + 1 if bool(zero_std.all()) else 0
+        if self._guard_counts["truncated"] == patience:
+            guards.report(
+                f"Every completion of the last {patience} generation batches hit max_completion_length="
+                f"{self.args.max_completion_length} without an end-of-sequence token: the rewards judge unfinished "
+                "answers and the model is never shown how to stop.",
+                "Raise max_completion_length, start from a model that ends its answers (e.g. after SFT), or check that "
+                f"the eos ids {list(self.sampling.eos_token_ids)} are the ones the model emits. guards=False only warns.",
+                enforce,
+            )
+        if self._guard_counts["zero_std"] == patience:
+            guards.report(
+                f"In each of the last {patience} generation batches every group of {self.args.num_generations} "
+                "completions got the same reward, so every advantage is 0 and nothing is learned.",
+                "Use a reward with partial credit, easier prompts, more num_generations or a higher temperature. "
+                "guards=False only warns.",
+                enforce,
+            )
+
+    def _check_step_has_loss_tokens(self, counts: StepCounts) -> None:
+        if self.accelerator.device.type == "cpu" and int(counts.tokens) == 0:
+            guards.report(
+                "No completion token of this optimiser step enters the loss"
+                + (" (every completion was truncated and mask_truncated_completions=True)."
+                   if getattr(self.args, "mask_truncated_completions", False) else "."),
+                "Raise max_completion_length or turn mask_truncated_completions off.",
+                True,
+            )
+
+    def _remember_completions(self, rollout: Rollout, scores, advantages: torch.Tensor) -> None:
+        if not self.args.log_completions:
+            return
+        from accelerate.utils import gather_object
+
+        def text(value):
+            return value if isinstance(value, str) else (value[-1]["content"] if value else "")
+
+        table = {
+            "step": [self.state.global_step] * len(advantages),
+            "prompt": gather_object([text(p) for p in rollout.prompts]),
+            "completion": gather_object([text(c) for c in rollout.completions]),
+        }
+        all_rewards = self.accelerator.gather(rollout.rewards).cpu()
+        for i, name in enumerate(self.reward_scorer.names):
+            table[name] = all_rewards[:, i].tolist()
+        for column, values in scores.extra_columns.items():
+            table[column] = gather_object([str(v) for v in values])
+        table["advantage"] = advantages.cpu().tolist()
+        self._completions_table = table
+
+    def _log_completions(self) -> None:
+        table, self._completions_table = self._completions_table, None
+        if table is None or not self.accelerator.is_main_process:
+            return
+        import pandas as pd
+
+        frame = pd.DataFrame(table)
+        folder = os.path.join(self.args.output_dir, "completions")
+        os.makedirs(folder, exist_ok=True)
+        frame.to_parquet(os.path.join(folder, f"completions_{self.state.global_step:05d}.parquet"))
+        shown = frame.drop_duplicates("prompt") if self.args.log_unique_prompts else frame
+        if self.args.num_completions_to_print is not None:
+            shown = shown.head(self.args.num_completions_to_print)
+        _print_table(shown, self.state.global_step)
+
+    # ---- loss ---------------------------------------------------------------------------------------------------
+
+    def _loss_mask(self, micro: Rollout) -> torch.Tensor:
+        """`(B, C)` completion tokens that enter the loss."""
+        return micro.completion_mask
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError(f"{type(self).__name__} does not return model outputs from compute_loss.")
+        micro = inputs.to(self.accelerator.device) if isinstance(inputs, Rollout) else inputs
+        logps, entropy = self._forward_logps(model, micro)
+        mask = self._loss_mask(micro)
+        loss, metrics = self._loss(micro, logps, entropy, mask)
+        tokens = mask.sum()
+        mode = "train" if self.model.training else "eval"
+        self._metrics.add(mode, "entropy", (entropy * mask).sum(), tokens)
+        for key, value in metrics.items():
+            weight = tokens if key not in ("vespo/phi_seq_mean",) else len(micro)
+            self._metrics.add(mode, key, value * weight, weight)
+            if key == "clip_ratio/low":
+                self._metrics.add_extreme(mode, "clip_ratio/low_min", value, "min")
+            elif key == "clip_ratio/high":
+                self._metrics.add_extreme(mode, "clip_ratio/high_max", value, "max")
+        return loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self._step_started is not None and self.accelerator.gradient_state.sync_gradients:
+            self._metrics.add("train", "step_time", time.perf_counter() - self._step_started)
+            self._step_started = time.perf_counter()
+        return loss
+
+    def _record_tokens(self, mode: str, inputs) -> None:  # counted per generation batch instead
+        return None
+
+    def floating_point_ops(self, inputs) -> int:
+        if isinstance(inputs, Rollout):
+            tokens = int(inputs.prompt_mask.sum() + inputs.completion_mask.sum())
+            return 6 * tokens * sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return 0
+
+    def _track_num_input_tokens(self, inputs) -> None:
+        return None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # clip metrics under their documented names
+        super().log(logs, start_time)
+        if self.args.log_completions and "loss" in logs:
+            self._log_completions()
+
+    # ---- evaluation: sample completions of the eval prompts and report their rewards ----------------------------
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        n = self.args.num_generations
+        rows = [row for row in inputs for _ in range(n)]
+        rollout = self._generate([row["prompt_ids"] for row in rows])
+        rollout.prompts = [row["prompt"] for row in rows]
+        rollout.columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
+        rollout.completions = self._decode(rollout)
+        scores = self.reward_scorer.score(
+            rollout.prompts, rollout.completions, self._completion_id_lists(rollout), rollout.columns,
+            trainer_state=self.state,
+        )
+        rewards = scores.rewards.to(self.accelerator.device)
+        total = self._total_rewards(rewards)
+        self._metrics.add("eval", "reward", total.sum(), total.numel())
+        for i, name in enumerate(self.reward_scorer.names):
+            valid = rewards[:, i][~torch.isnan(rewards[:, i])]
+            if valid.numel():
+                self._metrics.add("eval", f"rewards/{name}/mean", valid.sum(), valid.numel())
+        lengths = rollout.completion_lengths.float()
+        self._metrics.add("eval", "completions/mean_length", lengths.sum(), lengths.numel())
+        self._metrics.add("eval", "completions/clipped_ratio", rollout.is_truncated.float().sum(), len(rollout))
+        return None, None, None
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        from torch.utils.data import SequentialSampler
+
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(dataset, str):
+            dataset = self.eval_dataset[dataset]
+        return self._get_dataloader(
+            dataset=dataset, description="Evaluation", batch_size=self.args.per_device_eval_batch_size,
+            sampler_fn=lambda d: SequentialSampler(d), is_training=False,
+        )
+
+    # ---- checkpoint and resume (DESIGN principle 7) -------------------------------------------------------------
+
+    def _online_state(self) -> dict:
+        return {
+            "buffer": [b.to("cpu") for b in self._buffer],
+            "buffer_position": self._buffer_position,
+            "generator": self._generator.get_state(),
+            "guard_counts": dict(self._guard_counts),
+        }
+
+    def _load_online_state(self, state: dict) -> None:
+        self._buffer = [b.to(self.accelerator.device) for b in state["buffer"]]
+        self._buffer_position = state["buffer_position"]
+        self._generator.set_state(state["generator"])
+        self._guard_counts = dict(state["guard_counts"])
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        path = os.path.join(output_dir, _STATE_FILE.format(rank=self.accelerator.process_index))
+        torch.save(self._online_state(), path)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index))
+        if os.path.exists(path):
+            self._load_online_state(torch.load(path, weights_only=False))
+        else:
+            warnings.warn(
+                f"{path} is missing: the rollout buffer and sampling generator start afresh, so the resumed run will "
+                "not repeat the uninterrupted one exactly.",
+                stacklevel=2,
+            )
+
+
+def _print_table(frame, step: int) -> None:
+    """Print sampled completions with their rewards (rich when installed, plain text otherwise)."""
+    def cut(value, width=120):
+        value = str(value).replace("\n", "\\n")
+        return value if len(value) <= width else value[: width - 1] + "…"
+
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        print(f"--- completions at step {step} ---")
+        print(frame.drop(columns=["step"]).to_string(index=False, max_colwidth=80))
+        return
+    table = Table(title=f"Completions at step {step}", show_lines=False)
+    columns = [c for c in frame.columns if c != "step"]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for _, row in frame.iterrows():
+        table.add_row(*[cut(f"{row[c]:.3f}" if isinstance(row[c], float) and not math.isnan(row[c]) else row[c])
+                        for c in columns])
+    Console().print(table)

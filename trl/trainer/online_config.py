@@ -1,0 +1,220 @@
+"""Fields shared by the online trainers' configs (GRPO, RLOO): data, generation, rewards, reference, logging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base_config import _BaseConfig, resolve_pad_to_multiple_of
+
+
+@dataclass
+class _OnlineConfig(_BaseConfig):
+    r"""
+    Shared by [`GRPOConfig`] and [`RLOOConfig`]. `per_device_train_batch_size` counts **completions**, not prompts.
+
+    Batch plan: a *generation batch* of `generation_batch_size` completions (all processes together; by default
+    `per_device_train_batch_size × num_processes × steps_per_generation`) is sampled at once from
+    `generation_batch_size / num_generations` prompts, scored, and split into `steps_per_generation` micro-batches;
+    the whole buffer is reused `num_iterations` times. It must hold whole groups of `num_generations`.
+
+    Parameters:
+        > Model
+
+        disable_dropout (`bool`, *optional*, defaults to `False`): disable dropout in the policy (and reference).
+
+        > Data
+
+        remove_unused_columns (`bool`, *optional*, defaults to `False`):
+            Keep every dataset column: the columns other than `prompt` reach the reward functions as keyword arguments.
+        num_generations (`int`, *optional*): completions sampled per prompt (`G`, at least 2).
+        max_completion_length (`int`, *optional*, defaults to `512`): most tokens generated per completion.
+        shuffle_dataset (`bool`, *optional*, defaults to `True`): shuffle the prompts.
+        chat_template_kwargs (`dict`, *optional*): extra arguments of the chat template for conversational prompts.
+
+        > Generation
+
+        generation_batch_size (`int`, *optional*): completions per generation batch over all processes (mutually
+            exclusive with `steps_per_generation`).
+        steps_per_generation (`int`, *optional*): micro-batches per generation batch (defaults to
+            `gradient_accumulation_steps`).
+        temperature (`float`, *optional*, defaults to `1.0`), top_p (`float`, *optional*, defaults to `1.0`),
+        top_k (`int`, *optional*, defaults to `0`), min_p (`float`, *optional*),
+        repetition_penalty (`float`, *optional*, defaults to `1.0`): sampling parameters.
+        generation_kwargs (`dict`, *optional*): overrides of the sampling parameters (`temperature`, `top_p`, `top_k`,
+            `min_p`, `repetition_penalty`, `do_sample`, `max_new_tokens`); other keys are an error.
+        use_vllm (`bool`, *optional*, defaults to `False`): generate with vLLM (not available yet in this version).
+
+        > Algorithm
+
+        beta (`float`): KL coefficient; 0 loads no reference model.
+        num_iterations (`int`, *optional*, defaults to `1`): passes over each generation batch (μ).
+        epsilon (`float`, *optional*, defaults to `0.2`): lower clipping bound ε of the ratio.
+        epsilon_high (`float`, *optional*): upper clipping bound (defaults to `epsilon`).
+
+        > Rewards
+
+        reward_weights (`list[float]`, *optional*): one weight per reward function (defaults to all 1.0).
+
+        > Reference model
+
+        sync_ref_model (`bool`, *optional*, defaults to `False`): TR-DPO reference syncing (needs `beta > 0`).
+        ref_model_mixup_alpha (`float`, *optional*, defaults to `0.6`), ref_model_sync_steps (`int`, *optional*,
+            defaults to `512`).
+
+        > Logging
+
+        log_completions (`bool`, *optional*, defaults to `False`): print a table of sampled prompts, completions,
+            rewards and advantages at every logging step, and write them to
+            `output_dir/completions/completions_<step>.parquet`.
+        num_completions_to_print (`int`, *optional*): rows of that table (all when None).
+        log_unique_prompts (`bool`, *optional*, defaults to `False`): one row per prompt in the printed table.
+
+        > Guards
+
+        guards (`bool`, *optional*, defaults to `True`): stop runs that would learn nothing (False: only warn).
+        guard_patience (`int`, *optional*, defaults to `10`): generation batches in a row with every completion
+            truncated, or with zero reward variance in every group, before the guard stops the run.
+    """
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
+
+    # Model
+    disable_dropout: bool = field(default=False, metadata={"help": "Disable dropout in the policy and reference."})
+
+    # Data
+    remove_unused_columns: bool | None = field(
+        default=False, metadata={"help": "Keep the dataset columns: they reach the reward functions as kwargs."}
+    )
+    num_generations: int | None = field(default=8, metadata={"help": "Completions sampled per prompt (>= 2)."})
+    max_completion_length: int | None = field(default=512, metadata={"help": "Most tokens generated per completion."})
+    shuffle_dataset: bool | None = field(default=True, metadata={"help": "Shuffle the prompts."})
+    pad_to_multiple_of: int | str | None = field(default="auto", metadata={"help": "'auto': no extra padding."})
+    chat_template_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Extra chat-template arguments for conversational prompts (dict or JSON)."}
+    )
+
+    # Generation
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "Completions per generation batch over all processes."}
+    )
+    steps_per_generation: int | None = field(
+        default=None, metadata={"help": "Micro-batches per generation batch (default: gradient_accumulation_steps)."}
+    )
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling threshold (1.0: off)."})
+    top_k: int | None = field(default=0, metadata={"help": "Keep the k most likely tokens (0: off)."})
+    min_p: float | None = field(default=None, metadata={"help": "Minimum probability relative to the top token."})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "Repetition penalty (1.0: off)."})
+    generation_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "Overrides of the sampling parameters (dict or JSON)."}
+    )
+    use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (not available yet)."})
+
+    # Algorithm
+    num_iterations: int = field(default=1, metadata={"help": "Passes over each generation batch (mu)."})
+    epsilon: float = field(default=0.2, metadata={"help": "Lower clipping bound of the importance ratio."})
+    epsilon_high: float | None = field(default=None, metadata={"help": "Upper clipping bound (default: epsilon)."})
+
+    # Rewards
+    reward_weights: list[float] | None = field(
+        default=None, metadata={"help": "One weight per reward function (default: all 1.0)."}
+    )
+
+    # Reference model
+    sync_ref_model: bool = field(default=False, metadata={"help": "TR-DPO: periodically mix the policy into the ref."})
+    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "alpha of ref <- alpha*policy + (1-alpha)*ref."})
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "Steps between reference syncs."})
+
+    # Logging
+    log_completions: bool = field(default=False, metadata={"help": "Print and save sampled completions."})
+    num_completions_to_print: int | None = field(default=None, metadata={"help": "Rows of the completions table."})
+    log_unique_prompts: bool = field(default=False, metadata={"help": "One row per prompt in the printed table."})
+
+    # Guards
+    guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (False: only warn)."})
+    guard_patience: int = field(
+        default=10,
+        metadata={"help": "Generation batches in a row with every completion truncated or zero reward variance in "
+                          "every group before the guard stops the run."},
+    )
+
+    def __post_init__(self):
+        import json
+
+        for name in ("generation_kwargs", "chat_template_kwargs"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, json.loads(value))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"`{name}` must be a dict or a JSON object string; got {value!r} ({error}).") from None
+        if self.use_vllm:
+            raise ValueError(
+                "`use_vllm=True`: the vLLM backend is not available in this version; generation runs on the built-in "
+                "transformers backend. Remove `use_vllm`."
+            )
+        if self.auto_find_batch_size:
+            raise ValueError("`auto_find_batch_size` is not supported by online trainers: the generation batch plan "
+                             "depends on the batch size. Set `per_device_train_batch_size` explicitly.")
+        if self.num_generations is None or self.num_generations < 2:
+            raise ValueError(
+                f"`num_generations` must be at least 2 (advantages compare completions of the same prompt); got "
+                f"{self.num_generations}."
+            )
+        if self.max_completion_length is None or self.max_completion_length < 1:
+            raise ValueError(f"`max_completion_length` must be a positive integer; got {self.max_completion_length}.")
+        if self.num_iterations < 1:
+            raise ValueError(f"`num_iterations` must be >= 1; got {self.num_iterations}.")
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon
+        if self.epsilon < 0 or self.epsilon_high < 0:
+            raise ValueError(f"`epsilon` and `epsilon_high` must be >= 0; got {self.epsilon}, {self.epsilon_high}.")
+        if self.beta < 0:
+            raise ValueError(f"`beta` must be >= 0; got {self.beta}.")
+        if self.sync_ref_model and self.beta == 0:
+            raise ValueError("`sync_ref_model=True` needs a reference model, which is only used when `beta > 0`.")
+        if not 0.0 <= self.ref_model_mixup_alpha <= 1.0:
+            raise ValueError(f"`ref_model_mixup_alpha` must be in [0, 1]; got {self.ref_model_mixup_alpha}.")
+        if self.ref_model_sync_steps <= 0:
+            raise ValueError(f"`ref_model_sync_steps` must be positive; got {self.ref_model_sync_steps}.")
+        if self.guard_patience < 1:
+            raise ValueError(f"`guard_patience` must be >= 1; got {self.guard_patience}.")
+        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
+        super().__post_init__()
+        self._plan_generation_batches()
+
+    def _plan_generation_batches(self) -> None:
+        """Settle `steps_per_generation` and `generation_batch_size` (needs the world size, known after the base
+        `__post_init__`), and check that a generation batch holds whole groups."""
+        per_step = self.per_device_train_batch_size * self.world_size  # completions per micro-step, all processes
+        if self.generation_batch_size is not None and self.steps_per_generation is not None:
+            raise ValueError("Set at most one of `generation_batch_size` and `steps_per_generation`.")
+        if self.generation_batch_size is None:
+            self.steps_per_generation = self.steps_per_generation or self.gradient_accumulation_steps
+            if self.steps_per_generation < 1:
+                raise ValueError(f"`steps_per_generation` must be >= 1; got {self.steps_per_generation}.")
+            self.generation_batch_size = per_step * self.steps_per_generation
+        else:
+            if self.generation_batch_size % per_step:
+                raise ValueError(
+                    f"`generation_batch_size` ({self.generation_batch_size}) must be a multiple of "
+                    f"per_device_train_batch_size × num_processes = {self.per_device_train_batch_size} × "
+                    f"{self.world_size} = {per_step}."
+                )
+            self.steps_per_generation = self.generation_batch_size // per_step
+        if self.generation_batch_size % self.num_generations:
+            possible = [g for g in range(2, self.generation_batch_size + 1) if self.generation_batch_size % g == 0]
+            raise ValueError(
+                f"The generation batch ({self.generation_batch_size} completions = per_device_train_batch_size "
+                f"{self.per_device_train_batch_size} × {self.world_size} process(es) × steps_per_generation "
+                f"{self.steps_per_generation}) must hold whole groups of num_generations={self.num_generations}. "
+                f"Use num_generations in {possible[:12]}, or change the batch size / steps_per_generation."
+            )
+
+    def sampling_overrides(self) -> dict[str, Any]:
+        """The sampling fields, for `trl.generation.SamplingConfig`."""
+        return {
+            "max_completion_length": self.max_completion_length, "temperature": self.temperature, "top_p": self.top_p,
+            "top_k": self.top_k or 0, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
+        }
