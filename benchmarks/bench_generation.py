@@ -13,7 +13,7 @@ Configurations (each in its own process, so its peak memory and warm-up are its 
   both engines: the same work, a like-for-like comparison of the decode loops.
 - `*-eos`: a realistic EOS: the first `k` token ids count as EOS, with `k = vocab / (L / 2)`; the random model's
   next-token distribution is close to uniform, so a completion ends with probability ~2/L per step and completions
-  end at different steps (mean length about 0.43 L). Our backend drops finished rows from the batch; `generate`
+  end at different steps (mean length about 0.4 L). Our backend drops finished rows from the batch; `generate`
   keeps decoding them (as padding) until the last one ends. Tokens/s counts only real tokens (up to and including
   EOS), so both rows are comparable.
 
@@ -35,19 +35,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sft import PeakRSS, load_average, run_configs  # noqa: E402
+from bench_sft import PeakRSS, load_average, run_configs
 
 SHAPES = {
     # the bundled tiny Qwen3 (4 layers, hidden 256, vocab 448)
-    "tiny": dict(arch="qwen3", overrides={}),
+    "tiny": {"arch": "qwen3", "overrides": {}},
     # Qwen2.5-0.5B: 24 layers, hidden 896, 14 heads, 2 KV heads, intermediate 4864, vocab 151936, tied embeddings
-    "0.5b": dict(arch="qwen2", overrides=dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                              num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                              max_position_embeddings=32768, tie_word_embeddings=True)),
+    "0.5b": {"arch": "qwen2", "overrides": {
+        "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+        "num_key_value_heads": 2, "vocab_size": 151936, "max_position_embeddings": 32768, "tie_word_embeddings": True,
+    }},
 }
 DEFAULTS = {  # prompts, generations per prompt, max completion tokens, prompt lengths
-    "tiny": dict(prompts=8, generations=8, max_new=64, prompt_len="24-36"),
-    "0.5b": dict(prompts=8, generations=8, max_new=256, prompt_len="96-160"),
+    "tiny": {"prompts": 8, "generations": 8, "max_new": 64, "prompt_len": "24-36"},
+    "0.5b": {"prompts": 8, "generations": 8, "max_new": 256, "prompt_len": "96-160"},
 }
 CONFIGS = ["ours-noeos", "generate-noeos", "ours-eos", "generate-eos"]
 PAD = 3

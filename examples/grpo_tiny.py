@@ -82,7 +82,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="start from this model folder (default: a short SFT warm-up)")
     parser.add_argument("--warm_up_steps", type=int, default=60)
-    parser.add_argument("--max_steps", type=int, default=60)
+    parser.add_argument("--max_steps", type=int, default=150)
+    parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--output_dir", default="outputs/grpo-tiny")
     cli = parser.parse_args()
 
@@ -92,14 +93,15 @@ def main():
     args = GRPOConfig(
         output_dir=cli.output_dir,
         max_steps=cli.max_steps,
-        per_device_train_batch_size=32,  # completions per step: 4 prompts x 8 samples
+        per_device_train_batch_size=64,  # completions per step: 8 prompts x 8 samples
         num_generations=8,
         max_completion_length=16,
         temperature=1.0,
-        learning_rate=5e-4,
+        learning_rate=cli.learning_rate,
+        lr_scheduler_type="constant",
         beta=0.0,
         reward_weights=[1.0, 1.0],
-        logging_steps=5,
+        logging_steps=15,
         log_completions=True,
         num_completions_to_print=4,
         save_strategy="no",

@@ -18,6 +18,8 @@ TRAINING_COMMANDS = {
     "sft": ("trl.scripts.sft", "Supervised fine-tuning (SFT)."),
     "dpo": ("trl.scripts.dpo", "Direct Preference Optimization (DPO) and its variants on preference pairs."),
     "kto": ("trl.scripts.kto", "Kahneman-Tversky Optimization (KTO) on unpaired preference data."),
+    "grpo": ("trl.scripts.grpo", "Group Relative Policy Optimization (GRPO) on prompts scored by reward functions."),
+    "rloo": ("trl.scripts.rloo", "REINFORCE Leave-One-Out (RLOO) on prompts scored by reward functions."),
     "reward": ("trl.scripts.reward", "Reward modelling on preference pairs (Bradley-Terry)."),
 }
 

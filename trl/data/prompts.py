@@ -39,7 +39,8 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
     """Check that `dataset` has a `prompt` column of consistent type and add `prompt_ids`.
 
     Args:
-        dataset (`datasets.Dataset`): rows with a `prompt` (text or messages) and any other columns.
+        dataset (`datasets.Dataset`): rows with a `prompt` (text or messages) and any other columns; or pre-tokenised
+            rows with `prompt_ids` (lists of ints), used as they are (`prompt` is then decoded from them if absent).
         tokenizer: the policy's tokenizer (needs a chat template for conversational prompts).
         trainer (`str`): the trainer's name, for messages.
 
@@ -60,6 +61,8 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
             "supported by online trainers yet: load the prompts into a `Dataset` (e.g. `Dataset.from_list`)."
         )
     columns = list(dataset.column_names)
+    if "prompt_ids" in columns:  # pre-tokenised prompts: generation starts from exactly these ids
+        return _check_prompt_ids(dataset, tokenizer, trainer, name), False
     if "prompt" not in columns:
         raise ValueError(
             f"{trainer} expects a 'prompt' column (text or a list of messages); the {name} dataset has columns "
@@ -86,3 +89,13 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
     if empty:
         raise ValueError(f"{len(empty)} {name} prompts are empty after tokenisation (e.g. rows {empty[:5]}).")
     return dataset, fmt.conversational
+
+
+def _check_prompt_ids(dataset, tokenizer, trainer: str, name: str):
+    example = _first_row(dataset)["prompt_ids"]
+    if not isinstance(example, list) or not example or not all(isinstance(i, int) for i in example):
+        raise TypeError(f"Column 'prompt_ids' of the {name} dataset must hold non-empty lists of token ids; got "
+                        f"{str(example)[:80]}.")
+    if "prompt" not in dataset.column_names:
+        dataset = dataset.map(lambda row: {"prompt": tokenizer.decode(row["prompt_ids"])}, desc=None)
+    return dataset

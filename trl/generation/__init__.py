@@ -1,5 +1,6 @@
 """Generation backends for the online trainers (DESIGN principle 5)."""
 
 from .base import GenerationBackend, SamplingConfig
+from .transformers_backend import TransformersBackend
 
-__all__ = ["GenerationBackend", "SamplingConfig"]
+__all__ = ["GenerationBackend", "SamplingConfig", "TransformersBackend"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -72,6 +73,38 @@ class ScriptArguments:
     dataset_streaming: bool = field(default=False, metadata={"help": "Stream the dataset (needs max_steps)."})
     ignore_bias_buffers: bool = field(
         default=False, metadata={"help": "Make DDP ignore boolean buffers it cannot broadcast."}
+    )
+
+
+@dataclass
+class OnlineScriptArguments(ScriptArguments):
+    r"""
+    [`ScriptArguments`] of the online commands (`trl grpo`, `trl rloo`): the dataset, and what scores the completions.
+
+    Parameters:
+        reward_funcs (`list[str]`, *optional*):
+            Reward functions, each one of (see [`resolve_reward_funcs`]):
+            - the name of a function of `trl.rewards`, e.g. `think_format_reward`;
+            - a dotted path `package.module.function`, imported from the current directory or the installed packages;
+            - a Hub id or local folder of a sequence-classification reward model.
+        reward_model_name_or_path (`str`, *optional*):
+            Hub id or local folder of a sequence-classification reward model, scored before `reward_funcs`.
+
+    Example:
+        ```python
+        >>> from trl.scripts.utils import OnlineScriptArguments
+        >>> OnlineScriptArguments(dataset_name="trl-lib/DeepMath-103K", reward_funcs=["accuracy_reward"]).reward_funcs
+        ['accuracy_reward']
+        ```
+    """
+
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={"help": "Reward functions: names of trl.rewards functions (e.g. think_format_reward), dotted paths "
+                          "`module.function` (the current directory is importable), or reward-model ids/folders."},
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Hub id or local folder of a sequence-classification reward model."}
     )
 
 
@@ -671,6 +704,109 @@ def _split(dataset, name: str, what: str):
     return dataset[name]
 
 
+def _trl_reward_names() -> tuple[list[str], list[str]]:
+    """The plain reward functions of `trl.rewards` and its factories (`get_*`, which build a reward function)."""
+    from trl import rewards
+
+    functions = [name for name in rewards.__all__ if not name.startswith("get_")]
+    factories = [name for name in rewards.__all__ if name.startswith("get_")]
+    return functions, factories
+
+
+def _accepted_forms() -> str:
+    functions, _ = _trl_reward_names()
+    return (
+        f"Each --reward_funcs value is a function of trl.rewards ({', '.join(functions)}); a dotted path "
+        "`module.function` to your own reward function (e.g. `my_rewards.my_reward` for a my_rewards.py in the "
+        "current directory); or a Hub id or local folder of a sequence-classification reward model (e.g. "
+        "`org/reward-model`)."
+    )
+
+
+def _factory_error(name: str) -> ValueError:
+    return ValueError(
+        f"--reward_funcs {name!r} is a factory that builds a reward function from parameters, not a reward function. "
+        f"Wrap it in a module function: e.g. put `my_reward = {name.rsplit('.', 1)[-1]}(...)` (with your parameters) "
+        "in my_rewards.py in the current directory and pass `--reward_funcs my_rewards.my_reward`."
+    )
+
+
+def _import_reward_func(path: str):
+    """Import `package.module.function`, with the current directory importable (as for `python my_script.py`)."""
+    from trl import rewards
+
+    module_name, attribute = path.rsplit(".", 1)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise  # the module was found, but one of its own imports is missing
+        raise ValueError(
+            f"--reward_funcs {path!r}: there is no module {module_name!r} in the current directory ({cwd}) or the "
+            f"installed packages. {_accepted_forms()}"
+        ) from None
+    func = getattr(module, attribute, None)
+    if func is None:
+        raise ValueError(
+            f"--reward_funcs {path!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
+            f"{attribute!r}."
+        )
+    _, factories = _trl_reward_names()
+    if any(func is getattr(rewards, name) for name in factories):
+        raise _factory_error(path)
+    if not callable(func):
+        raise TypeError(f"--reward_funcs {path!r} is a {type(func).__name__}, not a function.")
+    return func
+
+
+def resolve_reward_funcs(names: list[str] | None, reward_model_name_or_path: str | None = None) -> list[Any]:
+    """Turn the `--reward_funcs` strings of `trl grpo`/`trl rloo` into the trainer's `reward_funcs`.
+
+    Each name is, in this order:
+    - the name of a plain reward function of `trl.rewards` (its factories, `get_*`, need parameters and are rejected);
+    - a Hub id or local folder of a sequence-classification model (has a `/`, or is an existing folder): kept as a
+      string, which the trainer loads;
+    - a dotted path `package.module.function`, imported with the current directory on `sys.path`.
+
+    Args:
+        names (`list[str]`, *optional*): the `--reward_funcs` values.
+        reward_model_name_or_path (`str`, *optional*): a reward model, put first.
+
+    Returns:
+        `list`: callables and model ids/paths, in order.
+
+    Raises:
+        `ValueError`: an unknown name, a factory, or a dotted path whose module or function does not exist.
+        `TypeError`: a dotted path that names something that is not callable.
+
+    Example:
+        ```python
+        >>> resolve_reward_funcs(["think_format_reward", "org/reward-model"])
+        [<function think_format_reward at ...>, 'org/reward-model']
+        ```
+    """
+    from trl import rewards
+
+    functions, factories = _trl_reward_names()
+    resolved: list[Any] = [reward_model_name_or_path] if reward_model_name_or_path else []
+    for name in names or []:
+        if name in functions:
+            resolved.append(getattr(rewards, name))
+        elif name in factories:
+            raise _factory_error(name)
+        elif "/" in name or Path(name).expanduser().is_dir():
+            resolved.append(name)
+        elif "." in name and all(part.isidentifier() for part in name.split(".")):
+            resolved.append(_import_reward_func(name))
+        else:
+            raise ValueError(f"Unknown reward function {name!r} in --reward_funcs. {_accepted_forms()}")
+    return resolved
+
+
 def script_trainer_kwargs(
     command: str,
     script_args: ScriptArguments,
@@ -685,6 +821,8 @@ def script_trainer_kwargs(
       `--model_init_kwargs` win.
     - The train split, and the test split unless `eval_strategy` is `"no"`, of [`load_script_dataset`].
     - The quantization and LoRA configs of `model_args` ([`get_quantization_config`], [`get_peft_config`]).
+    - For the online commands ([`OnlineScriptArguments`]), `reward_funcs` from [`resolve_reward_funcs`], resolved
+      before anything is loaded so that a bad name fails fast.
 
     Args:
         command (`str`): the command's name (e.g. `"dpo"`), for messages.
@@ -694,10 +832,11 @@ def script_trainer_kwargs(
         dataset_args ([`DatasetMixtureConfig`], *optional*): a dataset mixture; overrides `dataset_name` when set.
 
     Returns:
-        `dict[str, Any]`: `model`, `args`, `train_dataset`, `eval_dataset`, `quantization_config`, `peft_config`.
+        `dict[str, Any]`: `model`, `args`, `train_dataset`, `eval_dataset`, `quantization_config`, `peft_config`,
+        and `reward_funcs` for the online commands.
 
     Raises:
-        `ValueError`: no `model_name_or_path`; no data; a missing split.
+        `ValueError`: no `model_name_or_path`; no data; a missing split; no reward or a bad reward name.
 
     Example:
         ```python
@@ -710,6 +849,14 @@ def script_trainer_kwargs(
 
     if model_args.model_name_or_path is None:
         raise ValueError(f"`trl {command}` needs a model: pass `--model_name_or_path` (hub id or local folder).")
+    extra: dict[str, Any] = {}
+    if isinstance(script_args, OnlineScriptArguments):
+        extra["reward_funcs"] = resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)
+        if not extra["reward_funcs"]:
+            raise ValueError(
+                f"`trl {command}` needs a reward: pass `--reward_funcs` (e.g. `--reward_funcs think_format_reward "
+                "my_rewards.my_reward`) and/or `--reward_model_name_or_path`."
+            )
     model_init_kwargs = {
         "revision": model_args.model_revision,
         "attn_implementation": model_args.attn_implementation,
@@ -733,6 +880,7 @@ def script_trainer_kwargs(
         "eval_dataset": eval_dataset,
         "quantization_config": quantization_config,
         "peft_config": get_peft_config(model_args),
+        **extra,
     }
 
 
@@ -757,12 +905,19 @@ def run_script(make_parser, main) -> None:
     main(*parsed)
 
 
-def command_parser(name: str, config_class, description: str, subparsers=None, prog: str | None = None) -> TrlParser:
-    """The parser of `trl <name>`: `(ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)`, standalone or
-    as a subcommand of `subparsers` (created with `parser_class=TrlParser`)."""
+def command_parser(
+    name: str,
+    config_class,
+    description: str,
+    subparsers=None,
+    prog: str | None = None,
+    script_args_class: type[ScriptArguments] = ScriptArguments,
+) -> TrlParser:
+    """The parser of `trl <name>`: `(script_args_class, config_class, ModelConfig, DatasetMixtureConfig)`, standalone
+    or as a subcommand of `subparsers` (created with `parser_class=TrlParser`)."""
     from trl.trainer.model_config import ModelConfig
 
-    dataclass_types = (ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)
+    dataclass_types = (script_args_class, config_class, ModelConfig, DatasetMixtureConfig)
     if subparsers is not None:
         kwargs = {"prog": prog} if prog else {}
         return subparsers.add_parser(

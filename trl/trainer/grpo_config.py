@@ -65,8 +65,9 @@ class GRPOConfig(_OnlineConfig):
     vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO rate lambda for negative advantages."})
 
     # Rewards
-    scale_rewards: str | bool = field(
-        default="group", metadata={"help": "Advantage scaling: 'group', 'batch' or 'none' (True/False accepted)."}
+    # typed `str` so that the command line takes a value; Python callers may still pass True/False
+    scale_rewards: str = field(
+        default="group", metadata={"help": "Advantage scaling: 'group', 'batch' or 'none' (true/false accepted)."}
     )
     multi_objective_aggregation: str = field(
         default="sum_then_normalize",
@@ -86,8 +87,9 @@ class GRPOConfig(_OnlineConfig):
     def __post_init__(self):
         from ..losses.policy import validate_policy_loss_config
 
-        scale = {True: "group", False: "none", "true": "group", "false": "none", "True": "group", "False": "none"}
-        self.scale_rewards = scale.get(self.scale_rewards, self.scale_rewards)
+        scale = {True: "group", False: "none", "true": "group", "false": "none"}
+        key = self.scale_rewards.lower() if isinstance(self.scale_rewards, str) else self.scale_rewards
+        self.scale_rewards = scale.get(key, self.scale_rewards)
         if self.scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"`scale_rewards` must be 'group', 'batch' or 'none'; got {self.scale_rewards!r}.")
         if self.multi_objective_aggregation not in ("sum_then_normalize", "normalize_then_sum"):

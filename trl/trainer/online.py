@@ -37,6 +37,12 @@ from .fused_head import completion_logps
 from .reward_scoring import RewardScorer
 
 _STATE_FILE = "online_state_{rank}.pt"
+# loss metrics (means over a micro-batch's tokens) under their documented names, and the extremes logged beside them
+_METRIC_NAMES = {
+    "clip_ratio/low": "clip_ratio/low_mean", "clip_ratio/high": "clip_ratio/high_mean",
+    "clip_ratio/region": "clip_ratio/region_mean",
+}
+_EXTREMES = {"clip_ratio/low": ("clip_ratio/low_min", "min"), "clip_ratio/high": ("clip_ratio/high_max", "max")}
 
 
 class RepeatSampler(Sampler[int]):
@@ -474,12 +480,11 @@ class _OnlineTrainer(_BaseTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics.add(mode, "entropy", (entropy * mask).sum(), tokens)
         for key, value in metrics.items():
-            weight = tokens if key not in ("vespo/phi_seq_mean",) else len(micro)
-            self._metrics.add(mode, key, value * weight, weight)
-            if key == "clip_ratio/low":
-                self._metrics.add_extreme(mode, "clip_ratio/low_min", value, "min")
-            elif key == "clip_ratio/high":
-                self._metrics.add_extreme(mode, "clip_ratio/high_max", value, "max")
+            weight = len(micro) if key == "vespo/phi_seq_mean" else tokens
+            self._metrics.add(mode, _METRIC_NAMES.get(key, key), value * weight, weight)
+            if key in _EXTREMES:
+                name, op = _EXTREMES[key]
+                self._metrics.add_extreme(mode, name, value, op)
         return loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -488,9 +493,6 @@ class _OnlineTrainer(_BaseTrainer):
             self._metrics.add("train", "step_time", time.perf_counter() - self._step_started)
             self._step_started = time.perf_counter()
         return loss
-
-    def _record_tokens(self, mode: str, inputs) -> None:  # counted per generation batch instead
-        return None
 
     def floating_point_ops(self, inputs) -> int:
         if isinstance(inputs, Rollout):
@@ -502,7 +504,6 @@ class _OnlineTrainer(_BaseTrainer):
         return None
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # clip metrics under their documented names
         super().log(logs, start_time)
         if self.args.log_completions and "loss" in logs:
             self._log_completions()

@@ -1,0 +1,193 @@
+"""Online RL step time: GRPO and RLOO, split into generation / reference+old log-probs / scoring / training, with
+plain `model.generate` on the same prompts as the baseline for the generation backend.
+
+Each configuration runs in its own process (peak memory is its own):
+
+    python benchmarks/bench_online.py                  # CPU: tiny Qwen3 (4 layers, hidden 256, vocab 448), fp32
+    python benchmarks/bench_online.py --device cuda    # GPU: Qwen2.5-0.5B-shaped random model, bf16
+    python benchmarks/bench_online.py --only grpo generate --steps 5
+
+Workload per step: `prompts x num_generations` completions of exactly `completion_len` tokens (the end-of-sequence
+check is switched off so that every run generates the same number of tokens; CPU 8 x 8 x 64, GPU 8 x 8 x 256 =
+64 completions of 256 tokens), random prompts of `prompt_len` tokens, one reward function on the token ids.
+
+Configurations:
+- `grpo`: `GRPOTrainer`, loss `dapo`, `beta=0` (no reference), one optimiser step per generation batch;
+- `grpo-beta`: the same with `beta=0.04` (a reference forward per generation batch);
+- `rloo`: `RLOOTrainer` (its default `beta=0.05`: reference and old log-probs are used by the KL reward penalty);
+- `generate`: the baseline, `model.generate(do_sample=True)` on the same prompts, each prompt repeated
+  `num_generations` times in one left-padded batch, same number of new tokens (no training).
+
+Columns: `step (s)` median step time; `gen`, `logps`, `score` the medians of the trainer's `timing/*` metrics
+(generation, reference/old log-probs, rewards) and `train` = step − those (forward, backward, optimiser);
+`compl/s` completions per second of step time; `gen tok/s` generated tokens per second of generation time;
+`peak MiB` as in `bench_sft.py` (CPU: peak RSS minus the RSS before training; CUDA: `max_memory_allocated`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sft import PeakRSS, load_average, run_configs
+
+CONFIGS = ("grpo", "grpo-beta", "rloo", "generate")
+CPU_SHAPE = {"arch": "qwen3"}  # the bundled tiny config: 4 layers, hidden 256, vocab 448
+GPU_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True)
+
+
+def _model(cuda: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from trl.models.tiny import tiny_model
+
+    if not cuda:
+        return tiny_model("qwen3", seed=0)
+    config = AutoConfig.for_model("qwen2", pad_token_id=3, eos_token_id=2, **GPU_SHAPE)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
+
+
+def _prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(4, vocab, (n, length), generator=generator).tolist()
+
+
+def _token_reward(completion_ids, **kwargs):
+    return [sum(ids) % 7 / 7 for ids in completion_ids]
+
+
+def run_one(name: str, cli) -> dict:
+    from datasets import Dataset
+
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+    from trl.models.tiny import tiny_tokenizer
+
+    cuda = cli.device == "cuda"
+    torch.set_num_threads(cli.threads)
+    model = _model(cuda)
+    tokenizer = tiny_tokenizer()
+    vocab = min(model.config.vocab_size, len(tokenizer))
+    prompts = _prompts(cli.prompts * (cli.steps + cli.warmup), cli.prompt_len, vocab)
+    completions = cli.prompts * cli.num_generations
+    if name == "generate":
+        return _run_generate(model, prompts, cli, completions)
+    # pre-tokenised prompts (`prompt_ids`): generation starts from exactly these random ids
+    dataset = Dataset.from_list([{"prompt_ids": p} for p in prompts])
+    common = dict(
+        output_dir="/tmp/bench-online", max_steps=cli.steps + cli.warmup, per_device_train_batch_size=completions,
+        num_generations=cli.num_generations, max_completion_length=cli.completion_len, learning_rate=1e-6,
+        logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, guards=False, seed=0,
+        gradient_checkpointing=cli.gradient_checkpointing, bf16=cuda, shuffle_dataset=False,
+    )
+    if name == "rloo":
+        trainer = RLOOTrainer(model=model, reward_funcs=_token_reward, args=RLOOConfig(**common),
+                              train_dataset=dataset, processing_class=tokenizer)
+    else:
+        config = GRPOConfig(**common, beta=0.04 if name == "grpo-beta" else 0.0)
+        trainer = GRPOTrainer(model=model, reward_funcs=_token_reward, args=config, train_dataset=dataset,
+                              processing_class=tokenizer)
+    trainer.sampling = dataclasses.replace(trainer.sampling, eos_token_ids=(-1,))  # fixed-length completions
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as rss:
+        trainer.train()
+    logs = [log for log in trainer.state.log_history if "step_time" in log][cli.warmup :]
+
+    def median(key):
+        values = sorted(log.get(key, 0.0) for log in logs)
+        return values[len(values) // 2] if values else float("nan")
+
+    step, gen, logps, score = median("step_time"), median("timing/generate"), median("timing/logps"), median("timing/score")
+    return {
+        "config": name, "step_s": step, "gen_s": gen, "logps_s": logps, "score_s": score,
+        "train_s": step - gen - logps - score, "completions_per_s": completions / step,
+        "gen_tokens_per_s": completions * cli.completion_len / gen,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else rss.summary()["peak_mib"],
+    }
+
+
+def _run_generate(model, prompts, cli, completions) -> dict:
+    cuda = cli.device == "cuda"
+    model.eval()
+    times = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as rss, torch.no_grad():
+        for step in range(cli.steps + cli.warmup):
+            batch = prompts[step * cli.prompts : (step + 1) * cli.prompts]
+            ids = torch.tensor([p for p in batch for _ in range(cli.num_generations)], device=model.device)
+            if cuda:
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                                 max_new_tokens=cli.completion_len, min_new_tokens=cli.completion_len,
+                                 pad_token_id=3, eos_token_id=None)
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+            assert out.shape[1] - ids.shape[1] == cli.completion_len
+    gen = sorted(times[cli.warmup :])[len(times[cli.warmup :]) // 2]
+    return {
+        "config": "generate", "step_s": gen, "gen_s": gen, "logps_s": 0.0, "score_s": 0.0, "train_s": 0.0,
+        "completions_per_s": completions / gen, "gen_tokens_per_s": completions * cli.completion_len / gen,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else rss.summary()["peak_mib"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", nargs="+", choices=CONFIGS, help="configurations to run (default: all)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    parser.add_argument("--num_generations", type=int, default=8)
+    parser.add_argument("--prompt_len", type=int, default=None, help="tokens per prompt (CPU 32, GPU 128)")
+    parser.add_argument("--completion_len", type=int, default=None, help="tokens per completion (CPU 64, GPU 256)")
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--json")
+    parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
+    cli = parser.parse_args()
+    cuda = cli.device == "cuda"
+    cli.prompt_len = cli.prompt_len or (128 if cuda else 32)
+    cli.completion_len = cli.completion_len or (256 if cuda else 64)
+    if cli._child:
+        print(json.dumps(run_one(cli.only[0], cli)))
+        return
+
+    def child_argv(name):
+        argv = [sys.executable, __file__, "--_child", "--only", name, "--device", cli.device, "--steps",
+                str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--prompts",
+                str(cli.prompts), "--num_generations", str(cli.num_generations), "--prompt_len", str(cli.prompt_len),
+                "--completion_len", str(cli.completion_len)]
+        return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
+
+    def print_row(r):
+        print(f"{r['config']:10} {r['step_s']:8.3f} {r['gen_s']:7.3f} {r['logps_s']:7.3f} {r['score_s']:7.3f} "
+              f"{r['train_s']:7.3f} {r['completions_per_s']:8.1f} {r['gen_tokens_per_s']:10.0f} {r['peak_mib']:9.1f}",
+              flush=True)
+
+    print(f"device={cli.device} threads={cli.threads if not cuda else '-'} {cli.prompts} prompts x "
+          f"{cli.num_generations} generations x {cli.completion_len} tokens (prompt {cli.prompt_len}) "
+          f"steps={cli.steps} (+{cli.warmup} warm-up) | {load_average()}")
+    print(f"{'config':10} {'step (s)':>8} {'gen':>7} {'logps':>7} {'score':>7} {'train':>7} {'compl/s':>8} "
+          f"{'gen tok/s':>10} {'peak MiB':>9}", flush=True)
+    results = run_configs(cli.only or list(CONFIGS), child_argv, cli.repeats, print_row)
+    print(f"(end: {load_average()})")
+    if cli.json:
+        Path(cli.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

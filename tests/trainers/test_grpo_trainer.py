@@ -1,0 +1,334 @@
+"""GRPOTrainer and RLOOTrainer on tiny random models: a few CPU steps each; the policy moves, the reference does not,
+the documented metrics are logged; resume, invariance to how a generation batch is cut, and bad inputs."""
+
+import asyncio
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from trl.data.tiny import tiny_task_dataset
+from trl.guards import TrainingWillNotLearnError
+from trl.models.tiny import tiny_model, tiny_tokenizer
+
+from .sft_one_step import SMALL, _GradCatcher
+
+GENERATION_METRICS = {
+    "completions/mean_length", "completions/min_length", "completions/max_length", "completions/clipped_ratio",
+    "reward", "reward_std", "frac_reward_zero_std", "num_tokens", "step_time", "entropy",
+}
+CLIP_METRICS = {
+    "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean", "clip_ratio/low_min", "clip_ratio/high_max"
+}
+
+
+def vowels(completions, **kwargs):
+    """Varies between completions of a random model (so advantages are not all zero)."""
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(sum(ch in "aeiou" for ch in text)) for text in texts]
+
+
+def unique_ids(completion_ids, **kwargs):
+    return [len(set(ids)) / max(len(ids), 1) for ids in completion_ids]
+
+
+async def async_length(completions, **kwargs):
+    await asyncio.sleep(0.01)
+    return [float(len(c[-1]["content"])) / 10 for c in completions]
+
+
+def _config(tmp_path, cls=GRPOConfig, **overrides):
+    values = {
+        "output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 8, "num_generations": 4,
+        "max_completion_length": 8, "learning_rate": 1e-2, "logging_steps": 1, "report_to": "none",
+        "save_strategy": "no", "seed": 0, "gradient_checkpointing": False, "guards": False,
+    }
+    values.update(overrides)
+    return cls(**values)
+
+
+def _prompts(num_rows=16, form="prompt_only"):
+    return tiny_task_dataset(form, "train", num_rows=num_rows)
+
+
+def _trainer(tmp_path, cls=GRPOTrainer, config_cls=GRPOConfig, reward_funcs=vowels, dataset=None, **overrides):
+    return cls(model=tiny_model(seed=0, **SMALL), reward_funcs=reward_funcs,
+               args=_config(tmp_path, config_cls, **overrides), train_dataset=dataset or _prompts(),
+               processing_class=tiny_tokenizer())
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _moved(before, model):
+    return any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+def _logged(trainer):
+    return [log for log in trainer.state.log_history if "loss" in log]
+
+
+# ---- GRPO ------------------------------------------------------------------------------------------------------
+
+
+def test_grpo_trains_and_logs_the_documented_metrics(tmp_path):
+    trainer = _trainer(tmp_path)
+    before = _params(trainer.model)
+    trainer.train()
+    logs = _logged(trainer)
+    assert len(logs) == 2 and all(math.isfinite(log["loss"]) for log in logs)
+    assert _moved(before, trainer.model)
+    assert GENERATION_METRICS | CLIP_METRICS | {"rewards/vowels/mean", "rewards/vowels/std"} <= set(logs[0])
+    assert logs[-1]["num_tokens"] > logs[0]["num_tokens"] > 0
+    assert trainer.ref_model is None  # beta = 0: no reference model is loaded
+
+
+def test_grpo_standard_text_prompts(tmp_path):
+    rows = [{"prompt": f"reverse: {' '.join('abcdefgh'[i:i + 3])}\nanswer:"} for i in range(6)] * 2
+    trainer = _trainer(tmp_path, dataset=Dataset.from_list(rows))
+    trainer.train()
+    assert isinstance(trainer._completions_table, type(None))
+    assert _logged(trainer)
+
+
+def test_grpo_beta_keeps_the_reference_frozen_and_logs_kl(tmp_path):
+    trainer = _trainer(tmp_path, beta=0.1)
+    ref_before = _params(trainer.ref_model)
+    before = _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model)
+    assert not _moved(ref_before, trainer.ref_model)
+    logs = _logged(trainer)
+    assert "kl" in logs[-1] and math.isfinite(logs[-1]["kl"]) and logs[-1]["kl"] >= 0
+
+
+def test_multiple_sync_and_async_rewards_with_weights(tmp_path):
+    seen = {}
+
+    def with_columns(completions, answer, trainer_state, log_metric, **kwargs):
+        seen["answer"], seen["step"] = answer, trainer_state.global_step
+        log_metric("custom/answers", float(len(answer)))
+        return [None if i == 0 else 1.0 for i in range(len(completions))]
+
+    trainer = _trainer(tmp_path, reward_funcs=[vowels, async_length, unique_ids, with_columns],
+                       reward_weights=[1.0, 0.5, 2.0, 1.0])
+    trainer.train()
+    log = _logged(trainer)[0]
+    for name in ("vowels", "async_length", "unique_ids", "with_columns"):
+        assert f"rewards/{name}/mean" in log
+    assert log["rewards/with_columns/mean"] == 1.0  # the None (row 0) is left out of the mean
+    assert log["custom/answers"] == 8.0 and len(seen["answer"]) == 8
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"])
+def test_every_loss_type_trains(tmp_path, loss_type):
+    level = "sequence" if loss_type == "luspo" else "token"
+    trainer = _trainer(tmp_path, loss_type=loss_type, importance_sampling_level=level, max_steps=1,
+                       num_iterations=2, epsilon_high=5.0 if loss_type == "cispo" else None)
+    before = _params(trainer.model)
+    trainer.train()
+    assert all(math.isfinite(log["loss"]) for log in _logged(trainer))
+    assert _moved(before, trainer.model)
+
+
+def test_num_iterations_reuses_the_buffer_with_old_logps(tmp_path):
+    trainer = _trainer(tmp_path, num_iterations=2, max_steps=4)
+    generated = []
+    original = trainer._make_rollout
+    trainer._make_rollout = lambda rows: generated.append(len(rows)) or original(rows)
+    trainer.train()
+    assert generated == [8, 8]  # 4 optimiser steps, each generation batch used twice
+    assert trainer._off_policy
+    logs = _logged(trainer)
+    assert all(math.isfinite(log["loss"]) for log in logs)
+    # the second pass over a generation batch is off-policy: its ratio is no longer 1 everywhere
+    assert trainer._buffer[0].old_logps is not None
+
+
+def test_sequence_level_importance_sampling(tmp_path):
+    trainer = _trainer(tmp_path, importance_sampling_level="sequence", num_iterations=2, max_steps=2)
+    before = _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model)
+
+
+def test_mask_truncated_completions_and_top_entropy_quantile(tmp_path):
+    # a random model never ends its completions: all truncated, so masking leaves no loss token -> clear error
+    trainer = _trainer(tmp_path, mask_truncated_completions=True, max_steps=1)
+    with pytest.raises(TrainingWillNotLearnError, match="mask_truncated_completions"):
+        trainer.train()
+    trainer = _trainer(tmp_path, top_entropy_quantile=0.2, max_steps=1)
+    trainer.train()
+    assert _logged(trainer)
+
+
+def test_lora_with_beta_uses_the_model_without_adapters_as_reference(tmp_path):
+    from peft import LoraConfig
+
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels,
+                          args=_config(tmp_path, beta=0.1, learning_rate=1e-1), train_dataset=_prompts(),
+                          processing_class=tiny_tokenizer(),
+                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    assert trainer.ref_model is None and trainer._use_adapters_as_ref
+    base = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora" not in n}
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert all(torch.equal(base[n], p) for n, p in trainer.model.named_parameters() if n in base)
+    assert any(not torch.equal(lora[n], p) for n, p in trainer.model.named_parameters() if n in lora)
+    assert "kl" in _logged(trainer)[-1]
+
+
+def test_log_completions_prints_and_writes_parquet(tmp_path, capsys):
+    import pandas as pd
+
+    trainer = _trainer(tmp_path, log_completions=True, num_completions_to_print=3, max_steps=1)
+    trainer.train()
+    files = sorted((tmp_path / "out" / "completions").glob("completions_*.parquet"))
+    assert len(files) == 1
+    frame = pd.read_parquet(files[0])
+    assert {"prompt", "completion", "vowels", "advantage"} <= set(frame.columns) and len(frame) == 8
+    assert "Completions at step 1" in capsys.readouterr().out
+
+
+def test_evaluation_reports_rewards(tmp_path):
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels,
+                          args=_config(tmp_path, per_device_eval_batch_size=4, max_steps=1),
+                          train_dataset=_prompts(), eval_dataset=_prompts(4), processing_class=tiny_tokenizer())
+    metrics = trainer.evaluate()
+    assert {"eval_reward", "eval_rewards/vowels/mean", "eval_completions/mean_length"} <= set(metrics)
+
+
+# ---- invariance and resume -----------------------------------------------------------------------------------------
+
+
+def test_gradient_is_the_same_however_the_generation_batch_is_cut(tmp_path):
+    """8 completions as 1 micro-batch of 8 or 2 accumulated micro-batches of 4: same generation batch, same loss
+    normalisation over the step (trl.losses.reduce), so the same gradient."""
+    grads = []
+    for batch_size, accumulation in ((8, 1), (4, 2), (2, 4)):
+        catcher = _GradCatcher()
+        trainer = GRPOTrainer(
+            model=tiny_model(seed=0, **SMALL), reward_funcs=vowels, train_dataset=_prompts(),
+            args=_config(tmp_path / str(batch_size), per_device_train_batch_size=batch_size,
+                         gradient_accumulation_steps=accumulation, max_steps=1, max_grad_norm=0.0, beta=0.05),
+            processing_class=tiny_tokenizer(), callbacks=[catcher],
+        )
+        trainer.train()
+        grads.append(catcher.grads)
+    for other in grads[1:]:
+        for name, grad in grads[0].items():
+            torch.testing.assert_close(other[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    """Stop after step 1 (in the middle of a generation batch used for two steps) and resume: steps 2 and 3 log the
+    same losses and rewards as the run that was never stopped (buffer, generator and RNG states are saved)."""
+    def run(output, resume=None, max_steps=3):
+        trainer = GRPOTrainer(
+            model=tiny_model(seed=0, **SMALL), reward_funcs=vowels, train_dataset=_prompts(),
+            args=_config(tmp_path, output_dir=str(tmp_path / output), max_steps=max_steps, per_device_train_batch_size=4,
+                         steps_per_generation=2, save_strategy="steps", save_steps=1),
+            processing_class=tiny_tokenizer(),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return {log["step"]: (log["loss"], log.get("reward")) for log in _logged(trainer)}
+
+    full = run("full")
+    resumed = run("full", resume=str(tmp_path / "full" / "checkpoint-1"))
+    for step in (2, 3):
+        assert resumed[step][0] == pytest.approx(full[step][0], rel=1e-5, abs=1e-7)
+        if full[step][1] is not None:
+            assert resumed[step][1] == pytest.approx(full[step][1], rel=1e-6)
+
+
+# ---- RLOO --------------------------------------------------------------------------------------------------------
+
+
+def test_rloo_trains_with_kl_penalty_and_frozen_reference(tmp_path):
+    trainer = _trainer(tmp_path, cls=RLOOTrainer, config_cls=RLOOConfig, num_generations=2)
+    assert trainer.args.beta == 0.05 and trainer.ref_model is not None
+    ref_before, before = _params(trainer.ref_model), _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model) and not _moved(ref_before, trainer.ref_model)
+    log = _logged(trainer)[-1]
+    assert GENERATION_METRICS | CLIP_METRICS | {"kl", "rewards/vowels/mean"} <= set(log)
+    assert math.isfinite(log["loss"])
+
+
+def test_rloo_normalized_advantages_reward_clip_and_iterations(tmp_path):
+    trainer = _trainer(tmp_path, cls=RLOOTrainer, config_cls=RLOOConfig, num_generations=4, beta=0.0,
+                       normalize_advantages=True, reward_clip_range=(0.0, 2.0), num_iterations=2, max_steps=2)
+    assert trainer.ref_model is None
+    before = _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model)
+
+
+# ---- bad input ------------------------------------------------------------------------------------------------------
+
+
+class TestBadInputs:
+    def test_missing_prompt_column(self, tmp_path):
+        with pytest.raises(ValueError, match="'prompt' column"):
+            _trainer(tmp_path, dataset=Dataset.from_list([{"question": "hi"}] * 8))
+
+    def test_generation_batch_not_whole_groups(self, tmp_path):
+        with pytest.raises(ValueError, match="whole groups of num_generations=3"):
+            _config(tmp_path, per_device_train_batch_size=8, num_generations=3)
+
+    def test_num_generations_below_two(self, tmp_path):
+        with pytest.raises(ValueError, match="at least 2"):
+            _config(tmp_path, num_generations=1)
+
+    def test_unknown_loss_type(self, tmp_path):
+        with pytest.raises(ValueError, match="nope"):
+            _config(tmp_path, loss_type="nope")
+
+    def test_reward_function_that_raises_is_named(self, tmp_path):
+        def broken(completions, **kwargs):
+            raise KeyError("solution")
+
+        trainer = _trainer(tmp_path, reward_funcs=broken)
+        with pytest.raises(RuntimeError, match="broken"):
+            trainer.train()
+
+    def test_reward_function_wrong_length_is_named(self, tmp_path):
+        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [1.0])
+        with pytest.raises(ValueError, match="<lambda>.*1 reward"):
+            trainer.train()
+
+    def test_prompt_longer_than_the_context(self, tmp_path):
+        model = tiny_model(seed=0, **SMALL, max_position_embeddings=24)
+        with pytest.raises(ValueError, match="max_completion_length=8"):
+            GRPOTrainer(model=model, reward_funcs=vowels, args=_config(tmp_path), train_dataset=_prompts(),
+                        processing_class=tiny_tokenizer())
+
+    def test_too_few_prompts_for_a_generation_batch(self, tmp_path):
+        with pytest.raises(ValueError, match="needs 2"):
+            _trainer(tmp_path, dataset=_prompts(1))
+
+    def test_zero_reward_variance_stops_the_run(self, tmp_path):
+        import dataclasses
+
+        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [1.0] * len(completions), guards=True,
+                           guard_patience=2, max_steps=3)
+        # every token ends a completion, so nothing is truncated and only the zero-variance guard can fire
+        trainer.sampling = dataclasses.replace(trainer.sampling, eos_token_ids=tuple(range(448)))
+        with pytest.raises(TrainingWillNotLearnError, match="same reward"):
+            trainer.train()
+
+    def test_all_truncated_stops_the_run(self, tmp_path):
+        trainer = _trainer(tmp_path, guards=True, guard_patience=1, max_steps=2)
+        with pytest.raises(TrainingWillNotLearnError, match="max_completion_length=8"):
+            trainer.train()
+
+    def test_use_vllm_is_not_available(self, tmp_path):
+        with pytest.raises(ValueError, match="vLLM"):
+            _config(tmp_path, use_vllm=True)
+
+    def test_unknown_generation_kwargs(self, tmp_path):
+        with pytest.raises(ValueError, match="num_beams"):
+            _trainer(tmp_path, generation_kwargs={"num_beams": 4})
