@@ -332,3 +332,29 @@ class TestBadInputs:
     def test_unknown_generation_kwargs(self, tmp_path):
         with pytest.raises(ValueError, match="num_beams"):
             _trainer(tmp_path, generation_kwargs={"num_beams": 4})
+
+
+def test_entropy_bonus_and_adaptive_coefficient(tmp_path):
+    trainer = _trainer(tmp_path, entropy_coef=0.01, use_adaptive_entropy=True, entropy_target=100.0,
+                       entropy_coef_delta=0.005, max_steps=2)
+    before = _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model)
+    logs = _logged(trainer)
+    assert {"policy_loss", "entropy_coef"} <= set(logs[0])
+    # the entropy (~6 nats for a random model) is under the target, so the coefficient rose by delta at each step
+    assert logs[0]["entropy_coef"] == pytest.approx(0.01) and trainer.entropy_coef == pytest.approx(0.02)
+    assert trainer._online_state()["entropy_coef"] == pytest.approx(0.02)
+
+
+def test_entropy_bonus_changes_the_gradient(tmp_path):
+    grads = []
+    for coef in (0.0, 0.5):
+        catcher = _GradCatcher()
+        trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels, train_dataset=_prompts(),
+                              args=_config(tmp_path / str(coef), max_steps=1, entropy_coef=coef, max_grad_norm=0.0),
+                              processing_class=tiny_tokenizer(), callbacks=[catcher])
+        trainer.train()
+        grads.append(catcher.grads)
+    name = next(n for n in grads[0] if "lm_head" in n or "embed" in n)
+    assert not torch.allclose(grads[0][name], grads[1][name])

@@ -77,9 +77,32 @@ def test_chunked_matches_naive(transform, chunk_size, dtype):
     assert_close_all([stats.logps, stats.entropy], [ref.logps, ref.entropy], **TOL)
     assert torch.equal(stats.correct, ref.correct)
     assert stats.logps.dtype == stats.entropy.dtype == dtype and stats.correct.dtype == torch.bool
-    assert not stats.entropy.requires_grad and not stats.correct.requires_grad
+    assert stats.entropy.requires_grad and not stats.correct.requires_grad
     actual = grads((stats.logps * upstream.to(dtype)).sum(), (hidden, weight, bias))
     assert_close_all(actual, grads((ref.logps * upstream).sum(), ref_inputs), **TOL)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize("chunk_size", [16, None])
+@pytest.mark.parametrize("use_logps", [True, False], ids=["logps+entropy", "entropy-only"])
+def test_chunked_entropy_gradient_matches_naive(transform, chunk_size, dtype, use_logps):
+    """An entropy bonus differentiates the entropy: the recomputed backward gives the naive head's gradient."""
+    hidden, weight, bias, labels = make_inputs(dtype=dtype)
+    ref_inputs = float64_copies(hidden, weight, bias)
+    kwargs = TRANSFORMS[transform]
+    gen = torch.Generator().manual_seed(2)
+    up_logps = torch.rand(N, generator=gen, dtype=torch.float64) * use_logps
+    up_entropy = torch.randn(N, generator=gen, dtype=torch.float64)
+
+    ref = naive_token_stats(ref_inputs[0], ref_inputs[1], labels, bias=ref_inputs[2], **kwargs)
+    stats = chunked_token_stats(hidden, weight, labels, bias=bias, chunk_size=chunk_size, **kwargs)
+    objective = (stats.entropy * up_entropy.to(dtype)).sum()
+    if use_logps:
+        objective = objective + (stats.logps * up_logps.to(dtype)).sum()
+    actual = grads(objective, (hidden, weight, bias))
+    expected = grads((ref.entropy * up_entropy).sum() + (ref.logps * up_logps).sum(), ref_inputs)
+    assert_close_all(actual, expected, **TOL)
 
 
 def test_one_row_chunks():

@@ -68,7 +68,8 @@ class TokenStats:
             `(N,)` log-probability of each label, float32 (float64 for float64 inputs). Differentiable when returned by
             [`chunked_token_stats`] or [`naive_token_stats`]; detached when returned by [`fused_token_loss`].
         entropy (`torch.Tensor`):
-            `(N,)` entropy of the full next-token distribution, detached.
+            `(N,)` entropy of the full next-token distribution (differentiable from `chunked_token_stats` and
+            `naive_token_stats`, detached from `fused_token_loss`).
         correct (`torch.Tensor`):
             `(N,)` bool, whether the label is the argmax of the logits (token accuracy), detached.
         mean_logits (`torch.Tensor`):
@@ -320,16 +321,29 @@ def _stats_pass(hidden, weight, bias, labels, transform, chunk_size, with_sum_sq
     return outputs
 
 
-def _recompute_grad_pass(hidden, weight, bias, labels, transform, chunk_size, grad_logps, needs):
-    """Backward of [`chunked_token_stats`]: recomputes each chunk's softmax and accumulates the input gradients."""
+def _recompute_grad_pass(hidden, weight, bias, labels, transform, chunk_size, grad_logps, needs, grad_entropy=None):
+    """Backward of [`chunked_token_stats`]: recomputes each chunk's softmax and accumulates the input gradients (of
+    the log-probs and, when `grad_entropy` is given, of the entropies too)."""
     grads = _GradAccumulator(hidden, weight, bias, needs)
-    workspace = _Workspace(hidden, weight, chunk_size, num_buffers=2)
-    coefs = grad_logps.to(workspace.compute_dtype) * (transform.scale / transform.temperature)
+    workspace = _Workspace(hidden, weight, chunk_size, num_buffers=2 if grad_entropy is None else 3)
+    factor = transform.scale / transform.temperature
+    coefs = grad_logps.to(workspace.compute_dtype) * factor
+    entropy_coefs = grad_entropy.to(workspace.compute_dtype) * factor if grad_entropy is not None else None
     for start, end in _chunks(hidden.shape[0], chunk_size):
-        h = hidden[start:end]
+        h, y = hidden[start:end], labels[start:end]
         logits = workspace.logits(h, weight, bias, transform)
-        probs = torch.softmax(logits, dim=-1, out=workspace[1][: end - start])
-        grads.add(start, h, _logits_grad_(probs, logits, labels[start:end], coefs[start:end], transform), workspace)
+        if entropy_coefs is None:
+            probs = torch.softmax(logits, dim=-1, out=workspace[1][: end - start])
+            grads.add(start, h, _logits_grad_(probs, logits, y, coefs[start:end], transform), workspace)
+            continue
+        # dH/dz = -p (log p + H): with the log-prob term, grad = p * (-c_logp - c_H (log p + H)) + c_logp onehot
+        all_logps = torch.log_softmax(logits, dim=-1, out=workspace[1][: end - start])
+        probs = torch.exp(all_logps, out=workspace[2][: end - start])
+        entropy = (probs * all_logps).sum(dim=-1).neg_()
+        grad = all_logps.add_(entropy.unsqueeze(1)).mul_(-entropy_coefs[start:end].unsqueeze(1))
+        grad.sub_(coefs[start:end].unsqueeze(1)).mul_(probs)
+        grad.scatter_add_(1, y.unsqueeze(1), coefs[start:end].unsqueeze(1))
+        grads.add(start, h, transform.chain_(grad, logits), workspace)
     return grads.result()
 
 
@@ -370,16 +384,21 @@ class _ChunkedTokenStats(torch.autograd.Function):
             logps, *stats = _stats_pass(hidden, weight, bias, labels, transform, chunk_size, with_sum_sq)
         ctx.save_for_backward(hidden, weight, bias, labels)
         ctx.transform, ctx.chunk_size = transform, chunk_size
-        ctx.mark_non_differentiable(*(t for t in stats if t is not None))
+        ctx.set_materialize_grads(False)  # an unused entropy gets no gradient pass (None, not a tensor of zeros)
+        ctx.mark_non_differentiable(*(t for t in stats[1:] if t is not None))  # the entropy stays differentiable
         return logps, *stats
 
     @staticmethod
     def backward(ctx, grad_logps, grad_entropy, grad_correct, grad_mean_logits, grad_log_sum_sq):
         hidden, weight, bias, labels = ctx.saved_tensors
         needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        if grad_logps is None and grad_entropy is None:
+            return None, None, None, None, None, None, None
+        if grad_logps is None:
+            grad_logps = torch.zeros(labels.shape[0], dtype=hidden.dtype, device=hidden.device)
         with _no_autocast(hidden.device):
             grad_hidden, grad_weight, grad_bias = _recompute_grad_pass(
-                hidden, weight, bias, labels, ctx.transform, ctx.chunk_size, grad_logps, needs
+                hidden, weight, bias, labels, ctx.transform, ctx.chunk_size, grad_logps, needs, grad_entropy
             )
         return grad_hidden, grad_weight, grad_bias, None, None, None, None
 
@@ -494,7 +513,7 @@ def naive_token_stats(
         with_sum_sq (`bool`, *optional*, defaults to `False`): also compute `log_sum_sq_probs`.
 
     Returns:
-        [`TokenStats`]: differentiable `logps`, detached `entropy`, `correct`, `mean_logits` and
+        [`TokenStats`]: differentiable `logps` and `entropy`, detached `correct`, `mean_logits` and
         `log_sum_sq_probs` (`None` unless `with_sum_sq`), shaped like `labels`.
 
     Example:
@@ -520,7 +539,7 @@ def naive_token_stats(
     correct = logits.argmax(-1) == labels
     mean_logits = logits.detach().mean(-1)
     log_sum_sq = torch.logsumexp(2 * all_logps.detach(), dim=-1) if with_sum_sq else None
-    return _reshape_stats(TokenStats(logps, entropy.detach(), correct, mean_logits, log_sum_sq), out_shape)
+    return _reshape_stats(TokenStats(logps, entropy, correct, mean_logits, log_sum_sq), out_shape)
 
 
 def chunked_token_stats(
@@ -556,7 +575,8 @@ def chunked_token_stats(
             sum per chunk, in a buffer that is already allocated).
 
     Returns:
-        [`TokenStats`]: `logps` (differentiable w.r.t. `hidden`, `weight` and `bias`), detached `entropy`, `correct`,
+        [`TokenStats`]: `logps` and `entropy` (differentiable w.r.t. `hidden`, `weight` and `bias`; the entropy's
+        gradient costs nothing unless a loss uses it), detached `correct`,
         `mean_logits` and `log_sum_sq_probs` (`None` unless `with_sum_sq`), shaped like `labels`.
 
     Raises:

@@ -42,6 +42,18 @@ class GRPOConfig(_OnlineConfig):
             top ρ quantile of the micro-batch (0.2 recommended by https://huggingface.co/papers/2506.01939).
         use_bias_correction_kl (`bool`, *optional*, defaults to `True`): multiply the per-token KL by the ratio.
 
+        > Entropy
+
+        entropy_coef (`float`, *optional*, defaults to `0.0`): weight of an entropy bonus (`loss -= coef · entropy`
+            per token, normalised like the policy loss).
+        use_adaptive_entropy (`bool`, *optional*, defaults to `False`): adapt the coefficient after every optimiser
+            step (Skywork-OR1, https://huggingface.co/papers/2505.22312): `+ entropy_coef_delta` while the mean
+            entropy of the step is below `entropy_target`, `- entropy_coef_delta` otherwise, clamped to
+            `[entropy_coef_min, entropy_coef_max]`; its value is saved in checkpoints.
+        entropy_coef_min (`float`, *optional*, defaults to `0.0`), entropy_coef_max (`float`, *optional*, defaults to
+            `1.0`), entropy_coef_delta (`float`, *optional*, defaults to `0.005`), entropy_target (`float`, *optional*,
+            defaults to `0.2`).
+
     Example:
         ```python
         >>> from trl import GRPOConfig
@@ -84,6 +96,14 @@ class GRPOConfig(_OnlineConfig):
     )
     use_bias_correction_kl: bool = field(default=True, metadata={"help": "Multiply the per-token KL by the ratio."})
 
+    # Entropy
+    entropy_coef: float = field(default=0.0, metadata={"help": "Weight of the entropy bonus (0: off)."})
+    use_adaptive_entropy: bool = field(default=False, metadata={"help": "Adapt entropy_coef towards entropy_target."})
+    entropy_coef_min: float = field(default=0.0, metadata={"help": "Lower bound of the adaptive coefficient."})
+    entropy_coef_max: float = field(default=1.0, metadata={"help": "Upper bound of the adaptive coefficient."})
+    entropy_coef_delta: float = field(default=0.005, metadata={"help": "Step of the adaptive coefficient."})
+    entropy_target: float = field(default=0.2, metadata={"help": "Mean token entropy the adaptive coefficient aims at."})
+
     def __post_init__(self):
         from ..losses.policy import validate_policy_loss_config
 
@@ -104,6 +124,12 @@ class GRPOConfig(_OnlineConfig):
             warnings.warn(warning, stacklevel=2)
         if not 0.0 < self.top_entropy_quantile <= 1.0:
             raise ValueError(f"`top_entropy_quantile` must be in (0, 1]; got {self.top_entropy_quantile}.")
+        if self.entropy_coef < 0 or self.entropy_coef_delta < 0:
+            raise ValueError(f"`entropy_coef` and `entropy_coef_delta` must be >= 0; got {self.entropy_coef}, "
+                             f"{self.entropy_coef_delta}.")
+        if not 0 <= self.entropy_coef_min <= self.entropy_coef_max:
+            raise ValueError(f"Need 0 <= entropy_coef_min <= entropy_coef_max; got {self.entropy_coef_min}, "
+                             f"{self.entropy_coef_max}.")
         if self.delta is not None and self.delta <= 1.0:
             raise ValueError(f"`delta` caps the ratio and must be > 1 (e.g. 4.0); got {self.delta}.")
         super().__post_init__()

@@ -7,10 +7,12 @@ For each prompt `num_generations` completions are sampled; the advantage of each
 
 Deviations from the reference, on purpose: completions are trained on exactly the sampled token ids; the sampling
 log-probs of the generation backend serve as the old log-probs when sampling is plain (no second forward pass); the
-entropy bonus (`entropy_coef`) and the adaptive entropy controller are not available yet.
+entropy of the entropy bonus comes from the same chunked LM-head pass as the log-probs (no `(B, T, V)` logits).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -86,9 +88,15 @@ class GRPOTrainer(_OnlineTrainer):
             importance_sampling_level=a.importance_sampling_level, use_bias_correction_kl=a.use_bias_correction_kl,
             sapo_temperature_pos=a.sapo_temperature_pos, sapo_temperature_neg=a.sapo_temperature_neg,
             vespo_k_pos=a.vespo_k_pos, vespo_lambda_pos=a.vespo_lambda_pos, vespo_k_neg=a.vespo_k_neg,
-            vespo_lambda_neg=a.vespo_lambda_neg,
+            vespo_lambda_neg=a.vespo_lambda_neg, entropy_coef=a.entropy_coef,
         )
         self._reduction = POLICY_REDUCTIONS[a.loss_type]
+        self._entropy_step = [0.0, 0.0]  # entropy sum and token count of the current optimiser step
+
+    @property
+    def entropy_coef(self) -> float:
+        """The entropy bonus coefficient now (adapted after every step with `use_adaptive_entropy`)."""
+        return self._loss_params.entropy_coef
 
     def _advantages(self, rollout: Rollout, all_rewards: torch.Tensor) -> torch.Tensor:
         return group_normalized_advantages(
@@ -107,12 +115,48 @@ class GRPOTrainer(_OnlineTrainer):
         entropy_mask = None
         if self.args.top_entropy_quantile < 1.0:
             entropy_mask = high_entropy_mask(entropy, mask, self.args.top_entropy_quantile)
+        bonus = self.entropy_coef != 0 or self.args.use_adaptive_entropy
         token_losses, metrics = policy_loss(
             logps, old_logps, micro.advantages, mask, self._loss_params, ref_logps=micro.ref_logps,
-            entropy_mask=entropy_mask,
+            entropy=entropy if bonus else None, entropy_mask=entropy_mask,
         )
-        loss = reduce_policy_loss(
-            token_losses, mask, self._reduction, micro.step_counts, self._dp_world_size(),
+        loss = self._reduce(token_losses, mask, micro)
+        if bonus:
+            metrics["policy_loss"] = loss.detach() + self.entropy_coef * self._reduce(entropy.detach(), mask, micro)
+            metrics["entropy_coef"] = torch.tensor(self.entropy_coef)
+            self._entropy_step[0] += float((entropy.detach() * mask).sum())
+            self._entropy_step[1] += float(mask.sum())
+        return loss, metrics
+
+    def _reduce(self, token_values, mask, micro: Rollout) -> torch.Tensor:
+        return reduce_policy_loss(
+            token_values, mask, self._reduction, micro.step_counts, self._dp_world_size(),
             self.args.max_completion_length,
         )
-        return loss, metrics
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.args.use_adaptive_entropy and self.accelerator.gradient_state.sync_gradients:
+            self._adapt_entropy_coef()
+        return loss
+
+    def _adapt_entropy_coef(self) -> None:
+        """Skywork-OR1's controller: raise the coefficient while the step's mean entropy is under the target."""
+        totals = torch.tensor(self._entropy_step, dtype=torch.float64, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            totals = self.accelerator.reduce(totals, reduction="sum")
+        self._entropy_step = [0.0, 0.0]
+        if totals[1] == 0:
+            return
+        a = self.args
+        step = a.entropy_coef_delta if float(totals[0] / totals[1]) < a.entropy_target else -a.entropy_coef_delta
+        coef = min(max(self.entropy_coef + step, a.entropy_coef_min), a.entropy_coef_max)
+        self._loss_params = dataclasses.replace(self._loss_params, entropy_coef=coef)
+
+    def _online_state(self) -> dict:
+        return {**super()._online_state(), "entropy_coef": self.entropy_coef}
+
+    def _load_online_state(self, state: dict) -> None:
+        super()._load_online_state(state)
+        if "entropy_coef" in state:
+            self._loss_params = dataclasses.replace(self._loss_params, entropy_coef=state["entropy_coef"])

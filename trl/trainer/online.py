@@ -480,7 +480,10 @@ class _OnlineTrainer(_BaseTrainer):
         mode = "train" if self.model.training else "eval"
         self._metrics.add(mode, "entropy", (entropy * mask).sum(), tokens)
         for key, value in metrics.items():
-            weight = len(micro) if key == "vespo/phi_seq_mean" else tokens
+            if key == "policy_loss":  # a share of the step's loss, like `loss`: one count per optimiser step
+                self._metrics.add(mode, key, value, 1.0 / micro.step_counts.micro_batches)
+                continue
+            weight = len(micro) if key in ("vespo/phi_seq_mean", "entropy_coef") else tokens
             self._metrics.add(mode, _METRIC_NAMES.get(key, key), value * weight, weight)
             if key in _EXTREMES:
                 name, op = _EXTREMES[key]
