@@ -6,6 +6,7 @@ Each configuration runs in its own process (peak memory is its own):
     python benchmarks/bench_online.py                  # CPU: tiny Qwen3 (4 layers, hidden 256, vocab 448), fp32
     python benchmarks/bench_online.py --device cuda    # GPU: Qwen2.5-0.5B-shaped random model, bf16
     python benchmarks/bench_online.py --only grpo generate --steps 5
+    python benchmarks/bench_online.py --shape sft-cpu --prompts 1   # DESIGN.md's CPU shape, 8 completions a step
 
 Workload per step: `prompts x num_generations` completions of exactly `completion_len` tokens (the end-of-sequence
 check is switched off so that every run generates the same number of tokens; CPU 8 x 8 x 64, GPU 8 x 8 x 256 =
@@ -20,7 +21,8 @@ Configurations:
 
 Columns: `step (s)` median step time; `gen`, `logps`, `score` the medians of the trainer's `timing/*` metrics
 (generation, reference/old log-probs, rewards) and `train` = step − those (forward, backward, optimiser);
-`compl/s` completions per second of step time; `gen tok/s` generated tokens per second of generation time;
+`compl/s` completions per second of step time; `tok/s` prompt + completion tokens per second of step time;
+`gen tok/s` generated tokens per second of generation time;
 `peak MiB` as in `bench_sft.py` (CPU: peak RSS minus the RSS before training; CUDA: `max_memory_allocated`).
 """
 
@@ -36,6 +38,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sft import CPU_SHAPE as SFT_CPU_SHAPE
 from bench_sft import PeakRSS, load_average, run_configs
 
 CONFIGS = ("grpo", "grpo-beta", "rloo", "generate")
@@ -44,13 +47,15 @@ GPU_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, 
                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, tie_word_embeddings=True)
 
 
-def _model(cuda: bool):
+def _model(cuda: bool, shape: str = "tiny"):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from trl.models.tiny import tiny_model
 
-    if not cuda:
+    if not cuda and shape == "tiny":
         return tiny_model("qwen3", seed=0)
+    if not cuda:  # the 7M-parameter shape of bench_sft.py / DESIGN.md's CPU figures (vocab 32768)
+        return tiny_model("qwen3", seed=0, **SFT_CPU_SHAPE)
     config = AutoConfig.for_model("qwen2", pad_token_id=3, eos_token_id=2, **GPU_SHAPE)
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
@@ -73,7 +78,7 @@ def run_one(name: str, cli) -> dict:
 
     cuda = cli.device == "cuda"
     torch.set_num_threads(cli.threads)
-    model = _model(cuda)
+    model = _model(cuda, cli.shape)
     tokenizer = tiny_tokenizer()
     vocab = min(model.config.vocab_size, len(tokenizer))
     prompts = _prompts(cli.prompts * (cli.steps + cli.warmup), cli.prompt_len, vocab)
@@ -110,8 +115,9 @@ def run_one(name: str, cli) -> dict:
     return {
         "config": name, "step_s": step, "gen_s": gen, "logps_s": logps, "score_s": score,
         "train_s": step - gen - logps - score, "completions_per_s": completions / step,
+        "tokens_per_s": completions * (cli.prompt_len + cli.completion_len) / step,
         "gen_tokens_per_s": completions * cli.completion_len / gen,
-        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else rss.summary()["peak_mib"],
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else (rss.peak - rss.before) / 2**20,
     }
 
 
@@ -139,7 +145,8 @@ def _run_generate(model, prompts, cli, completions) -> dict:
     return {
         "config": "generate", "step_s": gen, "gen_s": gen, "logps_s": 0.0, "score_s": 0.0, "train_s": 0.0,
         "completions_per_s": completions / gen, "gen_tokens_per_s": completions * cli.completion_len / gen,
-        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else rss.summary()["peak_mib"],
+        "tokens_per_s": completions * (cli.prompt_len + cli.completion_len) / gen,
+        "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else (rss.peak - rss.before) / 2**20,
     }
 
 
@@ -156,6 +163,8 @@ def main():
     parser.add_argument("--prompt_len", type=int, default=None, help="tokens per prompt (CPU 32, GPU 128)")
     parser.add_argument("--completion_len", type=int, default=None, help="tokens per completion (CPU 64, GPU 256)")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--shape", choices=["tiny", "sft-cpu"], default="tiny",
+                        help="CPU model: the bundled tiny config, or bench_sft.py's 7M shape (vocab 32768)")
     parser.add_argument("--json")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
@@ -170,19 +179,20 @@ def main():
         argv = [sys.executable, __file__, "--_child", "--only", name, "--device", cli.device, "--steps",
                 str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--prompts",
                 str(cli.prompts), "--num_generations", str(cli.num_generations), "--prompt_len", str(cli.prompt_len),
-                "--completion_len", str(cli.completion_len)]
+                "--completion_len", str(cli.completion_len), "--shape", cli.shape]
         return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
 
     def print_row(r):
         print(f"{r['config']:10} {r['step_s']:8.3f} {r['gen_s']:7.3f} {r['logps_s']:7.3f} {r['score_s']:7.3f} "
-              f"{r['train_s']:7.3f} {r['completions_per_s']:8.1f} {r['gen_tokens_per_s']:10.0f} {r['peak_mib']:9.1f}",
+              f"{r['train_s']:7.3f} {r['completions_per_s']:8.1f} {r['tokens_per_s']:8.0f} {r['gen_tokens_per_s']:10.0f} "
+              f"{r['peak_mib']:9.1f}",
               flush=True)
 
-    print(f"device={cli.device} threads={cli.threads if not cuda else '-'} {cli.prompts} prompts x "
+    print(f"device={cli.device} shape={cli.shape if not cuda else '0.5b'} threads={cli.threads if not cuda else '-'} {cli.prompts} prompts x "
           f"{cli.num_generations} generations x {cli.completion_len} tokens (prompt {cli.prompt_len}) "
           f"steps={cli.steps} (+{cli.warmup} warm-up) | {load_average()}")
     print(f"{'config':10} {'step (s)':>8} {'gen':>7} {'logps':>7} {'score':>7} {'train':>7} {'compl/s':>8} "
-          f"{'gen tok/s':>10} {'peak MiB':>9}", flush=True)
+          f"{'tok/s':>8} {'gen tok/s':>10} {'peak MiB':>9}", flush=True)
     results = run_configs(cli.only or list(CONFIGS), child_argv, cli.repeats, print_row)
     print(f"(end: {load_average()})")
     if cli.json:

@@ -324,3 +324,14 @@ def test_errors():
         backend_module._reindex_cache(cache, torch.tensor([0, 0]))
     with pytest.raises(TypeError, match="transformers.Cache"):
         backend_module._reindex_cache(((torch.zeros(1), torch.zeros(1)),), torch.tensor([0]))
+
+
+def test_sample_categorical_follows_the_distribution_and_never_draws_a_zero():
+    from trl.generation.transformers_backend import sample_categorical
+
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.2, 0.7, 0.0]).expand(200_000, 6).contiguous()
+    draws = sample_categorical(probs, torch.Generator().manual_seed(0)).squeeze(1)
+    freq = torch.bincount(draws, minlength=6).double() / len(draws)
+    assert freq[[0, 2, 5]].sum() == 0
+    # binomial std at n=2e5 is < 1.1e-3: 5 sigma
+    torch.testing.assert_close(freq, probs[0].double(), rtol=0, atol=5.5e-3)

@@ -76,7 +76,7 @@ class TransformersBackend:
             prompt_ids (`list[list[int]]`): token ids of each prompt (no padding).
             n (`int`): completions per prompt.
             sampling ([`SamplingConfig`]): how to sample.
-            generator (`torch.Generator`, *optional*): random source of `torch.multinomial`, on the model's device;
+            generator (`torch.Generator`, *optional*): random source of the sampling, on the model's device;
                 a seeded generator makes the output reproducible. Defaults to the global generator.
 
         Returns:
@@ -272,7 +272,7 @@ def _sample(
     logits = process_logits(logits, sampling, seen)
     if sampling.do_sample:
         probs = logits.softmax(-1)
-        tokens = torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        tokens = sample_categorical(probs, generator)  # (B, 1)
         # log of the gathered probability: one pass over the vocabulary fewer than log_softmax, and as exact (float32
         # keeps ~1e-7 relative precision down to 1e-38, far below any probability that gets sampled)
         logps = probs.gather(1, tokens).log()
@@ -412,3 +412,24 @@ def _input_device(model: torch.nn.Module) -> torch.device:
 
 
 __all__ = ["TransformersBackend", "process_logits"]
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per row of `probs` (`(B, V)`, rows summing to ~1), by inverting the cumulative distribution: a uniform
+    number per row and a binary search. `torch.multinomial` draws `V` random numbers per row on CPU: measured at 64 rows
+    (1 thread) 0.62 vs 0.05 ms at V=448, 43 vs 2.1 ms at V=32768, 222 vs 28 ms at V=151936 (`benchmarks/
+    bench_online.py` spent 40% of a generation in it). The cumulative sum is taken in float64, so the distribution is
+    exact to ~1e-16; a token of probability 0 (filtered by top-k/top-p/min-p) has an empty interval and is never drawn.
+
+    Example:
+        ```python
+        >>> sample_categorical(torch.tensor([[0.0, 1.0, 0.0]]))
+        tensor([[1]])
+        ```
+    """
+    cumulative = probs.to(torch.float64).cumsum(-1)
+    total = cumulative[:, -1:]
+    uniform = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+    # strictly below the total, so the search never runs off the end (rand is in [0, 1))
+    target = uniform * total * (1 - 2**-40)
+    return torch.searchsorted(cumulative, target, right=True).clamp_(max=probs.shape[1] - 1)
