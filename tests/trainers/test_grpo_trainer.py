@@ -59,6 +59,14 @@ def _trainer(tmp_path, cls=GRPOTrainer, config_cls=GRPOConfig, reward_funcs=vowe
                processing_class=tiny_tokenizer())
 
 
+def _never_ending(trainer):
+    """No token ends a completion, so every completion is truncated (a random model may emit the real eos)."""
+    import dataclasses
+
+    trainer.sampling = dataclasses.replace(trainer.sampling, eos_token_ids=(-1,))
+    return trainer
+
+
 def _params(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
@@ -156,8 +164,8 @@ def test_sequence_level_importance_sampling(tmp_path):
 
 
 def test_mask_truncated_completions_and_top_entropy_quantile(tmp_path):
-    # a random model never ends its completions: all truncated, so masking leaves no loss token -> clear error
-    trainer = _trainer(tmp_path, mask_truncated_completions=True, max_steps=1)
+    # no completion ends (no token is an end-of-sequence): all truncated, so masking leaves no loss token -> clear error
+    trainer = _never_ending(_trainer(tmp_path, mask_truncated_completions=True, max_steps=1))
     with pytest.raises(TrainingWillNotLearnError, match="mask_truncated_completions"):
         trainer.train()
     trainer = _trainer(tmp_path, top_entropy_quantile=0.2, max_steps=1)
@@ -321,7 +329,7 @@ class TestBadInputs:
             trainer.train()
 
     def test_all_truncated_stops_the_run(self, tmp_path):
-        trainer = _trainer(tmp_path, guards=True, guard_patience=1, max_steps=2)
+        trainer = _never_ending(_trainer(tmp_path, guards=True, guard_patience=1, max_steps=2))
         with pytest.raises(TrainingWillNotLearnError, match="max_completion_length=8"):
             trainer.train()
 
