@@ -83,7 +83,7 @@ def main():
     parser.add_argument("--model", default=None, help="start from this model folder (default: a short SFT warm-up)")
     parser.add_argument("--warm_up_steps", type=int, default=60)
     parser.add_argument("--max_steps", type=int, default=150)
-    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
     parser.add_argument("--output_dir", default="outputs/grpo-tiny")
     cli = parser.parse_args()
 

@@ -165,9 +165,13 @@ def test_sequence_level_importance_sampling(tmp_path):
 
 def test_mask_truncated_completions_and_top_entropy_quantile(tmp_path):
     # no completion ends (no token is an end-of-sequence): all truncated, so masking leaves no loss token -> clear error
-    trainer = _never_ending(_trainer(tmp_path, mask_truncated_completions=True, max_steps=1))
+    trainer = _never_ending(_trainer(tmp_path, mask_truncated_completions=True, max_steps=1, guards=True))
     with pytest.raises(TrainingWillNotLearnError, match="mask_truncated_completions"):
         trainer.train()
+    trainer = _never_ending(_trainer(tmp_path, mask_truncated_completions=True, max_steps=1))  # guards=False: warns
+    with pytest.warns(UserWarning, match="mask_truncated_completions"):
+        trainer.train()
+    assert _logged(trainer)[0]["loss"] == 0.0
     trainer = _trainer(tmp_path, top_entropy_quantile=0.2, max_steps=1)
     trainer.train()
     assert _logged(trainer)
@@ -366,3 +370,38 @@ def test_entropy_bonus_changes_the_gradient(tmp_path):
         grads.append(catcher.grads)
     name = next(n for n in grads[0] if "lm_head" in n or "embed" in n)
     assert not torch.allclose(grads[0][name], grads[1][name])
+
+
+def test_prefilled_assistant_prompt_is_continued_and_rewards_see_the_whole_answer(tmp_path):
+    seen = []
+
+    def record(completions, **kwargs):
+        seen.extend(c[0]["content"] for c in completions)
+        return vowels(completions)
+
+    rows = [{"prompt": [{"role": "user", "content": "sort: c a b"}, {"role": "assistant", "content": "a b"}]}] * 4
+    trainer = _trainer(tmp_path, reward_funcs=record, dataset=Dataset.from_list(rows), max_steps=1)
+    ids = trainer.train_dataset[0]["prompt_ids"]
+    tokenizer = trainer.processing_class
+    assert tokenizer.decode(ids).endswith("<|im_start|>assistant\na b")  # continued, not closed
+    trainer.train()
+    assert seen and all(text.startswith("a b") for text in seen)
+
+
+def test_remove_unused_columns_keeps_the_prompt(tmp_path):
+    trainer = _trainer(tmp_path, remove_unused_columns=True, max_steps=1)
+    trainer.train()
+    assert _logged(trainer)
+
+
+def test_num_generations_eval_and_eval_batch_counts_completions(tmp_path):
+    with pytest.raises(ValueError, match="whole groups of num_generations_eval=3"):
+        _config(tmp_path, per_device_eval_batch_size=8, num_generations_eval=3)
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels,
+                          args=_config(tmp_path, per_device_eval_batch_size=4, num_generations_eval=2, max_steps=1),
+                          train_dataset=_prompts(), eval_dataset=_prompts(3), processing_class=tiny_tokenizer())
+    batches = list(trainer.get_eval_dataloader())
+    assert [len(b) for b in batches] == [4, 2]  # 3 prompts x 2 completions, 4 completions per batch
+    state = trainer._generator.get_state()
+    trainer.evaluate()
+    assert torch.equal(trainer._generator.get_state(), state)  # evaluation does not move the training sampler

@@ -109,8 +109,8 @@ def test_cispo_value_and_stop_gradient():
     expect(losses, [[1.25, 1.5576016, 0.5], [-1.8195921, -0.625, 0.0]])
     # the weight is detached: d/dlogps = -w A, even for the capped tokens (a ratio gradient would add -w A logps)
     expect(grad_of(losses, logps), [[-1.25, -0.7788008, -1.0], [1.2130613, 2.5, 0.0]])
-    # r > 1.25 on row 0 token 0 and row 1 token 1
-    expect(metrics["cispo_clip_ratio"], 0.4)
+    # r > 1.25 on row 0 token 0 (A > 0) and row 1 token 1 (A < 0, not counted, as the reference): 1 of 5 tokens
+    expect(metrics["cispo_clip_ratio"], 0.2)
 
 
 def test_sapo_value():
@@ -516,3 +516,21 @@ def test_policy_loss_then_reduce_end_to_end():
     # Σ losses = -1.2 - 0.7788008 - 1 + 1.6 + 2.5680508 = 1.18925 -> / 10
     losses, _, _ = run(loss_type="dapo")
     expect(reduce_policy_loss(losses, batch()[4], POLICY_REDUCTIONS["dapo"], COUNTS), 0.118925)
+
+
+def test_sequence_level_bias_corrected_kl_has_gspo_gradient():
+    """At sequence level the KL is multiplied by s_i = exp(mean_t(logps - old)) itself: its gradient spreads over the
+    sequence (s_i * mean_t(k3) * sum_u grad logp_u / |y_i| + s_i * grad k3_t), as with a naive implementation."""
+    logps, old_logps, ref_logps, advantages, mask = batch(torch.float64, requires_grad=True)
+    params = PolicyLossParams(loss_type="dapo", beta=1.0, importance_sampling_level="sequence",
+                              use_bias_correction_kl=True)
+    losses, _ = policy_loss(logps, old_logps, torch.zeros(2, dtype=torch.float64), mask, params, ref_logps=ref_logps)
+    # naive: with A = 0 only the KL term is left
+    m = mask.bool()
+    s = torch.exp(torch.where(m, logps - old_logps, 0.0).sum(-1) / m.sum(-1)).unsqueeze(-1)
+    d = torch.where(m, ref_logps - logps, 0.0)
+    naive = torch.where(m, s * (torch.exp(d) - d - 1), 0.0)
+    torch.testing.assert_close(losses, naive, **TOL)
+    grad, = torch.autograd.grad(losses.sum(), logps)
+    naive_grad, = torch.autograd.grad(naive.sum(), logps)
+    torch.testing.assert_close(grad, naive_grad, **TOL)

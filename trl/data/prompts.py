@@ -19,7 +19,8 @@ def _first_row(dataset) -> dict:
 
 
 def tokenize_prompt(row: dict, tokenizer, conversational: bool, chat_template_kwargs: dict | None = None) -> list[int]:
-    """Token ids of one row's prompt, ready for generation.
+    """Token ids of one row's prompt, ready for generation. A conversational prompt that ends with an assistant
+    message is continued (`continue_final_message`), not closed and followed by a new assistant turn.
 
     Example:
         ```python
@@ -30,6 +31,8 @@ def tokenize_prompt(row: dict, tokenizer, conversational: bool, chat_template_kw
     prompt = row["prompt"]
     if conversational:
         kwargs = {**(chat_template_kwargs or {}), **row_template_kwargs(row)}
+        if prompt and prompt[-1].get("role") == "assistant":  # a prefilled answer: generation continues it
+            return render_ids(tokenizer, prompt, kwargs, continue_final_message=True)
         return render_ids(tokenizer, prompt, kwargs, add_generation_prompt=True)
     return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
 
@@ -62,7 +65,8 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
         )
     columns = list(dataset.column_names)
     if "prompt_ids" in columns:  # pre-tokenised prompts: generation starts from exactly these ids
-        return _check_prompt_ids(dataset, tokenizer, trainer, name), False
+        dataset = _check_prompt_ids(dataset, tokenizer, trainer, name)
+        return dataset, isinstance(_first_row(dataset)["prompt"], list)
     if "prompt" not in columns:
         raise ValueError(
             f"{trainer} expects a 'prompt' column (text or a list of messages); the {name} dataset has columns "
@@ -92,10 +96,10 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
 
 
 def _check_prompt_ids(dataset, tokenizer, trainer: str, name: str):
-    example = _first_row(dataset)["prompt_ids"]
-    if not isinstance(example, list) or not example or not all(isinstance(i, int) for i in example):
-        raise TypeError(f"Column 'prompt_ids' of the {name} dataset must hold non-empty lists of token ids; got "
-                        f"{str(example)[:80]}.")
+    for i, ids in enumerate(dataset["prompt_ids"]):
+        if not isinstance(ids, list) or not ids or not all(isinstance(t, int) for t in ids):
+            raise TypeError(f"Row {i} of the {name} dataset's 'prompt_ids' column must be a non-empty list of token "
+                            f"ids; got {str(ids)[:80]}.")
     if "prompt" not in dataset.column_names:
         dataset = dataset.map(lambda row: {"prompt": tokenizer.decode(row["prompt_ids"])}, desc=None)
     return dataset

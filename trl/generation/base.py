@@ -13,7 +13,7 @@ import torch
 
 from ..rollout import Rollout
 
-_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "do_sample", "max_new_tokens")
+_SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "do_sample")
 
 
 @dataclass(frozen=True)
@@ -72,20 +72,20 @@ class SamplingConfig:
         )
 
     def with_overrides(self, generation_kwargs: dict[str, Any] | None) -> SamplingConfig:
-        """Apply `generation_kwargs` (`GRPOConfig.generation_kwargs`): known keys replace the fields above
-        (`max_new_tokens` sets `max_completion_length`); unknown keys are an error, not silently ignored."""
+        """Apply `generation_kwargs` (`GRPOConfig.generation_kwargs`): known keys replace the fields above; unknown keys
+        are an error, not silently ignored (`max_new_tokens` too: the length limit is `max_completion_length`, which
+        the loss normalisation and the context check also read)."""
         if not generation_kwargs:
             return self
         unknown = sorted(set(generation_kwargs) - set(_SAMPLING_KEYS))
+        if "max_new_tokens" in unknown:
+            raise ValueError("`generation_kwargs` cannot set `max_new_tokens`: set `max_completion_length` instead.")
         if unknown:
             raise ValueError(
                 f"`generation_kwargs` has keys the transformers backend does not support: {unknown}. Supported: "
                 f"{list(_SAMPLING_KEYS)}."
             )
-        values = dict(generation_kwargs)
-        if "max_new_tokens" in values:
-            values["max_completion_length"] = values.pop("max_new_tokens")
-        return dataclasses.replace(self, **values)
+        return dataclasses.replace(self, **generation_kwargs)
 
 
 class GenerationBackend(Protocol):

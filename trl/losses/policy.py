@@ -280,20 +280,21 @@ def cispo_term(
     detached importance ratio, `−sg(min(r, ε_high)) · A · logps`. Every token keeps a gradient; only its weight is
     capped. `ε_high` is an absolute cap here, not `1 + ε_high`.
 
-    Metric `cispo_clip_ratio`: the fraction of completion tokens whose weight is capped (`r > ε_high`), whatever the
-    sign of `A` (the cap applies to both).
+    Metric `cispo_clip_ratio`: the fraction of completion tokens whose weight is capped (`r > ε_high`) and whose
+    advantage is positive, as the reference counts it.
 
     Example:
         ```python
         >>> p = PolicyLossParams(loss_type="cispo", epsilon_high=2.0)
         >>> r, logps = torch.tensor([[1.0, 3.0]]), torch.tensor([[-1.0, -2.0]])
         >>> term, m = cispo_term(r, logps, None, torch.tensor([[1.0]]), torch.ones(1, 2, dtype=torch.bool), p)
-        >>> term, m["cispo_clip_ratio"]  # -1 * (-1), -2 * (-2)
+        >>> term, m["cispo_clip_ratio"]  # -1 * (-1), -2 * (-2); token 1 is capped (3 > 2) with A > 0
         (tensor([[1., 4.]]), tensor(0.5000))
         ```
     """
     weight = torch.clamp(ratio, max=params.epsilon_high).detach()
-    metrics = {"cispo_clip_ratio": _masked_mean(ratio > params.epsilon_high, mask)}
+    # as the reference: the share of tokens whose weight is capped among those with a positive advantage's sign
+    metrics = {"cispo_clip_ratio": _masked_mean((ratio > params.epsilon_high) & (advantages > 0), mask)}
     return -weight * advantages * logps, metrics
 
 
@@ -493,7 +494,7 @@ def policy_loss(
         ref_minus_policy = torch.where(mask, _up(ref_logps).detach() - logps, 0.0)
         kl = torch.exp(ref_minus_policy) - ref_minus_policy - 1
         if params.use_bias_correction_kl:
-            kl = kl * ratio
+            kl = kl * _kl_ratio(ratio, logps, old_logps, mask, params.importance_sampling_level)
         losses = losses + params.beta * kl
         metrics["kl"] = _masked_mean(kl, mask)
 
@@ -504,6 +505,17 @@ def policy_loss(
             losses = losses - params.entropy_coef * entropy
 
     return torch.where(mask, losses, 0.0), metrics
+
+
+def _kl_ratio(ratio: Tensor, logps: Tensor, old_logps: Tensor, mask: Tensor, level: str) -> Tensor:
+    """The ratio that bias-corrects the KL term. At token level it is `ratio` itself. At sequence level `ratio` is
+    GSPO-token's `exp(logp_t − sg(logp_t) + sg(log s_i))`, whose gradient is local to token t: right for a term that
+    is the same on every token of a sequence (the policy term), wrong for the KL, which varies per token. There the
+    KL is multiplied by `s_i = exp(mean_t(logps − old_logps))` itself, differentiable through the whole sequence."""
+    if level == "token":
+        return ratio
+    seq_log_ratio = torch.where(mask, logps - old_logps, 0.0).sum(-1) / mask.sum(-1).clamp(min=1)
+    return torch.exp(seq_log_ratio).unsqueeze(-1).expand_as(ratio)
 
 
 def rloo_loss(

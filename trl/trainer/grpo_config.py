@@ -36,8 +36,6 @@ class GRPOConfig(_OnlineConfig):
 
         loss_type (`str`, *optional*, defaults to `"dapo"`): `grpo`, `dr_grpo`, `dapo`, `bnpo`, `cispo`, `sapo`,
             `luspo` or `vespo`; see `trl.losses.policy` for formulas and normalisation.
-        mask_truncated_completions (`bool`, *optional*, defaults to `False`): leave completions that hit
-            `max_completion_length` out of the loss.
         top_entropy_quantile (`float`, *optional*, defaults to `1.0`): train only the tokens whose entropy is in the
             top ρ quantile of the micro-batch (0.2 recommended by https://huggingface.co/papers/2506.01939).
         use_bias_correction_kl (`bool`, *optional*, defaults to `True`): multiply the per-token KL by the ratio.
@@ -75,6 +73,10 @@ class GRPOConfig(_OnlineConfig):
     vespo_lambda_pos: float = field(default=3.0, metadata={"help": "VESPO rate lambda for positive advantages."})
     vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO shape k for negative advantages."})
     vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO rate lambda for negative advantages."})
+    cast_lm_head_to_fp32: bool = field(
+        default=False, metadata={"help": "Compute the LM head in fp32 (not available yet; the chunked head already "
+                                         "computes the log-softmax in fp32)."}
+    )
 
     # Rewards
     # typed `str` so that the command line takes a value; Python callers may still pass True/False
@@ -88,9 +90,6 @@ class GRPOConfig(_OnlineConfig):
 
     # Loss
     loss_type: str = field(default="dapo", metadata={"help": "grpo, dr_grpo, dapo, bnpo, cispo, sapo, luspo, vespo."})
-    mask_truncated_completions: bool = field(
-        default=False, metadata={"help": "Leave completions that hit max_completion_length out of the loss."}
-    )
     top_entropy_quantile: float = field(
         default=1.0, metadata={"help": "Train only the top-entropy tokens of this quantile (1.0: all tokens)."}
     )
@@ -124,12 +123,24 @@ class GRPOConfig(_OnlineConfig):
             warnings.warn(warning, stacklevel=2)
         if not 0.0 < self.top_entropy_quantile <= 1.0:
             raise ValueError(f"`top_entropy_quantile` must be in (0, 1]; got {self.top_entropy_quantile}.")
+        if self.cast_lm_head_to_fp32:
+            raise ValueError("`cast_lm_head_to_fp32` is not supported yet; the chunked LM head already computes the "
+                             "log-softmax in float32. Remove it.")
         if self.entropy_coef < 0 or self.entropy_coef_delta < 0:
             raise ValueError(f"`entropy_coef` and `entropy_coef_delta` must be >= 0; got {self.entropy_coef}, "
                              f"{self.entropy_coef_delta}.")
         if not 0 <= self.entropy_coef_min <= self.entropy_coef_max:
             raise ValueError(f"Need 0 <= entropy_coef_min <= entropy_coef_max; got {self.entropy_coef_min}, "
                              f"{self.entropy_coef_max}.")
+        if self.loss_type == "cispo" and (self.epsilon_high is None or self.epsilon_high < 1.0):
+            import warnings
+
+            warnings.warn(
+                f"loss_type='cispo' caps the importance weight at epsilon_high, an absolute value (not 1 + "
+                f"epsilon_high); epsilon_high={self.epsilon_high if self.epsilon_high is not None else self.epsilon} "
+                "caps every weight below 1. The CISPO paper uses 5.0: set `epsilon_high=5.0`.",
+                stacklevel=2,
+            )
         if self.delta is not None and self.delta <= 1.0:
             raise ValueError(f"`delta` caps the ratio and must be > 1 (e.g. 4.0); got {self.delta}.")
         super().__post_init__()

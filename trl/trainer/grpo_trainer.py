@@ -12,7 +12,6 @@ entropy of the entropy bonus comes from the same chunked LM-head pass as the log
 
 from __future__ import annotations
 
-import dataclasses
 
 import torch
 
@@ -24,7 +23,7 @@ from .grpo_config import GRPOConfig
 from .online import _OnlineTrainer
 
 
-def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:
+def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:  # one process
     """`(B, T)` True on the completion tokens whose entropy is in the top `quantile` fraction of the batch's
     completion tokens (https://huggingface.co/papers/2506.01939); `quantile=1.0` keeps every token.
 
@@ -88,15 +87,17 @@ class GRPOTrainer(_OnlineTrainer):
             importance_sampling_level=a.importance_sampling_level, use_bias_correction_kl=a.use_bias_correction_kl,
             sapo_temperature_pos=a.sapo_temperature_pos, sapo_temperature_neg=a.sapo_temperature_neg,
             vespo_k_pos=a.vespo_k_pos, vespo_lambda_pos=a.vespo_lambda_pos, vespo_k_neg=a.vespo_k_neg,
-            vespo_lambda_neg=a.vespo_lambda_neg, entropy_coef=a.entropy_coef,
+            vespo_lambda_neg=a.vespo_lambda_neg,
         )
         self._reduction = POLICY_REDUCTIONS[a.loss_type]
-        self._entropy_step = [0.0, 0.0]  # entropy sum and token count of the current optimiser step
+        self._entropy_coef = a.entropy_coef  # adapted after every step with `use_adaptive_entropy`
+        self._entropy_below_target = True  # the adaptive controller's gate, from the last step's entropy
+        self._entropy_step = torch.zeros(2, dtype=torch.float64)  # entropy sum and token count of this step
 
     @property
     def entropy_coef(self) -> float:
         """The entropy bonus coefficient now (adapted after every step with `use_adaptive_entropy`)."""
-        return self._loss_params.entropy_coef
+        return self._entropy_coef
 
     def _advantages(self, rollout: Rollout, all_rewards: torch.Tensor) -> torch.Tensor:
         return group_normalized_advantages(
@@ -104,34 +105,54 @@ class GRPOTrainer(_OnlineTrainer):
             scale_rewards=self.args.scale_rewards, aggregation=self.args.multi_objective_aggregation,
         )
 
-    def _loss_mask(self, micro: Rollout) -> torch.Tensor:
-        if self.args.mask_truncated_completions:
-            return micro.completion_mask * (~micro.is_truncated).unsqueeze(-1).to(micro.completion_mask.dtype)
-        return micro.completion_mask
-
     def _loss(self, micro: Rollout, logps, entropy, mask):
         # on-policy micro-batches use the detached current log-probs: the ratio is exactly 1
         old_logps = micro.old_logps if self._off_policy and micro.old_logps is not None else logps.detach()
         entropy_mask = None
         if self.args.top_entropy_quantile < 1.0:
-            entropy_mask = high_entropy_mask(entropy, mask, self.args.top_entropy_quantile)
-        bonus = self.entropy_coef != 0 or self.args.use_adaptive_entropy
+            entropy_mask = self._high_entropy_mask(entropy.detach(), mask)
         token_losses, metrics = policy_loss(
             logps, old_logps, micro.advantages, mask, self._loss_params, ref_logps=micro.ref_logps,
-            entropy=entropy if bonus else None, entropy_mask=entropy_mask,
+            entropy_mask=entropy_mask,
         )
-        loss = self._reduce(token_losses, mask, micro)
-        if bonus:
-            metrics["policy_loss"] = loss.detach() + self.entropy_coef * self._reduce(entropy.detach(), mask, micro)
-            metrics["entropy_coef"] = torch.tensor(self.entropy_coef)
-            self._entropy_step[0] += float((entropy.detach() * mask).sum())
-            self._entropy_step[1] += float(mask.sum())
+        loss = self._reduce(token_losses, mask, micro, self._reduction)
+        if self._entropy_bonus_on:
+            # "- coef * mean entropy": a token mean over the whole step, whatever the loss type's normalisation
+            bonus_mask = mask if entropy_mask is None else mask * entropy_mask
+            mean_entropy = self._reduce(entropy, bonus_mask, micro, "token")
+            metrics["policy_loss"] = loss.detach()
+            loss = loss - self._applied_entropy_coef() * mean_entropy
+            metrics["entropy_coef"] = torch.tensor(self._applied_entropy_coef())
+        if self.args.use_adaptive_entropy:
+            self._entropy_step += torch.stack([(entropy.detach() * mask).sum(), mask.sum()]).to(torch.float64).cpu()
         return loss, metrics
 
-    def _reduce(self, token_values, mask, micro: Rollout) -> torch.Tensor:
+    @property
+    def _entropy_bonus_on(self) -> bool:
+        return self.args.entropy_coef != 0 or self.args.use_adaptive_entropy
+
+    def _applied_entropy_coef(self) -> float:
+        """Skywork-OR1's gate: with the adaptive controller the bonus applies only while the last step's mean
+        entropy was at or below the target."""
+        if self.args.use_adaptive_entropy and not self._entropy_below_target:
+            return 0.0
+        return self._entropy_coef
+
+    def _high_entropy_mask(self, entropy: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The top-entropy mask with the threshold taken over the completion tokens of every process."""
+        values = entropy[mask.bool()].float()
+        if self.accelerator.num_processes > 1:
+            padded = self.accelerator.pad_across_processes(values, dim=0, pad_index=float("nan"))
+            values = self.accelerator.gather(padded)
+            values = values[~torch.isnan(values)]
+        if values.numel() == 0:
+            return mask.bool()
+        threshold = torch.quantile(values, 1.0 - self.args.top_entropy_quantile)
+        return (entropy >= threshold) & mask.bool()
+
+    def _reduce(self, token_values, mask, micro: Rollout, mode: str) -> torch.Tensor:
         return reduce_policy_loss(
-            token_values, mask, self._reduction, micro.step_counts, self._dp_world_size(),
-            self.args.max_completion_length,
+            token_values, mask, mode, micro.step_counts, self._dp_world_size(), self.args.max_completion_length
         )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -141,22 +162,24 @@ class GRPOTrainer(_OnlineTrainer):
         return loss
 
     def _adapt_entropy_coef(self) -> None:
-        """Skywork-OR1's controller: raise the coefficient while the step's mean entropy is under the target."""
-        totals = torch.tensor(self._entropy_step, dtype=torch.float64, device=self.accelerator.device)
+        """Skywork-OR1's controller, after every optimiser step: raise the coefficient while the step's mean entropy
+        is at or below the target, lower it otherwise; the bonus is applied next step only in the first case."""
+        totals = self._entropy_step.to(self.accelerator.device)
         if self.accelerator.num_processes > 1:
             totals = self.accelerator.reduce(totals, reduction="sum")
-        self._entropy_step = [0.0, 0.0]
+        self._entropy_step = torch.zeros(2, dtype=torch.float64)
         if totals[1] == 0:
             return
         a = self.args
-        step = a.entropy_coef_delta if float(totals[0] / totals[1]) < a.entropy_target else -a.entropy_coef_delta
-        coef = min(max(self.entropy_coef + step, a.entropy_coef_min), a.entropy_coef_max)
-        self._loss_params = dataclasses.replace(self._loss_params, entropy_coef=coef)
+        self._entropy_below_target = float(totals[0] / totals[1]) <= a.entropy_target
+        step = a.entropy_coef_delta if self._entropy_below_target else -a.entropy_coef_delta
+        self._entropy_coef = min(max(self._entropy_coef + step, a.entropy_coef_min), a.entropy_coef_max)
 
     def _online_state(self) -> dict:
-        return {**super()._online_state(), "entropy_coef": self.entropy_coef}
+        return {**super()._online_state(), "entropy_coef": self._entropy_coef,
+                "entropy_below_target": self._entropy_below_target}
 
     def _load_online_state(self, state: dict) -> None:
         super()._load_online_state(state)
-        if "entropy_coef" in state:
-            self._loss_params = dataclasses.replace(self._loss_params, entropy_coef=state["entropy_coef"])
+        self._entropy_coef = state.get("entropy_coef", self._entropy_coef)
+        self._entropy_below_target = state.get("entropy_below_target", self._entropy_below_target)

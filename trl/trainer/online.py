@@ -33,7 +33,7 @@ from ..generation.transformers_backend import TransformersBackend
 from ..models import loading
 from ..rollout import Rollout, StepCounts
 from .base_trainer import _BaseTrainer, as_config, causal_lm
-from .fused_head import completion_logps
+from .fused_head import completion_logps, router_aux_loss_coef
 from .reward_scoring import RewardScorer
 
 _STATE_FILE = "online_state_{rank}.pt"
@@ -42,6 +42,7 @@ _METRIC_NAMES = {
     "clip_ratio/low": "clip_ratio/low_mean", "clip_ratio/high": "clip_ratio/high_mean",
     "clip_ratio/region": "clip_ratio/region_mean",
 }
+_PER_SEQUENCE = ("vespo/phi_seq_mean", "entropy_coef")
 _EXTREMES = {"clip_ratio/low": ("clip_ratio/low_min", "min"), "clip_ratio/high": ("clip_ratio/high_max", "max")}
 
 
@@ -57,9 +58,10 @@ class RepeatSampler(Sampler[int]):
     """
 
     def __init__(self, num_rows: int, num_generations: int, prompts_per_batch: int, repeat_count: int = 1,
-                 shuffle: bool = True, seed: int = 0):
+                 shuffle: bool = True, seed: int = 0, keep_last: bool = False):
         self.num_rows, self.num_generations, self.prompts_per_batch = num_rows, num_generations, prompts_per_batch
         self.repeat_count, self.shuffle, self.seed, self.epoch = repeat_count, shuffle, seed, 0
+        self.keep_last = keep_last  # keep a last, partial batch of prompts (evaluation)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,15 +72,16 @@ class RepeatSampler(Sampler[int]):
             order = torch.randperm(self.num_rows, generator=generator).tolist()
         else:
             order = list(range(self.num_rows))
-        for start in range(0, len(order) - self.prompts_per_batch + 1, self.prompts_per_batch):
+        end = len(order) if self.keep_last else len(order) - self.prompts_per_batch + 1
+        for start in range(0, end, self.prompts_per_batch):
             chunk = order[start : start + self.prompts_per_batch]
             for _ in range(self.repeat_count):
                 for index in chunk:
                     yield from [index] * self.num_generations
 
     def __len__(self) -> int:
-        batches = self.num_rows // self.prompts_per_batch
-        return batches * self.prompts_per_batch * self.num_generations * self.repeat_count
+        rows = self.num_rows if self.keep_last else self.num_rows // self.prompts_per_batch * self.prompts_per_batch
+        return rows * self.num_generations * self.repeat_count
 
 
 def _identity(rows: list[dict]) -> list[dict]:
@@ -100,6 +103,7 @@ class _OnlineTrainer(_BaseTrainer):
     """Base of [`GRPOTrainer`] and [`RLOOTrainer`]; see the module docstring."""
 
     _config_class = None  # set by subclasses
+    _sequence_level_metrics = False  # True when the loss metrics are fractions of sequences (RLOO)
 
     def __init__(self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
@@ -159,6 +163,7 @@ class _OnlineTrainer(_BaseTrainer):
         self._completions_table: dict | None = None  # the last generation batch, for `log_completions`
         self._step_started = None
         self.model_accepts_loss_kwargs = False
+        self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
 
     # ---- construction helpers -----------------------------------------------------------------------------------
 
@@ -201,6 +206,11 @@ class _OnlineTrainer(_BaseTrainer):
             repeat_count=self.args.steps_per_generation * self.args.num_iterations,
             shuffle=self.args.shuffle_dataset, seed=self.args.seed,
         )
+
+    def _set_signature_columns_if_needed(self):
+        # with remove_unused_columns=True only the prompt survives (the reward functions then get no extra columns)
+        if self._signature_columns is None:
+            self._signature_columns = ["prompt", "prompt_ids"]
 
     def get_train_dataloader(self):
         # one dataloader batch = this process's share of a generation batch (it is consumed as one micro-step)
@@ -297,9 +307,14 @@ class _OnlineTrainer(_BaseTrainer):
 
     def _decode(self, rollout: Rollout) -> list:
         texts = self.processing_class.batch_decode(self._completion_id_lists(rollout), skip_special_tokens=True)
-        if self._conversational:
-            return [[{"role": "assistant", "content": text}] for text in texts]
-        return texts
+        if not self._conversational:
+            return texts
+        completions = []
+        for prompt, text in zip(rollout.prompts, texts):
+            # a prefilled assistant message was continued: the rewards see the whole answer
+            prefill = prompt[-1]["content"] if prompt and prompt[-1].get("role") == "assistant" else ""
+            completions.append([{"role": "assistant", "content": prefill + text}])
+        return completions
 
     @staticmethod
     def _completion_id_lists(rollout: Rollout) -> list[list[int]]:
@@ -339,8 +354,9 @@ class _OnlineTrainer(_BaseTrainer):
             self.model.train(was_training)
         return torch.cat(values).float()
 
-    def _forward_logps(self, model, micro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(B, C)` log-probs and entropies of the completion tokens, from one fused-head forward (no logits)."""
+    def _forward_logps(self, model, micro: Rollout, aux_loss: bool = False):
+        """`(B, C)` log-probs and entropies of the completion tokens, from one fused-head forward (no logits), and the
+        MoE load-balancing loss when `aux_loss=True` (else None)."""
         prompt_width = micro.prompt_ids.shape[1]
         input_ids = torch.cat([micro.prompt_ids, micro.completion_ids], dim=1)
         attention_mask = torch.cat([micro.prompt_mask, micro.completion_mask], dim=1)
@@ -348,11 +364,12 @@ class _OnlineTrainer(_BaseTrainer):
         loss_positions = torch.cat([torch.zeros_like(micro.prompt_mask), micro.completion_mask], dim=1)
         scored = completion_logps(
             model, input_ids, attention_mask, loss_positions, position_ids=position_ids,
-            temperature=self.sampling.temperature,
+            temperature=self.sampling.temperature, router_aux_loss=aux_loss,
         )
         entropy = torch.zeros(scored.mask.shape, dtype=scored.outputs.entropy.dtype, device=scored.mask.device)
         entropy = entropy.masked_scatter(scored.mask, scored.outputs.entropy)
-        return scored.token_logps[:, prompt_width - 1 :], entropy[:, prompt_width - 1 :]
+        logps, entropy = scored.token_logps[:, prompt_width - 1 :], entropy[:, prompt_width - 1 :]
+        return logps, entropy, scored.outputs.aux_loss
 
     # ---- metrics, guards, completions table ---------------------------------------------------------------------
 
@@ -380,7 +397,8 @@ class _OnlineTrainer(_BaseTrainer):
         total = self._total_rewards(all_rewards)
         group_std, zero_std = group_reward_stats(total, self.args.num_generations)
         add("train", "reward", total.sum(), total.numel())
-        add("train", "reward_std", group_std.mean())
+        batch_scaled = getattr(self.args, "scale_rewards", "group") == "batch"
+        add("train", "reward_std", total.std() if batch_scaled and total.numel() > 1 else group_std.mean())
         add("train", "frac_reward_zero_std", zero_std.float().mean())
         for name, values in scores.metrics.items():
             for value in values:
@@ -418,13 +436,14 @@ class _OnlineTrainer(_BaseTrainer):
             )
 
     def _check_step_has_loss_tokens(self, counts: StepCounts) -> None:
-        if self.accelerator.device.type == "cpu" and int(counts.tokens) == 0:
+        if int(counts.tokens) == 0:  # one host sync per optimiser step (generation already synchronises)
             guards.report(
                 "No completion token of this optimiser step enters the loss"
                 + (" (every completion was truncated and mask_truncated_completions=True)."
                    if getattr(self.args, "mask_truncated_completions", False) else "."),
-                "Raise max_completion_length or turn mask_truncated_completions off.",
-                True,
+                "Raise max_completion_length or turn mask_truncated_completions off. guards=False skips such steps "
+                "(their loss is 0).",
+                self.args.guards,
             )
 
     def _remember_completions(self, rollout: Rollout, scores, advantages: torch.Tensor) -> None:
@@ -466,24 +485,30 @@ class _OnlineTrainer(_BaseTrainer):
     # ---- loss ---------------------------------------------------------------------------------------------------
 
     def _loss_mask(self, micro: Rollout) -> torch.Tensor:
-        """`(B, C)` completion tokens that enter the loss."""
+        """`(B, C)` completion tokens that enter the loss (truncated completions left out with
+        `mask_truncated_completions`)."""
+        if self.args.mask_truncated_completions:
+            return micro.completion_mask * (~micro.is_truncated).unsqueeze(-1).to(micro.completion_mask.dtype)
         return micro.completion_mask
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError(f"{type(self).__name__} does not return model outputs from compute_loss.")
         micro = inputs.to(self.accelerator.device) if isinstance(inputs, Rollout) else inputs
-        logps, entropy = self._forward_logps(model, micro)
+        logps, entropy, aux_loss = self._forward_logps(model, micro, aux_loss=self._aux_loss_coef > 0)
         mask = self._loss_mask(micro)
         loss, metrics = self._loss(micro, logps, entropy, mask)
         tokens = mask.sum()
         mode = "train" if self.model.training else "eval"
+        if aux_loss is not None:  # a per-micro-batch mean: averaged over the micro-batches of the step
+            loss = loss + self._aux_loss_coef * aux_loss / micro.step_counts.micro_batches
+            self._metrics.add(mode, "aux_loss", aux_loss.detach())
         self._metrics.add(mode, "entropy", (entropy * mask).sum(), tokens)
         for key, value in metrics.items():
             if key == "policy_loss":  # a share of the step's loss, like `loss`: one count per optimiser step
                 self._metrics.add(mode, key, value, 1.0 / micro.step_counts.micro_batches)
                 continue
-            weight = len(micro) if key in ("vespo/phi_seq_mean", "entropy_coef") else tokens
+            weight = len(micro) if key in _PER_SEQUENCE or self._sequence_level_metrics else tokens
             self._metrics.add(mode, _METRIC_NAMES.get(key, key), value * weight, weight)
             if key in _EXTREMES:
                 name, op = _EXTREMES[key]
@@ -513,10 +538,22 @@ class _OnlineTrainer(_BaseTrainer):
 
     # ---- evaluation: sample completions of the eval prompts and report their rewards ----------------------------
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        # evaluation samples from its own generator, so the training run does not depend on `eval_steps`
+        self._eval_generator = torch.Generator(device=self.accelerator.device)
+        self._eval_generator.manual_seed(self.args.seed + 7919 + self.accelerator.process_index)
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        n = self.args.num_generations
-        rows = [row for row in inputs for _ in range(n)]
-        rollout = self._generate([row["prompt_ids"] for row in rows])
+        """Sample completions of the eval prompts (each row already repeated `num_generations_eval` times by the
+        sampler) and record their rewards and lengths; no loss."""
+        rows = inputs
+        generator = getattr(self, "_eval_generator", None) or self._generator
+        saved, self._generator = self._generator, generator
+        try:
+            rollout = self._generate([row["prompt_ids"] for row in rows])
+        finally:
+            self._generator = saved
         rollout.prompts = [row["prompt"] for row in rows]
         rollout.columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
         rollout.completions = self._decode(rollout)
@@ -537,14 +574,18 @@ class _OnlineTrainer(_BaseTrainer):
         return None, None, None
 
     def get_eval_dataloader(self, eval_dataset=None):
-        from torch.utils.data import SequentialSampler
-
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if isinstance(dataset, str):
             dataset = self.eval_dataset[dataset]
+        n = self.args.num_generations_eval or self.args.num_generations
+        prompts = max(1, self.args.per_device_eval_batch_size * self.accelerator.num_processes // n)
+
+        def sampler(d):  # every prompt n times in a row; the last, partial batch of prompts is kept
+            return RepeatSampler(len(d), n, prompts, shuffle=False, keep_last=True)
+
         return self._get_dataloader(
             dataset=dataset, description="Evaluation", batch_size=self.args.per_device_eval_batch_size,
-            sampler_fn=lambda d: SequentialSampler(d), is_training=False,
+            sampler_fn=sampler, is_training=False,
         )
 
     # ---- checkpoint and resume (DESIGN principle 7) -------------------------------------------------------------
@@ -568,9 +609,12 @@ class _OnlineTrainer(_BaseTrainer):
         path = os.path.join(output_dir, _STATE_FILE.format(rank=self.accelerator.process_index))
         torch.save(self._online_state(), path)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index))
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # called on resume by every backend (DeepSpeed too), before the first batch of the resumed run is drawn
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index))
         if os.path.exists(path):
             self._load_online_state(torch.load(path, weights_only=False))
         else:

@@ -28,7 +28,11 @@ class _OnlineConfig(_BaseConfig):
         remove_unused_columns (`bool`, *optional*, defaults to `False`):
             Keep every dataset column: the columns other than `prompt` reach the reward functions as keyword arguments.
         num_generations (`int`, *optional*): completions sampled per prompt (`G`, at least 2).
+        num_generations_eval (`int`, *optional*): completions per prompt at evaluation (defaults to `num_generations`);
+            `per_device_eval_batch_size` counts completions, like the train batch size.
         max_completion_length (`int`, *optional*, defaults to `512`): most tokens generated per completion.
+        mask_truncated_completions (`bool`, *optional*, defaults to `False`): leave completions that hit
+            `max_completion_length` out of the loss.
         shuffle_dataset (`bool`, *optional*, defaults to `True`): shuffle the prompts.
         chat_template_kwargs (`dict`, *optional*): extra arguments of the chat template for conversational prompts.
 
@@ -87,7 +91,13 @@ class _OnlineConfig(_BaseConfig):
         default=False, metadata={"help": "Keep the dataset columns: they reach the reward functions as kwargs."}
     )
     num_generations: int | None = field(default=8, metadata={"help": "Completions sampled per prompt (>= 2)."})
+    num_generations_eval: int | None = field(
+        default=None, metadata={"help": "Completions per prompt at evaluation (default: num_generations)."}
+    )
     max_completion_length: int | None = field(default=512, metadata={"help": "Most tokens generated per completion."})
+    mask_truncated_completions: bool = field(
+        default=False, metadata={"help": "Leave completions that hit max_completion_length out of the loss."}
+    )
     shuffle_dataset: bool | None = field(default=True, metadata={"help": "Shuffle the prompts."})
     pad_to_multiple_of: int | str | None = field(default="auto", metadata={"help": "'auto': no extra padding."})
     chat_template_kwargs: dict | str | None = field(
@@ -110,6 +120,16 @@ class _OnlineConfig(_BaseConfig):
         default=None, metadata={"help": "Overrides of the sampling parameters (dict or JSON)."}
     )
     use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (not available yet)."})
+    use_transformers_continuous_batching: bool = field(
+        default=False, metadata={"help": "transformers' continuous batching (not available; the built-in backend "
+                                         "already drops finished completions from the batch)."}
+    )
+    cache_implementation: str | None = field(
+        default=None, metadata={"help": "Not used by the built-in backend (it manages its own dynamic cache)."}
+    )
+    ds3_gather_for_generation: bool = field(
+        default=True, metadata={"help": "Kept for compatibility; DeepSpeed ZeRO-3 generation is not supported yet."}
+    )
 
     # Algorithm
     num_iterations: int = field(default=1, metadata={"help": "Passes over each generation batch (mu)."})
@@ -130,6 +150,9 @@ class _OnlineConfig(_BaseConfig):
     log_completions: bool = field(default=False, metadata={"help": "Print and save sampled completions."})
     num_completions_to_print: int | None = field(default=None, metadata={"help": "Rows of the completions table."})
     log_unique_prompts: bool = field(default=False, metadata={"help": "One row per prompt in the printed table."})
+    log_completions_hub_repo: str | None = field(
+        default=None, metadata={"help": "Push the completion tables to a Hub dataset (not available: no network)."}
+    )
 
     # Guards
     guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (False: only warn)."})
@@ -154,6 +177,19 @@ class _OnlineConfig(_BaseConfig):
                 "`use_vllm=True`: the vLLM backend is not available in this version; generation runs on the built-in "
                 "transformers backend. Remove `use_vllm`."
             )
+        unsupported = {
+            "use_transformers_continuous_batching": self.use_transformers_continuous_batching,
+            "log_completions_hub_repo": self.log_completions_hub_repo,
+        }
+        for name, value in unsupported.items():
+            if value:
+                raise ValueError(f"`{name}` is not supported in this version; remove it. The completion tables are "
+                                 "written to output_dir/completions/ with `log_completions=True`.")
+        if self.cache_implementation is not None:
+            import warnings
+
+            warnings.warn(f"`cache_implementation={self.cache_implementation!r}` is ignored: the built-in generation "
+                          "backend manages its own cache.", stacklevel=2)
         if self.auto_find_batch_size:
             raise ValueError("`auto_find_batch_size` is not supported by online trainers: the generation batch plan "
                              "depends on the batch size. Set `per_device_train_batch_size` explicitly.")
@@ -164,6 +200,8 @@ class _OnlineConfig(_BaseConfig):
             )
         if self.max_completion_length is None or self.max_completion_length < 1:
             raise ValueError(f"`max_completion_length` must be a positive integer; got {self.max_completion_length}.")
+        if self.num_generations_eval is not None and self.num_generations_eval < 1:
+            raise ValueError(f"`num_generations_eval` must be >= 1; got {self.num_generations_eval}.")
         if self.num_iterations < 1:
             raise ValueError(f"`num_iterations` must be >= 1; got {self.num_iterations}.")
         if self.epsilon_high is None:
@@ -183,6 +221,14 @@ class _OnlineConfig(_BaseConfig):
         self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         super().__post_init__()
         self._plan_generation_batches()
+        eval_generations = self.num_generations_eval or self.num_generations
+        eval_batch = self.per_device_eval_batch_size * self.world_size
+        if eval_batch % eval_generations:
+            raise ValueError(
+                f"The eval batch (per_device_eval_batch_size {self.per_device_eval_batch_size} × {self.world_size} "
+                f"process(es) = {eval_batch} completions) must hold whole groups of num_generations_eval="
+                f"{eval_generations}; it counts completions, not prompts."
+            )
 
     def _plan_generation_batches(self) -> None:
         """Settle `steps_per_generation` and `generation_batch_size` (needs the world size, known after the base

@@ -33,6 +33,7 @@ class RLOOTrainer(_OnlineTrainer):
     _config_class = RLOOConfig
     _tag_names = ["trl", "rloo"]
     _name = "RLOO"
+    _sequence_level_metrics = True  # its clip ratios are fractions of completions
 
     def __init__(self, model, reward_funcs, args: RLOOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
