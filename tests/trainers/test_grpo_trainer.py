@@ -405,3 +405,55 @@ def test_num_generations_eval_and_eval_batch_counts_completions(tmp_path):
     state = trainer._generator.get_state()
     trainer.evaluate()
     assert torch.equal(trainer._generator.get_state(), state)  # evaluation does not move the training sampler
+
+
+@pytest.mark.parametrize("kind", ["grpo", "rloo"])
+def test_two_ddp_ranks_equal_one_process(tmp_path, kind):
+    """One group of 8 completions split 4 + 4 over two gloo processes (advantages need the whole group: rewards are
+    gathered) gives the loss, metrics and gradients of one process holding all 8."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .online_one_step import one_step
+
+    log, grads, _ = one_step(tmp_path / "single", kind, batch_size=8, grad_accum=1)
+    here = Path(__file__).parent
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(here / "online_one_step.py"), str(out), kind, "4", "1"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=here.parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(out)
+    assert saved["world_size"] == 2
+    for key in ("loss", "reward", "reward_std", "kl", "entropy", "completions/mean_length"):
+        assert saved["log"][key] == pytest.approx(log[key], rel=1e-5, abs=1e-6), key
+    for name, grad in grads.items():
+        torch.testing.assert_close(saved["grads"][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_sequence_classification_model_as_reward(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from trl.models.tiny import tiny_config
+
+    config = tiny_config(num_labels=1, **SMALL)
+    config.pad_token_id = 3
+    torch.manual_seed(0)
+    reward_model = AutoModelForSequenceClassification.from_config(config)
+    trainer = GRPOTrainer(
+        model=tiny_model(seed=0, **SMALL), reward_funcs=[reward_model, vowels], args=_config(tmp_path, max_steps=1),
+        train_dataset=_prompts(), processing_class=tiny_tokenizer(), reward_processing_classes=[tiny_tokenizer(), None])
+    trainer.train()
+    log = _logged(trainer)[0]
+    name = trainer.reward_scorer.names[0]
+    assert f"rewards/{name}/mean" in log and math.isfinite(log[f"rewards/{name}/mean"])
+
+
+def test_sync_ref_model_mixes_the_policy_into_the_reference(tmp_path):
+    trainer = _trainer(tmp_path, beta=0.1, sync_ref_model=True, ref_model_sync_steps=1, ref_model_mixup_alpha=0.5)
+    ref_before = _params(trainer.ref_model)
+    trainer.train()
+    assert _moved(ref_before, trainer.ref_model)
