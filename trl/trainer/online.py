@@ -84,6 +84,30 @@ class RepeatSampler(Sampler[int]):
         return rows * self.num_generations * self.repeat_count
 
 
+def batch_plan(args, num_processes: int, off_policy: bool) -> str:
+    """One paragraph saying how prompts become completions, micro-batches and optimiser steps (batch sizes in online
+    RL count completions, which is the usual source of confusion).
+
+    Example:
+        ```python
+        >>> print(batch_plan(GRPOConfig(output_dir="o", per_device_train_batch_size=8, num_generations=4), 1, False))
+        Batch plan: each generation batch samples 2 prompts x 4 completions = 8 completions (8 per process, ...
+        ```
+    """
+    prompts = args.generation_batch_size // args.num_generations
+    per_process = args.generation_batch_size // num_processes
+    steps = args.steps_per_generation * args.num_iterations / args.gradient_accumulation_steps
+    return (
+        f"Batch plan: each generation batch samples {prompts} prompts x {args.num_generations} completions = "
+        f"{args.generation_batch_size} completions ({per_process} per process, {num_processes} process(es)), split "
+        f"into {args.steps_per_generation} micro-batch(es) of {args.per_device_train_batch_size} per process, used "
+        f"{args.num_iterations} time(s): {steps:g} optimiser step(s) per generation batch "
+        f"(gradient_accumulation_steps={args.gradient_accumulation_steps}); "
+        + ("old log-probs are kept because the policy moves before a micro-batch is used." if off_policy
+           else "every micro-batch is on-policy (no old log-probs needed).")
+    )
+
+
 def _identity(rows: list[dict]) -> list[dict]:
     return rows
 
@@ -164,6 +188,8 @@ class _OnlineTrainer(_BaseTrainer):
         self._step_started = None
         self.model_accepts_loss_kwargs = False
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
+        if self.accelerator.is_main_process and not args.disable_tqdm:
+            print(batch_plan(args, self.accelerator.num_processes, self._off_policy))
 
     # ---- construction helpers -----------------------------------------------------------------------------------
 
