@@ -103,6 +103,29 @@ class Rollout:
 
         return dataclasses.replace(self, **{f.name: pick(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
+    def trim(self) -> Rollout:
+        """Drop the padding columns that no row of this rollout uses: prompt columns on the left, completion columns
+        on the right (a micro-batch cut from a generation batch is padded to the whole batch's longest).
+
+        Example:
+            ```python
+            >>> micro = rollout.select(slice(0, 4)).trim()
+            ```
+        """
+        first = int((self.prompt_mask.sum(0) > 0).nonzero()[0]) if self.prompt_mask.any() else 0
+        used = (self.completion_mask.sum(0) > 0).nonzero()
+        last = int(used[-1]) + 1 if len(used) else 1
+
+        def columns(value, start, end):
+            return value[:, start:end] if value is not None else None
+
+        return dataclasses.replace(
+            self, prompt_ids=self.prompt_ids[:, first:], prompt_mask=self.prompt_mask[:, first:],
+            completion_ids=columns(self.completion_ids, 0, last), completion_mask=columns(self.completion_mask, 0, last),
+            sampling_logps=columns(self.sampling_logps, 0, last), old_logps=columns(self.old_logps, 0, last),
+            ref_logps=columns(self.ref_logps, 0, last),
+        )
+
     def to(self, device: torch.device | str) -> Rollout:
         """A copy with every tensor field on `device`."""
         moved = {

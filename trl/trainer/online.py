@@ -275,7 +275,7 @@ class _OnlineTrainer(_BaseTrainer):
             order = torch.randperm(len(rollout), generator=torch.Generator().manual_seed(self._shuffle_seed()))
             rollout = rollout.select(order)
             size = self.args.per_device_train_batch_size
-            self._buffer = [rollout.select(slice(i * size, (i + 1) * size)) for i in range(spg)]
+            self._buffer = [rollout.select(slice(i * size, (i + 1) * size)).trim() for i in range(spg)]
         micro = self._buffer[self._buffer_position % spg]
         self._buffer_position += 1
         return micro
