@@ -373,10 +373,11 @@ def test_entropy_bonus_changes_the_gradient(tmp_path):
 
 
 def test_prefilled_assistant_prompt_is_continued_and_rewards_see_the_whole_answer(tmp_path):
-    seen = []
+    seen, seen_prompts = [], []
 
-    def record(completions, **kwargs):
+    def record(prompts, completions, **kwargs):
         seen.extend(c[0]["content"] for c in completions)
+        seen_prompts.extend(prompts)
         return vowels(completions)
 
     rows = [{"prompt": [{"role": "user", "content": "sort: c a b"}, {"role": "assistant", "content": "a b"}]}] * 4
@@ -386,6 +387,8 @@ def test_prefilled_assistant_prompt_is_continued_and_rewards_see_the_whole_answe
     assert tokenizer.decode(ids).endswith("<|im_start|>assistant\na b")  # continued, not closed
     trainer.train()
     assert seen and all(text.startswith("a b") for text in seen)
+    # the prefill moved from the prompt into the completion: prompt + completion holds it once
+    assert all(p == [{"role": "user", "content": "sort: c a b"}] for p in seen_prompts)
 
 
 def test_remove_unused_columns_keeps_the_prompt(tmp_path):
@@ -396,7 +399,9 @@ def test_remove_unused_columns_keeps_the_prompt(tmp_path):
 
 def test_num_generations_eval_and_eval_batch_counts_completions(tmp_path):
     with pytest.raises(ValueError, match="whole groups of num_generations_eval=3"):
-        _config(tmp_path, per_device_eval_batch_size=8, num_generations_eval=3)
+        _config(tmp_path, per_device_eval_batch_size=8, num_generations_eval=3, eval_strategy="steps")
+    # without evaluation the eval batch is not checked (16 generations do not fit the default eval batch of 8)
+    assert _config(tmp_path, num_generations=16, per_device_train_batch_size=16).num_generations == 16
     trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels,
                           args=_config(tmp_path, per_device_eval_batch_size=4, num_generations_eval=2, max_steps=1),
                           train_dataset=_prompts(), eval_dataset=_prompts(3), processing_class=tiny_tokenizer())
@@ -457,3 +462,22 @@ def test_sync_ref_model_mixes_the_policy_into_the_reference(tmp_path):
     ref_before = _params(trainer.ref_model)
     trainer.train()
     assert _moved(ref_before, trainer.ref_model)
+
+
+def test_trimmed_micro_batches_score_like_untrimmed(tmp_path):
+    """A micro-batch drops the padding columns none of its rows use; its completion log-probs do not change."""
+    trainer = _trainer(tmp_path)
+    rows = [trainer.train_dataset[i] for i in range(4) for _ in range(2)]
+    rollout = trainer._generate([row["prompt_ids"] for row in rows])
+    micro = rollout.select([0, 1, 6])
+    trimmed = micro.trim()
+    assert trimmed.prompt_ids.shape[1] <= micro.prompt_ids.shape[1]
+    assert trimmed.prompt_mask.sum() == micro.prompt_mask.sum()
+    assert trimmed.completion_mask.sum() == micro.completion_mask.sum()
+    with torch.no_grad():
+        full, _, _ = trainer._forward_logps(trainer.model, micro)
+        cut, _, _ = trainer._forward_logps(trainer.model, trimmed)
+    width = trimmed.completion_ids.shape[1]
+    mask = micro.completion_mask[:, :width].bool()
+    torch.testing.assert_close(cut[mask], full[:, :width][mask], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(trimmed.sampling_logps, micro.sampling_logps[:, :width])

@@ -427,8 +427,10 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
         tensor([[1]])
         ```
     """
-    cumulative = probs.to(torch.float64).cumsum(-1)
+    cumulative = probs.cumsum(-1, dtype=torch.float64)
     total = cumulative[:, -1:]
+    # a NaN or all-zero row (e.g. fp16 overflow) would otherwise quietly yield the last token; no host sync on CUDA
+    torch._assert_async((torch.isfinite(total) & (total > 0)).all(), "sampling probabilities are NaN/inf or all zero")
     uniform = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
     # strictly below the total, so the search never runs off the end (rand is in [0, 1))
     target = uniform * total * (1 - 2**-40)

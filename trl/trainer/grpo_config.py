@@ -42,8 +42,8 @@ class GRPOConfig(_OnlineConfig):
 
         > Entropy
 
-        entropy_coef (`float`, *optional*, defaults to `0.0`): weight of an entropy bonus (`loss -= coef · entropy`
-            per token, normalised like the policy loss).
+        entropy_coef (`float`, *optional*, defaults to `0.0`): weight of an entropy bonus, `loss -= coef · mean
+            entropy`, the mean taken over the completion tokens of the whole optimiser step (whatever `loss_type`).
         use_adaptive_entropy (`bool`, *optional*, defaults to `False`): adapt the coefficient after every optimiser
             step (Skywork-OR1, https://huggingface.co/papers/2505.22312): `+ entropy_coef_delta` while the mean
             entropy of the step is below `entropy_target`, `- entropy_coef_delta` otherwise, clamped to

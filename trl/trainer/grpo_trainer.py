@@ -23,23 +23,6 @@ from .grpo_config import GRPOConfig
 from .online import _OnlineTrainer
 
 
-def high_entropy_mask(entropy: torch.Tensor, mask: torch.Tensor, quantile: float) -> torch.Tensor:  # one process
-    """`(B, T)` True on the completion tokens whose entropy is in the top `quantile` fraction of the batch's
-    completion tokens (https://huggingface.co/papers/2506.01939); `quantile=1.0` keeps every token.
-
-    Example:
-        ```python
-        >>> high_entropy_mask(torch.tensor([[0.1, 0.9, 0.5]]), torch.tensor([[1, 1, 1]]), 0.34)
-        tensor([[False,  True, False]])
-        ```
-    """
-    valid = entropy[mask.bool()]
-    if quantile >= 1.0 or valid.numel() == 0:
-        return mask.bool()
-    threshold = torch.quantile(valid.float(), 1.0 - quantile)
-    return (entropy >= threshold) & mask.bool()
-
-
 class GRPOTrainer(_OnlineTrainer):
     """Trainer for GRPO and its variants.
 
@@ -117,14 +100,17 @@ class GRPOTrainer(_OnlineTrainer):
         )
         loss = self._reduce(token_losses, mask, micro, self._reduction)
         if self._entropy_bonus_on:
-            # "- coef * mean entropy": a token mean over the whole step, whatever the loss type's normalisation
+            # "- coef * mean entropy": a token mean over the whole step, whatever the loss type's normalisation. With
+            # top_entropy_quantile < 1 the sum runs over the selected tokens and the count over all loss tokens (the
+            # reference's normalisation for dapo); the adaptive controller measures the mean over all loss tokens.
             bonus_mask = mask if entropy_mask is None else mask * entropy_mask
             mean_entropy = self._reduce(entropy, bonus_mask, micro, "token")
             metrics["policy_loss"] = loss.detach()
             loss = loss - self._applied_entropy_coef() * mean_entropy
-            metrics["entropy_coef"] = torch.tensor(self._applied_entropy_coef())
-        if self.args.use_adaptive_entropy:
-            self._entropy_step += torch.stack([(entropy.detach() * mask).sum(), mask.sum()]).to(torch.float64).cpu()
+            metrics["entropy_coef"] = torch.tensor(self._entropy_coef)  # the controller's value (the gate aside)
+        if self.args.use_adaptive_entropy:  # kept on the device: reduced once per optimiser step
+            step = torch.stack([(entropy.detach() * mask).sum(), mask.sum()]).to(torch.float64)
+            self._entropy_step = self._entropy_step.to(step.device) + step
         return loss, metrics
 
     @property

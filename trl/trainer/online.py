@@ -16,6 +16,7 @@ base holds everything else. Overridable methods: those two, and `_needs_referenc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -106,6 +107,14 @@ def batch_plan(args, num_processes: int, off_policy: bool) -> str:
         + ("old log-probs are kept because the policy moves before a micro-batch is used." if off_policy
            else "every micro-batch is on-policy (no old log-probs needed).")
     )
+
+
+def _message_text(message: dict) -> str:
+    """The text of a message whose content is a string or a list of `{"type": "text", "text": ...}` parts."""
+    content = message.get("content", "")
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content or ""
 
 
 def _identity(rows: list[dict]) -> list[dict]:
@@ -332,14 +341,22 @@ class _OnlineTrainer(_BaseTrainer):
         return rollout.select(inverse)  # back to the rows' order
 
     def _decode(self, rollout: Rollout) -> list:
+        """Completions as the rewards see them: text for text prompts, one assistant message for conversational ones.
+        A prefilled final assistant message (continued by generation) moves from the prompt into the completion, so
+        that prompt + completion holds it once."""
         texts = self.processing_class.batch_decode(self._completion_id_lists(rollout), skip_special_tokens=True)
-        if not self._conversational:
-            return texts
-        completions = []
+        completions, prompts = [], []
         for prompt, text in zip(rollout.prompts, texts):
-            # a prefilled assistant message was continued: the rewards see the whole answer
-            prefill = prompt[-1]["content"] if prompt and prompt[-1].get("role") == "assistant" else ""
+            if not isinstance(prompt, list):
+                prompts.append(prompt)
+                completions.append(text)
+                continue
+            prefill = ""
+            if prompt and prompt[-1].get("role") == "assistant":
+                prefill, prompt = _message_text(prompt[-1]), prompt[:-1]
+            prompts.append(prompt)
             completions.append([{"role": "assistant", "content": prefill + text}])
+        rollout.prompts = prompts
         return completions
 
     @staticmethod
@@ -467,8 +484,8 @@ class _OnlineTrainer(_BaseTrainer):
                 "No completion token of this optimiser step enters the loss"
                 + (" (every completion was truncated and mask_truncated_completions=True)."
                    if getattr(self.args, "mask_truncated_completions", False) else "."),
-                "Raise max_completion_length or turn mask_truncated_completions off. guards=False skips such steps "
-                "(their loss is 0).",
+                "Raise max_completion_length or turn mask_truncated_completions off. With guards=False such a step has "
+                "a zero loss (the optimiser still steps: weight decay and momentum apply).",
                 self.args.guards,
             )
 
@@ -524,7 +541,7 @@ class _OnlineTrainer(_BaseTrainer):
         logps, entropy, aux_loss = self._forward_logps(model, micro, aux_loss=self._aux_loss_coef > 0)
         mask = self._loss_mask(micro)
         loss, metrics = self._loss(micro, logps, entropy, mask)
-        tokens = mask.sum()
+        tokens, sequences = mask.sum(), mask.any(-1).sum()
         mode = "train" if self.model.training else "eval"
         if aux_loss is not None:  # a per-micro-batch mean: averaged over the micro-batches of the step
             loss = loss + self._aux_loss_coef * aux_loss / micro.step_counts.micro_batches
@@ -534,7 +551,7 @@ class _OnlineTrainer(_BaseTrainer):
             if key == "policy_loss":  # a share of the step's loss, like `loss`: one count per optimiser step
                 self._metrics.add(mode, key, value, 1.0 / micro.step_counts.micro_batches)
                 continue
-            weight = len(micro) if key in _PER_SEQUENCE or self._sequence_level_metrics else tokens
+            weight = sequences if key in _PER_SEQUENCE or self._sequence_level_metrics else tokens
             self._metrics.add(mode, _METRIC_NAMES.get(key, key), value * weight, weight)
             if key in _EXTREMES:
                 name, op = _EXTREMES[key]
@@ -568,6 +585,11 @@ class _OnlineTrainer(_BaseTrainer):
         # evaluation samples from its own generator, so the training run does not depend on `eval_steps`
         self._eval_generator = torch.Generator(device=self.accelerator.device)
         self._eval_generator.manual_seed(self.args.seed + 7919 + self.accelerator.process_index)
+        if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)):
+            if "prompt_ids" not in (eval_dataset.column_names or []):
+                eval_dataset, _ = prepare_prompt_dataset(
+                    eval_dataset, self.processing_class, type(self).__name__, "eval", self.args.chat_template_kwargs
+                )
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
@@ -618,7 +640,7 @@ class _OnlineTrainer(_BaseTrainer):
 
     def _online_state(self) -> dict:
         return {
-            "buffer": [b.to("cpu") for b in self._buffer],
+            "buffer": [dataclasses.replace(b.to("cpu"), step_counts=None) for b in self._buffer],
             "buffer_position": self._buffer_position,
             "generator": self._generator.get_state(),
             "guard_counts": dict(self._guard_counts),
@@ -642,7 +664,7 @@ class _OnlineTrainer(_BaseTrainer):
             return
         path = os.path.join(checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index))
         if os.path.exists(path):
-            self._load_online_state(torch.load(path, weights_only=False))
+            self._load_online_state(torch.load(path, weights_only=False, map_location="cpu"))
         else:
             warnings.warn(
                 f"{path} is missing: the rollout buffer and sampling generator start afresh, so the resumed run will "

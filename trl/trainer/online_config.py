@@ -183,8 +183,10 @@ class _OnlineConfig(_BaseConfig):
         }
         for name, value in unsupported.items():
             if value:
-                raise ValueError(f"`{name}` is not supported in this version; remove it. The completion tables are "
-                                 "written to output_dir/completions/ with `log_completions=True`.")
+                hint = (" The completion tables are written to output_dir/completions/ with `log_completions=True`."
+                        if name == "log_completions_hub_repo" else
+                        " The built-in backend already drops finished completions from the batch.")
+                raise ValueError(f"`{name}` is not supported in this version; remove it.{hint}")
         if self.cache_implementation is not None:
             import warnings
 
@@ -223,7 +225,7 @@ class _OnlineConfig(_BaseConfig):
         self._plan_generation_batches()
         eval_generations = self.num_generations_eval or self.num_generations
         eval_batch = self.per_device_eval_batch_size * self.world_size
-        if eval_batch % eval_generations:
+        if self.eval_strategy != "no" and eval_batch % eval_generations:
             raise ValueError(
                 f"The eval batch (per_device_eval_batch_size {self.per_device_eval_batch_size} × {self.world_size} "
                 f"process(es) = {eval_batch} completions) must hold whole groups of num_generations_eval="

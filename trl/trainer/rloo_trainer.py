@@ -47,7 +47,7 @@ class RLOOTrainer(_OnlineTrainer):
     def _advantages(self, rollout: Rollout, all_rewards: torch.Tensor) -> torch.Tensor:
         kl = None
         if self.args.beta != 0.0:
-            local_kl = ((rollout.old_logps - rollout.ref_logps) * rollout.completion_mask).sum(-1)
+            local_kl = ((rollout.old_logps - rollout.ref_logps) * self._loss_mask(rollout)).sum(-1)
             kl = self.accelerator.gather(local_kl)
             self._metrics.add("train", "kl", kl.sum(), kl.numel())
         rewards = rloo_rewards(
