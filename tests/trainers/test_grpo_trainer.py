@@ -468,7 +468,7 @@ def test_trimmed_micro_batches_score_like_untrimmed(tmp_path):
     """A micro-batch drops the padding columns none of its rows use; its completion log-probs do not change."""
     trainer = _trainer(tmp_path)
     rows = [trainer.train_dataset[i] for i in range(4) for _ in range(2)]
-    rollout = trainer._generate([row["prompt_ids"] for row in rows])
+    rollout = trainer._generate([row["prompt_ids"] for row in rows], trainer._generator)
     micro = rollout.select([0, 1, 6])
     trimmed = micro.trim()
     assert trimmed.prompt_ids.shape[1] <= micro.prompt_ids.shape[1]

@@ -297,20 +297,13 @@ class _OnlineTrainer(_BaseTrainer):
     def _make_rollout(self, rows: list[dict]) -> Rollout:
         self._step_started = time.perf_counter()
         started = time.perf_counter()
-        rollout = self._generate([row["prompt_ids"] for row in rows])
+        rollout = self._sample(rows, self._generator)
         generated = time.perf_counter()
-        rollout.prompts = [row["prompt"] for row in rows]
-        rollout.columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
-        rollout.completions = self._decode(rollout)
         rollout.old_logps = self._old_logps(rollout)
         if self._uses_reference(self.args):
             rollout.ref_logps = self._score_logps(rollout, reference=True)
         scored_logps = time.perf_counter()
-        scores = self.reward_scorer.score(
-            rollout.prompts, rollout.completions, self._completion_id_lists(rollout), rollout.columns,
-            trainer_state=self.state,
-        )
-        rollout.rewards = scores.rewards.to(self.accelerator.device)
+        scores = self._score(rollout)
         all_rewards = self.accelerator.gather(rollout.rewards)  # (N_all, R): groups may straddle processes
         advantages = self._advantages(rollout, all_rewards)
         rank, local = self.accelerator.process_index, len(rollout)
@@ -324,7 +317,24 @@ class _OnlineTrainer(_BaseTrainer):
         self._check_rollout_guards(rollout, all_rewards)
         return rollout
 
-    def _generate(self, prompt_ids: list[list[int]]) -> Rollout:
+    def _sample(self, rows: list[dict], generator: torch.Generator) -> Rollout:
+        """One completion per row, with what the reward functions read: prompts, completions, dataset columns."""
+        rollout = self._generate([row["prompt_ids"] for row in rows], generator)
+        rollout.prompts = [row["prompt"] for row in rows]
+        rollout.columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
+        rollout.completions = self._decode(rollout)
+        return rollout
+
+    def _score(self, rollout: Rollout):
+        """Run the reward functions; sets `rollout.rewards` and returns the scorer's `RewardScores`."""
+        scores = self.reward_scorer.score(
+            rollout.prompts, rollout.completions, self._completion_id_lists(rollout), rollout.columns,
+            trainer_state=self.state,
+        )
+        rollout.rewards = scores.rewards.to(self.accelerator.device)
+        return scores
+
+    def _generate(self, prompt_ids: list[list[int]], generator: torch.Generator) -> Rollout:
         """Generate one completion per row, prefilling each run of identical prompts once."""
         runs = _runs(prompt_ids)
         by_count: dict[int, list[int]] = {}
@@ -333,7 +343,7 @@ class _OnlineTrainer(_BaseTrainer):
         self.backend.sync_weights(self.model)
         parts, order = [], []
         for n, starts in sorted(by_count.items()):
-            parts.append(self.backend.generate([prompt_ids[s] for s in starts], n, self.sampling, self._generator))
+            parts.append(self.backend.generate([prompt_ids[s] for s in starts], n, self.sampling, generator))
             order.extend(s + k for s in starts for k in range(n))
         rollout = Rollout.cat(parts, pad_token_id=self.sampling.pad_token_id)
         inverse = torch.empty(len(order), dtype=torch.long)
@@ -416,36 +426,45 @@ class _OnlineTrainer(_BaseTrainer):
 
     # ---- metrics, guards, completions table ---------------------------------------------------------------------
 
-    def _record_rollout_metrics(self, rollout: Rollout, all_rewards: torch.Tensor, scores) -> None:
+    def _record_rollout_metrics(self, rollout: Rollout, all_rewards: torch.Tensor, scores, mode: str = "train") -> None:
+        """Completion lengths and rewards of a generation batch (`all_rewards`: gathered over processes); the group
+        statistics (`reward_std`, `frac_reward_zero_std`) in training only, where batches hold whole groups."""
         from ..advantages import group_reward_stats
 
-        add = self._metrics.add
+        def add(key, total, count=1.0):
+            self._metrics.add(mode, key, total, count)
+
+        def add_extreme(key, value, op):
+            self._metrics.add_extreme(mode, key, value, op)
+
         lengths = self.accelerator.gather(rollout.completion_lengths.float())
         truncated = self.accelerator.gather(rollout.is_truncated.float())
         terminated = lengths[truncated == 0]
-        add("train", "completions/mean_length", lengths.sum(), lengths.numel())
-        add("train", "completions/clipped_ratio", truncated.sum(), truncated.numel())
-        self._metrics.add_extreme("train", "completions/min_length", lengths.min(), "min")
-        self._metrics.add_extreme("train", "completions/max_length", lengths.max(), "max")
+        add("completions/mean_length", lengths.sum(), lengths.numel())
+        add("completions/clipped_ratio", truncated.sum(), truncated.numel())
+        add_extreme("completions/min_length", lengths.min(), "min")
+        add_extreme("completions/max_length", lengths.max(), "max")
         if terminated.numel():
-            add("train", "completions/mean_terminated_length", terminated.sum(), terminated.numel())
-            self._metrics.add_extreme("train", "completions/min_terminated_length", terminated.min(), "min")
-            self._metrics.add_extreme("train", "completions/max_terminated_length", terminated.max(), "max")
+            add("completions/mean_terminated_length", terminated.sum(), terminated.numel())
+            add_extreme("completions/min_terminated_length", terminated.min(), "min")
+            add_extreme("completions/max_terminated_length", terminated.max(), "max")
         for i, name in enumerate(self.reward_scorer.names):
             column = all_rewards[:, i]
             valid = column[~torch.isnan(column)]
             if valid.numel():
-                add("train", f"rewards/{name}/mean", valid.sum(), valid.numel())
-                add("train", f"rewards/{name}/std", valid.std() if valid.numel() > 1 else valid.new_zeros(()))
+                add(f"rewards/{name}/mean", valid.sum(), valid.numel())
+                add(f"rewards/{name}/std", valid.std() if valid.numel() > 1 else valid.new_zeros(()))
         total = self._total_rewards(all_rewards)
-        group_std, zero_std = group_reward_stats(total, self.args.num_generations)
-        add("train", "reward", total.sum(), total.numel())
-        batch_scaled = getattr(self.args, "scale_rewards", "group") == "batch"
-        add("train", "reward_std", total.std() if batch_scaled and total.numel() > 1 else group_std.mean())
-        add("train", "frac_reward_zero_std", zero_std.float().mean())
+        add("reward", total.sum(), total.numel())
         for name, values in scores.metrics.items():
             for value in values:
-                add("train", name, float(value))
+                add(name, float(value))
+        if mode != "train":
+            return
+        group_std, zero_std = group_reward_stats(total, self.args.num_generations)
+        batch_scaled = getattr(self.args, "scale_rewards", "group") == "batch"
+        add("reward_std", total.std() if batch_scaled and total.numel() > 1 else group_std.mean())
+        add("frac_reward_zero_std", zero_std.float().mean())
         self._num_tokens["train"] += int(rollout.prompt_mask.sum() + rollout.completion_mask.sum())
 
     def _total_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
@@ -595,30 +614,9 @@ class _OnlineTrainer(_BaseTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Sample completions of the eval prompts (each row already repeated `num_generations_eval` times by the
         sampler) and record their rewards and lengths; no loss."""
-        rows = inputs
-        generator = getattr(self, "_eval_generator", None) or self._generator
-        saved, self._generator = self._generator, generator
-        try:
-            rollout = self._generate([row["prompt_ids"] for row in rows])
-        finally:
-            self._generator = saved
-        rollout.prompts = [row["prompt"] for row in rows]
-        rollout.columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
-        rollout.completions = self._decode(rollout)
-        scores = self.reward_scorer.score(
-            rollout.prompts, rollout.completions, self._completion_id_lists(rollout), rollout.columns,
-            trainer_state=self.state,
-        )
-        rewards = scores.rewards.to(self.accelerator.device)
-        total = self._total_rewards(rewards)
-        self._metrics.add("eval", "reward", total.sum(), total.numel())
-        for i, name in enumerate(self.reward_scorer.names):
-            valid = rewards[:, i][~torch.isnan(rewards[:, i])]
-            if valid.numel():
-                self._metrics.add("eval", f"rewards/{name}/mean", valid.sum(), valid.numel())
-        lengths = rollout.completion_lengths.float()
-        self._metrics.add("eval", "completions/mean_length", lengths.sum(), lengths.numel())
-        self._metrics.add("eval", "completions/clipped_ratio", rollout.is_truncated.float().sum(), len(rollout))
+        rollout = self._sample(inputs, getattr(self, "_eval_generator", None) or self._generator)
+        scores = self._score(rollout)
+        self._record_rollout_metrics(rollout, self.accelerator.gather(rollout.rewards), scores, mode="eval")
         return None, None, None
 
     def get_eval_dataloader(self, eval_dataset=None):
