@@ -481,3 +481,24 @@ def test_trimmed_micro_batches_score_like_untrimmed(tmp_path):
     mask = micro.completion_mask[:, :width].bool()
     torch.testing.assert_close(cut[mask], full[:, :width][mask], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(trimmed.sampling_logps, micro.sampling_logps[:, :width])
+
+
+def test_resume_with_reference_sync_restores_the_synced_reference(tmp_path):
+    """With TR-DPO syncing the reference moves during training; a resumed run continues from its saved weights."""
+    def run(resume=None):
+        trainer = GRPOTrainer(
+            model=tiny_model(seed=0, **SMALL), reward_funcs=vowels, train_dataset=_prompts(),
+            args=_config(tmp_path, output_dir=str(tmp_path / "run"), max_steps=3, beta=0.1, sync_ref_model=True,
+                         ref_model_sync_steps=1, ref_model_mixup_alpha=0.5, save_strategy="steps", save_steps=1),
+            processing_class=tiny_tokenizer(),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        logs = {log["step"]: (log["loss"], log["kl"]) for log in _logged(trainer)}
+        return logs, _params(trainer.ref_model)
+
+    full, ref_full = run()
+    resumed, ref_resumed = run(resume=str(tmp_path / "run" / "checkpoint-2"))
+    assert resumed[3][1] == pytest.approx(full[3][1], rel=1e-5, abs=1e-8)  # the KL to the synced reference
+    assert resumed[3][0] == pytest.approx(full[3][0], rel=1e-5, abs=1e-7)
+    for name, value in ref_full.items():
+        torch.testing.assert_close(ref_resumed[name], value)

@@ -452,6 +452,23 @@ class _BaseTrainer(Trainer):
         if self.args.should_save:
             self.create_model_card()
 
+    _SYNCED_REF_FILE = "synced_ref_model.pt"
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        # With TR-DPO syncing the reference is no longer the initial model: a resumed run needs its current weights.
+        if getattr(self.args, "sync_ref_model", False) and getattr(self, "ref_model", None) is not None:
+            if self.args.should_save:
+                state = {k: v.detach().cpu() for k, v in self.accelerator.unwrap_model(self.ref_model).state_dict().items()}
+                torch.save(state, os.path.join(output_dir, self._SYNCED_REF_FILE))
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        super()._load_optimizer_and_scheduler(checkpoint)  # called on resume by every backend, before training
+        path = os.path.join(checkpoint, self._SYNCED_REF_FILE) if checkpoint else None
+        if path and os.path.exists(path) and getattr(self, "ref_model", None) is not None:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         if self.args.should_save and not _internal_call:
