@@ -72,8 +72,9 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
             f"{trainer} expects a 'prompt' column (text or a list of messages); the {name} dataset has columns "
             f"{columns}. Rename the column holding the prompts to 'prompt'."
         )
-    if "conversations" in columns or isinstance(_first_row(dataset)["prompt"], list):
-        dataset = dataset.map(maybe_convert_to_chatml, desc=None) if "conversations" in columns else dataset
+    first = _first_row(dataset)["prompt"]
+    if isinstance(first, list) and first and isinstance(first[0], dict) and "from" in first[0]:  # ShareGPT messages
+        dataset = dataset.map(lambda row: {"prompt": maybe_convert_to_chatml({"prompt": row["prompt"]})["prompt"]})
     example = _first_row(dataset)
     fmt = detect_format(["prompt"], {"prompt": example["prompt"]})
     check_example_types({"prompt": example["prompt"]}, fmt)
