@@ -12,7 +12,6 @@ entropy of the entropy bonus comes from the same chunked LM-head pass as the log
 
 from __future__ import annotations
 
-
 import torch
 
 from ..advantages import group_normalized_advantages
@@ -89,8 +88,7 @@ class GRPOTrainer(_OnlineTrainer):
         )
 
     def _loss(self, micro: Rollout, logps, entropy, mask):
-        # on-policy micro-batches use the detached current log-probs: the ratio is exactly 1
-        old_logps = micro.old_logps if self._off_policy and micro.old_logps is not None else logps.detach()
+        old_logps = self._old_logps_for_loss(micro, logps)
         entropy_mask = None
         if self.args.top_entropy_quantile < 1.0:
             entropy_mask = self._high_entropy_mask(entropy.detach(), mask)

@@ -11,7 +11,8 @@ How a run is cut (see `_OnlineConfig` for the fields):
 - A [`Rollout`] is the only thing passed between the stages.
 
 Subclasses provide `_advantages(rollout)` and `_loss(micro, logps, entropy, mask)` (and their config class); this
-base holds everything else. Overridable methods: those two, and `_needs_reference_for_rewards` (RLOO's KL penalty).
+base holds everything else. Overridable methods: those two, `_loss_mask`, and `_needs_old_logps_for_rewards` (RLOO's
+KL penalty).
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ class _OnlineTrainer(_BaseTrainer):
         model = self._setup_policy_and_reference(
             model, None, model_id, args, quantization_config, peft_config, need_reference=self._uses_reference(args)
         )
-        train_dataset, self._conversational = prepare_prompt_dataset(
+        train_dataset, _ = prepare_prompt_dataset(
             train_dataset, processing_class, type(self).__name__, "train", args.chat_template_kwargs
         )
         self._check_prompts_fit(causal_lm(model), train_dataset, args)
@@ -545,6 +546,12 @@ class _OnlineTrainer(_BaseTrainer):
         _print_table(shown, self.state.global_step)
 
     # ---- loss ---------------------------------------------------------------------------------------------------
+
+    def _old_logps_for_loss(self, micro: Rollout, logps: torch.Tensor) -> torch.Tensor:
+        """The old log-probs of a micro-batch's ratio: the generating policy's when it has moved since, else the
+        detached current log-probs (an on-policy ratio is then exactly 1, even when `old_logps` were kept for RLOO's
+        KL penalty)."""
+        return micro.old_logps if self._off_policy and micro.old_logps is not None else logps.detach()
 
     def _loss_mask(self, micro: Rollout) -> torch.Tensor:
         """`(B, C)` completion tokens that enter the loss (truncated completions left out with

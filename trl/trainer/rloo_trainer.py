@@ -58,8 +58,7 @@ class RLOOTrainer(_OnlineTrainer):
         return normalize_advantages(advantages) if self.args.normalize_advantages else advantages
 
     def _loss(self, micro: Rollout, logps, entropy, mask):
-        # on-policy micro-batches use the detached current log-probs: the ratio is exactly 1
-        old_logps = micro.old_logps if self._off_policy and micro.old_logps is not None else logps.detach()
+        old_logps = self._old_logps_for_loss(micro, logps)
         seq_losses, metrics = rloo_loss(logps, old_logps, micro.advantages, mask, self.args.epsilon,
                                         self.args.epsilon_high)
         return sequence_mean_loss(seq_losses, micro.step_counts, self._dp_world_size()), metrics
