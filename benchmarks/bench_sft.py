@@ -282,25 +282,25 @@ def run_child(argv: list[str]) -> dict:
 
 def run_configs(names: list[str], child_argv, repeats: int, print_row) -> list[dict]:
     """Each configuration `repeats` times, each run in its own process (round-robin over the configurations, so
-    a burst of load from other processes does not fall on one configuration only); prints the per-key medians."""
+    a burst of load from other processes does not fall on one configuration only); prints each configuration's
+    per-key medians as soon as its last run ends (a run stopped by a time limit keeps the rows printed before)."""
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    failed: dict[str, str] = {}
-    for _ in range(repeats):
+    failed: set[str] = set()
+    results = []
+    for round_ in range(repeats):
         for name in names:
             if name in failed:
                 continue
             try:
                 runs[name].append(run_child(child_argv(name)))
             except RuntimeError as error:
-                failed[name] = str(error)
-    results = []
-    for name in names:
-        if name in failed:
-            print(f"{name:16} failed:\n{failed[name]}")
-            continue
-        r = median_of_runs(runs[name])
-        print_row(r)
-        results.append(r)
+                failed.add(name)
+                print(f"{name:16} failed:\n{error}", flush=True)
+                continue
+            if round_ == repeats - 1:
+                r = median_of_runs(runs[name])
+                print_row(r)
+                results.append(r)
     return results
 
 
