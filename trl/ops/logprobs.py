@@ -52,9 +52,15 @@ import torch
 # faults in 1.2 GB of fresh logits every step) with an 8-10x smaller peak; for small vocabularies the 4 MB budget
 # gives larger chunks (V = 448: 2340 rows), as fast as or faster than naive.
 _CPU_LOGITS_BUDGET = 4 * 2**20
-# CUDA (not measured here; `python benchmarks/bench_ops.py --device cuda` sweeps it): larger blocks keep the GEMMs on
-# the tensor cores efficient. 512 MB of float32 logits is 883 rows at V = 151936 (Qwen2.5); the naive head on a packed
-# 8 x 2048 batch holds 10 GB for each float32 copy of its logits (the upcast, the log-softmax, the gradient).
+# CUDA, measured on an H100 (bf16, forward + backward, ms; benchmarks/results/2026-11-26-h100.md):
+#
+#   N      H    V        naive   fused @ rows: 110    220    883 (512 MB)  1766 (1 GB)  3533 (2 GB)
+#   16384  896  151936    60.3                216.4  143.6   93.8          87.3         83.2
+#   peak MB              28488                 1226   1386   2346          3626         6186
+#
+# Small blocks starve the GEMMs; past 512 MB each doubling saves ~5% of the head's time for ~1.5-1.7x its memory.
+# 512 MB of float32 logits is 883 rows at V = 151936 (Qwen2.5); the naive head on a packed 8 x 2048 batch holds
+# ~28 GB.
 _CUDA_LOGITS_BUDGET = 512 * 2**20
 _MIN_ROWS = 256
 
