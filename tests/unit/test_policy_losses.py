@@ -235,22 +235,6 @@ def test_kl_needs_ref_logps():
         policy_loss(logps, old_logps, advantages, mask, PolicyLossParams(beta=0.1))
 
 
-def test_entropy_bonus_and_metric():
-    # A = 0, entropy_coef = 0.1: loss = -0.1 H on completion tokens; metric = mean H = (0.5 + 1 + 2 + 0.25 + 0.75) / 5
-    logps, _, _, _, mask = batch()
-    entropy = torch.tensor([[0.5, 1.0, 2.0], [0.25, 0.75, 9.0]], requires_grad=True)
-    params = PolicyLossParams(entropy_coef=0.1)
-    losses, metrics = policy_loss(logps, None, torch.zeros(2), mask, params, entropy=entropy)
-    expect(losses, [[-0.05, -0.1, -0.2], [-0.025, -0.075, 0.0]])
-    expect(metrics["entropy"], 0.9)
-    expect(grad_of(losses, entropy), [[-0.1, -0.1, -0.1], [-0.1, -0.1, 0.0]])
-    # the metric is reported without a bonus too, and a bonus without entropy is an error
-    _, metrics = policy_loss(logps, None, torch.zeros(2), mask, PolicyLossParams(), entropy=entropy)
-    expect(metrics["entropy"], 0.9)
-    with pytest.raises(ValueError, match="entropy"):
-        policy_loss(logps, None, torch.zeros(2), mask, params)
-
-
 def test_entropy_mask_gates_only_the_policy_term():
     # dapo with β = 0.1; entropy_mask keeps row 0 tokens 0, 2 and row 1 token 1
     # row 0: [-1.2 + 0.0028801, 0 + 0, -1 + 0.0106531];  row 1: [0 + 0.0148721, 2.5680508 + 0.0028801]
@@ -298,17 +282,16 @@ def test_fully_masked_row_and_garbage_padding(loss_type):
 def test_bf16_inputs_run_and_stay_finite(loss_type, level):
     if loss_type == "vespo" and level == "sequence":
         pytest.skip("vespo rejects sequence-level importance sampling")
-    params = PolicyLossParams(loss_type=loss_type, importance_sampling_level=level, beta=0.1, entropy_coef=0.01)
+    params = PolicyLossParams(loss_type=loss_type, importance_sampling_level=level, beta=0.1)
     logps, old_logps, ref_logps, advantages, mask = batch(torch.bfloat16, requires_grad=True)
-    entropy = torch.ones(2, 3, dtype=torch.bfloat16)
-    losses, metrics = policy_loss(logps, old_logps, advantages, mask, params, ref_logps=ref_logps, entropy=entropy)
+    losses, metrics = policy_loss(logps, old_logps, advantages, mask, params, ref_logps=ref_logps)
     assert losses.dtype == torch.float32 and torch.isfinite(losses).all()
     assert all(torch.isfinite(v) for v in metrics.values())
     grad = grad_of(losses, logps)
     assert grad.dtype == torch.bfloat16 and torch.isfinite(grad.float()).all()
     # every input is exact in bf16 and the loss upcasts first, so it matches float32
     logps, old_logps, ref_logps, advantages, mask = batch()
-    reference, _ = policy_loss(logps, old_logps, advantages, mask, params, ref_logps, entropy.float())
+    reference, _ = policy_loss(logps, old_logps, advantages, mask, params, ref_logps)
     torch.testing.assert_close(losses, reference, **TOL)
 
 

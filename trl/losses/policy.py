@@ -10,13 +10,13 @@ Notation used in the docstrings (`m` is the completion mask, `sg` the stop-gradi
 - `ε_low`, `ε_high` are `epsilon_low`, `epsilon_high`.
 
 [`policy_loss`] composes, per token, the variant's policy term (only on the tokens of `entropy_mask` when given), the
-KL penalty `β · k3` and the entropy bonus, and returns per-token losses; [`~trl.losses.reduce.reduce_policy_loss`]
+KL penalty `β · k3`, and returns per-token losses; [`~trl.losses.reduce.reduce_policy_loss`]
 turns them into the micro-batch's scalar with the normalisation `POLICY_REDUCTIONS[loss_type]`.
 
 Conventions:
 
 - `old_logps`, `ref_logps` and `advantages` are detached here, whatever the caller passes: gradients flow only into
-  `logps` (and into `entropy` for the entropy bonus).
+  `logps`.
 - Inputs at padded positions are replaced by 0 before any arithmetic, so padding holding `-inf` or garbage neither
   shows in the losses nor produces NaN gradients; every returned token loss is 0 where `completion_mask` is 0.
 - bf16 / fp16 inputs are upcast to float32: losses and metrics are float32; the gradient still reaches the
@@ -84,7 +84,6 @@ class PolicyLossParams:
         vespo_lambda_pos (`float`, *optional*, defaults to `3.0`): VESPO's `λ` (the paper's `c2`) for `A ≥ 0`.
         vespo_k_neg (`float`, *optional*, defaults to `3.0`): VESPO's `k` for `A < 0`.
         vespo_lambda_neg (`float`, *optional*, defaults to `2.0`): VESPO's `λ` for `A < 0`.
-        entropy_coef (`float`, *optional*, defaults to `0.0`): coefficient of the per-token entropy bonus.
 
     Raises:
         `ValueError`: see [`validate_policy_loss_config`]; also for a non-positive SAPO temperature.
@@ -109,7 +108,6 @@ class PolicyLossParams:
     vespo_lambda_pos: float = 3.0
     vespo_k_neg: float = 3.0
     vespo_lambda_neg: float = 2.0
-    entropy_coef: float = 0.0
 
     def __post_init__(self):
         # the returned luspo warning is for GRPOConfig to show; here only the errors matter
@@ -416,24 +414,24 @@ def policy_loss(
     completion_mask: Tensor,
     params: PolicyLossParams,
     ref_logps: Tensor | None = None,
-    entropy: Tensor | None = None,
     entropy_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-token loss of the GRPO family: the `loss_type`'s policy term, a KL penalty and an entropy bonus.
+    """Per-token loss of the GRPO family: the `loss_type`'s policy term and a KL penalty.
 
     For each completion token:
 
-        loss_i,t = e_i,t · term_i,t  +  β · k3_i,t [· r_i,t]  −  entropy_coef · H_i,t
+        loss_i,t = e_i,t · term_i,t  +  β · k3_i,t [· r_i,t]
 
     - `term` is `POLICY_LOSSES[loss_type]` on the ratio of [`importance_ratio`];
     - `e` is `entropy_mask` (1 everywhere when `None`): the top-entropy-quantile mask of
-      [Beyond the 80/20 rule](https://huggingface.co/papers/2506.01939) gates the policy term only, not the KL or the
-      bonus;
+      [Beyond the 80/20 rule](https://huggingface.co/papers/2506.01939) gates the policy term only, not the KL;
     - `k3 = exp(ref − logps) − (ref − logps) − 1` (http://joschu.net/blog/kl-approx.html), an unbiased, non-negative
       estimate of `KL(π_θ ‖ π_ref)` on samples of `π_θ`. With `use_bias_correction_kl` it is multiplied by the ratio
       `r` **with its gradient**: the samples come from `π_old`, and `E_old[r · k3]` is the KL of the current policy,
-      whose gradient needs the `∇r · k3` part too (a detached `r` would only reweight);
-    - `H` is the per-token entropy of the policy (it must carry its gradient for the bonus to act).
+      whose gradient needs the `∇r · k3` part too (a detached `r` would only reweight).
+
+    The entropy bonus is not a per-token term: `GRPOTrainer` subtracts `entropy_coef` times the step-wide token mean
+    of the entropy from the reduced loss, whatever the loss type's normalisation.
 
     Reduce the result with [`~trl.losses.reduce.reduce_policy_loss`] and `POLICY_REDUCTIONS[params.loss_type]`.
 
@@ -446,20 +444,16 @@ def policy_loss(
         params ([`PolicyLossParams`]): the hyper-parameters.
         ref_logps (`torch.Tensor`, *optional*): `(B, T)` log-probs under the reference model; required when
             `beta != 0`.
-        entropy (`torch.Tensor`, *optional*): `(B, T)` per-token entropy of the policy; required when
-            `entropy_coef != 0`.
         entropy_mask (`torch.Tensor`, *optional*): `(B, T)` bool, True on the tokens whose policy term is kept.
 
     Returns:
         `tuple[torch.Tensor, dict[str, torch.Tensor]]`: the `(B, T)` float32 (or float64) token losses, 0 where
         `completion_mask` is 0, and detached 0-d metrics, means over this micro-batch's completion tokens:
         `clip_ratio/low`, `clip_ratio/high`, `clip_ratio/region` (always, see [`clip_metrics`]); `kl` (when
-        `beta != 0`: the mean of `k3`, times `r` with bias correction, without `β`); `entropy` (when `entropy` is
-        given); `cispo_clip_ratio` (`cispo`); `vespo/phi_seq_mean` (`vespo`, a mean over completions).
+        `beta != 0`: the mean of `k3`, times `r` with bias correction, without `β`); `cispo_clip_ratio` (`cispo`); `vespo/phi_seq_mean` (`vespo`, a mean over completions).
 
     Raises:
-        `ValueError`: `beta != 0` without `ref_logps`, `entropy_coef != 0` without `entropy`, or `advantages` that
-            do not have one entry per row.
+        `ValueError`: `beta != 0` without `ref_logps`, or `advantages` that do not have one entry per row.
 
     Example:
         ```python
@@ -472,8 +466,6 @@ def policy_loss(
     """
     if params.beta != 0 and ref_logps is None:
         raise ValueError(f"policy_loss needs ref_logps when beta != 0 (got beta={params.beta}).")
-    if params.entropy_coef != 0 and entropy is None:
-        raise ValueError(f"policy_loss needs entropy when entropy_coef != 0 (got entropy_coef={params.entropy_coef}).")
     if advantages.numel() != logps.shape[0]:
         raise ValueError(
             f"advantages must hold one value per completion, shape ({logps.shape[0]},); got {tuple(advantages.shape)}."
@@ -497,12 +489,6 @@ def policy_loss(
             kl = kl * _kl_ratio(ratio, logps, old_logps, mask, params.importance_sampling_level)
         losses = losses + params.beta * kl
         metrics["kl"] = _masked_mean(kl, mask)
-
-    if entropy is not None:
-        entropy = torch.where(mask, _up(entropy), 0.0)
-        metrics["entropy"] = _masked_mean(entropy, mask)
-        if params.entropy_coef != 0:
-            losses = losses - params.entropy_coef * entropy
 
     return torch.where(mask, losses, 0.0), metrics
 
