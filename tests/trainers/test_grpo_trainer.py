@@ -2,6 +2,7 @@
 the documented metrics are logged; resume, invariance to how a generation batch is cut, and bad inputs."""
 
 import asyncio
+import json
 import math
 
 import pytest
@@ -357,6 +358,22 @@ def test_entropy_bonus_and_adaptive_coefficient(tmp_path):
     # the entropy (~6 nats for a random model) is under the target, so the coefficient rose by delta at each step
     assert logs[0]["entropy_coef"] == pytest.approx(0.01) and trainer.entropy_coef == pytest.approx(0.02)
     assert trainer._online_state()["entropy_coef"] == pytest.approx(0.02)
+
+
+def test_adaptive_entropy_state_is_saved_as_entropy_ctrl_state_json(tmp_path):
+    # API.md's checkpoint file: written at each save, and read on resume even without the per-process online state
+    kwargs = dict(entropy_coef=0.01, use_adaptive_entropy=True, entropy_target=100.0, entropy_coef_delta=0.005,
+                  save_strategy="steps", save_steps=1, output_dir=str(tmp_path / "run"))
+    _trainer(tmp_path, max_steps=2, **kwargs).train()
+    checkpoint = tmp_path / "run" / "checkpoint-1"
+    state = json.loads((checkpoint / "entropy_ctrl_state.json").read_text())
+    assert state == {"entropy_coef": pytest.approx(0.015), "entropy_below_target": True}
+    (checkpoint / "online_state_0.pt").unlink()
+    resumed = _trainer(tmp_path, max_steps=2, **kwargs)
+    with pytest.warns(UserWarning, match="online_state_0.pt is missing"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert _logged(resumed)[-1]["entropy_coef"] == pytest.approx(0.015)
+    assert resumed.entropy_coef == pytest.approx(0.02)
 
 
 def test_entropy_bonus_changes_the_gradient(tmp_path):

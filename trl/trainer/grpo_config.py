@@ -47,7 +47,7 @@ class GRPOConfig(_OnlineConfig):
         use_adaptive_entropy (`bool`, *optional*, defaults to `False`): adapt the coefficient after every optimiser
             step (Skywork-OR1, https://huggingface.co/papers/2505.22312): `+ entropy_coef_delta` while the mean
             entropy of the step is below `entropy_target`, `- entropy_coef_delta` otherwise, clamped to
-            `[entropy_coef_min, entropy_coef_max]`; its value is saved in checkpoints.
+            `[entropy_coef_min, entropy_coef_max]`; its state is saved in checkpoints (`entropy_ctrl_state.json`).
         entropy_coef_min (`float`, *optional*, defaults to `0.0`), entropy_coef_max (`float`, *optional*, defaults to
             `1.0`), entropy_coef_delta (`float`, *optional*, defaults to `0.005`), entropy_target (`float`, *optional*,
             defaults to `0.2`).

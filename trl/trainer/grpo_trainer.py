@@ -12,6 +12,9 @@ entropy of the entropy bonus comes from the same chunked LM-head pass as the log
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
 from ..advantages import group_normalized_advantages
@@ -20,6 +23,10 @@ from ..losses.reduce import reduce_policy_loss
 from ..rollout import Rollout
 from .grpo_config import GRPOConfig
 from .online import _OnlineTrainer
+
+# the adaptive entropy controller's state in a checkpoint, under the name API.md gives it (a readable copy: resume
+# reads the per-process online state, which holds the same values, and falls back to this file)
+ENTROPY_CTRL_FILE = "entropy_ctrl_state.json"
 
 
 class GRPOTrainer(_OnlineTrainer):
@@ -167,3 +174,19 @@ class GRPOTrainer(_OnlineTrainer):
         super()._load_online_state(state)
         self._entropy_coef = state.get("entropy_coef", self._entropy_coef)
         self._entropy_below_target = state.get("entropy_below_target", self._entropy_below_target)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        if self.args.use_adaptive_entropy and self.accelerator.is_main_process:
+            state = {"entropy_coef": self._entropy_coef, "entropy_below_target": self._entropy_below_target}
+            with open(os.path.join(output_dir, ENTROPY_CTRL_FILE), "w") as f:
+                json.dump(state, f)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        path = os.path.join(checkpoint, ENTROPY_CTRL_FILE) if checkpoint else None
+        if self.args.use_adaptive_entropy and path and os.path.exists(path):
+            with open(path) as f:
+                state = json.load(f)
+            self._entropy_coef = float(state["entropy_coef"])
+            self._entropy_below_target = bool(state.get("entropy_below_target", True))
+        super()._load_optimizer_and_scheduler(checkpoint)  # the online state, when present, has the same values
