@@ -128,6 +128,44 @@ def test_eval_metrics_and_save(tmp_path):
     assert generation.get("pad_token_id") != generation.get("eos_token_id")
 
 
+@pytest.mark.parametrize("trainer_name", ["sft", "dpo"])
+def test_tokenizer_without_pad_does_not_save_pad_equal_eos(tmp_path, trainer_name):
+    """A tokenizer with no pad token pads with eos; transformers' train() then copies that pad id into the generation
+    config. Neither the checkpoints nor the final model may keep pad == eos there (transformers#48016)."""
+    from trl import DPOConfig, DPOTrainer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.pad_token = None
+    model = tiny_model(**SMALL)
+    model.generation_config.pad_token_id = None
+    common = dict(max_steps=2, save_strategy="steps", save_steps=1, report_to="none")
+    if trainer_name == "sft":
+        trainer = SFTTrainer(model=model, processing_class=tokenizer, args=_config(tmp_path, **common),
+                             train_dataset=tiny_task_dataset(num_rows=8))
+    else:
+        trainer = DPOTrainer(model=model, processing_class=tokenizer, train_dataset=tiny_task_dataset("preference", num_rows=8),
+                             args=DPOConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, **common))
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    for folder in (out / "checkpoint-1", out / "checkpoint-2", out):
+        generation = json.loads((folder / "generation_config.json").read_text())
+        assert generation.get("pad_token_id") is None, (folder, generation)
+    assert model.generation_config.pad_token_id is None
+
+
+def test_model_that_comes_with_pad_equal_eos_is_warned_about_and_left_alone(tmp_path):
+    model = tiny_model(**SMALL)
+    eos = tiny_tokenizer().eos_token_id
+    model.generation_config.pad_token_id = eos
+    trainer = SFTTrainer(model=model, processing_class=tiny_tokenizer(), args=_config(tmp_path, max_steps=1),
+                         train_dataset=tiny_task_dataset(num_rows=4))
+    with pytest.warns(UserWarning, match="pad_token_id == eos_token_id"):
+        trainer.train()
+    assert model.generation_config.pad_token_id == eos
+
+
 def test_eval_loss_is_token_mean(tmp_path):
     """Evaluation loss of one batch equals the naive mean NLL of its trained tokens."""
     dataset = tiny_task_dataset("prompt_completion", num_rows=4)

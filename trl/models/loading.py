@@ -145,8 +145,7 @@ def prepare_tokenizer(tokenizer, model, eos_token: str | None = None):
         tokenizer.eos_token = eos_token
         generation_config = getattr(model, "generation_config", None)  # None/absent on models that do not generate
         if generation_config is not None:
-            gen_eos = generation_config.eos_token_id
-            gen_eos = [] if gen_eos is None else [gen_eos] if isinstance(gen_eos, int) else list(gen_eos)
+            gen_eos = _eos_ids(generation_config)
             if tokenizer.eos_token_id not in gen_eos:
                 generation_config.eos_token_id = gen_eos + [tokenizer.eos_token_id]
     if eos_token is None:
@@ -163,6 +162,26 @@ def prepare_tokenizer(tokenizer, model, eos_token: str | None = None):
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
+
+
+def _eos_ids(generation_config) -> list:
+    eos = generation_config.eos_token_id
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def restore_generation_pad(model, pad_before) -> None:
+    """Put back the generation config's pad id where transformers' `Trainer.train()` replaced it by an eos id.
+
+    `train()` aligns the model's special ids with the tokenizer's (`align_special_tokens`), so a tokenizer that pads
+    with eos (see [`prepare_tokenizer`]) writes pad == eos into the generation config, and every checkpoint keeps it
+    (transformers#48016). `pad_before` is the generation config's pad id before `train()`; a pad == eos the model
+    came with is left alone.
+    """
+    config = getattr(model, "generation_config", None)
+    if config is None or config.pad_token_id == pad_before:
+        return
+    if config.pad_token_id in _eos_ids(config):
+        config.pad_token_id = pad_before
 
 
 def apply_chat_template_path(model, tokenizer, path: str):

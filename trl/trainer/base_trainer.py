@@ -469,6 +469,22 @@ class _BaseTrainer(Trainer):
             state = torch.load(path, map_location="cpu", weights_only=True)
             self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
 
+    def train(self, *args, **kwargs):
+        # transformers aligns the model's special ids with the tokenizer at the start of train(); keep the generation
+        # config's pad out of its eos ids (see `loading.restore_generation_pad`), in checkpoints and after training
+        generation_config = getattr(self.model, "generation_config", None)
+        self._generation_pad = None if generation_config is None else generation_config.pad_token_id
+        guards.check_generation_config_pad(self.model)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            loading.restore_generation_pad(self.model, self._generation_pad)
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        if hasattr(self, "_generation_pad"):
+            loading.restore_generation_pad(self.model, self._generation_pad)
+        super()._save(output_dir, state_dict)
+
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
         if self.args.should_save and not _internal_call:

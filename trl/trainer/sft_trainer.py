@@ -19,7 +19,6 @@ from collections.abc import Callable
 import torch
 from transformers import TrainingArguments  # noqa: F401  (documented argument type)
 
-from .. import guards
 from ..data.collators import DataCollatorForLanguageModeling
 from ..data.prepare import SFTDataOptions, prepare_sft_dataset
 from ..losses.reduce import count_loss_tokens, token_weight
@@ -107,7 +106,6 @@ class SFTTrainer(_BaseTrainer):
         if args.pad_token is not None:  # deprecated, still honoured
             processing_class.pad_token = args.pad_token
         loading.prepare_tokenizer(processing_class, model, args.eos_token)
-        guards.check_generation_config_pad(model)
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
         add_fused_lm_head(_causal_lm(model))
