@@ -156,10 +156,13 @@ def test_tokenizer_without_pad_does_not_save_pad_equal_eos(tmp_path, trainer_nam
 
 
 def test_model_that_comes_with_pad_equal_eos_is_warned_about_and_left_alone(tmp_path):
+    # (a tokenizer with its own pad token would replace the model's pad id at construction: here it pads with eos)
+    tokenizer = tiny_tokenizer()
+    tokenizer.pad_token = None
     model = tiny_model(**SMALL)
-    eos = tiny_tokenizer().eos_token_id
+    eos = tokenizer.eos_token_id
     model.generation_config.pad_token_id = eos
-    trainer = SFTTrainer(model=model, processing_class=tiny_tokenizer(), args=_config(tmp_path, max_steps=1),
+    trainer = SFTTrainer(model=model, processing_class=tokenizer, args=_config(tmp_path, max_steps=1),
                          train_dataset=tiny_task_dataset(num_rows=4))
     with pytest.warns(UserWarning, match="pad_token_id == eos_token_id"):
         trainer.train()
