@@ -40,6 +40,10 @@ def _is_message_list(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "role" in value[0]
 
 
+def _is_from_value_list(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > 0 and isinstance(value[0], dict) and "from" in value[0]
+
+
 def is_conversational(example: dict[str, Any]) -> bool:
     r"""
     Check whether an example is in a conversational format.
@@ -141,6 +145,43 @@ def maybe_convert_to_chatml(example: dict[str, Any]) -> dict[str, Any]:
     if "conversations" in converted:
         converted["messages"] = converted.pop("conversations")
     return converted
+
+
+def maybe_convert_dataset_to_chatml(dataset: DatasetType, **map_kwargs: Any) -> DatasetType:
+    r"""
+    Apply [`maybe_convert_to_chatml`] to every row of a dataset whose first row is ShareGPT-style.
+
+    The first row decides: the dataset is converted when one of its message lists uses `from`/`value` keys, or when
+    it has a `conversations` column and no `messages` column. ChatML and standard data are returned as they are, at
+    the cost of reading one row. Works on `Dataset` and `IterableDataset` (where `map`, so the conversion, is lazy).
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            The dataset to convert.
+        **map_kwargs:
+            Passed to `dataset.map` (e.g. `num_proc` for a `Dataset`).
+
+    Returns:
+        The dataset in ChatML format.
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> ds = Dataset.from_list([{"prompt": [{"from": "user", "value": "Hi"}], "completion": "Hello."}])
+    >>> maybe_convert_dataset_to_chatml(ds)[0]["prompt"]
+    [{'role': 'user', 'content': 'Hi'}]
+    ```
+    """
+    first = next(iter(dataset), None)
+    if first is None:
+        return dataset
+    sharegpt = any(_is_from_value_list(first.get(key)) for key in (*_CONVERSATION_KEYS, "conversations"))
+    rename = "conversations" in first and "messages" not in first
+    if not (sharegpt or rename):
+        return dataset
+    remove = ["conversations"] if "conversations" in first else None
+    return dataset.map(maybe_convert_to_chatml, remove_columns=remove, **map_kwargs)
 
 
 def _parse_tools(tools: Any) -> list | None:

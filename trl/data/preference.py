@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 
 from .. import guards
-from .conversation import common_prefix_length, extract_prompt, maybe_convert_to_chatml
+from .conversation import common_prefix_length, extract_prompt, maybe_convert_dataset_to_chatml
 from .formats import DatasetFormat, check_example_types, check_single_dataset, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example
 
@@ -93,13 +93,14 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
     check_single_dataset(dataset, trainer, name)
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
+    dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
     columns = list(dataset.column_names or _first_row(dataset).keys())
     if {"chosen_ids", "rejected_ids"} <= set(columns):
         fmt = DatasetFormat("tokenized", False)
         if "prompt_ids" not in columns:
             dataset = dataset.map(lambda row: {"prompt_ids": []}, **map_kwargs)
     else:
-        first = maybe_convert_to_chatml(_first_row(dataset))
+        first = _first_row(dataset)
         fmt = detect_format(columns, first)
         require_format(fmt, ("preference", "implicit_preference"), trainer, columns)
         check_example_types(first, fmt)
@@ -115,7 +116,7 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
             map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
         dataset = dataset.map(
             tokenize_preference_example, fn_kwargs=fn_kwargs,
-            remove_columns=[c for c in dataset.column_names or [] if c not in PASSTHROUGH_COLUMNS],
+            remove_columns=[c for c in dataset.column_names or _first_row(dataset) if c not in PASSTHROUGH_COLUMNS],
             **map_kwargs,
         )
     if isinstance(dataset, Dataset):

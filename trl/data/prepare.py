@@ -9,7 +9,7 @@ import warnings
 from dataclasses import dataclass
 
 from .. import guards
-from .conversation import maybe_convert_to_chatml
+from .conversation import maybe_convert_dataset_to_chatml
 from .formats import check_example_types, check_single_dataset, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example, truncate
 
@@ -111,10 +111,8 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
                 "Return the formatted text of the single example it receives."
             )
         dataset = dataset.map(lambda row: {options.dataset_text_field: formatting_func(row)}, **map_kwargs)
+    dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
     columns = list(dataset.column_names or _first_row(dataset).keys())
-    if "conversations" in columns and "messages" not in columns:
-        dataset = dataset.map(maybe_convert_to_chatml, remove_columns=["conversations"], **map_kwargs)
-        columns = list(dataset.column_names or _first_row(dataset).keys())
     first = _first_row(dataset)
     fmt = detect_format(columns, first, options.dataset_text_field)
     if formatting_func is not None and fmt.kind == "prompt_completion":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 
 from .. import guards
-from .conversation import extract_prompt, maybe_convert_to_chatml, unpair_preference_dataset
+from .conversation import extract_prompt, maybe_convert_dataset_to_chatml, unpair_preference_dataset
 from .formats import DatasetFormat, check_example_types, check_single_dataset, detect_format
 from .preference import PreferenceDataOptions, _completion_span, _first_row
 from .tokenize import tokenize_sft_example
@@ -116,6 +116,7 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
     check_single_dataset(dataset, trainer, name)
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
+    dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
     columns = list(dataset.column_names or _first_row(dataset).keys())
     if any(c in columns for c in ("image", "images")):
         raise ValueError(f"{trainer} does not support image datasets yet (the {name} dataset has columns {columns}).")
@@ -132,7 +133,7 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
             dataset = unpair_preference_dataset(dataset, num_proc=options.num_proc)
             columns = list(dataset.column_names or _first_row(dataset).keys())
             shift = 2  # pair i is rows 2i, 2i+1 with the same prompt: skip to the next pair
-        first = maybe_convert_to_chatml(_first_row(dataset))
+        first = _first_row(dataset)
         if not {"prompt", "completion", "label"} <= set(columns):
             missing = sorted({"prompt", "completion", "label"} - set(columns))
             raise ValueError(
@@ -152,7 +153,8 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
             map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
         dataset = dataset.map(
             tokenize_unpaired_example, fn_kwargs=fn_kwargs,
-            remove_columns=[c for c in dataset.column_names or [] if c not in PASSTHROUGH_COLUMNS], **map_kwargs,
+            remove_columns=[c for c in dataset.column_names or _first_row(dataset) if c not in PASSTHROUGH_COLUMNS],
+            **map_kwargs,
         )
     if isinstance(dataset, Dataset):
         dataset = _check_rows(dataset, options, name, trainer)
