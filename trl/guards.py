@@ -92,6 +92,19 @@ def check_finite_loss(loss: float, step: int, enforce: bool) -> None:
         )
 
 
+def check_gradient_flows(zero_steps: int, patience: int, enforce: bool) -> None:
+    """The first `patience` optimiser steps all had an exactly zero gradient: the weights cannot move."""
+    if zero_steps != patience:
+        return
+    report(
+        f"The gradient was exactly zero at each of the first {patience} optimiser steps, so the weights do not move.",
+        "Check that the trainable parameters are part of the loss (adapters attached, nothing frozen by mistake), "
+        "that some tokens enter the loss, and for online trainers that rewards differ within groups (advantages "
+        "are 0 otherwise; see `frac_reward_zero_std`).",
+        enforce,
+    )
+
+
 def check_prompts_fit(name: str, prompts: list[list[int]], max_length: int | None, enforce: bool, verb: str) -> list[int]:
     """Rows whose prompt alone fills `max_length`: no completion token would be left to `verb` (compare, score).
     Returns those rows (dropped by the caller when `enforce` is off)."""

@@ -4,6 +4,7 @@ the documented metrics are logged; resume, invariance to how a generation batch 
 import asyncio
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -337,6 +338,29 @@ class TestBadInputs:
         trainer = _never_ending(_trainer(tmp_path, guards=True, guard_patience=1, max_steps=2))
         with pytest.raises(TrainingWillNotLearnError, match="max_completion_length=8"):
             trainer.train()
+
+    def test_mostly_truncated_or_mostly_zero_variance_is_warned_about(self, tmp_path):
+        # all completions but one truncated and 15 of 16 groups with one reward, for guard_patience batches: a warning each
+        # (the TRL failure of 97-99% truncation with reward 0); all of them stops the run, as above
+        from trl.rollout import Rollout
+
+        trainer = _trainer(tmp_path, guards=True, guard_patience=2)
+        g = trainer.args.num_generations
+        n = 16 * g
+        rollout = Rollout(prompt_ids=torch.zeros(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1),
+                          completion_ids=torch.zeros(n, 1, dtype=torch.long), completion_mask=torch.ones(n, 1),
+                          is_truncated=torch.tensor([True] * (n - 1) + [False]))
+        rewards = torch.zeros(n, 1)
+        rewards[-1] = 1.0  # only the last group has two different rewards
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer._check_rollout_guards(rollout, rewards)
+        assert not caught  # the first batch of the streak
+        with pytest.warns(UserWarning) as caught:
+            trainer._check_rollout_guards(rollout, rewards)
+        messages = [str(w.message) for w in caught]
+        assert any(f"({(n - 1) / n:.0%} in the last) hit max_completion_length" in m for m in messages), messages
+        assert any("got one reward each (last batch: 94%" in m for m in messages), messages
 
     def test_use_vllm_is_not_available(self, tmp_path):
         with pytest.raises(ValueError, match="vLLM"):

@@ -8,6 +8,7 @@ from datasets import Dataset
 
 from trl import SFTConfig, SFTTrainer
 from trl.data.tiny import tiny_task_dataset
+from trl.guards import TrainingWillNotLearnError
 from trl.models.tiny import save_tiny_model, tiny_model, tiny_tokenizer
 
 from .sft_one_step import SMALL
@@ -167,6 +168,24 @@ def test_model_that_comes_with_pad_equal_eos_is_warned_about_and_left_alone(tmp_
     with pytest.warns(UserWarning, match="pad_token_id == eos_token_id"):
         trainer.train()
     assert model.generation_config.pad_token_id == eos
+
+
+@pytest.mark.parametrize("enforce", [True, False])
+def test_zero_gradient_for_the_first_steps_stops_the_run(tmp_path, enforce):
+    class ZeroLoss(SFTTrainer):  # a loss that no weight can change: its gradient is exactly 0
+        def compute_loss(self, *args, **kwargs):
+            return super().compute_loss(*args, **kwargs) * 0.0
+
+    trainer = ZeroLoss(model=tiny_model(**SMALL), processing_class=tiny_tokenizer(), train_dataset=tiny_task_dataset(num_rows=32),
+                       args=_config(tmp_path, max_steps=5, guards=enforce))
+    if enforce:
+        with pytest.raises(TrainingWillNotLearnError, match="exactly zero at each of the first 3 optimiser steps"):
+            trainer.train()
+        assert trainer.state.global_step == 2  # stopped in the third step
+    else:
+        with pytest.warns(UserWarning, match="exactly zero"):
+            trainer.train()
+        assert trainer.state.global_step == 5
 
 
 def test_eval_loss_is_token_mean(tmp_path):

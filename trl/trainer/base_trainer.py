@@ -445,7 +445,26 @@ class _BaseTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.state.global_step < 3:  # the first steps are checked at once; later ones at every log
             guards.check_finite_loss(float(loss), self.state.global_step + 1, getattr(self.args, "guards", True))
+        if getattr(self, "_zero_gradient_steps", 0) is not None and self.accelerator.gradient_state.sync_gradients:
+            self._check_gradient_flows(model)
         return loss
+
+    def _check_gradient_flows(self, model) -> None:
+        """The first optimiser steps must have a gradient: `guard_patience` (online trainers; 3 otherwise) steps in
+        a row with an exactly zero gradient stop the run. Checked until the first step with a gradient."""
+        if self.is_deepspeed_enabled:  # DeepSpeed keeps the gradients in its own buffers
+            self._zero_gradient_steps = None
+            return
+        grads = [p.grad.detach() for p in model.parameters() if p.requires_grad and p.grad is not None]
+        total = torch.stack([g.abs().sum(dtype=torch.float32) for g in grads]).sum() if grads else torch.zeros(())
+        if self.accelerator.num_processes > 1:  # FSDP shards the gradients; any non-zero shard counts
+            total = self.accelerator.reduce(total.to(self.accelerator.device), reduction="sum")
+        if float(total) != 0:
+            self._zero_gradient_steps = None
+            return
+        self._zero_gradient_steps = getattr(self, "_zero_gradient_steps", 0) + 1
+        guards.check_gradient_flows(self._zero_gradient_steps, getattr(self.args, "guard_patience", 3),
+                                    getattr(self.args, "guards", True))
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)

@@ -39,6 +39,8 @@ from .fused_head import completion_logps, router_aux_loss_coef
 from .reward_scoring import RewardScorer
 
 _STATE_FILE = "online_state_{rank}.pt"
+# the share of truncated completions or of zero-variance groups above which a generation batch mostly teaches nothing
+_MOSTLY = 0.9
 # loss metrics (means over a micro-batch's tokens) under their documented names, and the extremes logged beside them
 _METRIC_NAMES = {
     "clip_ratio/low": "clip_ratio/low_mean", "clip_ratio/high": "clip_ratio/high_mean",
@@ -193,7 +195,7 @@ class _OnlineTrainer(_BaseTrainer):
         self._off_policy = cycle > args.gradient_accumulation_steps or args.gradient_accumulation_steps % cycle != 0
         self._buffer: list[Rollout] = []
         self._buffer_position = 0  # micro-batches served since the start of training
-        self._guard_counts = {"truncated": 0, "zero_std": 0}
+        self._guard_counts = {"truncated": 0, "zero_std": 0, "mostly_truncated": 0, "mostly_zero_std": 0}
         self._completions_table: dict | None = None  # the last generation batch, for `log_completions`
         self._step_started = None
         self.model_accepts_loss_kwargs = False
@@ -473,29 +475,47 @@ class _OnlineTrainer(_BaseTrainer):
         return torch.nansum(rewards * self.reward_scorer.weights.to(rewards.device), dim=1)
 
     def _check_rollout_guards(self, rollout: Rollout, all_rewards: torch.Tensor) -> None:
+        """Generation batches that teach nothing, `guard_patience` in a row: every completion truncated or every group
+        with one reward stops the run (a warning with guards=False); 90% or more of them is warned about."""
         from ..advantages import group_reward_stats
 
         patience, enforce = self.args.guard_patience, self.args.guards
-        all_truncated = bool(self.accelerator.gather(rollout.is_truncated.float()).min() == 1)
-        self._guard_counts["truncated"] = self._guard_counts["truncated"] + 1 if all_truncated else 0
+        truncated = float(self.accelerator.gather(rollout.is_truncated.float()).mean())
         _, zero_std = group_reward_stats(self._total_rewards(all_rewards), self.args.num_generations)
-        self._guard_counts["zero_std"] = self._guard_counts["zero_std"] + 1 if bool(zero_std.all()) else 0
+        zero_std = float(zero_std.float().mean())
+        streaks = {"truncated": truncated == 1, "zero_std": zero_std == 1,
+                   "mostly_truncated": truncated >= _MOSTLY, "mostly_zero_std": zero_std >= _MOSTLY}
+        for key, bad in streaks.items():
+            self._guard_counts[key] = self._guard_counts.get(key, 0) + 1 if bad else 0
+        length_fix = (
+            "Raise max_completion_length, start from a model that ends its answers (e.g. after SFT), or check that "
+            f"the eos ids {list(self.sampling.eos_token_ids)} are the ones the model emits."
+        )
+        reward_fix = "Use a reward with partial credit, easier prompts, more num_generations or a higher temperature."
         if self._guard_counts["truncated"] == patience:
             guards.report(
                 f"Every completion of the last {patience} generation batches hit max_completion_length="
                 f"{self.args.max_completion_length} without an end-of-sequence token: the rewards judge unfinished "
-                "answers and the model is never shown how to stop.",
-                "Raise max_completion_length, start from a model that ends its answers (e.g. after SFT), or check that "
-                f"the eos ids {list(self.sampling.eos_token_ids)} are the ones the model emits. guards=False only warns.",
-                enforce,
+                "answers and the model is never shown how to stop.", f"{length_fix} guards=False only warns.", enforce,
+            )
+        elif self._guard_counts["mostly_truncated"] == patience:
+            warnings.warn(
+                f"At least {_MOSTLY:.0%} of the completions in each of the last {patience} generation batches "
+                f"({truncated:.0%} in the last) hit max_completion_length={self.args.max_completion_length}: the "
+                f"rewards mostly judge unfinished answers. {length_fix}", stacklevel=2,
             )
         if self._guard_counts["zero_std"] == patience:
             guards.report(
                 f"In each of the last {patience} generation batches every group of {self.args.num_generations} "
                 "completions got the same reward, so every advantage is 0 and nothing is learned.",
-                "Use a reward with partial credit, easier prompts, more num_generations or a higher temperature. "
-                "guards=False only warns.",
-                enforce,
+                f"{reward_fix} guards=False only warns.", enforce,
+            )
+        elif self._guard_counts["mostly_zero_std"] == patience:
+            warnings.warn(
+                f"In the last {patience} generation batches at least {_MOSTLY:.0%} of the groups of "
+                f"{self.args.num_generations} completions got one reward each (last batch: {zero_std:.0%}; "
+                "`frac_reward_zero_std`): their advantages are 0, so most of each batch teaches nothing. "
+                f"{reward_fix}", stacklevel=2,
             )
 
     def _check_step_has_loss_tokens(self, counts: StepCounts) -> None:
