@@ -645,18 +645,43 @@ def finish_training(trainer, training_args, dataset_name: str | None = None) -> 
     close_processes(trainer)
 
 
+# Process groups kept alive by `close_processes` until the script leaves with `os._exit` (see there).
+_RELEASED_GROUPS: list = []
+
+
 def close_processes(trainer) -> None:
-    """Under several processes, leave together and release the process group: a gloo group torn down at interpreter
-    exit while a DDP wrapper still holds it can hang or abort ("terminate called without an active exception")."""
-    trainer.accelerator.wait_for_everyone()
-    if hasattr(trainer, "end"):  # transformers>=5.18: closes trackers and frees the accelerator state
-        trainer.end()
+    """Under several processes, leave together and release the process group.
+
+    The group itself is kept alive, and [`run_script`] then ends the process with `os._exit`. Freeing a gloo group
+    joins its worker threads while holding the GIL, and a worker may still be finishing a collective whose tensors
+    need the GIL to be freed. That deadlocks: seen with py-spy in 2-process `trl sft` runs under CPU load, about 1
+    in 10, where DDP's reducer released the group when `main` returned. At interpreter exit the same race aborts
+    instead ("terminate called without an active exception").
+    """
     import torch
 
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    trainer.accelerator.wait_for_everyone()
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        _RELEASED_GROUPS.append(torch.distributed.group.WORLD)
+    if hasattr(trainer, "end"):  # transformers>=5.18: closes trackers, destroys the process group
+        trainer.end()
+    if distributed:
         trainer.accelerator.free_memory()
         trainer.model_wrapped = trainer.model
-        torch.distributed.destroy_process_group()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _leave_after_distributed_run() -> None:
+    """End a process whose group [`close_processes`] released: flush what is buffered, then `os._exit(0)`, so that
+    no gloo group is freed (see there). Does nothing in a single-process run."""
+    if not _RELEASED_GROUPS:
+        return
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 # ---- what every training script does: data, model options, the `__main__` entry ----------------------------------
@@ -903,6 +928,7 @@ def run_script(make_parser, main) -> None:
         parser.error(f"unrecognized arguments: {' '.join(cli_leftovers)}")
     check_launch_leftovers(config_leftovers)
     main(*parsed)
+    _leave_after_distributed_run()
 
 
 def command_parser(
