@@ -29,6 +29,7 @@ PY=${PYTHON:-python3}
 } 2>&1 | tee "$OUT/env.txt"
 
 STEPS=" ${*:-check sft ops preference online generation} "
+FAILED=""
 
 step() {  # step NAME LIMIT_S COMMAND...: stdout in $OUT/NAME.log (printed), stderr appended to $OUT/stderr.txt
     local name=$1 limit=$2 start rc
@@ -41,7 +42,7 @@ step() {  # step NAME LIMIT_S COMMAND...: stdout in $OUT/NAME.log (printed), std
     cat "$OUT/$name.err" >>"$OUT/stderr.txt"
     echo "=== $name: exit $rc in $(($(date +%s) - start)) s (limit $limit s)"
     grep -vE "^\{'" "$OUT/$name.log"  # not the trainers' own log lines
-    [ $rc -eq 0 ] || tail -20 "$OUT/$name.err"
+    [ $rc -eq 0 ] || { tail -20 "$OUT/$name.err"; FAILED="$FAILED $name"; }
     rm -f "$OUT/$name.err"
 }
 
@@ -52,3 +53,4 @@ step ops 75 $PY benchmarks/bench_ops.py --device cuda --dtype bfloat16 --calls 3
 step preference 170 $PY benchmarks/bench_preference.py --device cuda --steps 4 --warmup 2
 step online 200 $PY benchmarks/bench_online.py --device cuda --steps 1 --warmup 1 --only grpo grpo-beta rloo
 step generation 200 $PY benchmarks/bench_generation.py --device cuda --calls 2
+[ -z "$FAILED" ] || { echo "failed:$FAILED"; exit 1; }

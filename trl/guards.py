@@ -98,9 +98,8 @@ def check_gradient_flows(zero_steps: int, patience: int, enforce: bool) -> None:
         return
     report(
         f"The gradient was exactly zero at each of the first {patience} optimiser steps, so the weights do not move.",
-        "Check that the trainable parameters are part of the loss (adapters attached, nothing frozen by mistake), "
-        "that some tokens enter the loss, and for online trainers that rewards differ within groups (advantages "
-        "are 0 otherwise; see `frac_reward_zero_std`).",
+        "Check that the trainable parameters are part of the loss (adapters attached, nothing frozen by mistake) "
+        "and that some tokens enter the loss.",
         enforce,
     )
 

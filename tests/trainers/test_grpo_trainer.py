@@ -334,6 +334,14 @@ class TestBadInputs:
         with pytest.raises(TrainingWillNotLearnError, match="same reward"):
             trainer.train()
 
+    def test_zero_gradient_steps_are_left_to_the_rollout_guards(self, tmp_path):
+        # one reward for every completion: every advantage and every gradient is 0. Online trainers count such
+        # generation batches (guard_patience of them), not optimiser steps, so 4 steps train without an error
+        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [1.0] * len(completions), guards=True,
+                           guard_patience=10, max_steps=4)
+        trainer.train()
+        assert trainer.state.global_step == 4
+
     def test_all_truncated_stops_the_run(self, tmp_path):
         trainer = _never_ending(_trainer(tmp_path, guards=True, guard_patience=1, max_steps=2))
         with pytest.raises(TrainingWillNotLearnError, match="max_completion_length=8"):

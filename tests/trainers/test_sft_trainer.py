@@ -150,10 +150,14 @@ def test_tokenizer_without_pad_does_not_save_pad_equal_eos(tmp_path, trainer_nam
     trainer.train()
     trainer.save_model()
     out = tmp_path / "out"
+    pad_before = model.config.pad_token_id  # not eos: prepare_tokenizer mirrors pad into the config only then
+    assert pad_before != tokenizer.eos_token_id
     for folder in (out / "checkpoint-1", out / "checkpoint-2", out):
         generation = json.loads((folder / "generation_config.json").read_text())
         assert generation.get("pad_token_id") is None, (folder, generation)
-    assert model.generation_config.pad_token_id is None
+        config = json.loads((folder / "config.json").read_text())
+        assert config.get("pad_token_id") == pad_before, (folder, config.get("pad_token_id"))
+    assert model.generation_config.pad_token_id is None and model.config.pad_token_id == pad_before
 
 
 def test_model_that_comes_with_pad_equal_eos_is_warned_about_and_left_alone(tmp_path):

@@ -137,3 +137,11 @@ def test_kto_trainer_on_sharegpt_rows(tmp_path):
                          train_dataset=Dataset.from_list(rows))
     expected = _prepared(_unpaired, _rows("unpaired_preference", "sharegpt_roles", num_rows=4), False)
     assert {k: trainer.train_dataset[0][k] for k in expected[0]} == expected[0]
+
+
+def test_conversations_beside_a_chatml_messages_column_is_left_alone():
+    from trl.data.conversation import maybe_convert_dataset_to_chatml
+
+    rows = [{"messages": [{"role": "user", "content": "A"}], "conversations": [{"from": "human", "value": "B"}]}]
+    dataset = Dataset.from_list(rows)
+    assert maybe_convert_dataset_to_chatml(dataset) is dataset

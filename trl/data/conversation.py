@@ -176,7 +176,9 @@ def maybe_convert_dataset_to_chatml(dataset: DatasetType, **map_kwargs: Any) -> 
     first = next(iter(dataset), None)
     if first is None:
         return dataset
-    sharegpt = any(_is_from_value_list(first.get(key)) for key in (*_CONVERSATION_KEYS, "conversations"))
+    # a `conversations` column beside `messages` is left alone (converting it would overwrite `messages`)
+    keys = (*_CONVERSATION_KEYS, *(() if "messages" in first else ("conversations",)))
+    sharegpt = any(_is_from_value_list(first.get(key)) for key in keys)
     rename = "conversations" in first and "messages" not in first
     if not (sharegpt or rename):
         return dataset

@@ -169,19 +169,34 @@ def _eos_ids(generation_config) -> list:
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
-def restore_generation_pad(model, pad_before) -> None:
-    """Put back the generation config's pad id where transformers' `Trainer.train()` replaced it by an eos id.
+def pad_ids(model) -> tuple:
+    """`(model config pad id, generation config pad id)`; None where there is no such config or id."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    generation_config = getattr(model, "generation_config", None)
+    return (getattr(text_config, "pad_token_id", None), getattr(generation_config, "pad_token_id", None))
+
+
+def restore_pad_ids(model, before: tuple) -> None:
+    """Put back the pad ids of the model and generation configs where transformers' `Trainer.train()` replaced them
+    by an eos id.
 
     `train()` aligns the model's special ids with the tokenizer's (`align_special_tokens`), so a tokenizer that pads
-    with eos (see [`prepare_tokenizer`]) writes pad == eos into the generation config, and every checkpoint keeps it
-    (transformers#48016). `pad_before` is the generation config's pad id before `train()`; a pad == eos the model
-    came with is left alone.
+    with eos (see [`prepare_tokenizer`]) writes pad == eos into both configs, and every checkpoint keeps it: in the
+    generation config it breaks evaluation (transformers#48016), in the model config a sequence classifier looks for
+    the last non-pad token and would skip a final eos. `before` is [`pad_ids`] before `train()`; a pad == eos the
+    model came with is left alone.
     """
-    config = getattr(model, "generation_config", None)
-    if config is None or config.pad_token_id == pad_before:
-        return
-    if config.pad_token_id in _eos_ids(config):
-        config.pad_token_id = pad_before
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    generation_config = getattr(model, "generation_config", None)
+    eos = _eos_ids(generation_config) if generation_config is not None else []
+    model_eos = getattr(text_config, "eos_token_id", None)
+    eos += [] if model_eos is None else [model_eos] if isinstance(model_eos, int) else list(model_eos)
+    for target, pad_before in ((text_config, before[0]), (generation_config, before[1])):
+        pad = getattr(target, "pad_token_id", None)
+        if target is not None and pad != pad_before and pad in eos:
+            target.pad_token_id = pad_before
 
 
 def apply_chat_template_path(model, tokenizer, path: str):

@@ -674,11 +674,14 @@ def close_processes(trainer) -> None:
 
 
 def _leave_after_distributed_run() -> None:
-    """End a process whose group [`close_processes`] released: flush what is buffered, then `os._exit(0)`, so that
-    no gloo group is freed (see there). Does nothing in a single-process run."""
+    """End a process whose group [`close_processes`] released: run the exit handlers (trackers such as wandb finish
+    their run there, logging flushes), flush the streams, then `os._exit(0)`, so that no gloo group is freed (see
+    there). Does nothing in a single-process run."""
     if not _RELEASED_GROUPS:
         return
-    logging.shutdown()
+    import atexit
+
+    atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -450,21 +450,22 @@ class _BaseTrainer(Trainer):
         return loss
 
     def _check_gradient_flows(self, model) -> None:
-        """The first optimiser steps must have a gradient: `guard_patience` (online trainers; 3 otherwise) steps in
-        a row with an exactly zero gradient stop the run. Checked until the first step with a gradient."""
-        if self.is_deepspeed_enabled:  # DeepSpeed keeps the gradients in its own buffers
-            self._zero_gradient_steps = None
+        """The first optimiser steps must have a gradient: 3 steps in a row with an exactly zero gradient stop the
+        run. Checked until the first step with a gradient. Online trainers judge their generation batches instead
+        (`_check_rollout_guards`), and optimisers that step inside the backward pass leave no gradient to read."""
+        optim = str(getattr(self.args, "optim", ""))
+        if self.is_deepspeed_enabled or "layerwise" in optim or optim in ("lomo", "adalomo"):
+            self._zero_gradient_steps = None  # DeepSpeed keeps the gradients in its own buffers
             return
-        grads = [p.grad.detach() for p in model.parameters() if p.requires_grad and p.grad is not None]
+        grads = [_local(p.grad).detach() for p in model.parameters() if p.requires_grad and p.grad is not None]
         total = torch.stack([g.abs().sum(dtype=torch.float32) for g in grads]).sum() if grads else torch.zeros(())
-        if self.accelerator.num_processes > 1:  # FSDP shards the gradients; any non-zero shard counts
+        if self.accelerator.num_processes > 1:  # FSDP shards the gradients: each rank sums its own shards
             total = self.accelerator.reduce(total.to(self.accelerator.device), reduction="sum")
         if float(total) != 0:
             self._zero_gradient_steps = None
             return
         self._zero_gradient_steps = getattr(self, "_zero_gradient_steps", 0) + 1
-        guards.check_gradient_flows(self._zero_gradient_steps, getattr(self.args, "guard_patience", 3),
-                                    getattr(self.args, "guards", True))
+        guards.check_gradient_flows(self._zero_gradient_steps, 3, getattr(self.args, "guards", True))
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
@@ -489,19 +490,18 @@ class _BaseTrainer(Trainer):
             self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
 
     def train(self, *args, **kwargs):
-        # transformers aligns the model's special ids with the tokenizer at the start of train(); keep the generation
-        # config's pad out of its eos ids (see `loading.restore_generation_pad`), in checkpoints and after training
-        generation_config = getattr(self.model, "generation_config", None)
-        self._generation_pad = None if generation_config is None else generation_config.pad_token_id
+        # transformers aligns the model's special ids with the tokenizer at the start of train(); keep pad == eos out
+        # of the model and generation configs (see `loading.restore_pad_ids`), in checkpoints and after training
+        self._pad_ids = loading.pad_ids(self.model)
         guards.check_generation_config_pad(self.model)
         try:
             return super().train(*args, **kwargs)
         finally:
-            loading.restore_generation_pad(self.model, self._generation_pad)
+            loading.restore_pad_ids(self.model, self._pad_ids)
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        if hasattr(self, "_generation_pad"):
-            loading.restore_generation_pad(self.model, self._generation_pad)
+        if hasattr(self, "_pad_ids"):
+            loading.restore_pad_ids(self.model, self._pad_ids)
         super()._save(output_dir, state_dict)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
@@ -527,6 +527,11 @@ class _BaseTrainer(Trainer):
         )
         os.makedirs(output_dir, exist_ok=True)
         Path(output_dir, "README.md").write_text(card)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor (FSDP2, tensor parallelism); any other tensor as it is."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def causal_lm(model):
