@@ -121,21 +121,16 @@ def test_chatml_and_standard_data_are_not_mapped():
         assert maybe_convert_dataset_to_chatml(dataset) is dataset
 
 
-def test_dpo_trainer_on_sharegpt_rows(tmp_path):
-    rows = _to_sharegpt(_rows("preference", "sharegpt_roles", num_rows=4))
-    args = DPOConfig(output_dir=str(tmp_path), report_to="none", max_steps=1)
-    trainer = DPOTrainer(model=tiny_model(seed=0), args=args, processing_class=tiny_tokenizer(),
-                         train_dataset=Dataset.from_list(rows))
-    expected = _prepared(_preference, _rows("preference", "sharegpt_roles", num_rows=4), False)
-    assert {k: trainer.train_dataset[0][k] for k in expected[0]} == expected[0]
-
-
-def test_kto_trainer_on_sharegpt_rows(tmp_path):
-    rows = _to_sharegpt(_rows("unpaired_preference", "sharegpt_roles", num_rows=4))
-    args = KTOConfig(output_dir=str(tmp_path), report_to="none", max_steps=1)
-    trainer = KTOTrainer(model=tiny_model(seed=0), args=args, processing_class=tiny_tokenizer(),
-                         train_dataset=Dataset.from_list(rows))
-    expected = _prepared(_unpaired, _rows("unpaired_preference", "sharegpt_roles", num_rows=4), False)
+@pytest.mark.parametrize(("form", "trainer_class", "config_class", "prepare"), [
+    ("preference", DPOTrainer, DPOConfig, _preference),
+    ("unpaired_preference", KTOTrainer, KTOConfig, _unpaired),
+], ids=["dpo", "kto"])
+def test_trainer_on_sharegpt_rows(tmp_path, form, trainer_class, config_class, prepare):
+    rows = _to_sharegpt(_rows(form, "sharegpt_roles", num_rows=4))
+    args = config_class(output_dir=str(tmp_path), report_to="none", max_steps=1)
+    trainer = trainer_class(model=tiny_model(seed=0), args=args, processing_class=tiny_tokenizer(),
+                            train_dataset=Dataset.from_list(rows))
+    expected = _prepared(prepare, _rows(form, "sharegpt_roles", num_rows=4), False)
     assert {k: trainer.train_dataset[0][k] for k in expected[0]} == expected[0]
 
 
