@@ -111,7 +111,7 @@ def run_one(name: str, cli) -> dict:
     model = tiny_model(shape["arch"], seed=0, **shape["overrides"])
     dtype = getattr(torch, cli.dtype)
     model = model.to("cuda" if cuda else "cpu", dtype).eval()
-    model.config._attn_implementation = cli.attn
+    model.set_attn_implementation(cli.attn)
     vocab = model.config.vocab_size
     prompts = _prompts(cli, vocab)
     eos = _eos_ids(name, vocab, cli.max_new)

@@ -199,7 +199,7 @@ def run_one(name: str, cli) -> dict:
             model = tiny_model("qwen3", seed=0, **shape)
         if cuda:
             model = model.to("cuda", torch.bfloat16)
-            model.config._attn_implementation = cli.attn
+        model.set_attn_implementation(cli.attn)
         tok = _Tok(shape["vocab_size"])
         total_steps = cli.steps + cli.warmup
         rows = cli.batch_size * total_steps

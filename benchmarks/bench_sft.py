@@ -225,7 +225,7 @@ def run_one(name: str, cli) -> dict:
     model = tiny_model("qwen3", seed=0, **shape)
     if cuda:
         model = model.to("cuda", torch.bfloat16)
-        model.config._attn_implementation = cli.attn
+    model.set_attn_implementation(cli.attn)
     tok = _Tok(shape["vocab_size"])
     rows = cli.batch_size * (cli.steps + cli.warmup) * (2 if config["packing"] else 1)
     data = _dataset(rows, cli.min_len, cli.max_len, shape["vocab_size"])
@@ -335,7 +335,7 @@ def main():
         print(f"{r['config']:14} {r['tokens_per_s']:10.0f} {r['step_time_s']:9.3f} {r['tokens_per_step']:12.0f} "
               f"{r['peak_mib']:9.1f}", flush=True)
 
-    print(f"device={cli.device} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
+    print(f"device={cli.device} attn={cli.attn} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
           f"lengths={cli.min_len}-{cli.max_len} steps={cli.steps} (+{cli.warmup} warm-up) repeats={cli.repeats} "
           f"gradient_checkpointing={cli.gradient_checkpointing} | {load_average()}")
     print(f"{'config':14} {'tokens/s':>10} {'step (s)':>9} {'tokens/step':>12} {'peak MiB':>9}", flush=True)

@@ -7,8 +7,8 @@ Checks (each prints one line, `ok` or `FAIL`):
 - `ops <dtype> <N>x<H>x<V>`: `chunked_token_stats` and `fused_token_loss` (default chunk size on this device) against
   `naive_token_stats` computed in float64 from the same inputs: relative error of the log-probs and of the gradients
   of `hidden` and `weight` (`||out - ref|| / ||ref||`). Tolerances: 1e-5 in float32, 2e-2 in bfloat16 (bf16 operands).
-- `sft packed == padded`: the SFT loss of one batch as padded rows and as one padding-free row with `position_ids`
-  (sdpa), float32 on CUDA, relative difference <= 1e-4.
+- `sft packed == padded`: the SFT loss of one batch as padded rows and as one padding-free row with `position_ids`,
+  with sdpa and with FlexAttention (document masking), float32 on CUDA, relative difference <= 1e-4.
 - `train <trainer> bf16`: 3 steps of SFT, DPO, KTO, Reward, GRPO and RLOO on the bundled tiny model in bf16 on CUDA:
   the loss is finite and the parameters moved.
 """
@@ -66,7 +66,7 @@ def check_ops(n: int, h: int, v: int, dtype: torch.dtype, tol: float) -> None:
                "rel err logps {:.1e} grad_hidden {:.1e} grad_weight {:.1e} (tol {:.0e})".format(*errors, tol))
 
 
-def check_packed_equals_padded() -> None:
+def check_packed_equals_padded(attn: str) -> None:
     from datasets import Dataset
 
     from trl import SFTConfig, SFTTrainer
@@ -78,7 +78,7 @@ def check_packed_equals_padded() -> None:
     losses = {}
     for packing in (False, True):
         model = tiny_model("qwen3", seed=0).to(DEVICE)
-        model.config._attn_implementation = "sdpa"
+        model.set_attn_implementation(attn)
         args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=4, packing=packing,
                          padding_free=packing, max_length=256, report_to="none", bf16=False, learning_rate=0.0,
                          use_cpu=DEVICE == "cpu")
@@ -89,7 +89,7 @@ def check_packed_equals_padded() -> None:
         with torch.no_grad():
             losses[packing] = float(trainer.compute_loss(model, batch))
     diff = abs(losses[True] - losses[False]) / abs(losses[False])
-    report("sft packed == padded (sdpa, fp32)", diff <= 1e-4,
+    report(f"sft packed == padded ({attn}, fp32)", diff <= 1e-4,
            f"padded {losses[False]:.6f} packed {losses[True]:.6f} rel diff {diff:.1e}")
 
 
@@ -164,11 +164,12 @@ def main() -> None:
     for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         for shape in shapes:
             check_ops(*shape, dtype, tol)
-    for check in (check_packed_equals_padded, check_training):
+    checks = [(check_packed_equals_padded, "sdpa"), (check_packed_equals_padded, "flex_attention"), (check_training,)]
+    for check, *args in checks:
         try:
-            check()
+            check(*args)
         except Exception as error:  # noqa: BLE001
-            report(check.__name__, False, f"{type(error).__name__}: {str(error)[:500]}")
+            report(f"{check.__name__}{args}", False, f"{type(error).__name__}: {str(error)[:500]}")
     print(f"gpu_check: {len(FAILED)} failed {FAILED}")
     sys.exit(1 if FAILED else 0)
 

@@ -10,10 +10,10 @@
 # still needs.
 #
 # In order of priority, each step under its own time limit, so one failure or hang does not cost the others:
-# correctness (gpu_check.py), SFT (bench_sft.py), the LM-head chunk sweep (bench_ops.py), preference
-# (bench_preference.py), online RL (bench_online.py) and generation (bench_generation.py), all on the
-# Qwen2.5-0.5B-shaped random model in bf16 with sdpa attention. Steps are fewer than the scripts' defaults to fit
-# the lease; run a script on its own for its full default.
+# correctness (gpu_check.py), SFT (bench_sft.py; sft-flex: packed, with FlexAttention's document masking), the
+# LM-head chunk sweep (bench_ops.py), preference (bench_preference.py), online RL (bench_online.py) and generation
+# (bench_generation.py), all on the Qwen2.5-0.5B-shaped random model in bf16 with sdpa attention (unless named).
+# Steps are fewer than the scripts' defaults to fit the lease; run a script on its own for its full default.
 set -u
 OUT=${OUT:-/tmp/gpu_out}
 mkdir -p "$OUT"
@@ -28,7 +28,7 @@ PY=${PYTHON:-python3}
 'accelerate', accelerate.__version__, 'pyarrow', pyarrow.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-STEPS=" ${*:-check sft ops preference online generation} "
+STEPS=" ${*:-check sft sft-flex ops preference online generation} "
 FAILED=""
 
 step() {  # step NAME LIMIT_S COMMAND...: stdout in $OUT/NAME.log (printed), stderr appended to $OUT/stderr.txt
@@ -48,6 +48,7 @@ step() {  # step NAME LIMIT_S COMMAND...: stdout in $OUT/NAME.log (printed), std
 
 step check 90 $PY benchmarks/gpu_check.py
 step sft 150 $PY benchmarks/bench_sft.py --device cuda --steps 5 --warmup 2
+step sft-flex 150 $PY benchmarks/bench_sft.py --device cuda --steps 5 --warmup 2 --attn flex_attention --only ours-packed
 step ops 75 $PY benchmarks/bench_ops.py --device cuda --dtype bfloat16 --calls 3 \
     --shapes 16384x896x151936,4096x896x151936 --budgets 64,128,1024,2048
 step preference 170 $PY benchmarks/bench_preference.py --device cuda --steps 4 --warmup 2
