@@ -104,6 +104,35 @@ def check_gradient_flows(zero_steps: int, patience: int, enforce: bool) -> None:
     )
 
 
+def check_optimizer_memory(trainable: int, trainable_bytes: int, states: int, free_bytes: int, enforce: bool) -> None:
+    """Pre-flight: the gradients and optimiser states of the trainable parameters must fit in the accelerator's free
+    memory (the weights are already there), or the first optimiser step runs out of memory.
+
+    Args:
+        trainable (`int`): number of trainable parameters.
+        trainable_bytes (`int`): their size in bytes (a gradient, and each optimiser state, is as large).
+        states (`int`): optimiser states per parameter (2 for AdamW).
+        free_bytes (`int`): free memory of the device.
+
+    Example:
+        ```python
+        >>> check_optimizer_memory(10**9, 4 * 10**9, 2, 8 * 2**30, enforce=False)  # warns: 11.2 GiB needed, 8.0 free
+        ```
+    """
+    need = trainable_bytes * (1 + states)
+    if need <= free_bytes:
+        return
+    report(
+        f"The gradients and optimiser states of the {trainable / 1e6:,.1f}M trainable parameters need "
+        f"{need / 2**30:.1f} GiB (1 gradient + {states} optimiser states, each the size of the parameters) but the "
+        f"device has {free_bytes / 2**30:.1f} GiB free with the model loaded, so the first optimiser step would run "
+        "out of memory (activations come on top).",
+        "Train fewer parameters (peft_config=LoraConfig(...)), use an 8-bit or factored optimiser (optim="
+        "'adamw_bnb_8bit' / 'adafactor'), or shard the states over several devices (FSDP, DeepSpeed ZeRO).",
+        enforce,
+    )
+
+
 def check_prompts_fit(name: str, prompts: list[list[int]], max_length: int | None, enforce: bool, verb: str) -> list[int]:
     """Rows whose prompt alone fills `max_length`: no completion token would be left to `verb` (compare, score).
     Returns those rows (dropped by the caller when `enforce` is off)."""

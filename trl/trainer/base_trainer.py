@@ -453,7 +453,7 @@ class _BaseTrainer(Trainer):
         """The first optimiser steps must have a gradient: 3 steps in a row with an exactly zero gradient stop the
         run. Checked until the first step with a gradient. Online trainers judge their generation batches instead
         (`_check_rollout_guards`), and optimisers that step inside the backward pass leave no gradient to read."""
-        optim = str(getattr(self.args, "optim", ""))
+        optim = _optim_name(self.args)
         if self.is_deepspeed_enabled or "layerwise" in optim or optim in ("lomo", "adalomo"):
             self._zero_gradient_steps = None  # DeepSpeed keeps the gradients in its own buffers
             return
@@ -494,10 +494,24 @@ class _BaseTrainer(Trainer):
         # of the model and generation configs (see `loading.restore_pad_ids`), in checkpoints and after training
         self._pad_ids = loading.pad_ids(self.model)
         guards.check_generation_config_pad(self.model)
+        self._check_optimizer_memory()
         try:
             return super().train(*args, **kwargs)
         finally:
             loading.restore_pad_ids(self.model, self._pad_ids)
+
+    def _check_optimizer_memory(self) -> None:
+        """Pre-flight for one unsharded process on an accelerator: do the gradients and AdamW states fit?"""
+        optim = _optim_name(self.args)
+        if (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled
+                or optim not in ("adamw_torch", "adamw_torch_fused") or self.optimizer is not None):
+            return
+        free = _device_free_bytes(self.model)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if free is None or not params:
+            return
+        guards.check_optimizer_memory(sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params),
+                                      2, free, getattr(self.args, "guards", True))
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         if hasattr(self, "_pad_ids"):
@@ -527,6 +541,20 @@ class _BaseTrainer(Trainer):
         )
         os.makedirs(output_dir, exist_ok=True)
         Path(output_dir, "README.md").write_text(card)
+
+
+def _optim_name(args) -> str:
+    """`args.optim` as its string value ("adamw_torch_fused"), whether it is an `OptimizerNames` or a string."""
+    optim = getattr(args, "optim", "")
+    return str(getattr(optim, "value", optim))
+
+
+def _device_free_bytes(model) -> int | None:
+    """Free memory of the CUDA device that holds the model's first parameter; None elsewhere."""
+    param = next(model.parameters(), None)
+    if param is None or param.device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(param.device)[0]
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,45 @@
+"""The pre-flight memory guard and the optimiser-name helper of the base trainer."""
+
+import pytest
+import torch
+
+from trl.guards import TrainingWillNotLearnError, check_optimizer_memory
+from trl.trainer import base_trainer
+
+
+def test_optimizer_memory_fits_or_is_reported():
+    # 1e9 float32 parameters: 1 gradient + 2 AdamW states = 12e9 bytes = 11.18 GiB
+    check_optimizer_memory(10**9, 4 * 10**9, 2, 12 * 10**9, enforce=True)  # exactly fits: nothing
+    with pytest.raises(TrainingWillNotLearnError, match=r"need 11\.2 GiB .* 8\.0 GiB free"):
+        check_optimizer_memory(10**9, 4 * 10**9, 2, 8 * 2**30, enforce=True)
+    with pytest.warns(UserWarning, match="peft_config=LoraConfig"):
+        check_optimizer_memory(10**9, 4 * 10**9, 2, 8 * 2**30, enforce=False)
+
+
+def test_optim_name_reads_the_enum_value():
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir="/tmp/unused", optim="galore_adamw_layerwise", use_cpu=True)
+    assert base_trainer._optim_name(args) == "galore_adamw_layerwise"
+    assert base_trainer._optim_name(TrainingArguments(output_dir="/tmp/unused", use_cpu=True)).startswith("adamw_torch")
+
+
+def test_trainer_checks_optimizer_memory_before_training(tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from trl import SFTConfig, SFTTrainer
+    from trl.models.tiny import tiny_model, tiny_tokenizer
+
+    model = tiny_model(num_hidden_layers=1)
+    trainable = sum(p.numel() for p in model.parameters())
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", per_device_train_batch_size=2)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tiny_tokenizer(),
+                         train_dataset=Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4}))
+    # the model "is" on a device with room for its gradient and one AdamW state, not two
+    monkeypatch.setattr(base_trainer, "_device_free_bytes", lambda model: trainable * 4 * 2)
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    with pytest.raises(TrainingWillNotLearnError, match="first optimiser step would run out of memory"):
+        trainer.train()
+    assert all(torch.equal(before[k], p) for k, p in model.named_parameters())  # stopped before any step
+    monkeypatch.setattr(base_trainer, "_device_free_bytes", lambda model: trainable * 4 * 3)
+    trainer.train()
