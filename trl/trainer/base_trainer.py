@@ -550,11 +550,13 @@ def _optim_name(args) -> str:
 
 
 def _device_free_bytes(model) -> int | None:
-    """Free memory of the CUDA device that holds the model's first parameter; None elsewhere."""
+    """Memory still available to PyTorch on the CUDA device that holds the model's first parameter (free memory plus
+    what its caching allocator holds unused); None elsewhere."""
     param = next(model.parameters(), None)
     if param is None or param.device.type != "cuda":
         return None
-    return torch.cuda.mem_get_info(param.device)[0]
+    cached = torch.cuda.memory_reserved(param.device) - torch.cuda.memory_allocated(param.device)
+    return torch.cuda.mem_get_info(param.device)[0] + cached
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
