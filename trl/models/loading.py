@@ -164,17 +164,22 @@ def prepare_tokenizer(tokenizer, model, eos_token: str | None = None):
     return tokenizer
 
 
-def _eos_ids(generation_config) -> list:
-    eos = generation_config.eos_token_id
+def _eos_ids(config) -> list:
+    """A config's `eos_token_id` (None, an id or a list) as a list."""
+    eos = getattr(config, "eos_token_id", None)
     return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+def _pad_configs(model) -> tuple:
+    """`(text config, generation config)` of a model; None where it has none."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return text_config, getattr(model, "generation_config", None)
 
 
 def pad_ids(model) -> tuple:
     """`(model config pad id, generation config pad id)`; None where there is no such config or id."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    generation_config = getattr(model, "generation_config", None)
-    return (getattr(text_config, "pad_token_id", None), getattr(generation_config, "pad_token_id", None))
+    return tuple(getattr(config, "pad_token_id", None) for config in _pad_configs(model))
 
 
 def restore_pad_ids(model, before: tuple) -> None:
@@ -187,16 +192,12 @@ def restore_pad_ids(model, before: tuple) -> None:
     the last non-pad token and would skip a final eos. `before` is [`pad_ids`] before `train()`; a pad == eos the
     model came with is left alone.
     """
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    generation_config = getattr(model, "generation_config", None)
-    eos = _eos_ids(generation_config) if generation_config is not None else []
-    model_eos = getattr(text_config, "eos_token_id", None)
-    eos += [] if model_eos is None else [model_eos] if isinstance(model_eos, int) else list(model_eos)
-    for target, pad_before in ((text_config, before[0]), (generation_config, before[1])):
-        pad = getattr(target, "pad_token_id", None)
-        if target is not None and pad != pad_before and pad in eos:
-            target.pad_token_id = pad_before
+    configs = _pad_configs(model)
+    eos = [i for config in configs for i in _eos_ids(config)]
+    for config, pad_before in zip(configs, before):
+        pad = getattr(config, "pad_token_id", None)
+        if config is not None and pad != pad_before and pad in eos:
+            config.pad_token_id = pad_before
 
 
 def apply_chat_template_path(model, tokenizer, path: str):
