@@ -166,27 +166,29 @@ class GRPOTrainer(_OnlineTrainer):
         step = a.entropy_coef_delta if self._entropy_below_target else -a.entropy_coef_delta
         self._entropy_coef = min(max(self._entropy_coef + step, a.entropy_coef_min), a.entropy_coef_max)
 
+    def _entropy_ctrl_state(self) -> dict:
+        return {"entropy_coef": self._entropy_coef, "entropy_below_target": self._entropy_below_target}
+
+    def _load_entropy_ctrl_state(self, state: dict) -> None:
+        self._entropy_coef = float(state.get("entropy_coef", self._entropy_coef))
+        self._entropy_below_target = bool(state.get("entropy_below_target", self._entropy_below_target))
+
     def _online_state(self) -> dict:
-        return {**super()._online_state(), "entropy_coef": self._entropy_coef,
-                "entropy_below_target": self._entropy_below_target}
+        return {**super()._online_state(), **self._entropy_ctrl_state()}
 
     def _load_online_state(self, state: dict) -> None:
         super()._load_online_state(state)
-        self._entropy_coef = state.get("entropy_coef", self._entropy_coef)
-        self._entropy_below_target = state.get("entropy_below_target", self._entropy_below_target)
+        self._load_entropy_ctrl_state(state)
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         if self.args.use_adaptive_entropy and self.accelerator.is_main_process:
-            state = {"entropy_coef": self._entropy_coef, "entropy_below_target": self._entropy_below_target}
             with open(os.path.join(output_dir, ENTROPY_CTRL_FILE), "w") as f:
-                json.dump(state, f)
+                json.dump(self._entropy_ctrl_state(), f)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         path = os.path.join(checkpoint, ENTROPY_CTRL_FILE) if checkpoint else None
         if self.args.use_adaptive_entropy and path and os.path.exists(path):
             with open(path) as f:
-                state = json.load(f)
-            self._entropy_coef = float(state["entropy_coef"])
-            self._entropy_below_target = bool(state.get("entropy_below_target", True))
+                self._load_entropy_ctrl_state(json.load(f))
         super()._load_optimizer_and_scheduler(checkpoint)  # the online state, when present, has the same values
