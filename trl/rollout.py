@@ -42,6 +42,9 @@ class Rollout:
         is_truncated (`torch.Tensor`): `(N,)` bool, True when no EOS came within `max_completion_length`.
         sampling_logps (`torch.Tensor`, *optional*): `(N, C)` log-prob of each sampled token under the distribution
             it was sampled from (after temperature and any filtering), 0 on padding.
+        tool_mask (`torch.Tensor`, *optional*): `(N, C)` 0 on completion tokens that the policy did not generate (tool
+            or environment output from a `rollout_func`), which stay out of the loss; None when every token is
+            generated.
 
     Filled by the trainer:
         prompts (`list`): `(N,)` the prompt of each completion as the dataset gave it (text or messages).
@@ -61,6 +64,7 @@ class Rollout:
     completion_mask: torch.Tensor  # (N, C)
     is_truncated: torch.Tensor  # (N,)
     sampling_logps: torch.Tensor | None = None  # (N, C)
+    tool_mask: torch.Tensor | None = None  # (N, C)
     prompts: list | None = None  # (N,)
     completions: list | None = None  # (N,)
     columns: dict[str, list] = field(default_factory=dict)  # each (N,)
@@ -122,7 +126,8 @@ class Rollout:
         return dataclasses.replace(
             self, prompt_ids=self.prompt_ids[:, first:], prompt_mask=self.prompt_mask[:, first:],
             completion_ids=columns(self.completion_ids, 0, last), completion_mask=columns(self.completion_mask, 0, last),
-            sampling_logps=columns(self.sampling_logps, 0, last), old_logps=columns(self.old_logps, 0, last),
+            sampling_logps=columns(self.sampling_logps, 0, last), tool_mask=columns(self.tool_mask, 0, last),
+            old_logps=columns(self.old_logps, 0, last),
             ref_logps=columns(self.ref_logps, 0, last),
         )
 
@@ -166,6 +171,7 @@ class Rollout:
             completion_mask=stack("completion_mask", "right", 0),
             is_truncated=join("is_truncated"),
             sampling_logps=stack("sampling_logps", "right", 0.0),
+            tool_mask=stack("tool_mask", "right", 0),
             prompts=join("prompts"),
             completions=join("completions"),
             columns=columns,

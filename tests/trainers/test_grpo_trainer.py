@@ -258,6 +258,97 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
             assert resumed[step][1] == pytest.approx(full[step][1], rel=1e-6)
 
 
+# ---- rollout_func ------------------------------------------------------------------------------------------------
+
+
+def _scripted_rollout_func(calls):
+    """A `rollout_func` that 'generates' fixed completions: 3 policy tokens, 2 tool tokens (env_mask 0), then eos for
+    even rows and a cut-off completion for odd rows; a `source` column for the rewards."""
+    def rollout_func(prompts, trainer):
+        calls.append(len(prompts))
+        tokenizer = trainer.processing_class
+        eos = tokenizer.eos_token_id
+        rows = {"prompt_ids": [], "completion_ids": [], "logprobs": [], "env_mask": [], "source": []}
+        for i, prompt in enumerate(prompts):
+            text = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            rows["prompt_ids"].append(tokenizer(text)["input_ids"])
+            ids = [10 + i % 5, 20, 30, 40, 41] + ([eos] if i % 2 == 0 else [50])
+            rows["completion_ids"].append(ids)
+            rows["logprobs"].append([-1.0] * len(ids))
+            rows["env_mask"].append([1, 1, 1, 0, 0, 1])
+            rows["source"].append(f"row{i}")
+        return rows
+    return rollout_func
+
+
+def test_rollout_func_replaces_generation(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    calls, seen = [], []
+
+    def reward(completions, completion_ids, source, **kwargs):
+        seen.append((source, completion_ids))
+        return [float(ids[0]) for ids in completion_ids]  # differs within groups
+
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=reward, train_dataset=_prompts(),
+                          args=_config(tmp_path, max_steps=2), processing_class=tiny_tokenizer(),
+                          rollout_func=_scripted_rollout_func(calls))
+    before = _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model)
+    assert calls == [8, 8]  # one generation batch of 8 completions per step
+    assert seen[0][0] == [f"row{i}" for i in range(8)] and seen[0][1][1][-1] == 50
+    logs = _logged(trainer)
+    assert all(math.isfinite(log["loss"]) for log in logs)
+    assert logs[0]["completions/mean_length"] == 6.0 and logs[0]["completions/clipped_ratio"] == 0.5
+    # the loss mask leaves out the tool tokens (and, with mask_truncated_completions, the cut-off rows)
+    rollout = trainer._buffer[0]
+    assert trainer._loss_mask(rollout).sum(-1).tolist() == [4] * 8
+    trainer.args.mask_truncated_completions = True
+    assert rollout.is_truncated.sum() == 4  # the odd rows (the buffer is shuffled)
+    assert trainer._loss_mask(rollout).sum(-1).tolist() == [0 if cut else 4 for cut in rollout.is_truncated.tolist()]
+
+
+def test_rollout_func_log_probs_are_not_reused_as_old_log_probs(tmp_path, monkeypatch):
+    # the engine's log-probs (-1.0 here) are not the policy's: off-policy batches get recomputed old log-probs
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=unique_ids, train_dataset=_prompts(),
+                          args=_config(tmp_path, max_steps=1, num_iterations=2), processing_class=tiny_tokenizer(),
+                          rollout_func=_scripted_rollout_func([]))
+    trainer.train()
+    old = trainer._buffer[0].old_logps
+    assert old is not None and not torch.equal(old[:, :6], torch.full_like(old[:, :6], -1.0))
+
+
+@pytest.mark.parametrize(("output", "match"), [
+    ({"prompt_ids": [[1]] * 8, "completion_ids": [[2]] * 8}, "must return a dict with"),
+    ({"prompt_ids": [[1]] * 8, "completion_ids": [[2]] * 7, "logprobs": [[0.0]] * 7}, "'completion_ids' for 7 rows"),
+    ({"prompt_ids": [[1]] * 8, "completion_ids": [[2, 3]] * 8, "logprobs": [[0.0]] * 8}, "2 completion ids but 1"),
+    ({"prompt_ids": [[1]] * 8, "completion_ids": [[2]] * 8, "logprobs": [[0.0]] * 8, "score": 1.0}, "'score'"),
+])
+def test_rollout_func_bad_output_is_reported(tmp_path, monkeypatch, output, match):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels, train_dataset=_prompts(),
+                          args=_config(tmp_path, max_steps=1), processing_class=tiny_tokenizer(),
+                          rollout_func=lambda prompts, trainer: output)
+    with pytest.raises(ValueError, match=match):
+        trainer.train()
+
+
+def test_rollout_func_warns_that_it_is_experimental(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRL_EXPERIMENTAL_SILENCE", raising=False)
+
+    def make(**kwargs):
+        return GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels, train_dataset=_prompts(),
+                           args=_config(tmp_path), processing_class=tiny_tokenizer(), **kwargs)
+
+    with pytest.warns(UserWarning, match="rollout_func is experimental"):
+        make(rollout_func=_scripted_rollout_func([]))
+    with pytest.raises(ValueError, match="tools"):
+        make(tools=[len])
+    with pytest.raises(TypeError, match="callable"):
+        make(rollout_func="generate.py")
+
+
 # ---- RLOO --------------------------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import torch
 
@@ -46,6 +47,13 @@ class GRPOTrainer(_OnlineTrainer):
         quantization_config (*optional*): merged into the model-init kwargs when `model` is a string.
         peft_config (`peft.PeftConfig`, *optional*): train a LoRA adapter; with `beta > 0` the reference is the model
             with its adapters disabled.
+        rollout_func (*optional*, experimental): `rollout_func(prompts, trainer) -> dict` replaces generation: given
+            the prompts of a generation batch (each repeated `num_generations` times), it returns, one entry per
+            prompt, `prompt_ids`, `completion_ids` and `logprobs` (the sampling log-prob of each completion token),
+            optionally `env_mask` (0 on completion tokens the policy did not write, e.g. tool output: they are not
+            trained), and any other key as a reward column. Its log-probs are treated as another engine's: old
+            log-probs are recomputed when a batch is used off-policy.
+        tools, environment_factory: not supported yet (a clear error).
 
     Example:
         ```python
@@ -64,10 +72,19 @@ class GRPOTrainer(_OnlineTrainer):
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
                  quantization_config=None, peft_config=None, tools=None, rollout_func=None, environment_factory=None):
-        unsupported = {"tools": tools, "rollout_func": rollout_func, "environment_factory": environment_factory}
+        unsupported = {"tools": tools, "environment_factory": environment_factory}
         given = [name for name, value in unsupported.items() if value is not None]
         if given:
-            raise ValueError(f"GRPOTrainer: {given} are not supported yet in this version (single-turn generation only).")
+            raise ValueError(f"GRPOTrainer: {given} are not supported yet in this version (single-turn generation "
+                             "only; a `rollout_func` can run a multi-turn loop of its own).")
+        if rollout_func is not None:
+            if not callable(rollout_func):
+                raise TypeError(f"rollout_func must be callable as rollout_func(prompts, trainer); got "
+                                f"{rollout_func!r}.")
+            if os.environ.get("TRL_EXPERIMENTAL_SILENCE") != "1":
+                warnings.warn("rollout_func is experimental: it replaces generation entirely and its interface may "
+                              "change. Set TRL_EXPERIMENTAL_SILENCE=1 to silence this warning.", stacklevel=2)
+        self.rollout_func = rollout_func
         super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class,
                          reward_processing_classes, callbacks, optimizers, quantization_config, peft_config)
         a = self.args

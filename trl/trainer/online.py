@@ -31,7 +31,7 @@ from .. import guards
 from ..data.prompts import prepare_prompt_dataset
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
-from ..generation.transformers_backend import TransformersBackend
+from ..generation.transformers_backend import TransformersBackend, _left_pad
 from ..models import loading
 from ..rollout import Rollout, StepCounts
 from .base_trainer import _BaseTrainer, as_config, causal_lm
@@ -197,6 +197,7 @@ class _OnlineTrainer(_BaseTrainer):
         self._buffer_position = 0  # micro-batches served since the start of training
         self._guard_counts = {"truncated": 0, "zero_std": 0, "mostly_truncated": 0, "mostly_zero_std": 0}
         self._zero_gradient_steps = None  # the rollout guards judge whole generation batches instead
+        self.rollout_func = getattr(self, "rollout_func", None)  # GRPOTrainer sets it before this runs
         self._completions_table: dict | None = None  # the last generation batch, for `log_completions`
         self._step_started = None
         self.model_accepts_loss_kwargs = False
@@ -322,10 +323,19 @@ class _OnlineTrainer(_BaseTrainer):
         return rollout
 
     def _sample(self, rows: list[dict], generator: torch.Generator) -> Rollout:
-        """One completion per row, with what the reward functions read: prompts, completions, dataset columns."""
-        rollout = self._generate([row["prompt_ids"] for row in rows], generator)
-        rollout.prompts = [row["prompt"] for row in rows]
-        rollout.columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
+        """One completion per row, with what the reward functions read: prompts, completions, dataset columns (and
+        the extra fields of a `rollout_func`)."""
+        prompts = [row["prompt"] for row in rows]
+        columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
+        if self.rollout_func is None:
+            rollout = self._generate([row["prompt_ids"] for row in rows], generator)
+        else:
+            self.backend.sync_weights(self.model)
+            rollout, extra = rollout_from_func_output(
+                self.rollout_func(prompts, self), len(rows), self.sampling, self.accelerator.device
+            )
+            columns.update(extra)
+        rollout.prompts, rollout.columns = prompts, columns
         rollout.completions = self._decode(rollout)
         return rollout
 
@@ -385,7 +395,8 @@ class _OnlineTrainer(_BaseTrainer):
         if not (self._off_policy or self._needs_old_logps_for_rewards()):
             return None
         fp32 = not (self.args.bf16 or self.args.fp16) and next(self.model.parameters()).dtype == torch.float32
-        if self.sampling.plain and fp32 and rollout.sampling_logps is not None:
+        exact = self.rollout_func is None  # a rollout_func's log-probs come from its own engine
+        if self.sampling.plain and fp32 and exact and rollout.sampling_logps is not None:
             return rollout.sampling_logps
         return self._score_logps(rollout, reference=False)
 
@@ -577,9 +588,12 @@ class _OnlineTrainer(_BaseTrainer):
     def _loss_mask(self, micro: Rollout) -> torch.Tensor:
         """`(B, C)` completion tokens that enter the loss (truncated completions left out with
         `mask_truncated_completions`)."""
+        mask = micro.completion_mask
+        if micro.tool_mask is not None:  # tokens a rollout_func's environment wrote are not trained
+            mask = mask * micro.tool_mask.to(mask.dtype)
         if self.args.mask_truncated_completions:
-            return micro.completion_mask * (~micro.is_truncated).unsqueeze(-1).to(micro.completion_mask.dtype)
-        return micro.completion_mask
+            mask = mask * (~micro.is_truncated).unsqueeze(-1).to(mask.dtype)
+        return mask
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
@@ -697,6 +711,60 @@ class _OnlineTrainer(_BaseTrainer):
                 "not repeat the uninterrupted one exactly.",
                 stacklevel=2,
             )
+
+
+_ROLLOUT_KEYS = ("prompt_ids", "completion_ids", "logprobs")
+
+
+def rollout_from_func_output(out: dict, num_rows: int, sampling: SamplingConfig, device) -> tuple[Rollout, dict]:
+    """The [`Rollout`] of a `rollout_func`'s output, and its other keys (forwarded to the reward functions).
+
+    `out` holds, per row (in the order of the prompts it was given): `prompt_ids` and `completion_ids` (lists of
+    ids), `logprobs` (one float per completion token, from the engine that generated it), and optionally `env_mask`
+    (one 0/1 per completion token, 0 where the environment rather than the policy wrote it). A completion counts as
+    truncated when it does not end with an eos id. Raises `ValueError`, naming the key, on a malformed output.
+    """
+    if not isinstance(out, dict) or any(key not in out for key in _ROLLOUT_KEYS):
+        found = sorted(out) if isinstance(out, dict) else type(out).__name__
+        raise ValueError(f"rollout_func must return a dict with {list(_ROLLOUT_KEYS)} (optionally 'env_mask' and "
+                         f"extra reward columns); got {found}.")
+    if "logprob_token_ids" in out:
+        raise ValueError("rollout_func: 'logprob_token_ids' (log-probs of several candidate tokens) is not supported; "
+                         "return the log-prob of each sampled token in 'logprobs'.")
+    lists = {key: out[key] for key in (*_ROLLOUT_KEYS, "env_mask") if key in out}
+    for key, value in lists.items():
+        if not isinstance(value, (list, tuple)) or len(value) != num_rows:
+            raise ValueError(f"rollout_func returned {key!r} for {len(value) if hasattr(value, '__len__') else value} "
+                             f"rows; expected a list of {num_rows}, one per prompt it was given.")
+    completions = [list(ids) for ids in out["completion_ids"]]
+    for key in ("logprobs", "env_mask"):
+        for i, (values, ids) in enumerate(zip(lists.get(key, completions), completions)):
+            if len(values) != len(ids):
+                raise ValueError(f"rollout_func: row {i} has {len(ids)} completion ids but {len(values)} {key!r}.")
+    pad = sampling.pad_token_id
+
+    def right_padded(rows, value, dtype) -> torch.Tensor:
+        tensor = torch.full((len(rows), max([1, *map(len, rows)])), value, dtype=dtype)
+        for i, row in enumerate(rows):
+            tensor[i, : len(row)] = torch.as_tensor(list(row), dtype=dtype)
+        return tensor
+
+    prompt_ids, prompt_mask = _left_pad([list(ids) for ids in out["prompt_ids"]], pad, device)
+    eos = set(sampling.eos_token_ids)
+    rollout = Rollout(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask,
+        completion_ids=right_padded(completions, pad, torch.long),
+        completion_mask=right_padded([[1] * len(ids) for ids in completions], 0, torch.long),
+        is_truncated=torch.tensor([not ids or ids[-1] not in eos for ids in completions]),
+        sampling_logps=right_padded(out["logprobs"], 0.0, torch.float32),
+        tool_mask=right_padded(out["env_mask"], 0, torch.long) if "env_mask" in out else None,
+    ).to(device)
+    extra = {key: value for key, value in out.items() if key not in (*_ROLLOUT_KEYS, "env_mask")}
+    for key, value in extra.items():
+        if not isinstance(value, (list, tuple)) or len(value) != num_rows:
+            raise ValueError(f"rollout_func: the extra column {key!r} must be a list with one value per row "
+                             f"({num_rows}); got {type(value).__name__}.")
+    return rollout, {key: list(value) for key, value in extra.items()}
 
 
 def _print_table(frame, step: int) -> None:
