@@ -321,6 +321,7 @@ def test_rollout_func_log_probs_are_not_reused_as_old_log_probs(tmp_path, monkey
 
 @pytest.mark.parametrize(("output", "match"), [
     ({"prompt_ids": [[1]] * 8, "completion_ids": [[2]] * 8}, "must return a dict with"),
+    ({"prompt_ids": [[1]] * 8, "completion_ids": [[2]] * 8, "logprobs": 0.0}, "'logprobs' for 0.0 rows"),
     ({"prompt_ids": [[1]] * 8, "completion_ids": [[2]] * 7, "logprobs": [[0.0]] * 7}, "'completion_ids' for 7 rows"),
     ({"prompt_ids": [[1]] * 8, "completion_ids": [[2, 3]] * 8, "logprobs": [[0.0]] * 8}, "2 completion ids but 1"),
     ({"prompt_ids": [[1]] * 8, "completion_ids": [[2]] * 8, "logprobs": [[0.0]] * 8, "score": 1.0}, "'score'"),
@@ -332,6 +333,33 @@ def test_rollout_func_bad_output_is_reported(tmp_path, monkeypatch, output, matc
                           rollout_func=lambda prompts, trainer: output)
     with pytest.raises(ValueError, match=match):
         trainer.train()
+
+
+def test_rollout_func_output_forms():
+    # tensor ids, vLLM-style candidate log-probs with their token ids, None log-probs on tool tokens
+    from trl.generation.base import SamplingConfig
+    from trl.trainer.online import rollout_from_func_output
+
+    sampling = SamplingConfig(max_completion_length=8, eos_token_ids=(2,), pad_token_id=0)
+    out = {
+        "prompt_ids": [torch.tensor([5, 6]), [7]],
+        "completion_ids": [torch.tensor([9, 10, 2]), [11, 12]],
+        "logprobs": [[[-0.5, -2.0], [-3.0, -0.1], -0.2], [None, [-0.7]]],
+        "logprob_token_ids": [[[9, 4], [4, 10], [2]], [[11], [12]]],
+        "env_mask": [[1, 0, 1], [0, 1]],
+        "tag": ["a", "b"],
+    }
+    rollout, extra = rollout_from_func_output(out, 2, sampling, "cpu")
+    assert rollout.prompt_ids.tolist() == [[5, 6], [0, 7]] and rollout.prompt_mask.tolist() == [[1, 1], [0, 1]]
+    assert rollout.completion_ids.tolist() == [[9, 10, 2], [11, 12, 0]]
+    assert rollout.is_truncated.tolist() == [False, True]
+    torch.testing.assert_close(rollout.sampling_logps, torch.tensor([[-0.5, -0.1, -0.2], [0.0, -0.7, 0.0]]))
+    assert rollout.tool_mask.tolist() == [[1, 0, 1], [0, 1, 0]] and extra == {"tag": ["a", "b"]}
+    for bad, match in (({**out, "prompt_ids": [[], [7]]}, "empty 'prompt_ids' for rows \\[0\\]"),
+                       ({**out, "env_mask": [[1, 2, 1], [0, 1]]}, "'env_mask' must hold 0"),
+                       ({**out, "logprobs": [["x", -1.0, -1.0], [-1.0, -1.0]]}, "'logprobs' of row 0 holds 'x'")):
+        with pytest.raises(ValueError, match=match):
+            rollout_from_func_output(bad, 2, sampling, "cpu")
 
 
 def test_rollout_func_warns_that_it_is_experimental(tmp_path, monkeypatch):

@@ -24,22 +24,34 @@ def test_optim_name_reads_the_enum_value():
     assert base_trainer._optim_name(TrainingArguments(output_dir="/tmp/unused", use_cpu=True)).startswith("adamw_torch")
 
 
-def test_trainer_checks_optimizer_memory_before_training(tmp_path, monkeypatch):
+def _sft_trainer(tmp_path, **kwargs):
     from datasets import Dataset
 
     from trl import SFTConfig, SFTTrainer
     from trl.models.tiny import tiny_model, tiny_tokenizer
 
-    model = tiny_model(num_hidden_layers=1)
-    trainable = sum(p.numel() for p in model.parameters())
     args = SFTConfig(output_dir=str(tmp_path), max_steps=1, report_to="none", per_device_train_batch_size=2)
-    trainer = SFTTrainer(model=model, args=args, processing_class=tiny_tokenizer(),
-                         train_dataset=Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4}))
-    # the model "is" on a device with room for its gradient and one AdamW state, not two
-    monkeypatch.setattr(base_trainer, "_device_free_bytes", lambda model: trainable * 4 * 2)
+    return SFTTrainer(model=tiny_model(num_hidden_layers=1), args=args, processing_class=tiny_tokenizer(),
+                      train_dataset=Dataset.from_dict({"input_ids": [[5, 6, 7, 8]] * 4}), **kwargs)
+
+
+def test_trainer_checks_optimizer_memory_before_training(tmp_path, monkeypatch):
+    trainer = _sft_trainer(tmp_path)
+    model = trainer.model
+    trainable_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    # the CPU stands in for a CUDA device with room for the gradient and one AdamW state, not two
+    monkeypatch.setattr(base_trainer, "_PREFLIGHT_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(base_trainer, "_cuda_free_bytes", lambda device: trainable_bytes * 2)
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     with pytest.raises(TrainingWillNotLearnError, match="first optimiser step would run out of memory"):
         trainer.train()
     assert all(torch.equal(before[k], p) for k, p in model.named_parameters())  # stopped before any step
-    monkeypatch.setattr(base_trainer, "_device_free_bytes", lambda model: trainable * 4 * 3)
+    monkeypatch.setattr(base_trainer, "_cuda_free_bytes", lambda device: trainable_bytes * 3)
     trainer.train()
+
+
+def test_optimizer_memory_is_not_judged_for_another_optimizer(tmp_path, monkeypatch):
+    trainer = _sft_trainer(tmp_path, optimizer_cls_and_kwargs=(torch.optim.SGD, {"lr": 0.1}))
+    monkeypatch.setattr(base_trainer, "_PREFLIGHT_DEVICE_TYPES", ("cpu",))
+    monkeypatch.setattr(base_trainer, "_cuda_free_bytes", lambda device: 0)
+    trainer.train()  # SGD keeps no state: the AdamW estimate does not apply

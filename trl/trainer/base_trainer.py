@@ -501,17 +501,21 @@ class _BaseTrainer(Trainer):
             loading.restore_pad_ids(self.model, self._pad_ids)
 
     def _check_optimizer_memory(self) -> None:
-        """Pre-flight for one unsharded process on an accelerator: do the gradients and AdamW states fit?"""
-        optim = _optim_name(self.args)
+        """Pre-flight for one unsharded process with AdamW: do the gradients and optimiser states of the trainable
+        parameters fit on each CUDA device that holds some of them (a model may be split over several)?"""
         if (self.accelerator.num_processes > 1 or self.is_deepspeed_enabled or self.is_fsdp_enabled
-                or optim not in ("adamw_torch", "adamw_torch_fused") or self.optimizer is not None):
+                or _optim_name(self.args) not in ("adamw_torch", "adamw_torch_fused") or self.optimizer is not None
+                or getattr(self, "optimizer_cls_and_kwargs", None) is not None):
             return
-        free = _device_free_bytes(self.model)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        if free is None or not params:
-            return
-        guards.check_optimizer_memory(sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params),
-                                      2, free, getattr(self.args, "guards", True))
+        by_device: dict = defaultdict(list)
+        for p in self.model.parameters():
+            if p.requires_grad and p.device.type in _PREFLIGHT_DEVICE_TYPES:
+                by_device[p.device].append(p)
+        for device, params in by_device.items():
+            guards.check_optimizer_memory(
+                sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params), 2,
+                _cuda_free_bytes(device), getattr(self.args, "guards", True),
+            )
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         if hasattr(self, "_pad_ids"):
@@ -549,14 +553,14 @@ def _optim_name(args) -> str:
     return str(getattr(optim, "value", optim))
 
 
-def _device_free_bytes(model) -> int | None:
-    """Memory still available to PyTorch on the CUDA device that holds the model's first parameter (free memory plus
-    what its caching allocator holds unused); None elsewhere."""
-    param = next(model.parameters(), None)
-    if param is None or param.device.type != "cuda":
-        return None
-    cached = torch.cuda.memory_reserved(param.device) - torch.cuda.memory_allocated(param.device)
-    return torch.cuda.mem_get_info(param.device)[0] + cached
+# devices whose memory the pre-flight check reads (parameters elsewhere, e.g. offloaded to the CPU, are not counted)
+_PREFLIGHT_DEVICE_TYPES = ("cuda",)
+
+
+def _cuda_free_bytes(device: torch.device) -> int:
+    """Memory still available to PyTorch on a CUDA device: free memory plus what its caching allocator holds unused."""
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return torch.cuda.mem_get_info(device)[0] + cached
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

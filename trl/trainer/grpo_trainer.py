@@ -47,12 +47,14 @@ class GRPOTrainer(_OnlineTrainer):
         quantization_config (*optional*): merged into the model-init kwargs when `model` is a string.
         peft_config (`peft.PeftConfig`, *optional*): train a LoRA adapter; with `beta > 0` the reference is the model
             with its adapters disabled.
-        rollout_func (*optional*, experimental): `rollout_func(prompts, trainer) -> dict` replaces generation: given
-            the prompts of a generation batch (each repeated `num_generations` times), it returns, one entry per
-            prompt, `prompt_ids`, `completion_ids` and `logprobs` (the sampling log-prob of each completion token),
-            optionally `env_mask` (0 on completion tokens the policy did not write, e.g. tool output: they are not
-            trained), and any other key as a reward column. Its log-probs are treated as another engine's: old
-            log-probs are recomputed when a batch is used off-policy.
+        rollout_func (*optional*, experimental): `rollout_func(prompts, trainer) -> dict` replaces generation. It is
+            given this process's rows of a generation batch (one prompt per completion to produce: each prompt's
+            `num_generations` rows, `num_generations_eval` at evaluation, may straddle processes) and returns, one
+            entry per row, `prompt_ids`, `completion_ids` and `logprobs` (the sampling log-prob of each completion
+            token; None, or vLLM-style candidate lists with `logprob_token_ids`, are accepted), optionally `env_mask`
+            (0 on completion tokens the policy did not write, e.g. tool output: they are not trained), and any other
+            key as a reward column. Its log-probs are treated as another engine's: old log-probs are recomputed
+            when a batch is used off-policy.
         tools, environment_factory: not supported yet (a clear error).
 
     Example:

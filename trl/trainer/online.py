@@ -720,28 +720,36 @@ def rollout_from_func_output(out: dict, num_rows: int, sampling: SamplingConfig,
     """The [`Rollout`] of a `rollout_func`'s output, and its other keys (forwarded to the reward functions).
 
     `out` holds, per row (in the order of the prompts it was given): `prompt_ids` and `completion_ids` (lists of
-    ids), `logprobs` (one float per completion token, from the engine that generated it), and optionally `env_mask`
-    (one 0/1 per completion token, 0 where the environment rather than the policy wrote it). A completion counts as
-    truncated when it does not end with an eos id. Raises `ValueError`, naming the key, on a malformed output.
+    ids), `logprobs` (per completion token: its log-prob, None, or a list of candidate log-probs whose token ids are
+    in the optional `logprob_token_ids`, as vLLM returns them; the sampled token's is kept, else the first), and
+    optionally `env_mask` (one 0/1 per completion token, 0 where the environment rather than the policy wrote it). A
+    completion counts as truncated when it does not end with an eos id. Raises `ValueError`, naming the key and the
+    row, on a malformed output.
     """
     if not isinstance(out, dict) or any(key not in out for key in _ROLLOUT_KEYS):
         found = sorted(out) if isinstance(out, dict) else type(out).__name__
-        raise ValueError(f"rollout_func must return a dict with {list(_ROLLOUT_KEYS)} (optionally 'env_mask' and "
-                         f"extra reward columns); got {found}.")
-    if "logprob_token_ids" in out:
-        raise ValueError("rollout_func: 'logprob_token_ids' (log-probs of several candidate tokens) is not supported; "
-                         "return the log-prob of each sampled token in 'logprobs'.")
-    lists = {key: out[key] for key in (*_ROLLOUT_KEYS, "env_mask") if key in out}
-    for key, value in lists.items():
-        if not isinstance(value, (list, tuple)) or len(value) != num_rows:
+        raise ValueError(f"rollout_func must return a dict with {list(_ROLLOUT_KEYS)} (optionally 'env_mask', "
+                         f"'logprob_token_ids' and extra reward columns); got {found}.")
+    own = (*_ROLLOUT_KEYS, "env_mask", "logprob_token_ids")
+    for key in own:
+        value = out.get(key, [])
+        if not isinstance(value, (list, tuple)) or (key in out and len(value) != num_rows):
             raise ValueError(f"rollout_func returned {key!r} for {len(value) if hasattr(value, '__len__') else value} "
                              f"rows; expected a list of {num_rows}, one per prompt it was given.")
-    completions = [list(ids) for ids in out["completion_ids"]]
-    for key in ("logprobs", "env_mask"):
-        for i, (values, ids) in enumerate(zip(lists.get(key, completions), completions)):
+    prompts = [[int(i) for i in ids] for ids in out["prompt_ids"]]
+    completions = [[int(i) for i in ids] for ids in out["completion_ids"]]
+    if empty := [i for i, ids in enumerate(prompts) if not ids]:
+        raise ValueError(f"rollout_func returned empty 'prompt_ids' for rows {empty[:5]}: every completion needs its "
+                         "prompt's token ids.")
+    for key in ("logprobs", "env_mask", "logprob_token_ids"):
+        for i, (values, ids) in enumerate(zip(out.get(key, completions), completions)):
             if len(values) != len(ids):
                 raise ValueError(f"rollout_func: row {i} has {len(ids)} completion ids but {len(values)} {key!r}.")
-    pad = sampling.pad_token_id
+    if "env_mask" in out and any(v not in (0, 1) for row in out["env_mask"] for v in row):
+        raise ValueError("rollout_func: 'env_mask' must hold 0 (environment token, not trained) or 1 (policy token).")
+    candidates = out.get("logprob_token_ids", [[None] * len(ids) for ids in completions])
+    logprobs = [[_sampled_logprob(lp, token, options, i) for lp, token, options in zip(row, ids, option_row)]
+                for i, (row, ids, option_row) in enumerate(zip(out["logprobs"], completions, candidates))]
 
     def right_padded(rows, value, dtype) -> torch.Tensor:
         tensor = torch.full((len(rows), max([1, *map(len, rows)])), value, dtype=dtype)
@@ -749,22 +757,39 @@ def rollout_from_func_output(out: dict, num_rows: int, sampling: SamplingConfig,
             tensor[i, : len(row)] = torch.as_tensor(list(row), dtype=dtype)
         return tensor
 
-    prompt_ids, prompt_mask = _left_pad([list(ids) for ids in out["prompt_ids"]], pad, device)
+    pad = sampling.pad_token_id
+    prompt_ids, prompt_mask = _left_pad(prompts, pad, device)
     eos = set(sampling.eos_token_ids)
     rollout = Rollout(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask,
         completion_ids=right_padded(completions, pad, torch.long),
         completion_mask=right_padded([[1] * len(ids) for ids in completions], 0, torch.long),
         is_truncated=torch.tensor([not ids or ids[-1] not in eos for ids in completions]),
-        sampling_logps=right_padded(out["logprobs"], 0.0, torch.float32),
+        sampling_logps=right_padded(logprobs, 0.0, torch.float32),
         tool_mask=right_padded(out["env_mask"], 0, torch.long) if "env_mask" in out else None,
     ).to(device)
-    extra = {key: value for key, value in out.items() if key not in (*_ROLLOUT_KEYS, "env_mask")}
+    extra = {key: value for key, value in out.items() if key not in own}
     for key, value in extra.items():
         if not isinstance(value, (list, tuple)) or len(value) != num_rows:
             raise ValueError(f"rollout_func: the extra column {key!r} must be a list with one value per row "
                              f"({num_rows}); got {type(value).__name__}.")
     return rollout, {key: list(value) for key, value in extra.items()}
+
+
+def _sampled_logprob(logprob, token: int, candidates, row: int) -> float:
+    """One completion token's log-prob from a `rollout_func`: a number, None (0.0), or candidates' log-probs."""
+    if logprob is None:
+        return 0.0
+    if isinstance(logprob, (list, tuple)):
+        if not logprob:
+            return 0.0
+        ids = [int(i) for i in candidates] if isinstance(candidates, (list, tuple)) else []
+        logprob = logprob[ids.index(token)] if token in ids else logprob[0]
+    try:
+        return float(logprob)
+    except (TypeError, ValueError):
+        raise ValueError(f"rollout_func: 'logprobs' of row {row} holds {logprob!r}; expected a number, None or a "
+                         "list of candidate log-probs.") from None
 
 
 def _print_table(frame, step: int) -> None:
