@@ -190,10 +190,7 @@ def main():
           f"compact_fraction={cli.compact_fraction if cli.compact_fraction is not None else 'default'} | "
           f"{load_average()}")
     print(f"{'config':16} {'compl/s':>9} {'tokens/s':>10} {'call (s)':>9} {'tokens':>8} {'peak MiB':>9}", flush=True)
-    results = run_configs(names, child_argv, cli.repeats, print_row)
-    print(f"(end: {load_average()})")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(results, indent=1))
+    run_configs(names, child_argv, cli.repeats, print_row, cli.json)
 
 
 if __name__ == "__main__":

@@ -193,10 +193,7 @@ def main():
           f"steps={cli.steps} (+{cli.warmup} warm-up) | {load_average()}")
     print(f"{'config':10} {'step (s)':>8} {'gen':>7} {'logps':>7} {'score':>7} {'train':>7} {'compl/s':>8} "
           f"{'tok/s':>8} {'gen tok/s':>10} {'peak MiB':>9}", flush=True)
-    results = run_configs(cli.only or list(CONFIGS), child_argv, cli.repeats, print_row)
-    print(f"(end: {load_average()})")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(results, indent=1))
+    run_configs(cli.only or list(CONFIGS), child_argv, cli.repeats, print_row, cli.json)
 
 
 if __name__ == "__main__":

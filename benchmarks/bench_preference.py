@@ -303,10 +303,7 @@ def main():
           f"repeats={cli.repeats} gradient_checkpointing={cli.gradient_checkpointing} | {load_average()}")
     print(f"{'config':16} {'tokens/s':>10} {'step (s)':>9} {'tokens/step':>12} {'peak MiB':>9} {'RSS MiB':>8} "
           f"{'precompute s':>12}", flush=True)
-    results = run_configs(names, child_argv, cli.repeats, print_row)
-    print(f"(end: {load_average()})")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(results, indent=1))
+    run_configs(names, child_argv, cli.repeats, print_row, cli.json)
 
 
 if __name__ == "__main__":

@@ -280,10 +280,11 @@ def run_child(argv: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_configs(names: list[str], child_argv, repeats: int, print_row) -> list[dict]:
+def run_configs(names: list[str], child_argv, repeats: int, print_row, json_path: str | None = None) -> list[dict]:
     """Each configuration `repeats` times, each run in its own process (round-robin over the configurations, so
     a burst of load from other processes does not fall on one configuration only); prints each configuration's
-    per-key medians as soon as its last run ends (a run stopped by a time limit keeps the rows printed before)."""
+    per-key medians as soon as its last run ends (a run stopped by a time limit keeps the rows printed before), then
+    the load average, and writes every result to `json_path` when given."""
     runs: dict[str, list[dict]] = {name: [] for name in names}
     failed: set[str] = set()
     results = []
@@ -301,6 +302,9 @@ def run_configs(names: list[str], child_argv, repeats: int, print_row) -> list[d
                 r = median_of_runs(runs[name])
                 print_row(r)
                 results.append(r)
+    print(f"(end: {load_average()})")
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -339,10 +343,7 @@ def main():
           f"lengths={cli.min_len}-{cli.max_len} steps={cli.steps} (+{cli.warmup} warm-up) repeats={cli.repeats} "
           f"gradient_checkpointing={cli.gradient_checkpointing} | {load_average()}")
     print(f"{'config':14} {'tokens/s':>10} {'step (s)':>9} {'tokens/step':>12} {'peak MiB':>9}", flush=True)
-    results = run_configs(names, child_argv, cli.repeats, print_row)
-    print(f"(end: {load_average()})")
-    if cli.json:
-        Path(cli.json).write_text(json.dumps(results, indent=1))
+    run_configs(names, child_argv, cli.repeats, print_row, cli.json)
 
 
 if __name__ == "__main__":
