@@ -80,7 +80,7 @@ def check_packed_equals_padded(attn: str) -> None:
         model = tiny_model("qwen3", seed=0).to(DEVICE)
         model.set_attn_implementation(attn)
         args = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=4, packing=packing,
-                         padding_free=packing, max_length=256, report_to="none", bf16=False, learning_rate=0.0,
+                         padding_free=packing, max_length=256, report_to="none", bf16=False,
                          use_cpu=DEVICE == "cpu")
         trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": rows}),
                              processing_class=tokenizer)

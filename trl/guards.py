@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 import warnings
 
+import torch
+
 
 class TrainingWillNotLearnError(ValueError):
     """Raised when a run, as configured, would silently learn nothing or learn the wrong thing."""
@@ -81,27 +83,75 @@ def check_generation_config_pad(model) -> None:
         )
 
 
-def check_finite_loss(loss: float, step: int, enforce: bool) -> None:
-    """Stop at the first NaN/inf loss instead of training on garbage."""
+def check_finite_loss(loss: float, step: int, enforce: bool, since_last_log: bool = False) -> None:
+    """Stop at a NaN/inf loss instead of training on garbage."""
     if not math.isfinite(loss):
+        what = (f"A training loss was NaN or inf between the last log and step {step}." if since_last_log
+                else f"The training loss is {loss} at step {step}.")
         report(
-            f"The training loss is {loss} at step {step}.",
+            what,
             "Lower the learning rate, check the data for empty or corrupt rows, or train in float32 / bf16 instead "
             "of fp16.",
             enforce,
         )
 
 
-def check_gradient_flows(zero_steps: int, patience: int, enforce: bool) -> None:
-    """The first `patience` optimiser steps all had an exactly zero gradient: the weights cannot move."""
-    if zero_steps != patience:
+def check_gradient_flows(zero_steps: int, patience: int, enforce: bool, step: int | None = None) -> None:
+    """`zero_steps` optimiser steps in a row (`patience` or more) had an exactly zero gradient: the weights cannot
+    move."""
+    if zero_steps < patience:
         return
+    where = f" (up to step {step})" if step is not None else ""
     report(
-        f"The gradient was exactly zero at each of the first {patience} optimiser steps, so the weights do not move.",
+        f"The gradient was exactly zero for {zero_steps} optimiser steps in a row{where}, so the weights do not move.",
         "Check that the trainable parameters are part of the loss (adapters attached, nothing frozen by mistake) "
-        "and that some tokens enter the loss.",
+        "and that some tokens enter the loss; a gradient that collapses to zero later in a run usually means the "
+        "learning rate is too high (the model saturated): lower it.",
         enforce,
     )
+
+
+class StepWatch:
+    """Watches every optimiser step for a NaN/inf loss and for an exactly zero gradient, without a host sync per step:
+    the flags are kept as tensors on the device and read by [`check`] when the trainer logs (which syncs anyway). The
+    first `patience` steps are checked at once, so a run that is broken from the start stops before its first log.
+
+    Example:
+        ```python
+        >>> watch = StepWatch(patience=3)
+        >>> for step in range(1, 4):
+        ...     watch.record_gradient(torch.tensor(0.0), step, enforce=False)  # warns at step 3
+        ```
+    """
+
+    def __init__(self, patience: int = 3):
+        self.patience = patience
+        self._streak = None  # optimiser steps in a row with a zero gradient, up to the last one
+        self._longest = None  # the longest such streak since the last check
+        self._nonfinite = None  # a NaN/inf loss since the last check
+        self._step = 0
+
+    def record_loss(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+
+    def record_gradient(self, norm: torch.Tensor | float, step: int, enforce: bool) -> None:
+        zero = torch.as_tensor(norm).detach() == 0
+        self._streak = zero.long() if self._streak is None else (self._streak + 1) * zero
+        self._longest = self._streak if self._longest is None else torch.maximum(self._longest, self._streak)
+        self._step = step
+        if step <= self.patience:
+            self.check(enforce)
+
+    def check(self, enforce: bool) -> None:
+        """Read the flags (one host sync) and stop, or warn, on a NaN/inf loss or `patience` zero-gradient steps."""
+        if self._nonfinite is not None:
+            nonfinite, self._nonfinite = bool(self._nonfinite), None
+            if nonfinite:
+                check_finite_loss(float("nan"), self._step, enforce, since_last_log=True)
+        if self._longest is not None:
+            longest, self._longest = int(self._longest), self._streak
+            check_gradient_flows(longest, self.patience, enforce, self._step)
 
 
 def check_optimizer_memory(trainable: int, trainable_bytes: int, states: int, free_bytes: int, enforce: bool) -> None:

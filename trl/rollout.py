@@ -82,6 +82,11 @@ class Rollout:
         """`(N,)` tokens of each completion (EOS included)."""
         return self.completion_mask.sum(-1)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Every field but `step_counts` (which belongs to one optimiser step), as stored in a checkpoint: tensors,
+        lists and dicts only, so it loads with `torch.load(..., weights_only=True)`; `Rollout(**d)` rebuilds it."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "step_counts"}
+
     def select(self, index: torch.Tensor | list[int] | slice) -> Rollout:
         """The rows `index` of every per-row field (tensors, lists and columns); `step_counts` is kept.
 

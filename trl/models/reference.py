@@ -7,6 +7,7 @@ import copy
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -66,8 +67,18 @@ def cache_key(**parts) -> str:
 
 
 def load_cached(key: str) -> dict[str, torch.Tensor] | None:
+    """The cached values of `key`, or None when there are none (or the file cannot be read safely: it is then
+    recomputed, with a warning naming it)."""
+    from ..checkpoints import CheckpointError, safe_load
+
     path = cache_dir() / f"{key}.pt"
-    return torch.load(path) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return safe_load(path)
+    except CheckpointError as error:
+        warnings.warn(f"Ignoring the cached reference log-probs: {error}", stacklevel=2)
+        return None
 
 
 def save_cached(key: str, values: dict[str, torch.Tensor]) -> Path:

@@ -54,6 +54,44 @@ def check_reference_fields(config) -> None:
         raise ValueError(f"`ref_model_sync_steps` must be positive; got {config.ref_model_sync_steps}.")
 
 
+def _check_run_does_something(config) -> None:
+    """Values that make `train()` do nothing, or fail at its first step, named at construction."""
+    for name in ("seed", "data_seed", "max_steps", "gradient_accumulation_steps", "per_device_train_batch_size",
+                 "per_device_eval_batch_size"):
+        value = getattr(config, name, None)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise TypeError(f"`{name}` must be an integer; got {type(value).__name__} {value!r} (e.g. `{name}=42`, "
+                            "not a string).")
+    for name in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"`{name}` must be a positive integer; got {getattr(config, name)}.")
+    if isinstance(config.learning_rate, bool) or not isinstance(config.learning_rate, (int, float)):
+        raise TypeError(f"`learning_rate` must be a number; got {type(config.learning_rate).__name__} "
+                        f"{config.learning_rate!r}.")
+    if not config.learning_rate > 0:
+        raise ValueError(f"`learning_rate` must be positive; got {config.learning_rate}: the weights would "
+                         + ("never move." if config.learning_rate == 0 else "move up the loss.")
+                         + " Typical values are 1e-6 to 1e-4 for full fine-tuning, 1e-4 to 1e-3 with LoRA.")
+    if config.max_steps == 0:
+        raise ValueError("`max_steps=0` trains for no step. Set a positive `max_steps`, or -1 (the default) to train "
+                         "for `num_train_epochs`.")
+    if config.max_steps < 0 and not config.num_train_epochs > 0:
+        raise ValueError(f"`num_train_epochs={config.num_train_epochs}` with no `max_steps` trains for no step. Set a "
+                         "positive `num_train_epochs` (or `max_steps`).")
+    if config.fp16 and (config.use_cpu or not _fp16_device_available()):
+        raise ValueError(
+            "`fp16=True` needs a GPU (CUDA, XPU, NPU or MPS); this run is on the CPU, where it would silently train in "
+            "float32. Leave `fp16` off to train in float32, or set `bf16=True` for bfloat16 on the CPU."
+        )
+
+
+def _fp16_device_available() -> bool:
+    import torch
+
+    return (torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+            or (hasattr(torch, "npu") and torch.npu.is_available()) or torch.backends.mps.is_available())
+
+
 @dataclass
 class _BaseConfig(TrainingArguments):
     r"""
@@ -112,6 +150,7 @@ class _BaseConfig(TrainingArguments):
     )
 
     def __post_init__(self):
+        _check_run_does_something(self)
         # Activation checkpointing is on by default. transformers>=5.20 renamed the field `activation_checkpointing` and
         # warns on the old one, which is still the TRL name: the value goes to whichever name this transformers reads.
         if hasattr(self, "activation_checkpointing"):

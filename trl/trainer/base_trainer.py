@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .. import guards
+from .. import checkpoints, guards
 from ..losses.reduce import count_loss_tokens
 from ..models import loading, reference
 from .callbacks import SyncRefModelCallback
@@ -140,6 +141,7 @@ class _BaseTrainer(Trainer):
     """Base of every trainer. See the module docstring for what it holds."""
 
     _precomputing_reference = False  # True only during the one-off reference pass of `precompute_ref_log_probs`
+    _guards_gradient = True  # the zero-gradient guard (online trainers judge generation batches instead)
 
     _tag_names: list[str] = ["trl"]
     _name: str = "Trainer"
@@ -415,6 +417,8 @@ class _BaseTrainer(Trainer):
         logs.update({f"{prefix}{k}": v for k, v in metrics.items()})
         if mode == "train" and "loss" in logs:
             guards.check_finite_loss(logs["loss"], self.state.global_step, getattr(self.args, "guards", True))
+            if hasattr(self, "_step_watch"):
+                self._step_watch.check(getattr(self.args, "guards", True))
         super().log(logs, start_time)
 
     def _record_tokens(self, mode: str, inputs: dict) -> None:
@@ -445,30 +449,52 @@ class _BaseTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.state.global_step < 3:  # the first steps are checked at once; later ones at every log
             guards.check_finite_loss(float(loss), self.state.global_step + 1, getattr(self.args, "guards", True))
-        if getattr(self, "_zero_gradient_steps", 0) is not None and self.accelerator.gradient_state.sync_gradients:
-            self._check_gradient_flows(model)
+        else:
+            self._step_watch.record_loss(loss)
+        if (self._watch_gradients and not _TRAINER_REPORTS_GRAD_NORM
+                and self.accelerator.gradient_state.sync_gradients):
+            self._record_gradient(_gradient_abs_sum(model, self.accelerator))
         return loss
 
-    def _check_gradient_flows(self, model) -> None:
-        """The first optimiser steps must have a gradient: 3 steps in a row with an exactly zero gradient stop the
-        run. Checked until the first step with a gradient. Online trainers judge their generation batches instead
-        (`_check_rollout_guards`), and optimisers that step inside the backward pass leave no gradient to read."""
+    def _get_grad_norm(self, model, grad_norm=None):
+        # transformers>=5 computes the gradient norm of every optimiser step here: the zero-gradient guard reads it
+        # (a norm is zero exactly when every gradient is), at no extra cost and with no host sync
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if self._watch_gradients and grad_norm is not None:
+            self._record_gradient(grad_norm)
+        return grad_norm
+
+    def _record_gradient(self, norm) -> None:
+        self._step_watch.record_gradient(norm, self.state.global_step + 1, getattr(self.args, "guards", True))
+
+    def _start_step_watch(self) -> None:
+        """At the start of `train()`: NaN/inf losses and zero-gradient streaks are watched at every optimiser step
+        (3 zero-gradient steps in a row stop the run). Online trainers judge their generation batches instead
+        (`_check_rollout_guards`: a generation batch whose groups all share one reward gives a zero gradient for
+        several steps and the run still learns), and optimisers that step inside the backward pass (layer-wise,
+        LoMo) or DeepSpeed leave no gradient to read."""
         optim = _optim_name(self.args)
-        if self.is_deepspeed_enabled or "layerwise" in optim or optim in ("lomo", "adalomo"):
-            self._zero_gradient_steps = None  # DeepSpeed keeps the gradients in its own buffers
-            return
-        grads = [_local(p.grad).detach() for p in model.parameters() if p.requires_grad and p.grad is not None]
-        total = torch.stack([g.abs().sum(dtype=torch.float32) for g in grads]).sum() if grads else torch.zeros(())
-        if self.accelerator.num_processes > 1:  # FSDP shards the gradients: each rank sums its own shards
-            total = self.accelerator.reduce(total.to(self.accelerator.device), reduction="sum")
-        if float(total) != 0:
-            self._zero_gradient_steps = None
-            return
-        self._zero_gradient_steps = getattr(self, "_zero_gradient_steps", 0) + 1
-        guards.check_gradient_flows(self._zero_gradient_steps, 3, getattr(self.args, "guards", True))
+        self._step_watch = guards.StepWatch(patience=3)
+        self._watch_gradients = self._guards_gradient and not (
+            self.is_deepspeed_enabled or "layerwise" in optim or optim in ("lomo", "adalomo")
+        )
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        earlier = getattr(self, "_earlier_checkpoints", None)
+        limit = self.args.save_total_limit
+        if earlier:
+            earlier.discard(f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")  # about to be overwritten: ours now
+        if earlier and limit:
+            # transformers' rotation would count, and delete, the earlier run's checkpoints too: rotate ours alone
+            self.args.save_total_limit = None
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self.args.save_total_limit = limit
+            if self.args.should_save:
+                _rotate_checkpoints(self._get_output_dir(trial), limit, earlier, self.state.best_model_checkpoint)
+        else:
+            super()._save_checkpoint(model, trial)
         if self.args.should_save:
             self.create_model_card()
 
@@ -486,19 +512,44 @@ class _BaseTrainer(Trainer):
         super()._load_optimizer_and_scheduler(checkpoint)  # called on resume by every backend, before training
         path = os.path.join(checkpoint, self._SYNCED_REF_FILE) if checkpoint else None
         if path and os.path.exists(path) and getattr(self, "ref_model", None) is not None:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = checkpoints.safe_load(path, checkpoint)
             self.accelerator.unwrap_model(self.ref_model).load_state_dict(state)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        checkpoint = _checkpoint_to_resume(resume_from_checkpoint, self.args.output_dir)
+        if checkpoint is not None:  # every file that resuming reads, before anything is restored
+            checkpoints.verify_checkpoint(checkpoint, allow=checkpoints.RECORD_TYPES)
+        self._earlier_checkpoints = set() if resume_from_checkpoint else self._checkpoints_of_an_earlier_run()
         # transformers aligns the model's special ids with the tokenizer at the start of train(); keep pad == eos out
         # of the model and generation configs (see `loading.restore_pad_ids`), in checkpoints and after training
         self._pad_ids = loading.pad_ids(self.model)
         guards.check_generation_config_pad(self.model)
+        self._start_step_watch()
         self._check_optimizer_memory()
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
             loading.restore_pad_ids(self.model, self._pad_ids)
+
+    def _checkpoints_of_an_earlier_run(self) -> set[str]:
+        """The `checkpoint-*` folders already in `output_dir` when a run starts without resuming: warned about, and
+        left out of this run's `save_total_limit` rotation."""
+        folders = _checkpoint_folders(self.args.output_dir)
+        if folders and self.args.should_save:
+            import warnings
+
+            names = sorted(folders, key=_checkpoint_step)
+            listed = ", ".join(names[-5:]) + (", ..." if len(names) > 5 else "")
+            warnings.warn(
+                f"{self.args.output_dir} already holds {len(names)} checkpoint(s) of an earlier run ({listed}) and "
+                "this run does not resume from them. They are kept and not counted by `save_total_limit`, but a "
+                "checkpoint of this run with the same step number replaces one of them, and "
+                f"`resume_from_checkpoint=True` later picks the highest step number ({names[-1]} or a later one of "
+                "this run). Use a new `output_dir`, delete them, or pass `resume_from_checkpoint=True` to continue "
+                "that run.",
+                stacklevel=3,
+            )
+        return folders
 
     def _check_optimizer_memory(self) -> None:
         """Pre-flight for one unsharded process with AdamW: do the gradients and optimiser states of the trainable
@@ -547,6 +598,43 @@ class _BaseTrainer(Trainer):
         Path(output_dir, "README.md").write_text(card)
 
 
+def _checkpoint_to_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint folder `train(resume_from_checkpoint=...)` will read (True: the last one in `output_dir`)."""
+    if isinstance(resume_from_checkpoint, str):
+        return resume_from_checkpoint
+    if resume_from_checkpoint is True and os.path.isdir(output_dir):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(output_dir)
+    return None
+
+
+def _checkpoint_folders(folder: str) -> set[str]:
+    if not os.path.isdir(folder):
+        return set()
+    return {name for name in os.listdir(folder)
+            if _checkpoint_step(name) is not None and os.path.isdir(os.path.join(folder, name))}
+
+
+def _checkpoint_step(name: str) -> int | None:
+    prefix = f"{PREFIX_CHECKPOINT_DIR}-"
+    step = name[len(prefix):] if name.startswith(prefix) else ""
+    return int(step) if step.isdigit() else None
+
+
+def _rotate_checkpoints(folder: str, limit: int, earlier: set[str], best: str | None) -> None:
+    """Keep this run's `limit` newest checkpoints (and its best one); never touch the folders in `earlier`."""
+    import shutil
+
+    own = sorted(_checkpoint_folders(folder) - earlier, key=_checkpoint_step)
+    protected = {own[-1]} if own else set()
+    if best:
+        protected.add(os.path.basename(os.path.normpath(best)))
+    removable = [name for name in own if name not in protected]
+    for name in removable[: max(0, len(own) - max(limit, len(protected)))]:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
+
+
 def _optim_name(args) -> str:
     """`args.optim` as its string value ("adamw_torch_fused"), whether it is an `OptimizerNames` or a string."""
     optim = getattr(args, "optim", "")
@@ -561,6 +649,20 @@ def _cuda_free_bytes(device: torch.device) -> int:
     """Memory still available to PyTorch on a CUDA device: free memory plus what its caching allocator holds unused."""
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return torch.cuda.mem_get_info(device)[0] + cached
+
+
+# transformers>=5 computes the gradient norm of every optimiser step in `Trainer._get_grad_norm`; older versions only
+# when clipping, so there the zero-gradient guard sums the gradients itself
+_TRAINER_REPORTS_GRAD_NORM = hasattr(Trainer, "_get_grad_norm")
+
+
+def _gradient_abs_sum(model, accelerator) -> torch.Tensor:
+    """Sum of the absolute gradients of the trainable parameters, over every rank (FSDP shards them)."""
+    grads = [_local(p.grad).detach() for p in model.parameters() if p.requires_grad and p.grad is not None]
+    total = torch.stack([g.abs().sum(dtype=torch.float32) for g in grads]).sum() if grads else torch.zeros(())
+    if accelerator.num_processes > 1:
+        total = accelerator.reduce(total.to(accelerator.device), reduction="sum")
+    return total
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
-from .. import guards
+from .. import checkpoints, guards
 from ..data.prompts import prepare_prompt_dataset
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
@@ -140,6 +140,7 @@ class _OnlineTrainer(_BaseTrainer):
 
     _config_class = None  # set by subclasses
     _sequence_level_metrics = False  # True when the loss metrics are fractions of sequences (RLOO)
+    _guards_gradient = False  # the rollout guards judge whole generation batches instead
 
     def __init__(self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
@@ -679,15 +680,18 @@ class _OnlineTrainer(_BaseTrainer):
     # ---- checkpoint and resume (DESIGN principle 7) -------------------------------------------------------------
 
     def _online_state(self) -> dict:
+        # plain values only (tensors, numbers, strings, lists, dicts): read back with weights_only=True
         return {
-            "buffer": [dataclasses.replace(b.to("cpu"), step_counts=None) for b in self._buffer],
+            "buffer": [dataclasses.replace(b.to("cpu"), step_counts=None).as_dict() for b in self._buffer],
             "buffer_position": self._buffer_position,
             "generator": self._generator.get_state(),
             "guard_counts": dict(self._guard_counts),
         }
 
     def _load_online_state(self, state: dict) -> None:
-        self._buffer = [b.to(self.accelerator.device) for b in state["buffer"]]
+        # checkpoints written before the buffer was stored as plain dicts hold `Rollout` records
+        self._buffer = [(b if isinstance(b, Rollout) else Rollout(**b)).to(self.accelerator.device)
+                        for b in state["buffer"]]
         self._buffer_position = state["buffer_position"]
         self._generator.set_state(state["generator"])
         self._guard_counts = dict(state["guard_counts"])
@@ -695,7 +699,17 @@ class _OnlineTrainer(_BaseTrainer):
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
         path = os.path.join(output_dir, _STATE_FILE.format(rank=self.accelerator.process_index))
-        torch.save(self._online_state(), path)
+        state = self._online_state()
+        if unsafe := checkpoints.find_unsafe(state):
+            warnings.warn(
+                f"The rollout buffer holds a value that a checkpoint cannot store safely ({unsafe}; only tensors, "
+                f"numbers, strings and lists/dicts of them are stored), so {path} is not written: a run resumed from "
+                "this checkpoint starts a fresh generation batch and does not repeat the uninterrupted run exactly. "
+                "Convert that dataset column to plain values to keep resumes exact.",
+                stacklevel=2,
+            )
+            return
+        torch.save(state, path)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         # called on resume by every backend (DeepSpeed too), before the first batch of the resumed run is drawn
@@ -704,7 +718,7 @@ class _OnlineTrainer(_BaseTrainer):
             return
         path = os.path.join(checkpoint, _STATE_FILE.format(rank=self.accelerator.process_index))
         if os.path.exists(path):
-            self._load_online_state(torch.load(path, weights_only=False, map_location="cpu"))
+            self._load_online_state(checkpoints.safe_load(path, checkpoint, allow=checkpoints.RECORD_TYPES))
         else:
             warnings.warn(
                 f"{path} is missing: the rollout buffer and sampling generator start afresh, so the resumed run will "
