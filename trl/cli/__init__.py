@@ -12,6 +12,8 @@ import importlib
 import sys
 from pathlib import Path
 
+from trl import __version__
+
 # Training subcommands: name -> (script module, help). The module defines `make_parser(subparsers=None, prog=None)`
 # and `main(*parsed_dataclasses)`. Adding a trainer to the CLI is one line here.
 TRAINING_COMMANDS = {
@@ -36,6 +38,7 @@ def _main_parser() -> argparse.ArgumentParser:
         prog="trl",
         description="TRL: post-training of foundation models. Run `trl <command> --help` for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"trl {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     subparsers.required = True
     # The real parsers are built only for the command that runs: building them all would import every trainer.

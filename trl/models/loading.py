@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +33,90 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str:
     return _DTYPES[dtype]
 
 
+
+def _is_path_like(name: str | os.PathLike, extensions: tuple[str, ...] = ()) -> bool:
+    """Whether `name` can only be a local path, never a Hub id (`org/name` or `name`)."""
+    if isinstance(name, os.PathLike):
+        return True
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or name in (".", "..")
+        or "\\" in name
+        or name.count("/") > 1
+        or name.lower().endswith(extensions)
+    )
+
+
+def _looked_for(name: str | os.PathLike) -> str:
+    """The absolute path looked for and the current directory, in words, for error messages."""
+    cwd = os.getcwd()
+    absolute = os.path.normpath(os.path.join(cwd, os.path.expanduser(os.fspath(name))))
+    return f"looked for {absolute}; the current directory is {cwd}"
+
+
+def check_local_path(name: str | os.PathLike, what: str, extensions: tuple[str, ...] = ()) -> None:
+    """Fail at once, without a Hub lookup, when `name` can only be a local path and nothing exists there.
+
+    `name` can only be a path when it is a `PathLike`, starts with `/`, `./`, `../` or `~`, holds a backslash or more
+    than one `/`, or ends with one of `extensions` (e.g. data-file extensions). A Hub id (`org/name` or `name`) passes:
+    see [`explain_hub_failure`] for those.
+
+    Raises:
+        `FileNotFoundError`: naming `name`, the absolute path looked for and the current directory.
+
+    Example:
+        ```python
+        >>> check_local_path("./checkpoints/step-100", "Model")
+        Traceback (most recent call last):
+        FileNotFoundError: Model './checkpoints/step-100' does not exist (looked for /home/me/checkpoints/step-100; ...
+        ```
+    """
+    if _is_path_like(name, extensions) and not os.path.exists(os.path.expanduser(os.fspath(name))):
+        raise FileNotFoundError(f"{what} {os.fspath(name)!r} does not exist ({_looked_for(name)}).")
+
+
+def _builtin_class(error: BaseException) -> type[OSError]:
+    # The libraries raise their own subclasses (e.g. datasets' `DatasetNotFoundError`), some of which need more than
+    # a message to build; the nearest builtin class keeps `except ConnectionError/FileNotFoundError/OSError` working.
+    return next(cls for cls in type(error).__mro__ if cls.__module__ == "builtins" and issubclass(cls, OSError))
+
+
+@contextmanager
+def explain_hub_failure(name: str | os.PathLike, what: str, local_kind: str = "folder") -> Iterator[None]:
+    """Around a load that falls back to the Hub: when it fails with an `OSError` (offline, repository not found,
+    ...) and nothing named `name` exists locally, add to the error that no local `local_kind` was found, and where.
+
+    Raises:
+        `OSError`: of the nearest builtin class of the original error (`ConnectionError`, `FileNotFoundError`,
+        `OSError`), its message followed by `no local {local_kind} {name!r} either (looked for ...)`.
+
+    Example:
+        ```python
+        >>> with explain_hub_failure("org/model", "Model"):
+        ...     AutoConfig.from_pretrained("org/model")
+        ```
+    """
+    try:
+        yield
+    except OSError as error:
+        if os.path.exists(os.path.expanduser(os.fspath(name))):
+            raise
+        raise _builtin_class(error)(
+            f"{what} {os.fspath(name)!r} could not be loaded from the Hub, and there is no local {local_kind} "
+            f"{os.fspath(name)!r} either ({_looked_for(name)}). Hub error: {error}"
+        ) from error
+
+
 def create_model_from_path(model_id: str, model_class: type | None = None, **kwargs: Any):
     """Load a model (a causal LM unless `model_class` says otherwise) from a hub id or a local folder.
 
     The class is `model_class` when given (e.g. `AutoModelForSequenceClassification` for a reward model), else
     `config.architectures[0]` when transformers has it, else `AutoModelForCausalLM`. `dtype` defaults to float32;
     `device_map` defaults to "auto" on a single accelerator and None on CPU or under a distributed launcher.
+
+    Raises:
+        `FileNotFoundError`: `model_id` can only be a local path (see [`check_local_path`]) and does not exist.
+        `OSError`: the Hub load failed and no local folder `model_id` exists; the message says both.
 
     Example:
         ```python
@@ -53,14 +133,16 @@ def create_model_from_path(model_id: str, model_class: type | None = None, **kwa
         kwargs["device_map"] = "auto" if torch.cuda.is_available() and not distributed else None
     elif distributed:
         kwargs["device_map"] = None
-    if model_class is None:
-        config_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
-        config = AutoConfig.from_pretrained(model_id, **config_kwargs)
-        architecture = (getattr(config, "architectures", None) or [None])[0]
-        model_class = getattr(transformers, architecture, None) if architecture else None
-    if model_class is None:
-        model_class = AutoModelForCausalLM
-    return model_class.from_pretrained(model_id, **kwargs)
+    check_local_path(model_id, "Model")
+    with explain_hub_failure(model_id, "Model"):
+        if model_class is None:
+            config_kwargs = {k: kwargs[k] for k in ("revision", "trust_remote_code") if k in kwargs}
+            config = AutoConfig.from_pretrained(model_id, **config_kwargs)
+            architecture = (getattr(config, "architectures", None) or [None])[0]
+            model_class = getattr(transformers, architecture, None) if architecture else None
+        if model_class is None:
+            model_class = AutoModelForCausalLM
+        return model_class.from_pretrained(model_id, **kwargs)
 
 
 class _HoldLoadReports(logging.Filter):
@@ -115,14 +197,19 @@ def create_reward_model_from_path(model_id: str, **kwargs: Any):
 
 
 def load_processing_class(model_id: str, revision: str | None = None, trust_remote_code: bool = False):
-    """Load the tokenizer (or the inner tokenizer of a processor) that belongs to a model."""
+    """Load the tokenizer (or the inner tokenizer of a processor) that belongs to a model.
+
+    A missing local folder is reported as in [`create_model_from_path`].
+    """
     from transformers import AutoProcessor, AutoTokenizer, ProcessorMixin
 
     kwargs = {"trust_remote_code": trust_remote_code, **({"revision": revision} if revision else {})}
-    try:
-        processor = AutoProcessor.from_pretrained(model_id, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError):
-        processor = AutoTokenizer.from_pretrained(model_id, **kwargs)
+    check_local_path(model_id, "Model")
+    with explain_hub_failure(model_id, "Model"):
+        try:
+            processor = AutoProcessor.from_pretrained(model_id, **kwargs)
+        except (OSError, ValueError, KeyError, TypeError):
+            processor = AutoTokenizer.from_pretrained(model_id, **kwargs)
     if isinstance(processor, ProcessorMixin):
         raise NotImplementedError(
             f"{model_id!r} loads a multimodal processor ({type(processor).__name__}); vision-language training is not "
@@ -217,7 +304,9 @@ def apply_chat_template_path(model, tokenizer, path: str):
         return model, tokenizer, []
     from ..chat_template_utils import clone_chat_template
 
-    return clone_chat_template(model, tokenizer, path)
+    check_local_path(path, "Chat template tokenizer")
+    with explain_hub_failure(path, "Chat template tokenizer"):
+        return clone_chat_template(model, tokenizer, path)
 
 
 def train_new_tokens(peft_config, added_token_ids: list[int], tied_embeddings: bool) -> None:

@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,9 @@ _FILE_BUILDERS = {
     ".arrow": "arrow",
     ".txt": "text",
 }
+# `datasets`' builders that read data files (a `path` of the mixture may name one, with `data_files`).
+_PACKAGED_BUILDERS = {"json", "parquet", "csv", "arrow", "text", "pandas", "xml", "webdataset", "imagefolder",
+                      "audiofolder"}
 
 
 @dataclass
@@ -112,6 +116,47 @@ def _is_saved_to_disk(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
 
+@contextmanager
+def _no_download_count():
+    """Keep `datasets` from sending its download-count request during a load.
+
+    `datasets.load_dataset` sends a HEAD request to a counter on the Hub's storage (`increase_load_count`) for every
+    packaged builder (`json`, `csv`, ...) and Hub dataset it loads, even for local files, unless offline. The library
+    promises no telemetry, so the flag behind it is off for the loads made here, and put back afterwards so that the
+    user's own `load_dataset` calls are untouched. Setting `HF_UPDATE_DOWNLOAD_COUNTS=1` keeps the counter on.
+    """
+    from datasets import config
+
+    if os.environ.get("HF_UPDATE_DOWNLOAD_COUNTS", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        yield
+        return
+    before = getattr(config, "HF_UPDATE_DOWNLOAD_COUNTS", None)
+    config.HF_UPDATE_DOWNLOAD_COUNTS = False
+    try:
+        yield
+    finally:
+        config.HF_UPDATE_DOWNLOAD_COUNTS = before
+
+
+def _check_builder_data_files(data_files: Any, data_dir: str | None) -> None:
+    """Local `data_files` of a packaged builder (`path="json"`, ...) that do not exist: name them, with no Hub lookup."""
+    from trl.models.loading import check_local_path
+
+    if isinstance(data_files, dict):
+        data_files = list(data_files.values())
+    for data_file in data_files if isinstance(data_files, (list, tuple)) else [data_files]:
+        if isinstance(data_file, (list, tuple)):
+            _check_builder_data_files(list(data_file), data_dir)
+        elif isinstance(data_file, (str, os.PathLike)) and not any(c in str(data_file) for c in "*?[") and (
+            "://" not in str(data_file)
+        ):
+            path = Path(data_dir or "").expanduser() / Path(data_file).expanduser()
+            check_local_path(path, "Data file", _DATA_EXTENSIONS)
+
+
+_DATA_EXTENSIONS = tuple(_FILE_BUILDERS)
+
+
 def load_dataset_from_name(
     name: str,
     config: str | None = None,
@@ -126,12 +171,22 @@ def load_dataset_from_name(
     - A folder written by `save_to_disk` is read with `load_from_disk`.
     - Anything else (a Hub id, a folder of data files, a dataset script) goes to `load_dataset(name, config)`.
 
+    `datasets`' download-count request is not sent (the library sends no telemetry; `HF_UPDATE_DOWNLOAD_COUNTS=1`
+    turns it back on).
+
     Args:
         name (`str`): Hub id, file path or folder.
         config (`str`, *optional*): configuration (subset) name; ignored for local files.
         split (`str`, *optional*): return only this split (a `Dataset`) instead of the `DatasetDict`.
         streaming (`bool`, *optional*, defaults to `False`): return iterable datasets.
         **kwargs: passed to `datasets.load_dataset` (e.g. `data_dir`, `data_files`).
+
+    Raises:
+        `FileNotFoundError`: `name` can only be a local path (it starts with `/`, `./`, `../` or `~`, holds a
+            backslash or more than one `/`, or ends with a data-file extension) and does not exist; or a local
+            data file of a builder (`name="json"`, `data_files=...`) does not exist. Nothing is looked up on the Hub.
+        `ConnectionError`, `FileNotFoundError`: a possible Hub id that is not a local path either, and that the Hub
+            does not have (or cannot be reached); the message says both.
 
     Example:
         ```python
@@ -142,10 +197,15 @@ def load_dataset_from_name(
     """
     import datasets
 
+    from trl.models.loading import check_local_path, explain_hub_failure
+
     path = Path(name).expanduser()
     if path.is_file() and path.suffix.lower() in _FILE_BUILDERS:
         kwargs["data_files"] = str(path)
-        return datasets.load_dataset(_FILE_BUILDERS[path.suffix.lower()], split=split, streaming=streaming, **kwargs)
+        with _no_download_count():
+            return datasets.load_dataset(
+                _FILE_BUILDERS[path.suffix.lower()], split=split, streaming=streaming, **kwargs
+            )
     if path.is_dir() and _is_saved_to_disk(path):
         dataset = datasets.load_from_disk(str(path))
         if split is not None:
@@ -162,7 +222,11 @@ def load_dataset_from_name(
                 return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in dataset.items()})
             return dataset.to_iterable_dataset()
         return dataset
-    return datasets.load_dataset(name, config, split=split, streaming=streaming, **kwargs)
+    check_local_path(name, "Dataset", _DATA_EXTENSIONS)
+    if name in _PACKAGED_BUILDERS and kwargs.get("data_files") is not None:
+        _check_builder_data_files(kwargs["data_files"], kwargs.get("data_dir"))
+    with _no_download_count(), explain_hub_failure(name, "Dataset", "file or folder"):
+        return datasets.load_dataset(name, config, split=split, streaming=streaming, **kwargs)
 
 
 @dataclass
