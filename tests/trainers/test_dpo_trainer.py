@@ -315,6 +315,28 @@ def test_precompute_runs_at_the_training_precision(tmp_path, monkeypatch):
     assert trainer.state.log_history[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-7)
 
 
+@pytest.mark.parametrize(("rows", "error", "match"), [
+    ([{"prompt": "2+2=", "chosen": " 4", "rejected": " 5", "images": []}] * 2, ValueError,
+     r"DPOTrainer got an 'images' column in its train dataset, but it trains Qwen3ForCausalLM .*on text only"),
+    ([{"prompt": "2+2=", "chosen": " 4", "rejected": " 5"}, {"prompt": "3+3=", "chosen": None, "rejected": " 5"}],
+     TypeError, r"Row 1 of the train dataset is malformed\. Column 'chosen' must hold strings"),
+    ([{"prompt": [{"role": "user", "content": "2+2="}], "chosen": [{"role": "assistant"}],
+       "rejected": [{"role": "assistant", "content": "5"}]}], ValueError,
+     r"Row 0 of the train dataset: message 0 of column 'chosen' has no 'content'"),
+], ids=["image", "none-chosen", "no-content"])
+def test_bad_rows_are_named(tmp_path, rows, error, match):
+    with pytest.raises(error, match=match):
+        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path), train_dataset=Dataset.from_list(rows),
+                   processing_class=tiny_tokenizer())
+
+
+def test_list_of_dicts_is_a_type_error(tmp_path):
+    rows = [{"prompt": "2+2=", "chosen": " 4", "rejected": " 5"}]
+    with pytest.raises(TypeError, match=r"got a list of 1 dicts as its eval dataset.*Dataset\.from_list\(rows\)"):
+        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path), train_dataset=Dataset.from_list(rows),
+                   eval_dataset=rows, processing_class=tiny_tokenizer())
+
+
 def test_partial_reference_columns_are_an_error(tmp_path):
     data = tiny_task_dataset("preference", num_rows=4)
     data = data.add_column("ref_chosen_logps", [0.0] * 4)

@@ -670,3 +670,21 @@ def test_resume_with_reference_sync_restores_the_synced_reference(tmp_path):
     assert resumed[3][0] == pytest.approx(full[3][0], rel=1e-5, abs=1e-7)
     for name, value in ref_full.items():
         torch.testing.assert_close(ref_resumed[name], value)
+
+
+
+@pytest.mark.parametrize(("cls", "config_cls"), [(GRPOTrainer, GRPOConfig), (RLOOTrainer, RLOOConfig)],
+                         ids=["grpo", "rloo"])
+def test_image_column_and_list_of_rows_are_refused(tmp_path, cls, config_cls):
+    with pytest.raises(ValueError, match=rf"{cls.__name__} got an 'image' column in its train dataset, but it trains "
+                                         r"Qwen3ForCausalLM .*on text only.*remove the 'image' column"):
+        _trainer(tmp_path, cls, config_cls, dataset=_prompts(8).add_column("image", [None] * 8))
+    with pytest.raises(TypeError, match=rf"{cls.__name__} got a list of 8 dicts as its train dataset.*from_list"):
+        _trainer(tmp_path, cls, config_cls, dataset=_prompts(8).to_list())
+
+
+def test_prompt_message_without_content_names_the_row(tmp_path):
+    rows = _prompts(8).to_list()
+    rows[5]["prompt"] = [{"role": "user"}]
+    with pytest.raises(ValueError, match=r"Row 5 of the train dataset: message 0 of column 'prompt' has no 'content'"):
+        _trainer(tmp_path, dataset=Dataset.from_list(rows))

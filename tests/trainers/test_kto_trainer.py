@@ -227,6 +227,22 @@ class TestBadInputs:
         with pytest.raises(ValueError, match=r"missing \['label'\]"):
             self.build(tmp_path, data)
 
+    def test_image_column(self, tmp_path):
+        data = Dataset.from_list([{"prompt": "q", "completion": " a", "label": True, "image": None}])
+        with pytest.raises(ValueError, match=r"KTOTrainer got an 'image' column in its train dataset, but it trains "
+                                             r"Qwen3ForCausalLM.*remove the 'image' column"):
+            self.build(tmp_path, data)
+
+    def test_list_of_dicts(self, tmp_path):
+        with pytest.raises(TypeError, match=r"KTOTrainer got a list of 1 dicts as its train dataset"):
+            self.build(tmp_path, [{"prompt": "q", "completion": " a", "label": True}])
+
+    def test_none_completion_of_paired_data_names_the_pair(self, tmp_path):
+        data = Dataset.from_list([{"prompt": "q", "chosen": " a", "rejected": " b"},
+                                  {"prompt": "q", "chosen": " a", "rejected": None}])
+        with pytest.raises(TypeError, match=r"Row 1 of the train dataset is malformed\. Column 'rejected'"):
+            self.build(tmp_path, data)
+
     def test_label_of_the_wrong_type(self, tmp_path):
         data = Dataset.from_list([{"prompt": "q", "completion": " a", "label": "yes"}])
         with pytest.raises(TypeError, match="'label' must hold booleans"):

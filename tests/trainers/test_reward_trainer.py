@@ -233,6 +233,21 @@ def test_pretokenised_legacy_columns_are_renamed(tmp_path):
 # ---------------------------------------------------------------------------------------------------- models
 
 
+def test_image_column_is_refused(tmp_path):
+    dataset = _pairs(num_rows=2).add_column("image", [None, None])
+    with pytest.raises(ValueError, match=r"RewardTrainer got an 'image' column in its eval dataset, but it trains "
+                                         r"Qwen3ForSequenceClassification .*on text only"):
+        RewardTrainer(model=_reward_model(), args=_config(tmp_path), train_dataset=_pairs(num_rows=2),
+                      eval_dataset=dataset, processing_class=tiny_tokenizer())
+
+
+def test_list_of_dicts_is_a_type_error(tmp_path):
+    rows = [{"chosen": "2+2= 4", "rejected": "2+2= 5"}]
+    with pytest.raises(TypeError, match=r"RewardTrainer got a list of 1 dicts as its train dataset.*from_list"):
+        RewardTrainer(model=_reward_model(), args=_config(tmp_path), train_dataset=rows,
+                      processing_class=tiny_tokenizer())
+
+
 def test_model_with_several_labels_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="num_labels=2"):
         RewardTrainer(model=_reward_model(num_labels=2), processing_class=tiny_tokenizer(), train_dataset=_pairs(),

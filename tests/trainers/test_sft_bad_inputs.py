@@ -135,6 +135,42 @@ class TestDatasetFormat:
         with pytest.raises(ValueError, match=r"columns \['foo'\]"):
             build(PROMPT_COMPLETION, eval_dataset=Dataset.from_list([{"foo": "bar"}]))
 
+    @pytest.mark.parametrize("column", ["image", "images"])
+    def test_image_column(self, build, model, column):
+        model.config._name_or_path = "org/text-only"
+        rows = [{**row, column: None} for row in PROMPT_COMPLETION]
+        with pytest.raises(ValueError, match=rf"SFTTrainer got an {column!r} column in its train dataset, but it "
+                                             rf"trains Qwen3ForCausalLM \('org/text-only'\) on text only.*remove the "
+                                             rf"{column!r} column.*vision-language model"):
+            build(rows)
+
+    def test_image_column_in_a_streamed_eval_dataset(self, build):
+        stream = Dataset.from_list([{"text": "abc", "image": None}]).to_iterable_dataset()
+        with pytest.raises(ValueError, match=r"'image' column in its eval dataset"):
+            build(PROMPT_COMPLETION, eval_dataset=stream)
+
+    @pytest.mark.parametrize("split", ["train_dataset", "eval_dataset"])
+    def test_list_of_dicts(self, model, tokenizer, config, split):
+        datasets = {"train_dataset": Dataset.from_list(PROMPT_COMPLETION), split: PROMPT_COMPLETION}
+        name = split.split("_")[0]
+        with pytest.raises(TypeError, match=rf"SFTTrainer got a list of 2 dicts as its {name} dataset.*"
+                                            r"`datasets\.Dataset\.from_list\(rows\)`"):
+            SFTTrainer(model=model, args=config(), processing_class=tokenizer, **datasets)
+
+    def test_message_without_content(self, build):
+        rows = [CONVERSATIONS[0], {"messages": [{"role": "user"}] + ASSISTANT}]
+        with pytest.raises(ValueError, match=r"Row 1 of the train dataset: message 0 of column 'messages' has no "
+                                             r"'content': \{'role': 'user'"):  # Arrow stores the missing key as None
+            build(rows)
+
+    @pytest.mark.parametrize("rows", [PROMPT_COMPLETION + [{"prompt": "sort: a\nanswer:", "completion": None}],
+                                      [{"prompt": USER, "completion": ASSISTANT}, {"prompt": USER, "completion": None}]],
+                             ids=["standard", "conversational"])
+    def test_none_completion(self, build, rows):
+        with pytest.raises(TypeError, match=rf"Row {len(rows) - 1} of the train dataset is malformed\. Column "
+                                            r"'completion' must hold .* got NoneType: None"):
+            build(rows)
+
 
 # ---- rows that would train nothing --------------------------------------------------------------------------------
 
@@ -174,6 +210,12 @@ class TestNothingToLearn:
         rows = [CONVERSATIONS[0], {"messages": USER}]
         with pytest.raises(TrainingWillNotLearnError, match=r"1 of 2 train rows have no token .*rows \[1\]"):
             build(rows, assistant_only_loss=True)
+
+    def test_plain_text_documents_longer_than_max_length_train(self, build):
+        """Language-model text cut by max_length never reaches its eos: ordinary pretraining-style data, no error."""
+        rows = [{"text": "sort the letters c a b and then sort b a " * 8}] * 2
+        trainer = build(rows, max_length=16)
+        assert [len(ids) for ids in trainer.train_dataset["input_ids"]] == [16, 16]
 
     def test_end_of_turn_token_never_trained(self, build, tokenizer):
         tokenizer.chat_template = NO_END_OF_TURN

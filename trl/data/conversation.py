@@ -34,6 +34,10 @@ _SUPPORTED_KEY_SETS = (
     ("prompt", "completion", "label"),  # unpaired preference
 )
 _MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT's speaker names and the chat-template roles they stand for. Only the two names every ShareGPT dataset uses
+# are renamed; others ("system", "tool", and tool-use names such as "function_call"/"observation", whose meaning
+# differs between datasets) are kept as they are.
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
 
 
 def _is_message_list(value: Any) -> bool:
@@ -113,6 +117,12 @@ def maybe_convert_to_chatml(example: dict[str, Any]) -> dict[str, Any]:
     itself is renamed to `"messages"`. Examples already in ChatML are returned with the same content. The input is
     not modified.
 
+    ShareGPT's standard speaker names become chat-template roles: `"human"` becomes `"user"` and `"gpt"` becomes
+    `"assistant"` (a chat template would otherwise render `<|im_start|>human` turns, and `assistant_only_loss` would
+    find no assistant turn). Every other name (`"system"`, `"user"`, `"assistant"`, `"tool"`, and dataset-specific
+    ones such as `"function_call"` or `"observation"`) is kept as it is; rename those before converting if your chat
+    template expects other roles. Roles of messages already in ChatML (`"role"` keys) are never renamed.
+
     When used with `datasets.Dataset.map`, pass `remove_columns="conversations"` (if the column exists): `map` keeps
     input columns that the function does not return.
 
@@ -127,23 +137,29 @@ def maybe_convert_to_chatml(example: dict[str, Any]) -> dict[str, Any]:
 
     ```python
     >>> from trl.data_utils import maybe_convert_to_chatml
-    >>> example = {"conversations": [{"from": "user", "value": "What color is the sky?"},
-    ...                              {"from": "assistant", "value": "It is blue."}]}
-    >>> maybe_convert_to_chatml(example)["messages"][1]
-    {'role': 'assistant', 'content': 'It is blue.'}
+    >>> example = {"conversations": [{"from": "human", "value": "What color is the sky?"},
+    ...                              {"from": "gpt", "value": "It is blue."}]}
+    >>> maybe_convert_to_chatml(example)["messages"]
+    [{'role': 'user', 'content': 'What color is the sky?'}, {'role': 'assistant', 'content': 'It is blue.'}]
     ```
     """
-    renames = {"from": "role", "value": "content"}
     converted = dict(example)
     for key in ("prompt", "completion", "chosen", "rejected", "messages", "conversations"):
         value = converted.get(key)
         if isinstance(value, list):
-            converted[key] = [
-                {renames.get(k, k): v for k, v in message.items()} if isinstance(message, dict) else message
-                for message in value
-            ]
+            converted[key] = [_message_to_chatml(message) for message in value]
     if "conversations" in converted:
         converted["messages"] = converted.pop("conversations")
+    return converted
+
+
+def _message_to_chatml(message: Any) -> Any:
+    if not isinstance(message, dict):
+        return message
+    renames = {"from": "role", "value": "content"}
+    converted = {renames.get(k, k): v for k, v in message.items()}
+    if "from" in message:  # a ShareGPT speaker name, not a ChatML role
+        converted["role"] = SHAREGPT_ROLES.get(message["from"], message["from"])
     return converted
 
 

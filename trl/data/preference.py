@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .. import guards
 from .conversation import common_prefix_length, extract_prompt, maybe_convert_dataset_to_chatml
-from .formats import DatasetFormat, check_example_types, check_single_dataset, detect_format, require_format
+from .formats import DatasetFormat, check_dataset, check_example_types, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example
 
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -65,18 +65,32 @@ def tokenize_preference_example(row: dict, tokenizer, *, conversational: bool, e
     }
 
 
+def check_pair(row: dict, index: int, *, fmt: DatasetFormat, name: str) -> dict:
+    """Check one preference row (naming it by `index`) and, for an implicit prompt, move the shared start of `chosen`
+    and `rejected` into `prompt`. Returns the row's updated columns, for `Dataset.map(..., with_indices=True)`."""
+    check_example_types(row, fmt, row=index, name=name)
+    return extract_prompt(row) if fmt.kind == "implicit_preference" else {}
+
+
+def _tokenize_pair(row: dict, index: int, *, fmt: DatasetFormat, name: str, tokenizer, eos_ids: set[int]) -> dict:
+    row = {**row, **check_pair(row, index, fmt=fmt, name=name)}
+    return tokenize_preference_example(row, tokenizer, conversational=fmt.conversational, eos_ids=eos_ids)
+
+
 def _first_row(dataset) -> dict:
     for row in dataset:
         return row
     raise ValueError("The dataset is empty: there is nothing to train on.")
 
 
-def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOptions, trainer: str, name: str = "train"):
+def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOptions, trainer: str, name: str = "train",
+                               model=None):
     """Turn a preference dataset (explicit or implicit prompt, standard or conversational, or pre-tokenised
     `prompt_ids`/`chosen_ids`/`rejected_ids`) into token ids, with checks.
 
     Rows whose prompt alone fills `max_length` and rows whose chosen and rejected completions are identical teach
-    nothing: they are reported (an error with guards on, else a warning) and dropped.
+    nothing: they are reported (an error with guards on, else a warning) and dropped. A malformed row (a `None`
+    value, a message without content) is an error naming the row and the column; `model` is named in messages.
 
     Returns:
         `(dataset, fmt)`.
@@ -90,7 +104,7 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
     """
     from datasets import Dataset
 
-    check_single_dataset(dataset, trainer, name)
+    check_dataset(dataset, trainer, name, model, tokenizer)
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
     dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
@@ -103,19 +117,18 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
         first = _first_row(dataset)
         fmt = detect_format(columns, first)
         require_format(fmt, ("preference", "implicit_preference"), trainer, columns)
-        check_example_types(first, fmt)
+        check_example_types(first, fmt, row=0, name=name)
         if fmt.conversational and not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat "
                 "template. Set `chat_template_path=...` in the config, or give the tokenizer a template."
             )
-        if fmt.kind == "implicit_preference":  # the shared start of chosen and rejected becomes the prompt
-            dataset = dataset.map(extract_prompt, **map_kwargs)
-        fn_kwargs = dict(tokenizer=tokenizer, conversational=fmt.conversational, eos_ids=end_of_turn_ids(tokenizer))
+        # an implicit prompt (the shared start of chosen and rejected) is extracted in the same pass
+        fn_kwargs = dict(fmt=fmt, name=name, tokenizer=tokenizer, eos_ids=end_of_turn_ids(tokenizer))
         if isinstance(dataset, Dataset):
             map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
         dataset = dataset.map(
-            tokenize_preference_example, fn_kwargs=fn_kwargs,
+            _tokenize_pair, fn_kwargs=fn_kwargs, with_indices=True,
             remove_columns=[c for c in dataset.column_names or _first_row(dataset) if c not in PASSTHROUGH_COLUMNS],
             **map_kwargs,
         )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .. import guards
 from .conversation import maybe_convert_dataset_to_chatml
-from .formats import check_example_types, check_single_dataset, detect_format, require_format
+from .formats import check_dataset, check_example_types, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example, truncate
 
 SFT_KINDS = ("language_modeling", "prompt_completion", "tokenized")
@@ -52,7 +52,9 @@ def _loss_mask(row: dict, completion_only_loss: bool) -> list[int]:
     return mask
 
 
-def _tokenize_and_measure(row: dict, tokenizer, fmt, options: SFTDataOptions, completion_only_loss: bool, eos_ids):
+def _tokenize_and_measure(row: dict, index: int, tokenizer, fmt, options: SFTDataOptions, completion_only_loss: bool,
+                          eos_ids, name: str):
+    check_example_types(row, fmt, options.dataset_text_field, row=index, name=name)
     if fmt.kind != "tokenized":
         row = tokenize_sft_example(
             row, tokenizer, kind=fmt.kind, conversational=fmt.conversational,
@@ -71,7 +73,8 @@ def _tokenize_and_measure(row: dict, tokenizer, fmt, options: SFTDataOptions, co
     return out
 
 
-def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_func=None, name: str = "train"):
+def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_func=None, name: str = "train",
+                        model=None):
     """Turn a raw SFT dataset into tokenised rows (`input_ids`, `completion_mask`, optional `assistant_masks`),
     truncated, checked and optionally packed.
 
@@ -82,6 +85,7 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
         options (`SFTDataOptions`): the relevant config fields.
         formatting_func (`Callable[[dict], str]`, *optional*): builds the text of each row.
         name (`str`): "train" or "eval", for messages.
+        model (`PreTrainedModel`, *optional*): the model to train, named in messages.
 
     Returns:
         `(dataset, fmt)`: the prepared dataset and the detected `DatasetFormat`.
@@ -95,7 +99,7 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
     """
     from datasets import Dataset
 
-    check_single_dataset(dataset, "SFTTrainer", name)
+    check_dataset(dataset, "SFTTrainer", name, model, tokenizer)
 
     if getattr(dataset, "_format_type", None) == "custom":
         raise ValueError(
@@ -118,7 +122,7 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
     if formatting_func is not None and fmt.kind == "prompt_completion":
         fmt = type(fmt)("language_modeling", False)  # the formatted text replaces prompt/completion
     require_format(fmt, SFT_KINDS, "SFTTrainer", columns)
-    check_example_types(first, fmt, options.dataset_text_field)
+    check_example_types(first, fmt, options.dataset_text_field, row=0, name=name)
     if fmt.conversational and not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat template. "
@@ -141,13 +145,17 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
     if isinstance(dataset, Dataset):
         map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
     fn_kwargs = dict(
-        tokenizer=tokenizer, fmt=fmt, options=options, completion_only_loss=completion_only_loss, eos_ids=eos_ids
+        tokenizer=tokenizer, fmt=fmt, options=options, completion_only_loss=completion_only_loss, eos_ids=eos_ids,
+        name=name,
     )
     removed = [c for c in columns if c not in TOKEN_COLUMNS] if fmt.kind == "tokenized" else columns
-    dataset = dataset.map(_tokenize_and_measure, fn_kwargs=fn_kwargs, remove_columns=removed, **map_kwargs)
+    dataset = dataset.map(_tokenize_and_measure, fn_kwargs=fn_kwargs, with_indices=True, remove_columns=removed,
+                          **map_kwargs)
     if isinstance(dataset, Dataset):
-        # pre-tokenised rows are the user's tokens: they need not end with an eos (e.g. pretraining chunks)
-        dataset = _check_rows(dataset, tokenizer, options, name, check_eos=fmt.kind != "tokenized")
+        # Only turns and completions must end: plain-text documents cut by max_length (and pre-tokenised rows, the
+        # user's own tokens) are ordinary language-model training, e.g. pretraining chunks.
+        check_eos = fmt.conversational or fmt.kind == "prompt_completion"
+        dataset = _check_rows(dataset, tokenizer, options, name, check_eos=check_eos)
     else:  # a stream cannot be inspected ahead of training: drop rows with nothing to learn, and say so once
         warnings.warn(
             f"The {name} dataset is streamed, so it cannot be checked ahead of training: rows with no loss token left "

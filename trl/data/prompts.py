@@ -8,7 +8,7 @@ special tokens (a chat template writes its own). Completions are then generated 
 from __future__ import annotations
 
 from .conversation import maybe_convert_to_chatml
-from .formats import check_example_types, check_single_dataset, detect_format
+from .formats import check_dataset, check_example_types, detect_format
 from .tokenize import render_ids, row_template_kwargs
 
 
@@ -38,7 +38,7 @@ def tokenize_prompt(row: dict, tokenizer, conversational: bool, chat_template_kw
 
 
 def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train", chat_template_kwargs=None,
-                           num_proc: int | None = None):
+                           num_proc: int | None = None, model=None):
     """Check that `dataset` has a `prompt` column of consistent type and add `prompt_ids`.
 
     Args:
@@ -46,17 +46,19 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
             rows with `prompt_ids` (lists of ints), used as they are (`prompt` is then decoded from them if absent).
         tokenizer: the policy's tokenizer (needs a chat template for conversational prompts).
         trainer (`str`): the trainer's name, for messages.
+        model (`PreTrainedModel`, *optional*): the policy, named in messages.
 
     Returns:
         `(dataset, conversational)`.
 
     Raises:
-        `ValueError` / `TypeError`: no `prompt` column, mixed types, a conversational prompt without a chat template,
+        `ValueError` / `TypeError`: not a `Dataset`, an image column, no `prompt` column, mixed types, a `None`
+            prompt or a message without content (naming the row), a conversational prompt without a chat template,
             an empty prompt.
     """
     from datasets import Dataset
 
-    check_single_dataset(dataset, trainer, name)
+    check_dataset(dataset, trainer, name, model, tokenizer)
     if not isinstance(dataset, Dataset):
         raise TypeError(
             f"{trainer} needs a map-style `datasets.Dataset` as its {name} dataset (each prompt is sampled "
@@ -77,19 +79,20 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
         dataset = dataset.map(lambda row: {"prompt": maybe_convert_to_chatml({"prompt": row["prompt"]})["prompt"]})
     example = _first_row(dataset)
     fmt = detect_format(["prompt"], {"prompt": example["prompt"]})
-    check_example_types({"prompt": example["prompt"]}, fmt)
+    check_example_types({"prompt": example["prompt"]}, fmt, row=0, name=name)
     if fmt.conversational and not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"The {name} prompts are conversational but the tokenizer has no chat template. Give the tokenizer one "
             "(`tokenizer.chat_template = ...`, or `trl.clone_chat_template`), or use plain-text prompts."
         )
 
-    def add_ids(row):
-        check_example_types({"prompt": row["prompt"]}, fmt)
+    def add_ids(row, index):
+        check_example_types({"prompt": row["prompt"]}, fmt, row=index, name=name)
         ids = tokenize_prompt(row, tokenizer, fmt.conversational, chat_template_kwargs)
         return {"prompt_ids": ids}
 
-    dataset = dataset.map(add_ids, num_proc=num_proc, desc=f"Tokenizing {name} prompts ({fmt.describe()})")
+    dataset = dataset.map(add_ids, with_indices=True, num_proc=num_proc,
+                          desc=f"Tokenizing {name} prompts ({fmt.describe()})")
     empty = [i for i, ids in enumerate(dataset["prompt_ids"]) if not ids]
     if empty:
         raise ValueError(f"{len(empty)} {name} prompts are empty after tokenisation (e.g. rows {empty[:5]}).")

@@ -17,9 +17,9 @@ from __future__ import annotations
 import warnings
 
 from .. import guards
-from .conversation import extract_prompt, maybe_convert_dataset_to_chatml, unpair_preference_dataset
-from .formats import DatasetFormat, check_example_types, check_single_dataset, detect_format
-from .preference import PreferenceDataOptions, _completion_span, _first_row
+from .conversation import maybe_convert_dataset_to_chatml, unpair_preference_dataset
+from .formats import DatasetFormat, check_dataset, check_example_types, detect_format
+from .preference import PreferenceDataOptions, _completion_span, _first_row, check_pair
 from .tokenize import tokenize_sft_example
 
 TOKENIZED_COLUMNS = ("prompt_ids", "completion_ids", "label")
@@ -49,10 +49,17 @@ def tokenize_unpaired_example(row: dict, tokenizer, *, conversational: bool, eos
             "label": bool(row["label"])}
 
 
-def _check_label(value) -> None:
+def _tokenize_row(row: dict, index: int, *, fmt: DatasetFormat, name: str, tokenizer, eos_ids: set[int]) -> dict:
+    check_example_types(row, fmt, row=index, name=name)
+    _check_label(row["label"], index, name)
+    return tokenize_unpaired_example(row, tokenizer, conversational=fmt.conversational, eos_ids=eos_ids)
+
+
+def _check_label(value, row: int, name: str) -> None:
     if not isinstance(value, bool) and value not in (0, 1):
         raise TypeError(
-            f"Column 'label' must hold booleans (True: desirable, False: undesirable); got {type(value).__name__}: "
+            f"Row {row} of the {name} dataset is malformed. Column 'label' must hold booleans (True: desirable, "
+            f"False: undesirable); got {type(value).__name__}: "
             f"{str(value)[:80]}."
         )
 
@@ -86,11 +93,12 @@ def add_kl_completions(dataset, shift: int = 1):
 
 
 def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions, trainer: str, name: str = "train",
-                             kl_completions: bool = True):
+                             kl_completions: bool = True, model=None):
     """Turn unpaired (or paired, which is unpaired here) preference data into token ids, with checks.
 
     Rows whose prompt alone fills `max_length` teach nothing: they are reported (an error with guards on, else a
-    warning) and dropped. Rows with an empty completion are an error. Data with only desirable or only undesirable
+    warning) and dropped. Rows with an empty completion are an error, and so is a malformed row (a `None` value, a
+    message without content), named by its index in the dataset as given (paired rows before unpairing). Data with only desirable or only undesirable
     rows trains, but the missing side is reported in a warning.
 
     Args:
@@ -100,6 +108,7 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
         trainer (`str`): the trainer's name, for messages.
         name (`str`, *optional*, defaults to `"train"`): the dataset's name, for messages.
         kl_completions (`bool`, *optional*, defaults to `True`): add `kl_completion_ids` (see the module docstring).
+        model (`PreTrainedModel`, *optional*): the model to train, named in messages.
 
     Returns:
         `(dataset, fmt)`: columns `prompt_ids`, `completion_ids`, `label` (and `kl_completion_ids`).
@@ -113,23 +122,25 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
     """
     from datasets import Dataset
 
-    check_single_dataset(dataset, trainer, name)
+    check_dataset(dataset, trainer, name, model, tokenizer)
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
     dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
     columns = list(dataset.column_names or _first_row(dataset).keys())
-    if any(c in columns for c in ("image", "images")):
-        raise ValueError(f"{trainer} does not support image datasets yet (the {name} dataset has columns {columns}).")
     shift = 1
     if set(TOKENIZED_COLUMNS[1:]) <= set(columns):
         fmt = DatasetFormat("tokenized", False)
         if "prompt_ids" not in columns:
             dataset = dataset.map(lambda row: {"prompt_ids": []}, **map_kwargs)
-        _check_label(_first_row(dataset)["label"])
+        _check_label(_first_row(dataset)["label"], 0, name)
     else:
         if {"chosen", "rejected"} <= set(columns) and "label" not in columns:
-            if "prompt" not in columns:  # implicit prompt: the shared start of chosen and rejected
-                dataset = dataset.map(extract_prompt, **map_kwargs)
+            # checked while still paired, so that errors name the row as given; an implicit prompt (the shared start
+            # of chosen and rejected) is extracted in the same pass
+            paired_fmt = detect_format(columns, _first_row(dataset))
+            check_example_types(_first_row(dataset), paired_fmt, row=0, name=name)
+            dataset = dataset.map(check_pair, fn_kwargs={"fmt": paired_fmt, "name": name}, with_indices=True,
+                                  **map_kwargs)
             dataset = unpair_preference_dataset(dataset, num_proc=options.num_proc)
             columns = list(dataset.column_names or _first_row(dataset).keys())
             shift = 2  # pair i is rows 2i, 2i+1 with the same prompt: skip to the next pair
@@ -141,18 +152,18 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
                 "Add a boolean 'label' column (True for a desirable completion) to prompt-completion data."
             )
         fmt = detect_format(columns, first)
-        check_example_types(first, fmt)
-        _check_label(first["label"])
+        check_example_types(first, fmt, row=0, name=name)
+        _check_label(first["label"], 0, name)
         if fmt.conversational and not getattr(tokenizer, "chat_template", None):
             raise ValueError(
                 f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat "
                 "template. Give the tokenizer a template, or pass a tokenizer that has one."
             )
-        fn_kwargs = {"tokenizer": tokenizer, "conversational": fmt.conversational, "eos_ids": {tokenizer.eos_token_id}}
+        fn_kwargs = {"fmt": fmt, "name": name, "tokenizer": tokenizer, "eos_ids": {tokenizer.eos_token_id}}
         if isinstance(dataset, Dataset):
             map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
         dataset = dataset.map(
-            tokenize_unpaired_example, fn_kwargs=fn_kwargs,
+            _tokenize_row, fn_kwargs=fn_kwargs, with_indices=True,
             remove_columns=[c for c in dataset.column_names or _first_row(dataset) if c not in PASSTHROUGH_COLUMNS],
             **map_kwargs,
         )

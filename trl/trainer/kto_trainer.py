@@ -112,7 +112,8 @@ class KTOTrainer(_BaseTrainer):
         options = PreferenceDataOptions(max_length=args.max_length, num_proc=args.dataset_num_proc, guards=args.guards)
 
         def prepare(dataset, name):
-            return prepare_unpaired_dataset(dataset, processing_class, options, "KTOTrainer", name, self._with_kl)[0]
+            return prepare_unpaired_dataset(dataset, processing_class, options, "KTOTrainer", name, self._with_kl,
+                                            model)[0]
 
         train_dataset = prepare(train_dataset, "train")
         if isinstance(eval_dataset, dict):

@@ -163,13 +163,13 @@ class _OnlineTrainer(_BaseTrainer):
             model, None, model_id, args, quantization_config, peft_config, need_reference=self._uses_reference(args)
         )
         train_dataset, _ = prepare_prompt_dataset(
-            train_dataset, processing_class, type(self).__name__, "train", args.chat_template_kwargs
+            train_dataset, processing_class, type(self).__name__, "train", args.chat_template_kwargs, model=model
         )
         self._check_prompts_fit(causal_lm(model), train_dataset, args)
         self._check_enough_prompts(train_dataset, args)
         if eval_dataset is not None:
             eval_dataset, _ = prepare_prompt_dataset(
-                eval_dataset, processing_class, type(self).__name__, "eval", args.chat_template_kwargs
+                eval_dataset, processing_class, type(self).__name__, "eval", args.chat_template_kwargs, model=model
             )
         self.reward_scorer = RewardScorer(
             reward_funcs, args.reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
@@ -650,7 +650,8 @@ class _OnlineTrainer(_BaseTrainer):
         if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)):
             if "prompt_ids" not in (eval_dataset.column_names or []):
                 eval_dataset, _ = prepare_prompt_dataset(
-                    eval_dataset, self.processing_class, type(self).__name__, "eval", self.args.chat_template_kwargs
+                    eval_dataset, self.processing_class, type(self).__name__, "eval", self.args.chat_template_kwargs,
+                    model=self.model,
                 )
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 

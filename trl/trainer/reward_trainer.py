@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data.collators import DataCollatorForPreference
+from ..data.formats import check_dataset
 from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
 from ..losses.reduce import token_weight
 from ..losses.reward import bradley_terry_loss
@@ -140,11 +141,12 @@ class RewardTrainer(_BaseTrainer):
         if args.disable_dropout:
             disable_dropout_in_model(model)
 
-        train_dataset = self._prepare(train_dataset, processing_class, args, "train")
+        train_dataset = self._prepare(train_dataset, processing_class, args, "train", model)
         if isinstance(eval_dataset, dict):
-            eval_dataset = {k: self._prepare(v, processing_class, args, f"eval[{k}]") for k, v in eval_dataset.items()}
+            eval_dataset = {k: self._prepare(v, processing_class, args, f"eval[{k}]", model)
+                            for k, v in eval_dataset.items()}
         elif eval_dataset is not None:
-            eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval")
+            eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval", model)
         if data_collator is None:  # no truncation: pairs longer than max_length were filtered out
             data_collator = DataCollatorForPreference(
                 pad_token_id=processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
@@ -167,14 +169,15 @@ class RewardTrainer(_BaseTrainer):
         )
 
     @staticmethod
-    def _prepare(dataset, tokenizer, args: RewardConfig, name: str):
+    def _prepare(dataset, tokenizer, args: RewardConfig, name: str, model=None):
         """Token ids of every pair (`prompt_ids`, `chosen_ids`, `rejected_ids`, optional `margin`), too-long pairs
         dropped."""
+        check_dataset(dataset, "RewardTrainer", name, model, tokenizer)  # before the legacy columns are read
         dataset = _rename_legacy_columns(dataset, name)
         # max_length=None: the preference path would reject prompts of max_length tokens; here whole pairs are
         # filtered by their full length instead.
         options = PreferenceDataOptions(max_length=None, num_proc=args.dataset_num_proc, guards=args.guards)
-        dataset, _ = prepare_preference_dataset(dataset, tokenizer, options, "RewardTrainer", name)
+        dataset, _ = prepare_preference_dataset(dataset, tokenizer, options, "RewardTrainer", name, model)
         return filter_long_pairs(dataset, args.max_length, name)
 
     # ---- Trainer overrides, in lifecycle order -------------------------------------------------------------------

@@ -115,17 +115,17 @@ class SFTTrainer(_BaseTrainer):
         self._dataset_format = None
         if not skip_prepare:
             train_dataset, self._dataset_format = self._prepare(train_dataset, processing_class, args, formatting_func,
-                                                                "train", args.packing)
+                                                                "train", args.packing, model)
             if eval_dataset is not None:
                 if isinstance(eval_dataset, dict):
                     eval_dataset = {
                         key: self._prepare(ds, processing_class, args, formatting_func, f"eval[{key}]",
-                                           args.eval_packing)[0]
+                                           args.eval_packing, model)[0]
                         for key, ds in eval_dataset.items()
                     }
                 else:
                     eval_dataset = self._prepare(eval_dataset, processing_class, args, formatting_func, "eval",
-                                                 args.eval_packing)[0]
+                                                 args.eval_packing, model)[0]
         if data_collator is None:
             data_collator = DataCollatorForLanguageModeling(
                 pad_token_id=processing_class.pad_token_id,
@@ -155,7 +155,7 @@ class SFTTrainer(_BaseTrainer):
         )
 
     @staticmethod
-    def _prepare(dataset, tokenizer, args, formatting_func, name, packing):
+    def _prepare(dataset, tokenizer, args, formatting_func, name, packing, model=None):
         options = SFTDataOptions(
             max_length=args.max_length,
             truncation_mode=args.truncation_mode,
@@ -169,7 +169,7 @@ class SFTTrainer(_BaseTrainer):
             seed=args.seed,
             guards=args.guards,
         )
-        return prepare_sft_dataset(dataset, tokenizer, options, formatting_func, name)
+        return prepare_sft_dataset(dataset, tokenizer, options, formatting_func, name, model)
 
     # ---- Trainer overrides, in lifecycle order -------------------------------------------------------------------
 
