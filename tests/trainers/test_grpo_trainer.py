@@ -461,10 +461,56 @@ class TestBadInputs:
         trainer.train()
         assert trainer.state.global_step == 4
 
-    def test_all_truncated_stops_the_run(self, tmp_path):
-        trainer = _never_ending(_trainer(tmp_path, guards=True, guard_patience=1, max_steps=2))
-        with pytest.raises(TrainingWillNotLearnError, match="max_completion_length=8"):
+    def test_all_truncated_with_varying_rewards_trains_and_warns_every_batch(self, tmp_path):
+        # a tiny random model never ends its completions: every one is truncated, but the rewards vary and every token
+        # enters the loss, so the run learns. Each generation batch from the guard_patience-th on is warned about.
+        trainer = _never_ending(_trainer(tmp_path, guards=True, guard_patience=2, max_steps=4))
+        before = _params(trainer.model)
+        with pytest.warns(UserWarning) as caught:
             trainer.train()
+        messages = [str(w.message) for w in caught if "hit max_completion_length=8" in str(w.message)]
+        assert len(messages) == 3, messages  # batches 2, 3 and 4 of the streak
+        assert "Every completion of the last 4 generation batches hit max_completion_length=8" in messages[-1]
+        assert "Raise max_completion_length" in messages[-1] and "training goes on" in messages[-1]
+        assert trainer.state.global_step == 4 and _moved(before, trainer.model)
+
+    @staticmethod
+    def _rollout(truncated):
+        from trl.rollout import Rollout
+
+        n = len(truncated)
+        return Rollout(prompt_ids=torch.zeros(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1),
+                       completion_ids=torch.zeros(n, 1, dtype=torch.long), completion_mask=torch.ones(n, 1),
+                       is_truncated=torch.tensor(truncated))
+
+    def test_no_gradient_signal_left_stops_the_run(self, tmp_path):
+        # every completion truncated and masked out of the loss: no token left, whatever the rewards
+        trainer = _trainer(tmp_path, guards=True, guard_patience=2, mask_truncated_completions=True)
+        rollout, rewards = self._rollout([True] * 8), torch.arange(8.0).unsqueeze(1)
+        trainer._check_rollout_guards(rollout, rewards)
+        with pytest.raises(TrainingWillNotLearnError, match="no completion token enters the loss: every completion "
+                                                          "hit max_completion_length=8 and mask_truncated_completions"):
+            trainer._check_rollout_guards(rollout, rewards)
+        # the first group has different rewards but only truncated (masked) completions; the second has one reward
+        trainer = _trainer(tmp_path, guards=True, guard_patience=2, mask_truncated_completions=True)
+        rollout = self._rollout([True] * 4 + [False] * 4)
+        rewards = torch.tensor([0.0, 1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0]).unsqueeze(1)
+        trainer._check_rollout_guards(rollout, rewards)
+        with pytest.raises(TrainingWillNotLearnError, match="no group.*both"):
+            trainer._check_rollout_guards(rollout, rewards)
+        # the same batches without masking do teach: no error, and not all truncated, so no warning either
+        trainer = _trainer(tmp_path, guards=True, guard_patience=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for _ in range(3):
+                trainer._check_rollout_guards(rollout, rewards)
+
+    def test_all_truncated_and_zero_variance_stops_the_run(self, tmp_path):
+        trainer = _trainer(tmp_path, guards=True, guard_patience=2)
+        rollout, rewards = self._rollout([True] * 8), torch.ones(8, 1)
+        trainer._check_rollout_guards(rollout, rewards)
+        with pytest.raises(TrainingWillNotLearnError, match="same reward"):
+            trainer._check_rollout_guards(rollout, rewards)
 
     def test_mostly_truncated_or_mostly_zero_variance_is_warned_about(self, tmp_path):
         # all completions but one truncated and 15 of 16 groups with one reward, for guard_patience batches: a warning each
@@ -488,6 +534,20 @@ class TestBadInputs:
         messages = [str(w.message) for w in caught]
         assert any(f"({(n - 1) / n:.0%} in the last) hit max_completion_length" in m for m in messages), messages
         assert any("got one reward each (last batch: 94%" in m for m in messages), messages
+
+    def test_misspelt_reward_name_lists_the_builtins(self, tmp_path):
+        # resolved like the CLI's --reward_funcs: not a built-in, a dotted path, a folder or an org/name hub id, so it
+        # is an error at construction (never a hub lookup)
+        with pytest.raises(ValueError, match=r"Unknown reward function 'think_fromat_reward' \(reward_funcs\[0\]\)"
+                                             r".*think_format_reward") as info:
+            _trainer(tmp_path, reward_funcs="think_fromat_reward")
+        assert "--reward_funcs" not in str(info.value)
+
+    def test_all_nan_rewards_stop_the_run(self, tmp_path):
+        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [float("nan")] * len(completions))
+        with pytest.raises(ValueError, match=r"Every reward of this batch of 8 completions is NaN.*'<lambda>' "
+                                             r"\(reward_funcs\[0\]\) returned NaN for rows \[0, 1, 2, 3, 4, ...\]"):
+            trainer.train()
 
     def test_use_vllm_is_not_available(self, tmp_path):
         with pytest.raises(ValueError, match="vLLM"):
@@ -605,6 +665,15 @@ def test_two_ddp_ranks_equal_one_process(tmp_path, kind):
         assert saved["log"][key] == pytest.approx(log[key], rel=1e-5, abs=1e-6), key
     for name, grad in grads.items():
         torch.testing.assert_close(saved["grads"][name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_reward_funcs_by_name_resolve_as_in_the_cli(tmp_path):
+    from trl.rewards import think_format_reward
+
+    trainer = _trainer(tmp_path, reward_funcs=["think_format_reward", vowels], max_steps=1)
+    assert trainer.reward_scorer._funcs[0] is think_format_reward
+    trainer.train()
+    assert "rewards/think_format_reward/mean" in _logged(trainer)[0]
 
 
 def test_sequence_classification_model_as_reward(tmp_path):

@@ -135,7 +135,8 @@ def test_none_and_nan_become_nan():
     def sometimes(prompts, **kwargs):
         return [1.0, None, float("nan")]
 
-    rewards = score(RewardScorer([sometimes, length_reward])).rewards
+    with pytest.warns(UserWarning, match=r"'sometimes' \(reward_funcs\[0\]\) returned NaN for 1 of 3 completions"):
+        rewards = score(RewardScorer([sometimes, length_reward])).rewards
     assert rewards[0, 0] == 1.0
     assert torch.isnan(rewards[1:, 0]).all()
     assert not torch.isnan(rewards[:, 1]).any()
@@ -546,3 +547,118 @@ def test_bad_score_inputs():
 def test_empty_batch():
     scores = RewardScorer([length_reward, length_reward]).score([], [], [], {})
     assert scores.rewards.shape == (0, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# NaN rewards
+
+
+def test_nan_reward_is_named_with_its_rows():
+    def flaky(prompts, **kwargs):
+        return [float("nan"), 1.0, float("nan")]
+
+    def partial_credit(prompts, **kwargs):
+        return [None, 0.5, 0.5]
+
+    with pytest.warns(UserWarning) as record:
+        rewards = score(RewardScorer([partial_credit, flaky])).rewards
+    messages = [str(w.message) for w in record]
+    nan_messages = [m for m in messages if "returned NaN for" in m]
+    assert len(nan_messages) == 1, messages
+    assert "Reward function 'flaky' (reward_funcs[1]) returned NaN for 2 of 3 completions (rows [0, 2])" in nan_messages[0]
+    assert "return None" in nan_messages[0]
+    assert not any("partial_credit" in m for m in messages)  # None is "no reward", not a NaN
+    assert torch.isnan(rewards[[0, 2], 1]).all() and rewards[1, 1] == 1.0
+    # row 0 got no reward (None from one function, NaN from the other), and the message does not blame None alone
+    assert any("1 of 3 completions got no reward: every reward function returned None (or NaN)" in m for m in messages)
+
+
+def test_nan_rows_are_listed_up_to_five():
+    def mostly_nan(prompts, **kwargs):
+        return [float("nan")] * 7 + [1.0]
+
+    with pytest.warns(UserWarning, match=r"returned NaN for 7 of 8 completions \(rows \[0, 1, 2, 3, 4, ...\]\)"):
+        RewardScorer([mostly_nan]).score(["p"] * 8, ["c"] * 8, [[1]] * 8, {})
+
+
+def test_nan_from_a_reward_model_is_named(monkeypatch):
+    from trl.trainer import reward_scoring
+
+    monkeypatch.setattr(reward_scoring, "_score_with_model", lambda model, prompts, completions: [0.5, math.nan, 0.1])
+    scorer = RewardScorer([seq_clf_model()], reward_processing_classes=tiny_tokenizer())
+    with pytest.warns(UserWarning, match=r"'Qwen3ForSequenceClassification' \(reward_funcs\[0\]\) returned NaN for 1 of "
+                                         r"3 completions \(rows \[1\]\)"):
+        score(scorer)
+
+
+def test_every_reward_nan_is_an_error():
+    def all_nan(prompts, **kwargs):
+        return [float("nan")] * len(prompts)
+
+    def abstains(prompts, **kwargs):
+        return [None] * len(prompts)
+
+    def zero_weight(prompts, **kwargs):  # logged only: its weight is 0, so it is no usable reward
+        return [1.0] * len(prompts)
+
+    with pytest.raises(ValueError, match=r"Every reward of this batch of 3 completions is NaN or None.*'all_nan' "
+                                         r"\(reward_funcs\[0\]\) returned NaN for rows \[0, 1, 2\]"):
+        score(RewardScorer([all_nan, abstains, zero_weight], reward_weights=[1.0, 1.0, 0.0]))
+    with pytest.warns(UserWarning, match="3 of 3 completions got no reward"):  # None everywhere: "no reward", no error
+        score(RewardScorer([abstains]))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Reward functions given by name (as the CLI resolves them)
+
+
+def test_builtin_reward_name_and_dotted_path_resolve_to_functions(tmp_path, monkeypatch):
+    from trl.rewards import think_format_reward
+
+    (tmp_path / "my_scoring_rewards.py").write_text(
+        "def answer_len(completions, **kwargs):\n    return [float(len(c)) for c in completions]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scorer = RewardScorer(["think_format_reward", "trl.rewards.think_format_reward", "my_scoring_rewards.answer_len"])
+    assert scorer._funcs[0] is think_format_reward and scorer._funcs[1] is think_format_reward
+    assert scorer.names == ["think_format_reward", "think_format_reward_1", "answer_len"]
+    torch.testing.assert_close(score(scorer).rewards[:, 2], torch.tensor([6.0, 17.0, 6.0]), **TOL)
+    scorer = RewardScorer("think_format_reward", reward_processing_classes=[None])  # a single name, like a function
+    assert scorer._funcs == [think_format_reward]
+
+
+@pytest.mark.parametrize("name", ["think_fromat_reward", "gpt2", "./no/such/folder", "no_such_module.reward"])
+def test_unknown_reward_name_is_an_error_listing_the_builtins(name, monkeypatch):
+    from trl.models import loading
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a name that is not a hub id must not be looked up on the hub")
+
+    monkeypatch.setattr(loading, "create_reward_model_from_path", no_hub)
+    with pytest.raises(ValueError) as info:
+        RewardScorer(["think_format_reward", name])
+    message = str(info.value)
+    assert f"{name!r} (reward_funcs[1])" in message
+    for builtin in ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward"):
+        assert builtin in message
+    assert "--reward_funcs" not in message
+
+
+def test_factory_name_is_rejected_without_cli_wording():
+    with pytest.raises(ValueError, match="factory .* Wrap it in a module function") as info:
+        RewardScorer("get_soft_overlong_punishment")
+    assert "--reward_funcs" not in str(info.value)
+
+
+def test_hub_id_that_fails_to_load_lists_the_builtins(monkeypatch):
+    from trl.models import loading
+
+    def offline(model_id, **kwargs):
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {model_id}.")
+
+    monkeypatch.setattr(loading, "create_reward_model_from_path", offline)
+    with pytest.raises(OSError, match=r"'my-org/think_format' \(reward_funcs\[0\]\) could not be loaded as a reward model "
+                                      r"\(OSError: We couldn't connect.*think_format_reward") as info:
+        RewardScorer("my-org/think_format")
+    assert isinstance(info.value.__cause__, OSError)

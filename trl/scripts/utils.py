@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -18,6 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from transformers import HfArgumentParser
+
+# the resolver of reward names lives with the reward functions, so that the trainers resolve `reward_funcs` strings the
+# same way; it stays importable from here
+from ..rewards._resolve import resolve_reward_funcs
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
@@ -794,109 +797,6 @@ def _split(dataset, name: str, what: str):
             f"`--dataset_{what}_split`" + (", or set `--eval_strategy no`." if what == "test" else ".")
         )
     return dataset[name]
-
-
-def _trl_reward_names() -> tuple[list[str], list[str]]:
-    """The plain reward functions of `trl.rewards` and its factories (`get_*`, which build a reward function)."""
-    from trl import rewards
-
-    functions = [name for name in rewards.__all__ if not name.startswith("get_")]
-    factories = [name for name in rewards.__all__ if name.startswith("get_")]
-    return functions, factories
-
-
-def _accepted_forms() -> str:
-    functions, _ = _trl_reward_names()
-    return (
-        f"Each --reward_funcs value is a function of trl.rewards ({', '.join(functions)}); a dotted path "
-        "`module.function` to your own reward function (e.g. `my_rewards.my_reward` for a my_rewards.py in the "
-        "current directory); or a Hub id or local folder of a sequence-classification reward model (e.g. "
-        "`org/reward-model`)."
-    )
-
-
-def _factory_error(name: str) -> ValueError:
-    return ValueError(
-        f"--reward_funcs {name!r} is a factory that builds a reward function from parameters, not a reward function. "
-        f"Wrap it in a module function: e.g. put `my_reward = {name.rsplit('.', 1)[-1]}(...)` (with your parameters) "
-        "in my_rewards.py in the current directory and pass `--reward_funcs my_rewards.my_reward`."
-    )
-
-
-def _import_reward_func(path: str):
-    """Import `package.module.function`, with the current directory importable (as for `python my_script.py`)."""
-    from trl import rewards
-
-    module_name, attribute = path.rsplit(".", 1)
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        missing = error.name or ""
-        if not (module_name == missing or module_name.startswith(missing + ".")):
-            raise  # the module was found, but one of its own imports is missing
-        raise ValueError(
-            f"--reward_funcs {path!r}: there is no module {module_name!r} in the current directory ({cwd}) or the "
-            f"installed packages. {_accepted_forms()}"
-        ) from None
-    func = getattr(module, attribute, None)
-    if func is None:
-        raise ValueError(
-            f"--reward_funcs {path!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
-            f"{attribute!r}."
-        )
-    _, factories = _trl_reward_names()
-    if any(func is getattr(rewards, name) for name in factories):
-        raise _factory_error(path)
-    if not callable(func):
-        raise TypeError(f"--reward_funcs {path!r} is a {type(func).__name__}, not a function.")
-    return func
-
-
-def resolve_reward_funcs(names: list[str] | None, reward_model_name_or_path: str | None = None) -> list[Any]:
-    """Turn the `--reward_funcs` strings of `trl grpo`/`trl rloo` into the trainer's `reward_funcs`.
-
-    Each name is, in this order:
-    - the name of a plain reward function of `trl.rewards` (its factories, `get_*`, need parameters and are rejected);
-    - a Hub id or local folder of a sequence-classification model (has a `/`, or is an existing folder): kept as a
-      string, which the trainer loads;
-    - a dotted path `package.module.function`, imported with the current directory on `sys.path`.
-
-    Args:
-        names (`list[str]`, *optional*): the `--reward_funcs` values.
-        reward_model_name_or_path (`str`, *optional*): a reward model, put first.
-
-    Returns:
-        `list`: callables and model ids/paths, in order.
-
-    Raises:
-        `ValueError`: an unknown name, a factory, or a dotted path whose module or function does not exist.
-        `TypeError`: a dotted path that names something that is not callable.
-
-    Example:
-        ```python
-        >>> resolve_reward_funcs(["think_format_reward", "org/reward-model"])
-        [<function think_format_reward at ...>, 'org/reward-model']
-        ```
-    """
-    from trl import rewards
-
-    functions, factories = _trl_reward_names()
-    resolved: list[Any] = [reward_model_name_or_path] if reward_model_name_or_path else []
-    for name in names or []:
-        if name in functions:
-            resolved.append(getattr(rewards, name))
-        elif name in factories:
-            raise _factory_error(name)
-        elif "/" in name or Path(name).expanduser().is_dir():
-            resolved.append(name)
-        elif "." in name and all(part.isidentifier() for part in name.split(".")):
-            resolved.append(_import_reward_func(name))
-        else:
-            raise ValueError(f"Unknown reward function {name!r} in --reward_funcs. {_accepted_forms()}")
-    return resolved
 
 
 def script_trainer_kwargs(

@@ -196,7 +196,8 @@ class _OnlineTrainer(_BaseTrainer):
         self._off_policy = cycle > args.gradient_accumulation_steps or args.gradient_accumulation_steps % cycle != 0
         self._buffer: list[Rollout] = []
         self._buffer_position = 0  # micro-batches served since the start of training
-        self._guard_counts = {"truncated": 0, "zero_std": 0, "mostly_truncated": 0, "mostly_zero_std": 0}
+        self._guard_counts = {"no_signal": 0, "truncated": 0, "zero_std": 0, "mostly_truncated": 0,
+                              "mostly_zero_std": 0}
         self._zero_gradient_steps = None  # the rollout guards judge whole generation batches instead
         self.rollout_func = getattr(self, "rollout_func", None)  # GRPOTrainer sets it before this runs
         self._completions_table: dict | None = None  # the last generation batch, for `log_completions`
@@ -488,45 +489,74 @@ class _OnlineTrainer(_BaseTrainer):
         return torch.nansum(rewards * self.reward_scorer.weights.to(rewards.device), dim=1)
 
     def _check_rollout_guards(self, rollout: Rollout, all_rewards: torch.Tensor) -> None:
-        """Generation batches that teach nothing, `guard_patience` in a row: every completion truncated or every group
-        with one reward stops the run (a warning with guards=False); 90% or more of them is warned about."""
+        """Judge each generation batch (`all_rewards`: gathered over processes) and count streaks of bad ones.
+
+        - No gradient signal left, `guard_patience` batches in a row, stops the run (a warning with guards=False): no
+          group of completions both differs in reward and has a token in the loss (every group got one reward, or
+          every loss token is masked, e.g. all truncated with `mask_truncated_completions=True`).
+        - Every completion truncated while the batch still teaches (e.g. a length reward, or a small model that never
+          ends its answers) is warned about at every batch from the `guard_patience`-th of the streak on: the run
+          learns, but the rewards judge unfinished answers.
+        - 90% or more of the completions truncated, or of the groups with one reward, is warned about once, when the
+          streak reaches `guard_patience` batches.
+        """
         from ..advantages import group_reward_stats
 
-        patience, enforce = self.args.guard_patience, self.args.guards
+        g, patience, enforce = self.args.num_generations, self.args.guard_patience, self.args.guards
         truncated = float(self.accelerator.gather(rollout.is_truncated.float()).mean())
-        _, zero_std = group_reward_stats(self._total_rewards(all_rewards), self.args.num_generations)
-        zero_std = float(zero_std.float().mean())
-        streaks = {"truncated": truncated == 1, "zero_std": zero_std == 1,
+        _, zero_std_groups = group_reward_stats(self._total_rewards(all_rewards), g)  # (N_all / G,)
+        zero_std = float(zero_std_groups.float().mean())
+        has_tokens = self.accelerator.gather((self._loss_mask(rollout).sum(-1) > 0).long()).bool()  # (N_all,)
+        # groups hold consecutive rows (and may straddle processes), as in the gathered rewards
+        teaching = has_tokens.view(-1, g).any(-1) & ~zero_std_groups.to(has_tokens.device)
+        streaks = {"no_signal": not bool(teaching.any()), "truncated": truncated == 1, "zero_std": zero_std == 1,
                    "mostly_truncated": truncated >= _MOSTLY, "mostly_zero_std": zero_std >= _MOSTLY}
         for key, bad in streaks.items():
             self._guard_counts[key] = self._guard_counts.get(key, 0) + 1 if bad else 0
+        length = f"max_completion_length={self.args.max_completion_length}"
         length_fix = (
             "Raise max_completion_length, start from a model that ends its answers (e.g. after SFT), or check that "
             f"the eos ids {list(self.sampling.eos_token_ids)} are the ones the model emits."
         )
         reward_fix = "Use a reward with partial credit, easier prompts, more num_generations or a higher temperature."
-        if self._guard_counts["truncated"] == patience:
-            guards.report(
-                f"Every completion of the last {patience} generation batches hit max_completion_length="
-                f"{self.args.max_completion_length} without an end-of-sequence token: the rewards judge unfinished "
-                "answers and the model is never shown how to stop.", f"{length_fix} guards=False only warns.", enforce,
+        if self._guard_counts["no_signal"] == patience:
+            masked = getattr(self.args, "mask_truncated_completions", False)
+            if zero_std == 1:
+                problem = (f"In each of the last {patience} generation batches every group of {g} completions got the "
+                           "same reward, so every advantage is 0 and nothing is learned.")
+                fix = reward_fix
+            elif not bool(has_tokens.any()):
+                problem = (f"In each of the last {patience} generation batches no completion token enters the loss"
+                           + (f": every completion hit {length} and mask_truncated_completions=True leaves truncated "
+                              "completions out of the loss, so nothing is learned." if masked and truncated == 1
+                              else ", so nothing is learned."))
+                fix = f"{length_fix} Or turn mask_truncated_completions off."
+            else:
+                problem = (f"In each of the last {patience} generation batches no group of {g} completions has both "
+                           "different rewards and a token in the loss"
+                           + (" (truncated completions are masked by mask_truncated_completions=True)" if masked else "")
+                           + ", so nothing is learned.")
+                fix = f"{length_fix} {reward_fix}"
+            guards.report(problem, f"{fix} guards=False only warns.", enforce)
+            return
+        if self._guard_counts["truncated"] >= patience:
+            # the run still learns, so it goes on; it is said at every batch, since the rewards judge unfinished answers
+            warnings.warn(
+                f"Every completion of the last {self._guard_counts['truncated']} generation batches hit {length} "
+                "without an end-of-sequence token: the rewards judge unfinished answers and the model is never shown "
+                "how to stop. The rewards still vary and the loss has tokens, so training goes on (this warning "
+                f"repeats at every generation batch while it lasts). {length_fix}", stacklevel=2,
             )
         elif self._guard_counts["mostly_truncated"] == patience:
             warnings.warn(
                 f"At least {_MOSTLY:.0%} of the completions in each of the last {patience} generation batches "
-                f"({truncated:.0%} in the last) hit max_completion_length={self.args.max_completion_length}: the "
-                f"rewards mostly judge unfinished answers. {length_fix}", stacklevel=2,
+                f"({truncated:.0%} in the last) hit {length}: the rewards mostly judge unfinished answers. "
+                f"{length_fix}", stacklevel=2,
             )
-        if self._guard_counts["zero_std"] == patience:
-            guards.report(
-                f"In each of the last {patience} generation batches every group of {self.args.num_generations} "
-                "completions got the same reward, so every advantage is 0 and nothing is learned.",
-                f"{reward_fix} guards=False only warns.", enforce,
-            )
-        elif self._guard_counts["mostly_zero_std"] == patience:
+        if self._guard_counts["mostly_zero_std"] == patience and zero_std < 1:
             warnings.warn(
                 f"In the last {patience} generation batches at least {_MOSTLY:.0%} of the groups of "
-                f"{self.args.num_generations} completions got one reward each (last batch: {zero_std:.0%}; "
+                f"{g} completions got one reward each (last batch: {zero_std:.0%}; "
                 "`frac_reward_zero_std`): their advantages are 0, so most of each batch teaches nothing. "
                 f"{reward_fix}", stacklevel=2,
             )

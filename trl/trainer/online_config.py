@@ -77,8 +77,9 @@ class _OnlineConfig(_BaseConfig):
         > Guards
 
         guards (`bool`, *optional*, defaults to `True`): stop runs that would learn nothing (False: only warn).
-        guard_patience (`int`, *optional*, defaults to `10`): generation batches in a row with every completion
-            truncated, or with zero reward variance in every group, before the guard stops the run.
+        guard_patience (`int`, *optional*, defaults to `10`): generation batches in a row with no gradient signal
+            left (zero reward variance in every group, or every loss token masked) before the guard stops the run.
+            Every completion truncated while the rewards still vary is warned about at each batch from this one on.
     """
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
@@ -158,8 +159,9 @@ class _OnlineConfig(_BaseConfig):
     guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (False: only warn)."})
     guard_patience: int = field(
         default=10,
-        metadata={"help": "Generation batches in a row with every completion truncated or zero reward variance in "
-                          "every group before the guard stops the run."},
+        metadata={"help": "Generation batches in a row with no gradient signal left (zero reward variance in every "
+                          "group, or every loss token masked) before the guard stops the run; every completion "
+                          "truncated while the rewards vary is warned about at each batch from this one on."},
     )
 
     def __post_init__(self):

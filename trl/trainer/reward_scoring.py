@@ -4,16 +4,20 @@
 [`RewardScores`] record: an `(N, R)` reward matrix (NaN where a function abstained) plus whatever the functions logged.
 
 Three kinds of reward function may be mixed:
-- a reward model given as a hub id or local folder (`str`), loaded as `AutoModelForSequenceClassification` with
-  `num_labels=1`;
-- a sequence-classification `PreTrainedModel`; the reward is `logits[:, 0]` on prompt + completion (the reward
-  tokenizer's chat template is applied to conversational data), padded on the right;
 - a Python callable, sync or async. Sync callables (and reward models) run in order in the calling thread; async ones
   all run concurrently on one persistent daemon event-loop thread, started before the sync ones so that both overlap.
+  It may be given by name (`str`), resolved as the `trl grpo` command resolves `--reward_funcs`: the name of a function
+  of `trl.rewards` (e.g. `"think_format_reward"`) or a dotted path `module.function`;
+- a reward model given as a Hub id (`org/name`) or local folder (`str`), loaded as `AutoModelForSequenceClassification`
+  with `num_labels=1`;
+- a sequence-classification `PreTrainedModel`; the reward is `logits[:, 0]` on prompt + completion (the reward
+  tokenizer's chat template is applied to conversational data), padded on the right.
 
-Values returned by callables: `None` and `float("nan")` both mean "no reward for this completion" and become NaN (the
-function is left out of that completion's sum); `±inf` is rejected, because one infinite reward would turn every
-advantage of its group into NaN.
+Values returned by callables: `None` means "no reward for this completion" and becomes NaN (the function is left out
+of that completion's sum). A NaN is left out the same way but is usually a bug (0/0, a NaN model output), so it is
+warned about, naming the function and the rows; a batch in which no function gave a usable reward to any completion
+and some function returned NaN is an error. `±inf` is rejected, because one infinite reward would turn every advantage
+of its group into NaN.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import torch
 
 from ..data.conversation import is_conversational
 from ..models import loading
+from ..rewards._resolve import accepted_forms, resolve_reward_func
 
 __all__ = ["RewardScorer", "RewardScores"]
 
@@ -79,11 +84,14 @@ class RewardScorer:
 
     Args:
         reward_funcs (`str`, `PreTrainedModel`, `Callable` or a `list` of them):
-            The reward functions. A `str` is a hub id or local folder loaded with `AutoModelForSequenceClassification`
-            (`num_labels=1`, `model_init_kwargs`, `trust_remote_code`). Models (loaded or given) are put in eval mode
-            and frozen. A callable is called as
+            The reward functions. A `str` is, in this order: the name of a function of `trl.rewards` (e.g.
+            `"think_format_reward"`); an existing local folder; a dotted path `module.function` to a function
+            (imported with the current directory importable); or a Hub id `org/name`. Folders and Hub ids are loaded
+            with `AutoModelForSequenceClassification` (`num_labels=1`, `model_init_kwargs`, `trust_remote_code`).
+            Models (loaded or given) are put in eval mode and frozen. A callable is called as
             `f(prompts=, completions=, completion_ids=, trainer_state=, log_extra=, log_metric=, **columns)` and must
-            return one value per completion: a number, or `None` for "no reward" (`float("nan")` means the same).
+            return one value per completion: a number, or `None` for "no reward" (a NaN is treated the same, with a
+            warning).
         reward_weights (`list[float]`, *optional*):
             One weight per reward function; defaults to all ones.
         reward_processing_classes (`PreTrainedTokenizerBase` or `list`, *optional*):
@@ -105,14 +113,17 @@ class RewardScorer:
         weights (`torch.Tensor`): `(R,)` float32.
 
     Raises:
-        `ValueError`: no reward function; `reward_weights` or `reward_processing_classes` of the wrong length.
+        `ValueError`: no reward function; `reward_weights` or `reward_processing_classes` of the wrong length; a
+            string that is no built-in reward name, importable dotted path, local folder or Hub id (the message lists
+            the built-in names).
+        `OSError` / `ValueError`: a Hub id that fails to load (the message adds the built-in names).
         `TypeError`: an element of `reward_funcs` that is not a `str`, a `PreTrainedModel` or a callable.
 
     Example:
         ```python
         >>> def short(completions, **kwargs):
         ...     return [-float(len(c)) for c in completions]
-        >>> scorer = RewardScorer([short, "path/to/reward-model"], reward_weights=[0.1, 1.0])
+        >>> scorer = RewardScorer([short, "org/reward-model"], reward_weights=[0.1, 1.0])
         >>> scores = scorer.score(["2+2="], [" 4"], [[19]], columns={})
         >>> scores.rewards.shape, scorer.names
         (torch.Size([1, 2]), ['short', 'reward-model'])
@@ -132,6 +143,8 @@ class RewardScorer:
     ):
         self.trainer_name = trainer_name
         funcs = _as_list(reward_funcs, trainer_name)
+        # names of functions become the functions before anything else looks at them (a string is a model otherwise)
+        funcs = [resolve_reward_func(f, f"reward_funcs[{i}]") if isinstance(f, str) else f for i, f in enumerate(funcs)]
         tokenizers = _align_processing_classes(reward_processing_classes, funcs)
         model_init_kwargs = dict(model_init_kwargs or {})
 
@@ -191,14 +204,16 @@ class RewardScorer:
             trainer_state (`TrainerState`, *optional*): passed to callables as `trainer_state`.
 
         Returns:
-            [`RewardScores`]. Warns once if some completions got no reward from any function (their advantage will
-            be 0).
+            [`RewardScores`]. Warns once per function that returned NaN (naming it and the first rows), and once if
+            some completions got no reward from any function (their advantage will be 0).
 
         Raises:
             `RuntimeError`: a reward function raised (the original exception is chained).
-            `TypeError` / `ValueError`: a function returned something other than one finite number or `None` per
+            `TypeError` / `ValueError`: a function returned something other than one finite number, NaN or `None` per
                 completion, or logged a column of the wrong length; inputs of different lengths; a column with a
                 reserved name.
+            `ValueError`: no function with a non-zero weight gave a usable reward to any completion, and at least one
+                of them returned NaN.
         """
         columns = dict(columns or {})
         n = len(prompts)
@@ -229,15 +244,42 @@ class RewardScorer:
             for future in pending.values():
                 future.cancel()  # only those still running after an error elsewhere
 
-        rewards = torch.tensor(results, dtype=torch.float32).T.contiguous()  # (N, R)
+        nan_rows = {i: [j for j, value in enumerate(values) if value is not None and math.isnan(value)]
+                    for i, values in enumerate(results)}
+        nan_rows = {i: rows for i, rows in nan_rows.items() if rows}
+        rewards = torch.tensor([[math.nan if value is None else value for value in values] for values in results],
+                               dtype=torch.float32).T.contiguous()  # (N, R)
+        self._check_nan(rewards, nan_rows)
         unscored = int(torch.isnan(rewards).all(dim=1).sum())
         if unscored:
             warnings.warn(
-                f"{unscored} of {n} completions got no reward: every reward function returned None for them, so their "
-                "advantage will be 0.",
+                f"{unscored} of {n} completions got no reward: every reward function returned None (or NaN) for them, "
+                "so their advantage will be 0.",
                 stacklevel=2,
             )
         return RewardScores(rewards=rewards, extra_columns=log.columns, metrics=log.metrics)
+
+    def _check_nan(self, rewards: torch.Tensor, nan_rows: dict[int, list[int]]) -> None:
+        """Name each function that returned NaN and its rows; stop when the batch holds no usable reward at all."""
+        n = rewards.shape[0]
+        weighted = self.weights != 0
+        usable = ~torch.isnan(rewards[:, weighted])
+        if not usable.any() and any(weighted[i] for i in nan_rows):
+            found = "; ".join(f"{self._describe(i)} returned NaN for rows {_first_rows(rows)}"
+                              for i, rows in nan_rows.items())
+            raise ValueError(
+                f"Every reward of this batch of {n} completions is NaN or None: no reward function with a non-zero "
+                f"weight gave a usable reward, so nothing can be learned ({found}). A NaN usually comes from a bug in "
+                "the reward (0/0, log(0), NaN inputs or a NaN model output); fix it, and return None only for "
+                "completions that should stay unscored."
+            )
+        for i, rows in nan_rows.items():
+            warnings.warn(
+                f"{self._describe(i)} returned NaN for {len(rows)} of {n} completions (rows {_first_rows(rows)}); they "
+                "get no reward from it, as with None. A NaN usually means a bug in the reward (0/0, log(0), NaN inputs "
+                "or a NaN model output); return None to leave a completion unscored on purpose.",
+                stacklevel=3,
+            )
 
     # ---- calling the functions -------------------------------------------------------------------------------------
 
@@ -266,8 +308,8 @@ class RewardScorer:
         except Exception as error:
             raise RuntimeError(f"{self._describe(i)} raised {type(error).__name__}: {error}") from error
 
-    def _validated(self, i: int, result: Any, n: int) -> list[float]:
-        """`result` as `n` floats (NaN for None/NaN), or a TypeError/ValueError that names the function."""
+    def _validated(self, i: int, result: Any, n: int) -> list[float | None]:
+        """`result` as `n` floats or None, or a TypeError/ValueError that names the function."""
         what = self._describe(i)
         if isinstance(result, torch.Tensor) or type(result).__module__ == "numpy":
             if getattr(result, "ndim", None) != 1:
@@ -288,6 +330,9 @@ class RewardScorer:
             )
         values = []
         for j, value in enumerate(result):
+            if value is None:
+                values.append(None)
+                continue
             value = _as_float(value)
             if value is _NOT_A_NUMBER:
                 raise TypeError(
@@ -351,7 +396,16 @@ def _reward_model(func, tokenizer, index: int, model_init_kwargs: dict, trust_re
         kwargs = dict(model_init_kwargs)
         kwargs.setdefault("trust_remote_code", trust_remote_code)
         revision = kwargs.get("revision")
-        model = loading.create_reward_model_from_path(func, **kwargs)
+        try:
+            model = loading.create_reward_model_from_path(func, **kwargs)
+        except (OSError, ValueError) as error:
+            if Path(func).expanduser().is_dir():
+                raise  # a local folder: its own error says what is wrong with it
+            # a Hub id that does not load may be a misspelt reward function name
+            raise (ValueError if isinstance(error, ValueError) else OSError)(
+                f"{func!r} (reward_funcs[{index}]) could not be loaded as a reward model ({type(error).__name__}: "
+                f"{error}). {accepted_forms()}"
+            ) from error
     else:
         model = func
         if model.can_generate():
@@ -488,6 +542,11 @@ def _score_with_model(reward_model: _RewardModel, prompts: list, completions: li
     return logits[:, 0].float().cpu().tolist()
 
 
+def _first_rows(rows: list[int], limit: int = 5) -> str:
+    """`[0, 1, 2, 3, 4, ...]`: the first `limit` row indices, and an ellipsis when there are more."""
+    return "[" + ", ".join([str(row) for row in rows[:limit]] + (["..."] if len(rows) > limit else [])) + "]"
+
+
 def _messages(value: Any, role: str = "user") -> list[dict]:
     """A message list as is; a plain string (e.g. a text completion next to a conversational prompt) as one message."""
     return list(value) if isinstance(value, (list, tuple)) else [{"role": role, "content": value}]
@@ -497,9 +556,7 @@ _NOT_A_NUMBER = object()
 
 
 def _as_float(value: Any) -> Any:
-    """An allowed reward value as a float (None -> NaN), or `_NOT_A_NUMBER`."""
-    if value is None:
-        return math.nan
+    """An allowed (not None) reward value as a float, or `_NOT_A_NUMBER`."""
     if isinstance(value, torch.Tensor):
         if value.ndim != 0 or value.is_complex():
             return _NOT_A_NUMBER
