@@ -12,7 +12,11 @@ A format is a pair (kind, conversational). Kinds:
 | `prompt_only`         | `prompt`                                  |
 | `tokenized`           | `input_ids` (+ `labels`/`completion_mask`/`assistant_masks`) |
 
-ShareGPT rows (`conversations` of `from`/`value` dicts) are converted to ChatML `messages` before detection.
+ShareGPT rows (`conversations` of `from`/`value` dicts) are converted to ChatML `messages` before detection, with
+ShareGPT's `human`/`gpt` speakers renamed to the `user`/`assistant` roles.
+
+Before any of that, `check_dataset` checks the object itself (a `Dataset`, not a list of rows; no image column), and
+`check_example_types` checks every row as it is tokenised, naming the row and column of a bad value.
 """
 
 from __future__ import annotations
