@@ -198,7 +198,6 @@ class _OnlineTrainer(_BaseTrainer):
         self._buffer_position = 0  # micro-batches served since the start of training
         self._guard_counts = {"no_signal": 0, "truncated": 0, "zero_std": 0, "mostly_truncated": 0,
                               "mostly_zero_std": 0}
-        self._zero_gradient_steps = None  # the rollout guards judge whole generation batches instead
         self.rollout_func = getattr(self, "rollout_func", None)  # GRPOTrainer sets it before this runs
         self._completions_table: dict | None = None  # the last generation batch, for `log_completions`
         self._step_started = None
