@@ -1,7 +1,7 @@
 """Chat-template tools: clone a template between tokenizers, check what a template can train on, patch it with
 `{% generation %}` markers, and parse generated tool calls.
 
-Our data path computes assistant masks from the template itself (DESIGN principle 1): `{% generation %}` markers when
+Our data path computes assistant masks from the template itself (docs/design.md §1): `{% generation %}` markers when
 the template has them, otherwise the turn-by-turn prefix method of `trl.data.tokenize`. The checks here therefore ask
 the same questions that path needs answered: is the template prefix-preserving, and does the mask cover the token that
 ends an assistant turn? Patched templates are only returned after they render byte-identically to the original.

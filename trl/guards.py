@@ -1,4 +1,4 @@
-"""Checks that stop a run which would learn nothing, and say how to fix it (DESIGN principle 4).
+"""Checks that stop a run which would learn nothing, and say how to fix it (docs/design.md §4).
 
 Each check either raises `TrainingWillNotLearnError` (when the config's `guards` is on, the default) or warns. The
 messages say what was found, in numbers, and what to change.

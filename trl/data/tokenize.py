@@ -1,4 +1,4 @@
-"""Token-exact tokenisation with loss masks, computed from the chat template itself (DESIGN principle 1).
+"""Token-exact tokenisation with loss masks, computed from the chat template itself (docs/design.md §1).
 
 Masks of conversational data come from, in this order:
 1. `{% generation %}` markers in the template (`return_assistant_tokens_mask`), when present;

@@ -1,4 +1,4 @@
-"""Generation backends for the online trainers (DESIGN principle 5)."""
+"""Generation backends for the online trainers (docs/design.md §5)."""
 
 from .base import GenerationBackend, SamplingConfig
 from .transformers_backend import TransformersBackend

@@ -1,4 +1,4 @@
-"""The generation interface (DESIGN principle 5): a backend turns prompt token ids into a [`Rollout`].
+"""The generation interface (docs/design.md §5): a backend turns prompt token ids into a [`Rollout`].
 
 The trainer picks a backend once, in `__init__`; nothing else branches on which one it is.
 """

@@ -1,4 +1,4 @@
-"""The embedded generation backend: sampling with the training model itself through transformers (DESIGN principle 5).
+"""The embedded generation backend: sampling with the training model itself through transformers (docs/design.md §5).
 
 Why not `model.generate`: an online step samples `n` completions of each prompt. `generate` with the prompts repeated
 `n` times prefills every prompt `n` times, keeps finished rows in the batch until the longest one ends, materialises

@@ -566,7 +566,7 @@ DPO_LOSSES: dict[str, LossFn] = {
     "sigmoid_norm": sigmoid_norm_loss,
 }
 
-# Loss types that accept a non-default `f_divergence_type` (API.md §2.2): the ones built on the margin s_c − s_r.
+# Loss types that accept a non-default `f_divergence_type`: the ones built on the margin s_c − s_r.
 F_DIVERGENCE_LOSSES = frozenset({"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"})
 
 # Ranks of a sorted batch are not rows, so a per-row WPO weight has nothing to multiply.

@@ -26,8 +26,8 @@ def bradley_terry_loss(
     - The margin `m` (Llama 2, https://huggingface.co/papers/2307.09288, eq. 2) asks for a larger reward gap on pairs
       whose preference is stronger.
     - The centring term (https://huggingface.co/papers/2312.09244) pulls each pair's rewards towards zero mean, since
-      the Bradley-Terry likelihood alone does not fix their offset; averaged over rows it is API.md's
-      `c · mean((r_c + r_r)²)`.
+      the Bradley-Terry likelihood alone does not fix their offset; averaged over rows it is TRL's
+      `center_rewards_coefficient` term, `c · mean((r_c + r_r)²)`.
 
     Args:
         chosen_rewards (`torch.Tensor`): `(B,)` rewards of the chosen sequences (squeeze a `(B, 1)` model output

@@ -1,4 +1,4 @@
-"""Reference models and cached reference log-probs (DESIGN principle 6)."""
+"""Reference models and cached reference log-probs (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ one overridable method is `_count_loss_items` (what a micro-batch's loss is aver
 - the loss-token count of a whole optimiser step (`num_items_in_batch`, see `trl.losses.reduce`);
 - model and processing-class set-up from a string or an object, PEFT wrapping;
 - the reference model of preference trainers (explicit, adapters disabled, a precomputed and cached pass with
-  the initial policy, or an independent frozen copy; DESIGN principle 6);
+  the initial policy, or an independent frozen copy; docs/design.md §6);
 - a NaN/inf guard on the logged loss; a model card written with every save.
 """
 

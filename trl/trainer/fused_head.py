@@ -2,7 +2,7 @@
 
 `add_fused_lm_head(model)` patches the model's `forward`. Called with `fused_lm_head=FusedHeadRequest(...)` it runs
 only the backbone, keeps the hidden states of positions whose (shifted) label is not -100, and projects them through
-the LM head chunk by chunk with `trl.ops` (DESIGN principle 2). Going through `forward` keeps DDP/FSDP wrappers in
+the LM head chunk by chunk with `trl.ops` (docs/design.md §2). Going through `forward` keeps DDP/FSDP wrappers in
 charge, and PEFT models reach the patched method because `PeftModel.forward` calls it with its kwargs.
 """
 

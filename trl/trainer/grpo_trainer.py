@@ -25,7 +25,7 @@ from ..rollout import Rollout
 from .grpo_config import GRPOConfig
 from .online import _OnlineTrainer
 
-# the adaptive entropy controller's state in a checkpoint, under the name API.md gives it (a readable copy: resume
+# the adaptive entropy controller's state in a checkpoint, under TRL's name for it (a readable copy: resume
 # reads the per-process online state, which holds the same values, and falls back to this file)
 ENTROPY_CTRL_FILE = "entropy_ctrl_state.json"
 
@@ -35,8 +35,9 @@ class GRPOTrainer(_OnlineTrainer):
 
     Args:
         model (`str` or `PreTrainedModel` or `PeftModel`): the policy (a hub id / local folder, or a model object).
-        reward_funcs (callable, `str`, `PreTrainedModel`, or a list of them): see API.md §2.3; each returns one
-            float (or None) per completion.
+        reward_funcs (callable, `str`, `PreTrainedModel`, or a list of them): names of `trl.rewards` functions,
+            dotted paths, reward-model ids or folders, or callables `(prompts, completions, **columns)`; each returns
+            one float (or None) per completion.
         args ([`GRPOConfig`], *optional*): configuration; defaults to `GRPOConfig(output_dir="<model>-GRPO")`.
         train_dataset (`datasets.Dataset`): prompts in a `prompt` column (text or messages); other columns reach the
             reward functions as keyword arguments.

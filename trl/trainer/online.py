@@ -707,7 +707,7 @@ class _OnlineTrainer(_BaseTrainer):
             sampler_fn=sampler, is_training=False,
         )
 
-    # ---- checkpoint and resume (DESIGN principle 7) -------------------------------------------------------------
+    # ---- checkpoint and resume (docs/design.md §7) -------------------------------------------------------------
 
     def _online_state(self) -> dict:
         # plain values only (tensors, numbers, strings, lists, dicts): read back with weights_only=True
