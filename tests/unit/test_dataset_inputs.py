@@ -208,3 +208,15 @@ def test_truncated_prompt_completion_text_still_stops():
     rows = [{"prompt": "sort:", "completion": LONG_TEXT}] * 3
     with pytest.raises(TrainingWillNotLearnError, match=r"None of the 3 train rows trains the end-of-turn token"):
         _sft(Dataset.from_list(rows), max_length=16)
+
+
+@pytest.mark.parametrize("row", [
+    {"messages": USER + ASSISTANT},
+    {"prompt": "sort: c a b", "completion": " a b c"},
+    {"prompt": USER, "completion": ASSISTANT},
+], ids=["messages", "prompt-completion", "conversational-prompt-completion"])
+def test_formatting_func_text_is_what_is_trained(row):
+    # the formatted text replaces the row's messages or prompt/completion (it was ignored on messages data)
+    dataset, fmt = _sft(Dataset.from_list([row]), formatting_func=lambda r: "### formatted: sort c a b")
+    assert fmt.describe() == "standard language modeling"
+    assert tiny_tokenizer().decode(dataset[0]["input_ids"]).startswith("### formatted: sort c a b")

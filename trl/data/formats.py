@@ -149,6 +149,9 @@ def check_example_types(example: dict, fmt: DatasetFormat, text_field: str = "te
             )
         return
     keys = [k for k in ("messages", text_field, "prompt", "completion", "chosen", "rejected") if k in example]
+    if fmt.kind == "language_modeling" and not fmt.conversational:
+        # only the text is trained (e.g. the output of formatting_func); prompt/completion columns are left alone
+        keys = [k for k in keys if k in (text_field, "messages")]
     for key in keys:
         value = example[key]
         if (key == "messages" and key != text_field) or (fmt.conversational and key != text_field):

@@ -119,8 +119,8 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
     columns = list(dataset.column_names or _first_row(dataset).keys())
     first = _first_row(dataset)
     fmt = detect_format(columns, first, options.dataset_text_field)
-    if formatting_func is not None and fmt.kind == "prompt_completion":
-        fmt = type(fmt)("language_modeling", False)  # the formatted text replaces prompt/completion
+    if formatting_func is not None:  # the formatted text replaces messages or prompt/completion
+        fmt = type(fmt)("language_modeling", False)
     require_format(fmt, SFT_KINDS, "SFTTrainer", columns)
     check_example_types(first, fmt, options.dataset_text_field, row=0, name=name)
     if fmt.conversational and not getattr(tokenizer, "chat_template", None):
