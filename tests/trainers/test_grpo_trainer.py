@@ -741,7 +741,6 @@ def test_resume_with_reference_sync_restores_the_synced_reference(tmp_path):
         torch.testing.assert_close(ref_resumed[name], value)
 
 
-
 @pytest.mark.parametrize(("cls", "config_cls"), [(GRPOTrainer, GRPOConfig), (RLOOTrainer, RLOOConfig)],
                          ids=["grpo", "rloo"])
 def test_image_column_and_list_of_rows_are_refused(tmp_path, cls, config_cls):

@@ -465,6 +465,8 @@ class _BaseTrainer(Trainer):
         return grad_norm
 
     def _record_gradient(self, norm) -> None:
+        if hasattr(norm, "full_tensor"):  # FSDP2 returns the norm as a DTensor; the flags stay plain tensors
+            norm = norm.full_tensor()
         self._step_watch.record_gradient(norm, self.state.global_step + 1, getattr(self.args, "guards", True))
 
     def _start_step_watch(self) -> None:
