@@ -12,13 +12,23 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pytest
 
 
 OUTCOMES: Counter = Counter()  # outcome -> rows checked in this session (printed by conftest.py)
+
+
+@dataclass
+class Outcome:
+    """What a row's build did, for its `then` check: the value it returned (`None` when it raised), the exception of an
+    `"error"` row, and the messages of the warnings it raised (`"warn"` and `"ok"` rows)."""
+
+    value: Any = None
+    error: BaseException | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -33,6 +43,8 @@ class Case:
         exc (`type`, *optional*, defaults to `ValueError`): the exception class of an `"error"` row (a subclass
             matches too, as with `pytest.raises`).
         warning (`type`, *optional*, defaults to `UserWarning`): the warning class of a `"warn"` row.
+        then (`Callable`, *optional*): `then(env, outcome)`, more assertions once the outcome is checked (e.g. what a
+            run that went ahead kept, or the step a stopped run reached); `outcome` is an [`Outcome`].
     """
 
     id: str
@@ -41,34 +53,43 @@ class Case:
     match: str | None = None
     exc: type[BaseException] = ValueError
     warning: type[Warning] = UserWarning
+    then: Callable[[Any, Outcome], None] | None = None
 
-    def param(self):
-        return pytest.param(self, id=self.id)
-
-
-def error(id: str, build: Callable, match: str, exc: type[BaseException] = ValueError):
-    return Case(id, build, "error", match, exc=exc).param()
+    def param(self, marks=()):
+        return pytest.param(self, id=self.id, marks=marks)
 
 
-def warn(id: str, build: Callable, match: str, warning: type[Warning] = UserWarning):
-    return Case(id, build, "warn", match, warning=warning).param()
+def error(id: str, build: Callable, match: str, exc: type[BaseException] = ValueError, then: Callable | None = None,
+          marks=()):
+    return Case(id, build, "error", match, exc=exc, then=then).param(marks)
 
 
-def ok(id: str, build: Callable):
-    return Case(id, build, "ok").param()
+def warn(id: str, build: Callable, match: str, warning: type[Warning] = UserWarning, then: Callable | None = None,
+         marks=()):
+    return Case(id, build, "warn", match, warning=warning, then=then).param(marks)
+
+
+def ok(id: str, build: Callable, then: Callable | None = None, marks=()):
+    return Case(id, build, "ok", then=then).param(marks)
 
 
 def check(case: Case, env: Any) -> None:
     """Run `case.build(env)` and assert its outcome; an error message must never advise `weights_only=False`."""
+    outcome = Outcome()
     if case.expect == "error":
         with pytest.raises(case.exc, match=case.match) as raised:
             case.build(env)
         assert "weights_only=False" not in str(raised.value)
+        outcome.error = raised.value
     elif case.expect == "warn":
-        with pytest.warns(case.warning, match=case.match):
-            case.build(env)
+        with pytest.warns(case.warning, match=case.match) as caught:
+            outcome.value = case.build(env)
+        outcome.warnings = [str(w.message) for w in caught]
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            case.build(env)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome.value = case.build(env)
+        outcome.warnings = [str(w.message) for w in caught]
+    if case.then is not None:
+        case.then(env, outcome)
     OUTCOMES[case.expect] += 1
