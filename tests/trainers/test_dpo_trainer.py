@@ -1,4 +1,5 @@
-"""DPOTrainer on tiny models: every loss type trains; reference semantics; precompute cache; invariance; errors."""
+"""DPOTrainer on tiny models: every loss type trains; reference semantics; precompute cache; invariance. Bad inputs are
+rows of tests/bad_inputs/test_dpo.py."""
 
 import gc
 import math
@@ -10,7 +11,6 @@ from transformers import TrainerCallback
 
 from trl import DPOConfig, DPOTrainer
 from trl.data.tiny import tiny_task_dataset
-from trl.guards import TrainingWillNotLearnError
 from trl.losses.dpo import DPO_LOSSES, wpo_pair_weights, wpo_weights
 from trl.models.tiny import save_tiny_model, tiny_model, tiny_tokenizer
 
@@ -208,9 +208,6 @@ def test_moe_aux_loss_is_added_and_logged(tmp_path):
     off.train()
     assert "aux_loss" not in off.state.log_history[0]
     assert off.state.log_history[0]["loss"] == pytest.approx(math.log(2), rel=1e-6)
-    with pytest.raises(ValueError, match="not a mixture-of-experts"):
-        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, router_aux_loss_coef=0.1),
-                   train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer())
 
 
 def test_wpo_uses_the_aligned_weights(tmp_path, monkeypatch):
@@ -245,55 +242,6 @@ def test_wpo_uses_the_aligned_weights(tmp_path, monkeypatch):
     assert float(loss) == pytest.approx(math.log(2) * float(expected.mean()), rel=1e-5)
 
 
-class TestBadInputs:
-    def build(self, tmp_path, data, **overrides):
-        return DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, **overrides), train_dataset=data,
-                          processing_class=tiny_tokenizer())
-
-    def test_missing_chosen(self, tmp_path):
-        data = Dataset.from_list([{"prompt": "a", "rejected": "b"}])
-        with pytest.raises(ValueError, match="DPOTrainer does not accept"):
-            self.build(tmp_path, data)
-
-    def test_prompt_and_completion_types_differ(self, tmp_path):
-        data = Dataset.from_list([{"prompt": "hi", "chosen": [{"role": "assistant", "content": "a"}],
-                                   "rejected": [{"role": "assistant", "content": "b"}]}])
-        with pytest.raises(TypeError, match="'prompt'"):
-            self.build(tmp_path, data)
-
-    def test_unknown_loss_type(self, tmp_path):
-        with pytest.raises(ValueError, match="sigmoidd"):
-            _config(tmp_path, loss_type="sigmoidd")
-
-    def test_loss_weights_of_the_wrong_length(self, tmp_path):
-        with pytest.raises(ValueError, match="loss_weights"):
-            _config(tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1.0])
-
-    def test_ref_model_is_the_policy(self, tmp_path):
-        model = tiny_model(**SMALL)
-        with pytest.raises(ValueError, match="policy object itself"):
-            DPOTrainer(model=model, ref_model=model, args=_config(tmp_path),
-                       train_dataset=tiny_task_dataset("preference", num_rows=4), processing_class=tiny_tokenizer())
-
-    def test_identical_chosen_and_rejected(self, tmp_path):
-        data = Dataset.from_list([{"prompt": "q", "chosen": " same", "rejected": " same"},
-                                  {"prompt": "q", "chosen": " yes", "rejected": " no"}])
-        with pytest.raises(TrainingWillNotLearnError, match="identical chosen and rejected"):
-            self.build(tmp_path, data)
-        with pytest.warns(UserWarning, match="identical chosen and rejected"):
-            trainer = self.build(tmp_path, data, guards=False)
-        assert len(trainer.train_dataset) == 1
-
-    def test_prompt_fills_max_length(self, tmp_path):
-        data = Dataset.from_list([{"prompt": "word " * 40, "chosen": " yes", "rejected": " no"}])
-        with pytest.raises(TrainingWillNotLearnError, match="prompt of at least max_length=16"):
-            self.build(tmp_path, data, max_length=16)
-
-    def test_sync_with_precompute(self, tmp_path):
-        with pytest.raises(ValueError, match="sync_ref_model"):
-            _config(tmp_path, sync_ref_model=True, precompute_ref_log_probs=True)
-
-
 @pytest.mark.parametrize("ld_alpha", [None, 0.5])
 def test_padding_free_equals_padded(tmp_path, ld_alpha):
     """One flat row per batch (sequences separated by position_ids) gives the padded loss and gradient."""
@@ -313,36 +261,6 @@ def test_precompute_runs_at_the_training_precision(tmp_path, monkeypatch):
                          train_dataset=tiny_task_dataset("preference", num_rows=8))
     trainer.train()
     assert trainer.state.log_history[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-7)
-
-
-@pytest.mark.parametrize(("rows", "error", "match"), [
-    ([{"prompt": "2+2=", "chosen": " 4", "rejected": " 5", "images": []}] * 2, ValueError,
-     r"DPOTrainer got an 'images' column in its train dataset, but it trains Qwen3ForCausalLM .*on text only"),
-    ([{"prompt": "2+2=", "chosen": " 4", "rejected": " 5"}, {"prompt": "3+3=", "chosen": None, "rejected": " 5"}],
-     TypeError, r"Row 1 of the train dataset is malformed\. Column 'chosen' must hold strings"),
-    ([{"prompt": [{"role": "user", "content": "2+2="}], "chosen": [{"role": "assistant"}],
-       "rejected": [{"role": "assistant", "content": "5"}]}], ValueError,
-     r"Row 0 of the train dataset: message 0 of column 'chosen' has no 'content'"),
-], ids=["image", "none-chosen", "no-content"])
-def test_bad_rows_are_named(tmp_path, rows, error, match):
-    with pytest.raises(error, match=match):
-        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path), train_dataset=Dataset.from_list(rows),
-                   processing_class=tiny_tokenizer())
-
-
-def test_list_of_dicts_is_a_type_error(tmp_path):
-    rows = [{"prompt": "2+2=", "chosen": " 4", "rejected": " 5"}]
-    with pytest.raises(TypeError, match=r"got a list of 1 dicts as its eval dataset.*Dataset\.from_list\(rows\)"):
-        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path), train_dataset=Dataset.from_list(rows),
-                   eval_dataset=rows, processing_class=tiny_tokenizer())
-
-
-def test_partial_reference_columns_are_an_error(tmp_path):
-    data = tiny_task_dataset("preference", num_rows=4)
-    data = data.add_column("ref_chosen_logps", [0.0] * 4)
-    with pytest.raises(ValueError, match="ref_rejected_logps"):
-        DPOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, precompute_ref_log_probs=True),
-                   train_dataset=data, processing_class=tiny_tokenizer())
 
 
 def test_peft_model_input_keeps_its_adapter_as_the_reference(tmp_path):

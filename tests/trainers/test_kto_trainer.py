@@ -1,12 +1,12 @@
 """KTOTrainer on tiny models: both loss types on unpaired and paired data; the loss against a hand computation;
-reference semantics (copy, PEFT, sync, precompute cache); KL pairing; bad inputs."""
+reference semantics (copy, PEFT, sync, precompute cache); KL pairing. Bad inputs are rows of
+tests/bad_inputs/test_kto.py."""
 
 import gc
 import math
 
 import pytest
 import torch
-from datasets import Dataset
 from transformers import TrainerCallback
 
 from trl import KTOConfig, KTOTrainer
@@ -192,15 +192,6 @@ def test_kl_completion_of_row_i_is_the_completion_of_row_i_plus_1(tmp_path):
     assert tokenizer.decode(unpaired[0]["completion_ids"]).endswith("<|im_end|>")
 
 
-def test_one_sided_data_warns_but_trains(tmp_path):
-    data = tiny_task_dataset("unpaired_preference", num_rows=8).filter(lambda row: row["label"])
-    with pytest.warns(UserWarning, match="Every one of the 4 train rows is desirable"):
-        trainer = KTOTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path, max_steps=1),
-                             train_dataset=data, processing_class=tiny_tokenizer())
-    trainer.train()
-    assert "rewards/rejected" not in trainer.state.log_history[0]  # no undesirable row: the side is not logged
-
-
 def test_moe_aux_loss_is_added_and_logged(tmp_path):
     """Step 1: policy == reference, so the KTO loss is λ·σ(0) = 0.5 per row and the logged loss is 0.5 plus
     coef * aux_loss."""
@@ -211,62 +202,6 @@ def test_moe_aux_loss_is_added_and_logged(tmp_path):
     first = trainer.state.log_history[0]
     assert first["aux_loss"] > 0
     assert first["loss"] == pytest.approx(0.5 + 0.01 * first["aux_loss"], rel=1e-5)
-    with pytest.raises(ValueError, match="not a mixture-of-experts"):
-        KTOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path, router_aux_loss_coef=0.1),
-                   train_dataset=tiny_task_dataset("unpaired_preference", num_rows=4),
-                   processing_class=tiny_tokenizer())
-
-
-class TestBadInputs:
-    def build(self, tmp_path, data, **kwargs):
-        return KTOTrainer(model=tiny_model(**SMALL), args=_config(tmp_path), train_dataset=data,
-                          processing_class=tiny_tokenizer(), **kwargs)
-
-    def test_missing_label(self, tmp_path):
-        data = tiny_task_dataset("conversational_prompt_completion", num_rows=2)
-        with pytest.raises(ValueError, match=r"missing \['label'\]"):
-            self.build(tmp_path, data)
-
-    def test_image_column(self, tmp_path):
-        data = Dataset.from_list([{"prompt": "q", "completion": " a", "label": True, "image": None}])
-        with pytest.raises(ValueError, match=r"KTOTrainer got an 'image' column in its train dataset, but it trains "
-                                             r"Qwen3ForCausalLM.*remove the 'image' column"):
-            self.build(tmp_path, data)
-
-    def test_list_of_dicts(self, tmp_path):
-        with pytest.raises(TypeError, match=r"KTOTrainer got a list of 1 dicts as its train dataset"):
-            self.build(tmp_path, [{"prompt": "q", "completion": " a", "label": True}])
-
-    def test_none_completion_of_paired_data_names_the_pair(self, tmp_path):
-        data = Dataset.from_list([{"prompt": "q", "chosen": " a", "rejected": " b"},
-                                  {"prompt": "q", "chosen": " a", "rejected": None}])
-        with pytest.raises(TypeError, match=r"Row 1 of the train dataset is malformed\. Column 'rejected'"):
-            self.build(tmp_path, data)
-
-    def test_label_of_the_wrong_type(self, tmp_path):
-        data = Dataset.from_list([{"prompt": "q", "completion": " a", "label": "yes"}])
-        with pytest.raises(TypeError, match="'label' must hold booleans"):
-            self.build(tmp_path, data)
-
-    def test_unknown_loss_type(self, tmp_path):
-        with pytest.raises(ValueError, match=r"'ktoo'; allowed: \['apo_zero_unpaired', 'kto'\]"):
-            _config(tmp_path, loss_type="ktoo")
-
-    @pytest.mark.parametrize("field", ["desirable_weight", "undesirable_weight", "beta"])
-    def test_non_positive_weights(self, tmp_path, field):
-        with pytest.raises(ValueError, match=f"`{field}` must be > 0"):
-            _config(tmp_path, **{field: 0.0})
-
-    def test_sync_with_precompute(self, tmp_path):
-        with pytest.raises(ValueError, match="sync_ref_model"):
-            _config(tmp_path, sync_ref_model=True, precompute_ref_log_probs=True)
-
-    def test_ref_model_is_the_policy(self, tmp_path):
-        model = tiny_model(**SMALL)
-        with pytest.raises(ValueError, match="policy object itself"):
-            KTOTrainer(model=model, ref_model=model, args=_config(tmp_path),
-                       train_dataset=tiny_task_dataset("unpaired_preference", num_rows=2),
-                       processing_class=tiny_tokenizer())
 
 
 class _GradCatcher(TrainerCallback):
