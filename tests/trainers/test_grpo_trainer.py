@@ -1,10 +1,10 @@
 """GRPOTrainer and RLOOTrainer on tiny random models: a few CPU steps each; the policy moves, the reference does not,
-the documented metrics are logged; resume, invariance to how a generation batch is cut, and bad inputs."""
+the documented metrics are logged; resume, invariance to how a generation batch is cut. Bad inputs are rows of
+tests/bad_inputs/test_grpo.py."""
 
 import asyncio
 import json
 import math
-import warnings
 
 import pytest
 import torch
@@ -12,7 +12,6 @@ from datasets import Dataset
 
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.data.tiny import tiny_task_dataset
-from trl.guards import TrainingWillNotLearnError
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
 from .sft_one_step import SMALL, _GradCatcher
@@ -165,15 +164,8 @@ def test_sequence_level_importance_sampling(tmp_path):
     assert _moved(before, trainer.model)
 
 
-def test_mask_truncated_completions_and_top_entropy_quantile(tmp_path):
-    # no completion ends (no token is an end-of-sequence): all truncated, so masking leaves no loss token -> clear error
-    trainer = _never_ending(_trainer(tmp_path, mask_truncated_completions=True, max_steps=1, guards=True))
-    with pytest.raises(TrainingWillNotLearnError, match="mask_truncated_completions"):
-        trainer.train()
-    trainer = _never_ending(_trainer(tmp_path, mask_truncated_completions=True, max_steps=1))  # guards=False: warns
-    with pytest.warns(UserWarning, match="mask_truncated_completions"):
-        trainer.train()
-    assert _logged(trainer)[0]["loss"] == 0.0
+def test_top_entropy_quantile(tmp_path):
+    # (mask_truncated_completions on all-truncated completions is a row of tests/bad_inputs/test_grpo.py)
     trainer = _trainer(tmp_path, top_entropy_quantile=0.2, max_steps=1)
     trainer.train()
     assert _logged(trainer)
@@ -400,164 +392,6 @@ def test_rloo_normalized_advantages_reward_clip_and_iterations(tmp_path):
     assert _moved(before, trainer.model)
 
 
-# ---- bad input ------------------------------------------------------------------------------------------------------
-
-
-class TestBadInputs:
-    def test_missing_prompt_column(self, tmp_path):
-        with pytest.raises(ValueError, match="'prompt' column"):
-            _trainer(tmp_path, dataset=Dataset.from_list([{"question": "hi"}] * 8))
-
-    def test_generation_batch_not_whole_groups(self, tmp_path):
-        with pytest.raises(ValueError, match="whole groups of num_generations=3"):
-            _config(tmp_path, per_device_train_batch_size=8, num_generations=3)
-
-    def test_num_generations_below_two(self, tmp_path):
-        with pytest.raises(ValueError, match="at least 2"):
-            _config(tmp_path, num_generations=1)
-
-    def test_unknown_loss_type(self, tmp_path):
-        with pytest.raises(ValueError, match="nope"):
-            _config(tmp_path, loss_type="nope")
-
-    def test_reward_function_that_raises_is_named(self, tmp_path):
-        def broken(completions, **kwargs):
-            raise KeyError("solution")
-
-        trainer = _trainer(tmp_path, reward_funcs=broken)
-        with pytest.raises(RuntimeError, match="broken"):
-            trainer.train()
-
-    def test_reward_function_wrong_length_is_named(self, tmp_path):
-        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [1.0])
-        with pytest.raises(ValueError, match="<lambda>.*1 reward"):
-            trainer.train()
-
-    def test_prompt_longer_than_the_context(self, tmp_path):
-        model = tiny_model(seed=0, **SMALL, max_position_embeddings=24)
-        with pytest.raises(ValueError, match="max_completion_length=8"):
-            GRPOTrainer(model=model, reward_funcs=vowels, args=_config(tmp_path), train_dataset=_prompts(),
-                        processing_class=tiny_tokenizer())
-
-    def test_too_few_prompts_for_a_generation_batch(self, tmp_path):
-        with pytest.raises(ValueError, match="needs 2"):
-            _trainer(tmp_path, dataset=_prompts(1))
-
-    def test_zero_reward_variance_stops_the_run(self, tmp_path):
-        import dataclasses
-
-        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [1.0] * len(completions), guards=True,
-                           guard_patience=2, max_steps=3)
-        # every token ends a completion, so nothing is truncated and only the zero-variance guard can fire
-        trainer.sampling = dataclasses.replace(trainer.sampling, eos_token_ids=tuple(range(448)))
-        with pytest.raises(TrainingWillNotLearnError, match="same reward"):
-            trainer.train()
-
-    def test_zero_gradient_steps_are_left_to_the_rollout_guards(self, tmp_path):
-        # one reward for every completion: every advantage and every gradient is 0. Online trainers count such
-        # generation batches (guard_patience of them), not optimiser steps, so 4 steps train without an error
-        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [1.0] * len(completions), guards=True,
-                           guard_patience=10, max_steps=4)
-        trainer.train()
-        assert trainer.state.global_step == 4
-
-    def test_all_truncated_with_varying_rewards_trains_and_warns_every_batch(self, tmp_path):
-        # a tiny random model never ends its completions: every one is truncated, but the rewards vary and every token
-        # enters the loss, so the run learns. Each generation batch from the guard_patience-th on is warned about.
-        trainer = _never_ending(_trainer(tmp_path, guards=True, guard_patience=2, max_steps=4))
-        before = _params(trainer.model)
-        with pytest.warns(UserWarning) as caught:
-            trainer.train()
-        messages = [str(w.message) for w in caught if "hit max_completion_length=8" in str(w.message)]
-        assert len(messages) == 3, messages  # batches 2, 3 and 4 of the streak
-        assert "Every completion of the last 4 generation batches hit max_completion_length=8" in messages[-1]
-        assert "Raise max_completion_length" in messages[-1] and "training goes on" in messages[-1]
-        assert trainer.state.global_step == 4 and _moved(before, trainer.model)
-
-    @staticmethod
-    def _rollout(truncated):
-        from trl.rollout import Rollout
-
-        n = len(truncated)
-        return Rollout(prompt_ids=torch.zeros(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1),
-                       completion_ids=torch.zeros(n, 1, dtype=torch.long), completion_mask=torch.ones(n, 1),
-                       is_truncated=torch.tensor(truncated))
-
-    def test_no_gradient_signal_left_stops_the_run(self, tmp_path):
-        # every completion truncated and masked out of the loss: no token left, whatever the rewards
-        trainer = _trainer(tmp_path, guards=True, guard_patience=2, mask_truncated_completions=True)
-        rollout, rewards = self._rollout([True] * 8), torch.arange(8.0).unsqueeze(1)
-        trainer._check_rollout_guards(rollout, rewards)
-        with pytest.raises(TrainingWillNotLearnError, match="no completion token enters the loss: every completion "
-                                                          "hit max_completion_length=8 and mask_truncated_completions"):
-            trainer._check_rollout_guards(rollout, rewards)
-        # the first group has different rewards but only truncated (masked) completions; the second has one reward
-        trainer = _trainer(tmp_path, guards=True, guard_patience=2, mask_truncated_completions=True)
-        rollout = self._rollout([True] * 4 + [False] * 4)
-        rewards = torch.tensor([0.0, 1.0, 2.0, 3.0, 1.0, 1.0, 1.0, 1.0]).unsqueeze(1)
-        trainer._check_rollout_guards(rollout, rewards)
-        with pytest.raises(TrainingWillNotLearnError, match="no group.*both"):
-            trainer._check_rollout_guards(rollout, rewards)
-        # the same batches without masking do teach: no error, and not all truncated, so no warning either
-        trainer = _trainer(tmp_path, guards=True, guard_patience=2)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            for _ in range(3):
-                trainer._check_rollout_guards(rollout, rewards)
-
-    def test_all_truncated_and_zero_variance_stops_the_run(self, tmp_path):
-        trainer = _trainer(tmp_path, guards=True, guard_patience=2)
-        rollout, rewards = self._rollout([True] * 8), torch.ones(8, 1)
-        trainer._check_rollout_guards(rollout, rewards)
-        with pytest.raises(TrainingWillNotLearnError, match="same reward"):
-            trainer._check_rollout_guards(rollout, rewards)
-
-    def test_mostly_truncated_or_mostly_zero_variance_is_warned_about(self, tmp_path):
-        # all completions but one truncated and 15 of 16 groups with one reward, for guard_patience batches: a warning each
-        # (the TRL failure of 97-99% truncation with reward 0); all of them stops the run, as above
-        from trl.rollout import Rollout
-
-        trainer = _trainer(tmp_path, guards=True, guard_patience=2)
-        g = trainer.args.num_generations
-        n = 16 * g
-        rollout = Rollout(prompt_ids=torch.zeros(n, 1, dtype=torch.long), prompt_mask=torch.ones(n, 1),
-                          completion_ids=torch.zeros(n, 1, dtype=torch.long), completion_mask=torch.ones(n, 1),
-                          is_truncated=torch.tensor([True] * (n - 1) + [False]))
-        rewards = torch.zeros(n, 1)
-        rewards[-1] = 1.0  # only the last group has two different rewards
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            trainer._check_rollout_guards(rollout, rewards)
-        assert not caught  # the first batch of the streak
-        with pytest.warns(UserWarning) as caught:
-            trainer._check_rollout_guards(rollout, rewards)
-        messages = [str(w.message) for w in caught]
-        assert any(f"({(n - 1) / n:.0%} in the last) hit max_completion_length" in m for m in messages), messages
-        assert any("got one reward each (last batch: 94%" in m for m in messages), messages
-
-    def test_misspelt_reward_name_lists_the_builtins(self, tmp_path):
-        # resolved like the CLI's --reward_funcs: not a built-in, a dotted path, a folder or an org/name hub id, so it
-        # is an error at construction (never a hub lookup)
-        with pytest.raises(ValueError, match=r"Unknown reward function 'think_fromat_reward' \(reward_funcs\[0\]\)"
-                                             r".*think_format_reward") as info:
-            _trainer(tmp_path, reward_funcs="think_fromat_reward")
-        assert "--reward_funcs" not in str(info.value)
-
-    def test_all_nan_rewards_stop_the_run(self, tmp_path):
-        trainer = _trainer(tmp_path, reward_funcs=lambda completions, **kw: [float("nan")] * len(completions))
-        with pytest.raises(ValueError, match=r"Every reward of this batch of 8 completions is NaN.*'<lambda>' "
-                                             r"\(reward_funcs\[0\]\) returned NaN for rows \[0, 1, 2, 3, 4, ...\]"):
-            trainer.train()
-
-    def test_use_vllm_is_not_available(self, tmp_path):
-        with pytest.raises(ValueError, match="vLLM"):
-            _config(tmp_path, use_vllm=True)
-
-    def test_unknown_generation_kwargs(self, tmp_path):
-        with pytest.raises(ValueError, match="num_beams"):
-            _trainer(tmp_path, generation_kwargs={"num_beams": 4})
-
-
 def test_entropy_bonus_and_adaptive_coefficient(tmp_path):
     trainer = _trainer(tmp_path, entropy_coef=0.01, use_adaptive_entropy=True, entropy_target=100.0,
                        entropy_coef_delta=0.005, max_steps=2)
@@ -739,20 +573,3 @@ def test_resume_with_reference_sync_restores_the_synced_reference(tmp_path):
     assert resumed[3][0] == pytest.approx(full[3][0], rel=1e-5, abs=1e-7)
     for name, value in ref_full.items():
         torch.testing.assert_close(ref_resumed[name], value)
-
-
-@pytest.mark.parametrize(("cls", "config_cls"), [(GRPOTrainer, GRPOConfig), (RLOOTrainer, RLOOConfig)],
-                         ids=["grpo", "rloo"])
-def test_image_column_and_list_of_rows_are_refused(tmp_path, cls, config_cls):
-    with pytest.raises(ValueError, match=rf"{cls.__name__} got an 'image' column in its train dataset, but it trains "
-                                         r"Qwen3ForCausalLM .*on text only.*remove the 'image' column"):
-        _trainer(tmp_path, cls, config_cls, dataset=_prompts(8).add_column("image", [None] * 8))
-    with pytest.raises(TypeError, match=rf"{cls.__name__} got a list of 8 dicts as its train dataset.*from_list"):
-        _trainer(tmp_path, cls, config_cls, dataset=_prompts(8).to_list())
-
-
-def test_prompt_message_without_content_names_the_row(tmp_path):
-    rows = _prompts(8).to_list()
-    rows[5]["prompt"] = [{"role": "user"}]
-    with pytest.raises(ValueError, match=r"Row 5 of the train dataset: message 0 of column 'prompt' has no 'content'"):
-        _trainer(tmp_path, dataset=Dataset.from_list(rows))
