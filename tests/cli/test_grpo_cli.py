@@ -1,5 +1,6 @@
 """`trl grpo` and `trl rloo`: help, a 2-step run of each on a local model folder and local jsonl prompts with reward
-functions from `trl.rewards` and from a module in the current directory, and the `--reward_funcs` errors."""
+functions from `trl.rewards` and from a module in the current directory. The `--reward_funcs` errors are rows of
+tests/bad_inputs/test_cli.py."""
 
 import sys
 
@@ -124,38 +125,3 @@ def test_resolve_reward_funcs_forms(workdir):
     assert funcs[3:] == ["org/reward-model", "local-rm"]
     assert resolve_reward_funcs(["trl.rewards.think_format_reward"]) == [think_format_reward]
     assert resolve_reward_funcs(None) == []
-
-
-def _run_args(tmp_path, *reward_funcs):
-    return ["grpo", "--model_name_or_path", str(tmp_path / "never-loaded"), "--dataset_name", "never-loaded.jsonl",
-            "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--reward_funcs", *reward_funcs]
-
-
-def test_unknown_reward_name_lists_the_accepted_forms(workdir):
-    with pytest.raises(ValueError, match="Unknown reward function 'acuracy_reward'") as error:
-        main(_run_args(workdir, "think_format_reward", "acuracy_reward"))
-    message = str(error.value)
-    for name in ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward", "module.function",
-                 "sequence-classification"):
-        assert name in message
-    assert "get_soft_overlong_punishment" not in message  # factories are not offered as reward functions
-
-
-@pytest.mark.parametrize("name", ["get_soft_overlong_punishment", "trl.rewards.get_repetition_penalty_reward"])
-def test_factory_names_are_rejected(workdir, name):
-    with pytest.raises(ValueError, match="factory .* Wrap it in a module function"):
-        main(_run_args(workdir, name))
-
-
-def test_dotted_path_errors(workdir):
-    with pytest.raises(ValueError, match="no module 'no_such_module'.*current directory"):
-        main(_run_args(workdir, "no_such_module.reward"))
-    with pytest.raises(ValueError, match="module 'my_rewards' .* has no 'missing'"):
-        main(_run_args(workdir, "my_rewards.missing"))
-    with pytest.raises(TypeError, match="not a function"):
-        main(_run_args(workdir, "my_rewards.not_a_function"))
-
-
-def test_no_reward_is_an_error(workdir):
-    with pytest.raises(ValueError, match="needs a reward"):
-        main(_run_args(workdir)[:-1])

@@ -1,6 +1,7 @@
 """A local data file or model folder that does not exist is named, with the absolute path looked for and the current
 directory, without a Hub lookup; a name that may be a Hub id is still looked up there, and when that fails the
-error also says that no local file or folder of that name exists. Also `trl --version`."""
+error also says that no local file or folder of that name exists. Also `trl --version` (the console script; in-process
+it is a row of tests/bad_inputs/test_cli.py, as are the missing paths of a `trl sft` run)."""
 
 import os
 import subprocess
@@ -9,7 +10,6 @@ import sys
 import pytest
 
 import trl
-from trl.cli import main
 from trl.models.loading import (
     apply_chat_template_path,
     create_model_from_path,
@@ -99,32 +99,8 @@ def test_hub_like_model_name_says_no_local_folder(load, tmp_path, monkeypatch, o
     _assert_names(message, "org/missing-model", tmp_path / "org" / "missing-model", tmp_path)
 
 
-def test_cli_run_names_a_missing_model_folder_and_data_file(tmp_path, monkeypatch, network_attempts):
-    from trl.models.tiny import save_tiny_model
-
-    monkeypatch.chdir(tmp_path)
-    save_tiny_model(tmp_path / "model", num_hidden_layers=1)
-    common = ["--output_dir", str(tmp_path / "out"), "--max_steps", "1", "--report_to", "none"]
-    with pytest.raises(FileNotFoundError, match="does not exist") as error:
-        main(["sft", "--model_name_or_path", "./model", "--dataset_name", "data/train.jsonl", *common])
-    _assert_names(str(error.value), "data/train.jsonl", tmp_path / "data" / "train.jsonl", tmp_path)
-
-    (tmp_path / "train.jsonl").write_text('{"text": "hello"}\n')
-    with pytest.raises(FileNotFoundError, match="does not exist") as error:
-        main(["sft", "--model_name_or_path", "./modle", "--dataset_name", "train.jsonl", *common])
-    _assert_names(str(error.value), "./modle", tmp_path / "modle", tmp_path)
-    assert network_attempts == []
-
-
 def test_trl_version():
     command = [sys.executable, "-c", "from trl.cli import main; main()", "--version"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"trl {trl.__version__}"
-
-
-def test_trl_version_in_process(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--version"])
-    assert exit_info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"trl {trl.__version__}"
