@@ -6,7 +6,7 @@ Each configuration runs in its own process (peak memory is its own):
     python benchmarks/bench_online.py                  # CPU: tiny Qwen3 (4 layers, hidden 256, vocab 448), fp32
     python benchmarks/bench_online.py --device cuda    # GPU: Qwen2.5-0.5B-shaped random model, bf16
     python benchmarks/bench_online.py --only grpo generate --steps 5
-    python benchmarks/bench_online.py --shape sft-cpu --prompts 1   # DESIGN.md's CPU shape, 8 completions a step
+    python benchmarks/bench_online.py --shape sft-cpu --prompts 1   # docs/design.md's CPU shape, 8 completions a step
 
 Workload per step: `prompts x num_generations` completions of exactly `completion_len` tokens (the end-of-sequence
 check is switched off so that every run generates the same number of tokens; CPU 8 x 8 x 64, GPU 8 x 8 x 256 =
@@ -54,7 +54,7 @@ def _model(cuda: bool, shape: str = "tiny"):
 
     if not cuda and shape == "tiny":
         return tiny_model("qwen3", seed=0)
-    if not cuda:  # the 7M-parameter shape of bench_sft.py / DESIGN.md's CPU figures (vocab 32768)
+    if not cuda:  # the 7M-parameter shape of bench_sft.py / docs/design.md's CPU figures (vocab 32768)
         return tiny_model("qwen3", seed=0, **SFT_CPU_SHAPE)
     config = AutoConfig.for_model("qwen2", pad_token_id=3, eos_token_id=2, **GPU_SHAPE)
     torch.manual_seed(0)

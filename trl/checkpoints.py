@@ -10,6 +10,7 @@ tampered file stops the run with its name instead of failing half-way through th
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -30,12 +31,15 @@ class CheckpointError(ValueError):
     """A checkpoint file is corrupt, truncated, or holds something other than plain data."""
 
 
-# What resuming reads: transformers' model, optimizer, scheduler, scaler, RNG and trainer-state files, and ours
-# (`online_state_<rank>.pt`, `synced_ref_model.pt`). Other files (`training_args.bin`, DeepSpeed/FSDP sub-folders,
-# a user's own files) are not read on resume and are left alone.
+# What resuming reads: transformers' model, optimizer, scheduler, scaler, RNG and trainer-state files, accelerate's
+# FSDP files (per-rank `.bin` files, and sub-folders in torch's distributed-checkpoint format, whose `.metadata` torch
+# reads with plain `pickle`), and ours (`online_state_<rank>.pt`, `synced_ref_model.pt`). `training_args.bin` and a
+# user's own files are not read on resume and are left alone. DeepSpeed reads its `global_step*` folders with its own
+# loader, which this module does not check: resume DeepSpeed runs only from checkpoints you trust.
 _TORCH_FILES = re.compile(
     r"^(optimizer|scheduler|scaler|synced_ref_model|online_state_\d+|rng_state(_\d+)?)\.(pt|pth)$"
     r"|^(pytorch_model|adapter_model)(-\d+-of-\d+)?\.bin$"
+    r"|^(pytorch_model_fsdp|optimizer)(_\d+)?(_rank\d+)?\.bin$"
 )
 _JSON_FILES = ("trainer_state.json", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
@@ -56,17 +60,18 @@ def _allowed_globals(extra: tuple = ()):
     return stack
 
 
-def safe_load(path: str | os.PathLike, checkpoint: str | os.PathLike | None = None, allow: tuple = (),
-              mmap: bool = False) -> Any:
+def safe_load(path: str | os.PathLike | io.BytesIO, checkpoint: str | os.PathLike | None = None, allow: tuple = (),
+              mmap: bool = False, name: str | None = None) -> Any:
     """`torch.load(path, weights_only=True)` on the CPU, with a [`CheckpointError`] that names the file (and the
     checkpoint folder) when it is corrupt or names a Python object that is not plain data.
 
     Args:
-        path (`str` or `os.PathLike`): the file.
+        path (`str`, `os.PathLike` or `io.BytesIO`): the file (or bytes read from one).
         checkpoint (`str` or `os.PathLike`, *optional*): the checkpoint folder it belongs to, for the message.
         allow (`tuple`, *optional*): classes of ours that the file may hold besides plain data (older checkpoints
             stored dataclass records).
         mmap (`bool`, *optional*, defaults to `False`): map the tensors instead of reading them (a cheap check).
+        name (`str`, *optional*): what to call `path` in messages (defaults to the path).
 
     Example:
         ```python
@@ -75,7 +80,7 @@ def safe_load(path: str | os.PathLike, checkpoint: str | os.PathLike | None = No
     """
     import pickle
 
-    where = f"{path}" + (f" (checkpoint {checkpoint})" if checkpoint else "")
+    where = (name or f"{path}") + (f" (checkpoint {checkpoint})" if checkpoint else "")
     try:
         with _allowed_globals(allow):
             try:
@@ -85,20 +90,28 @@ def safe_load(path: str | os.PathLike, checkpoint: str | os.PathLike | None = No
                     raise
                 return torch.load(path, map_location="cpu", weights_only=True)  # a legacy (non-zip) file
     except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        what = f"the Python object {found.group(1)}" if found else "a Python object that is not plain data"
-        raise CheckpointError(
-            f"Refusing to load {where}: it names {what}, and loading it could run code. The files this library and "
-            "transformers write hold only tensors and plain values, so this file was not written by them or was "
-            "tampered with. "
-            + ("Delete it (or the whole checkpoint) and resume from a checkpoint you trust." if checkpoint
-               else "Delete it.")
-        ) from None
+        raise _refused(where, error, checkpoint) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"Cannot read {where}: the file is corrupt or truncated ({_first_line(error)}). "
-            + ("Resume from another checkpoint, or delete this one." if checkpoint else "Delete it.")
-        ) from None
+        raise _corrupt(where, error, checkpoint) from None
+
+
+def _refused(where: str, error: BaseException, checkpoint) -> CheckpointError:
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    what = f"the Python object {found.group(1)}" if found else "a Python object that is not plain data"
+    return CheckpointError(
+        f"Refusing to load {where}: it names {what}, and loading it could run code. The files this library, "
+        "transformers and accelerate write hold only tensors and plain values, so this file was not written by them "
+        "or was tampered with. "
+        + ("Delete it (or the whole checkpoint) and resume from a checkpoint you trust." if checkpoint
+           else "Delete it.")
+    )
+
+
+def _corrupt(where: str, error: BaseException, checkpoint) -> CheckpointError:
+    return CheckpointError(
+        f"Cannot read {where}: the file is corrupt or truncated ({_first_line(error)}). "
+        + ("Resume from another checkpoint, or delete this one." if checkpoint else "Delete it.")
+    )
 
 
 def verify_checkpoint(checkpoint: str | os.PathLike, allow: tuple = ()) -> None:
@@ -124,6 +137,64 @@ def verify_checkpoint(checkpoint: str | os.PathLike, allow: tuple = ()) -> None:
                     f"Cannot read {path} (checkpoint {folder}): it is not valid JSON ({_first_line(error)}). Resume "
                     "from another checkpoint, or delete this one."
                 ) from None
+        elif path.is_dir() and (path / ".metadata").is_file():
+            _verify_distributed_checkpoint(path, folder)
+
+
+class _Refused(Exception):
+    """A pickle names a global outside the allowed ones."""
+
+
+def _load_distributed_metadata(file) -> Any:
+    """Unpickle the `.metadata` of a torch distributed checkpoint (FSDP's sharded state dicts) allowing only what such
+    a file holds: the dataclasses and enums of `torch.distributed.checkpoint`, `torch.Size`, dtypes, layouts and
+    paths. Any other global (a function such as `os.system`) raises `_Refused` instead of running."""
+    import dataclasses
+    import enum
+    import importlib
+    import pathlib
+    import pickle
+
+    def allowed(module: str, found: Any) -> bool:
+        if isinstance(found, type) and module.startswith("torch.distributed.checkpoint"):
+            return dataclasses.is_dataclass(found) or issubclass(found, enum.Enum)
+        return (found is torch.Size or isinstance(found, (torch.dtype, torch.layout))
+                or found is getattr(torch.serialization, "_get_layout", None)
+                or (isinstance(found, type) and issubclass(found, pathlib.PurePath)))
+
+    class Restricted(pickle.Unpickler):
+        def find_class(self, module, name):
+            found = getattr(importlib.import_module(module), name, None) if module.startswith(("torch", "pathlib")) \
+                else None
+            if not allowed(module, found):
+                raise _Refused(f"Unsupported global: GLOBAL {module}.{name}")
+            return found
+
+    return Restricted(file).load()
+
+
+def _verify_distributed_checkpoint(path: Path, folder: Path) -> None:
+    """A torch distributed-checkpoint folder: its `.metadata` (which torch reads with plain `pickle`) and each
+    non-tensor value stored in its shards (which torch reads with `weights_only=False`) must hold plain data only."""
+    metadata_file = path / ".metadata"
+    try:
+        with open(metadata_file, "rb") as handle:
+            metadata = _load_distributed_metadata(handle)
+    except _Refused as error:
+        raise _refused(f"{metadata_file} (checkpoint {folder})", error, folder) from None
+    except Exception as error:  # a truncated or garbled pickle raises many types
+        raise _corrupt(f"{metadata_file} (checkpoint {folder})", error, folder) from None
+    kinds = getattr(metadata, "state_dict_metadata", {})
+    for index, info in getattr(metadata, "storage_data", {}).items():
+        if type(kinds.get(getattr(index, "fqn", None))).__name__ != "BytesStorageMetadata":
+            continue  # tensors are raw bytes
+        if getattr(info, "transform_descriptors", None):
+            continue  # stored through a transform (e.g. compressed): only torch's own reader can decode it
+        shard = path / info.relative_path
+        with open(shard, "rb") as handle:
+            handle.seek(info.offset)
+            data = handle.read(info.length)
+        safe_load(io.BytesIO(data), folder, name=f"{shard} (value {index.fqn!r})")
 
 
 _PLAIN = (str, int, float, bool, complex, bytes, type(None), torch.Tensor)

@@ -97,17 +97,33 @@ def check_finite_loss(loss: float, step: int, enforce: bool, since_last_log: boo
 
 
 def check_gradient_flows(zero_steps: int, patience: int, enforce: bool, step: int | None = None) -> None:
-    """`zero_steps` optimiser steps in a row (`patience` or more) had an exactly zero gradient: the weights cannot
-    move."""
+    """`zero_steps` optimiser steps in a row (`patience` or more) had an exactly zero gradient while the loss was not
+    zero: the weights cannot move, though there is something to learn."""
     if zero_steps < patience:
         return
     where = f" (up to step {step})" if step is not None else ""
     report(
-        f"The gradient was exactly zero for {zero_steps} optimiser steps in a row{where}, so the weights do not move.",
+        f"The gradient was exactly zero for {zero_steps} optimiser steps in a row{where} while the loss was not, so "
+        "the weights do not move.",
         "Check that the trainable parameters are part of the loss (adapters attached, nothing frozen by mistake) "
         "and that some tokens enter the loss; a gradient that collapses to zero later in a run usually means the "
         "learning rate is too high (the model saturated): lower it.",
         enforce,
+    )
+
+
+def check_loss_settled(zero_steps: int, patience: int, step: int | None = None) -> None:
+    """`zero_steps` optimiser steps in a row had a loss and a gradient that are both exactly zero: those batches have
+    nothing left to learn (a margin loss whose margins are met). A warning, never a stop: later batches may still
+    teach."""
+    if zero_steps < patience:
+        return
+    where = f" (up to step {step})" if step is not None else ""
+    warnings.warn(
+        f"The loss and its gradient were exactly zero for {zero_steps} optimiser steps in a row{where}: those batches "
+        "have nothing left to learn (e.g. a hinge or margin loss whose margins are all met). If the loss should not "
+        "be zero, check the loss options and that some tokens enter the loss.",
+        stacklevel=3,
     )
 
 
@@ -116,29 +132,46 @@ class StepWatch:
     the flags are kept as tensors on the device and read by [`check`] when the trainer logs (which syncs anyway). The
     first `patience` steps are checked at once, so a run that is broken from the start stops before its first log.
 
+    A zero gradient with a non-zero loss (`patience` steps in a row) stops the run: nothing moves though there is
+    something to learn. A zero gradient with a zero loss is a warning: the batches are already learned.
+
     Example:
         ```python
         >>> watch = StepWatch(patience=3)
         >>> for step in range(1, 4):
+        ...     watch.record_loss(torch.tensor(2.3))
         ...     watch.record_gradient(torch.tensor(0.0), step, enforce=False)  # warns at step 3
         ```
     """
 
     def __init__(self, patience: int = 3):
         self.patience = patience
-        self._streak = None  # optimiser steps in a row with a zero gradient, up to the last one
-        self._longest = None  # the longest such streak since the last check
+        self._loss_nonzero = None  # some micro-batch of the current optimiser step had a non-zero loss
         self._nonfinite = None  # a NaN/inf loss since the last check
+        # optimiser steps in a row with a zero gradient (non-zero / zero loss), and the longest since the last check
+        self._streaks = {"stuck": None, "settled": None}
+        self._longest = {"stuck": None, "settled": None}
         self._step = 0
 
     def record_loss(self, loss: torch.Tensor) -> None:
-        bad = ~torch.isfinite(loss.detach()).all()
+        loss = loss.detach()
+        bad = ~torch.isfinite(loss).all()
         self._nonfinite = bad if self._nonfinite is None else self._nonfinite | bad
+        nonzero = (loss != 0).any()
+        self._loss_nonzero = nonzero if self._loss_nonzero is None else self._loss_nonzero | nonzero
 
     def record_gradient(self, norm: torch.Tensor | float, step: int, enforce: bool) -> None:
         zero = torch.as_tensor(norm).detach() == 0
-        self._streak = zero.long() if self._streak is None else (self._streak + 1) * zero
-        self._longest = self._streak if self._longest is None else torch.maximum(self._longest, self._streak)
+        # a step whose loss was not seen counts as one with a loss (the stricter reading)
+        loss_nonzero = self._loss_nonzero if self._loss_nonzero is not None else torch.ones_like(zero)
+        self._loss_nonzero = None
+        loss_nonzero = loss_nonzero.to(zero.device)
+        for key, hit in (("stuck", zero & loss_nonzero), ("settled", zero & ~loss_nonzero)):
+            streak = self._streaks[key]
+            streak = hit.long() if streak is None else (streak + 1) * hit
+            longest = self._longest[key]
+            self._streaks[key] = streak
+            self._longest[key] = streak if longest is None else torch.maximum(longest, streak)
         self._step = step
         if step <= self.patience:
             self.check(enforce)
@@ -149,9 +182,11 @@ class StepWatch:
             nonfinite, self._nonfinite = bool(self._nonfinite), None
             if nonfinite:
                 check_finite_loss(float("nan"), self._step, enforce, since_last_log=True)
-        if self._longest is not None:
-            longest, self._longest = int(self._longest), self._streak
-            check_gradient_flows(longest, self.patience, enforce, self._step)
+        if self._longest["stuck"] is not None:
+            longest = {key: int(value) for key, value in self._longest.items()}
+            self._longest = dict(self._streaks)  # a streak that goes on is counted again at the next check
+            check_gradient_flows(longest["stuck"], self.patience, enforce, self._step)
+            check_loss_settled(longest["settled"], self.patience, self._step)
 
 
 def check_optimizer_memory(trainable: int, trainable_bytes: int, states: int, free_bytes: int, enforce: bool) -> None:

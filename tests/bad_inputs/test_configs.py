@@ -1,5 +1,6 @@
 """Bad config values, for every trainer's config: each is an error at construction naming the field and the fix."""
 
+import numpy as np
 import pytest
 
 from trl import DPOConfig, GRPOConfig, KTOConfig, RewardConfig, RLOOConfig, SFTConfig
@@ -30,7 +31,7 @@ COMMON = [
                                                              r"step"),
     error("num_train_epochs<0", _make(num_train_epochs=-1), r"`num_train_epochs=-1` with no `max_steps`"),
     ok("num_train_epochs=0 with max_steps", _make(num_train_epochs=0, max_steps=3)),
-    error("fp16 on a CPU", _make(fp16=True), r"`fp16=True` needs a GPU .* silently train in float32\. Leave `fp16` "
+    error("fp16 on a CPU", _make(fp16=True, use_cpu=True), r"`fp16=True` needs a GPU .* silently train in float32\. Leave `fp16` "
                                              r"off"),
     ok("bf16 on a CPU", _make(bf16=True, use_cpu=True)),
     error("gradient_accumulation_steps=0", _make(gradient_accumulation_steps=0),
@@ -41,6 +42,7 @@ COMMON = [
           r"`per_device_eval_batch_size` must be a positive integer; got -1\."),
     error("seed as str", _make(seed="42"), r"`seed` must be an integer; got str '42' \(e\.g\. `seed=42`", TypeError),
     error("seed as float", _make(seed=4.2), r"`seed` must be an integer; got float 4\.2", TypeError),
+    ok("numpy seed and learning rate (from a sweep script)", _make(seed=np.int64(3), learning_rate=np.float32(1e-5))),
     error("gradient_accumulation_steps as str", _make(gradient_accumulation_steps="2"),
           r"`gradient_accumulation_steps` must be an integer; got str '2'", TypeError),
     error("model_init_kwargs not JSON", _make(model_init_kwargs="{dtype: float32}"),

@@ -224,9 +224,11 @@ BOTH = [
     warn("reward function returning NaN for some rows", _train(reward_funcs=_some_nan, max_steps=1),
          r"Reward function '_some_nan' \(reward_funcs\[0\]\) returned NaN for 2 of 8 completions \(rows \[0, 1\]\)",
          then=_rewards_logged),
-    error("reward function returning NaN for every row", _train(reward_funcs=_all_nan),
-          r"Every reward of this batch of 8 completions is NaN or None.*'_all_nan' \(reward_funcs\[0\]\) returned NaN "
-          r"for rows \[0, 1, 2, 3, 4, \.\.\.\]"),
+    error("reward function returning NaN for every row", _train(reward_funcs=_all_nan, guards=True),
+          r"No completion of this generation batch got a usable reward: every reward with a non-zero weight is NaN "
+          r"or None \(8 NaN", TrainingWillNotLearnError),
+    warn("reward function returning NaN for every row, guards off", _train(reward_funcs=_all_nan, max_steps=1),
+         r"No completion of this generation batch got a usable reward"),
     # ---- runs with no gradient signal (guards) ----
     error("every completion truncated and masked out of the loss",
           _train(never_ending=True, mask_truncated_completions=True, max_steps=1, guards=True),

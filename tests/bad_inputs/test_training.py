@@ -2,6 +2,8 @@
 checkpoints, a broken or crafted checkpoint file, and runs that stop learning after a few good steps (a loss that turns
 NaN, a gradient that collapses to zero). Each row trains the tiny model a few steps."""
 
+import os
+
 import pytest
 import torch
 
@@ -40,8 +42,10 @@ class Env:
         args = {"output_dir": str(self.tmp_path / "out"), "max_steps": 8, "per_device_train_batch_size": 4,
                 "learning_rate": 5e-3, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
                 "max_length": 128, "seed": 0, **overrides}
+        evaluates = args.get("eval_strategy", "no") != "no"
         self.trainer = SFTTrainer(model=tiny_model(seed=0, **SMALL), args=SFTConfig(**args),
                                   train_dataset=tiny_task_dataset("conversational", num_rows=32),
+                                  eval_dataset=tiny_task_dataset("conversational", num_rows=4) if evaluates else None,
                                   processing_class=tiny_tokenizer())
         return self.trainer
 
@@ -61,16 +65,18 @@ def env(tmp_path):
     return Env(tmp_path)
 
 
-def _loss_times(value: float, from_step: int, **overrides):
-    """An SFT run whose loss is multiplied by `value` from optimiser step `from_step` on (0: an exactly zero gradient;
-    nan: a NaN loss)."""
+def _loss_from(from_step: int, how: str, **overrides):
+    """An SFT run whose loss changes from optimiser step `from_step` on: `"stuck"` keeps its value but has an exactly
+    zero gradient (a saturated model), `"zero"` is 0 with a zero gradient (nothing left to learn), `"nan"` is NaN."""
     def build(env):
         trainer = env.sft(**overrides)
         compute_loss = trainer.compute_loss
 
         def patched(model, inputs, *args, **kwargs):
             loss = compute_loss(model, inputs, *args, **kwargs)
-            return loss * value if trainer.state.global_step >= from_step else loss
+            if trainer.state.global_step < from_step:
+                return loss
+            return {"stuck": loss.detach() + 0 * loss, "zero": 0 * loss, "nan": loss * float("nan")}[how]
 
         trainer.compute_loss = patched
         trainer.train()
@@ -86,21 +92,29 @@ def _stopped_at(step):
     return then
 
 
-def _earlier_checkpoints(env):
-    output = env.tmp_path / "out"
-    for step in (50, 60):
-        (output / f"checkpoint-{step}").mkdir(parents=True)
-        (output / f"checkpoint-{step}" / "marker.txt").write_text("earlier run")
-    trainer = env.sft(max_steps=4, save_strategy="steps", save_steps=1, save_total_limit=2)
-    trainer.train()
-    return trainer
+def _earlier_checkpoints(**overrides):
+    def build(env):
+        output = env.tmp_path / "out"
+        for step in (50, 60):
+            (output / f"checkpoint-{step}").mkdir(parents=True)
+            (output / f"checkpoint-{step}" / "marker.txt").write_text("earlier run")
+        trainer = env.sft(max_steps=4, save_strategy="steps", save_steps=1, **overrides)
+        trainer.train()
+        assert trainer.args.save_total_limit == overrides["save_total_limit"]  # restored after the run
+        return trainer
+
+    return build
 
 
-def _earlier_checkpoints_kept(env, outcome):
-    output = env.tmp_path / "out"
-    left = sorted(p.name for p in output.iterdir() if p.name.startswith("checkpoint-"))
-    assert left == ["checkpoint-3", "checkpoint-4", "checkpoint-50", "checkpoint-60"]
-    assert (output / "checkpoint-60" / "marker.txt").read_text() == "earlier run"
+def _earlier_checkpoints_kept(*own):
+    def then(env, outcome):
+        output = env.tmp_path / "out"
+        left = sorted(p.name for p in output.iterdir() if p.name.startswith("checkpoint-"))
+        expected = list(own) or [os.path.basename(env.trainer.state.best_model_checkpoint)]
+        assert left == sorted([*expected, "checkpoint-50", "checkpoint-60"])
+        assert (output / "checkpoint-60" / "marker.txt").read_text() == "earlier run"
+
+    return then
 
 
 def _truncated_optimizer(env):
@@ -124,25 +138,33 @@ def _no_code_ran(env, outcome):
 
 
 CASES = [
-    warn("output_dir holding an earlier run's checkpoints", _earlier_checkpoints,
+    warn("output_dir holding an earlier run's checkpoints", _earlier_checkpoints(save_total_limit=2),
          r"already holds 2 checkpoint\(s\) of an earlier run \(checkpoint-50, checkpoint-60\) and this run does not "
-         r"resume from them", then=_earlier_checkpoints_kept),
+         r"resume from them", then=_earlier_checkpoints_kept("checkpoint-3", "checkpoint-4")),
+    warn("output_dir holding an earlier run's checkpoints, save_total_limit=1 keeping the best",
+         _earlier_checkpoints(save_total_limit=1, eval_strategy="steps", eval_steps=1, load_best_model_at_end=True,
+                              metric_for_best_model="loss"),
+         r"already holds 2 checkpoint\(s\) of an earlier run", then=_earlier_checkpoints_kept()),
     error("truncated optimizer.pt on resume", _truncated_optimizer,
           r"Cannot read .*checkpoint-2/optimizer\.pt \(checkpoint .*checkpoint-2\): the file is corrupt or truncated",
           CheckpointError),
     error("crafted pickle in online_state_0.pt", _crafted_online_state,
           r"Refusing to load .*checkpoint-1/online_state_0\.pt", CheckpointError, then=_no_code_ran),
     error("a loss that turns NaN later, hidden from the logs",
-          _loss_times(float("nan"), 5, max_steps=12, logging_steps=4, logging_nan_inf_filter=True),
+          _loss_from(5, "nan", max_steps=12, logging_steps=4, logging_nan_inf_filter=True),
           r"A training loss was NaN or inf between the last log and step 8", TrainingWillNotLearnError,
           then=_stopped_at(8)),
-    error("a gradient that collapses to zero later", _loss_times(0.0, 4, max_steps=12),
-          r"exactly zero for 3 optimiser steps in a row \(up to step 7\).*learning rate is too high",
-          TrainingWillNotLearnError, then=_stopped_at(7)),  # steps 5, 6 and 7 had no gradient; caught at step 7's log
-    error("a zero gradient between logs", _loss_times(0.0, 4, max_steps=12, logging_steps=5),
+    error("a gradient that collapses to zero later", _loss_from(4, "stuck", max_steps=12),
+          r"exactly zero for 3 optimiser steps in a row \(up to step 7\) while the loss was not.*learning rate is too "
+          r"high", TrainingWillNotLearnError, then=_stopped_at(7)),  # steps 5, 6 and 7: no gradient; caught at step 7
+    error("a zero gradient between logs", _loss_from(4, "stuck", max_steps=12, logging_steps=5),
           r"exactly zero for 6 optimiser steps in a row", TrainingWillNotLearnError, then=_stopped_at(10)),
-    warn("a gradient that collapses to zero later, guards off", _loss_times(0.0, 4, max_steps=8, guards=False),
+    warn("a gradient that collapses to zero later, guards off", _loss_from(4, "stuck", max_steps=8, guards=False),
          r"exactly zero for 3 optimiser steps in a row", then=_stopped_at(8)),
+    warn("a loss that reaches exactly zero (nothing left to learn) trains on",
+         _loss_from(4, "zero", max_steps=10), r"The loss and its gradient were exactly zero for 3 optimiser steps in "
+                                             r"a row \(up to step 7\): those batches have nothing left to learn",
+         then=_stopped_at(10)),
 ]
 
 

@@ -406,7 +406,7 @@ def test_entropy_bonus_and_adaptive_coefficient(tmp_path):
 
 
 def test_adaptive_entropy_state_is_saved_as_entropy_ctrl_state_json(tmp_path):
-    # API.md's checkpoint file: written at each save, and read on resume even without the per-process online state
+    # TRL's checkpoint file name: written at each save, and read on resume even without the per-process online state
     kwargs = dict(entropy_coef=0.01, use_adaptive_entropy=True, entropy_target=100.0, entropy_coef_delta=0.005,
                   save_strategy="steps", save_steps=1, output_dir=str(tmp_path / "run"))
     _trainer(tmp_path, max_steps=2, **kwargs).train()

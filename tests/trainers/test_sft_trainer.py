@@ -176,14 +176,16 @@ def test_model_that_comes_with_pad_equal_eos_is_warned_about_and_left_alone(tmp_
 
 @pytest.mark.parametrize("enforce", [True, False])
 def test_zero_gradient_for_the_first_steps_stops_the_run(tmp_path, enforce):
-    class ZeroLoss(SFTTrainer):  # a loss that no weight can change: its gradient is exactly 0
+    class ZeroLoss(SFTTrainer):  # a loss that no weight can change: its gradient is exactly 0, its value is not
         def compute_loss(self, *args, **kwargs):
-            return super().compute_loss(*args, **kwargs) * 0.0
+            loss = super().compute_loss(*args, **kwargs)
+            return loss.detach() + 0.0 * loss
 
     trainer = ZeroLoss(model=tiny_model(**SMALL), processing_class=tiny_tokenizer(), train_dataset=tiny_task_dataset(num_rows=32),
                        args=_config(tmp_path, max_steps=5, guards=enforce))
     if enforce:
-        with pytest.raises(TrainingWillNotLearnError, match=r"exactly zero for 3 optimiser steps in a row \(up to step 3\)"):
+        with pytest.raises(TrainingWillNotLearnError, match=r"exactly zero for 3 optimiser steps in a row \(up to step 3\) "
+                                                            r"while the loss was not"):
             trainer.train()
         assert trainer.state.global_step == 2  # stopped in the third step
     else:

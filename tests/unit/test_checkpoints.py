@@ -118,3 +118,35 @@ def test_reference_cache_that_cannot_be_read_is_recomputed(tmp_path, monkeypatch
     with pytest.warns(UserWarning, match=r"Ignoring the cached reference log-probs: Refusing to load .*k\.pt"):
         assert reference.load_cached("k") is None
     assert not (tmp_path / "pwned").exists()
+
+
+def test_fsdp_distributed_checkpoint_folders_are_checked(tmp_path):
+    # FSDP's sharded state dicts are torch distributed checkpoints: torch reads their `.metadata` with plain pickle and
+    # their non-tensor values with weights_only=False, so both are checked before a resume
+    import pickle
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    checkpoint = tmp_path / "checkpoint-2"
+    state = {"w": torch.randn(4, 4), "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99), "params": [0]}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+        dcp.save(state, checkpoint_id=str(checkpoint / "optimizer_0"))
+        verify_checkpoint(checkpoint)
+        marker = tmp_path / "pwned"
+        dcp.save({"w": torch.randn(2), "extra": WritesAFile(str(marker))},
+                 checkpoint_id=str(checkpoint / "pytorch_model_fsdp_0"))
+    with pytest.raises(CheckpointError, match=r"Refusing to load .*pytorch_model_fsdp_0/__0_0\.distcp \(value "
+                                              r"'extra'\) \(checkpoint .*checkpoint-2\): it names the Python object "
+                                              r"(builtins|io)\.open"):
+        verify_checkpoint(checkpoint)
+
+    (checkpoint / "pytorch_model_fsdp_0" / ".metadata").write_bytes(pickle.dumps(WritesAFile(str(marker))))
+    with pytest.raises(CheckpointError, match=r"Refusing to load .*pytorch_model_fsdp_0/\.metadata .*(builtins|io)"
+                                              r"\.open"):
+        verify_checkpoint(checkpoint)
+    (checkpoint / "pytorch_model_fsdp_0" / ".metadata").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(CheckpointError, match=r"Cannot read .*\.metadata .*corrupt or truncated"):
+        verify_checkpoint(checkpoint)
+    assert not marker.exists()

@@ -220,3 +220,10 @@ def test_formatting_func_text_is_what_is_trained(row):
     dataset, fmt = _sft(Dataset.from_list([row]), formatting_func=lambda r: "### formatted: sort c a b")
     assert fmt.describe() == "standard language modeling"
     assert tiny_tokenizer().decode(dataset[0]["input_ids"]).startswith("### formatted: sort c a b")
+
+
+def test_formatting_func_makes_the_messages_column_unchecked():
+    # only the formatted text is trained, so a message the function handles itself is not an error
+    rows = [{"messages": USER + [{"role": "assistant", "content": None}]}]
+    dataset, _ = _sft(Dataset.from_list(rows), formatting_func=lambda r: r["messages"][0]["content"] + " -> ?")
+    assert tiny_tokenizer().decode(dataset[0]["input_ids"]).startswith("sort: c a b -> ?")

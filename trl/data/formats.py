@@ -149,9 +149,8 @@ def check_example_types(example: dict, fmt: DatasetFormat, text_field: str = "te
             )
         return
     keys = [k for k in ("messages", text_field, "prompt", "completion", "chosen", "rejected") if k in example]
-    if fmt.kind == "language_modeling" and not fmt.conversational:
-        # only the text is trained (e.g. the output of formatting_func); prompt/completion columns are left alone
-        keys = [k for k in keys if k in (text_field, "messages")]
+    if fmt.kind == "language_modeling" and not fmt.conversational and text_field in example:
+        keys = [text_field]  # only the text is trained (e.g. the output of formatting_func); other columns are not
     for key in keys:
         value = example[key]
         if (key == "messages" and key != text_field) or (fmt.conversational and key != text_field):
@@ -176,33 +175,36 @@ def check_example_types(example: dict, fmt: DatasetFormat, text_field: str = "te
 
 
 def _check_messages(messages: list, column: str, row: int | None, name: str) -> None:
-    where = "" if row is None else f"Row {row} of the {name} dataset: "
     for i, message in enumerate(messages):
-        shown = str(message)[:80]
-        if not isinstance(message, dict):
-            raise TypeError(f"{where}message {i} of column {column!r} must be a dict; got {type(message).__name__}: "
-                            f"{shown}.")
-        if message.get("role") is None:
-            raise ValueError(
-                f"{where}message {i} of column {column!r} has no 'role' (a string such as 'user' or 'assistant'): "
-                f"{shown}. Add the role, or remove the row."
-            )
-        if not isinstance(message["role"], str):
-            raise TypeError(f"{where}message {i} of column {column!r} has a 'role' of type "
-                            f"{type(message['role']).__name__}: {shown}. Use a string such as 'user'.")
-        content = message.get("content")
-        if content is None:
-            if message["role"] == "assistant" and message.get("tool_calls"):
-                continue  # a pure tool call: the template renders the calls instead of text
-            raise ValueError(
-                f"{where}message {i} of column {column!r} has no 'content': {shown}. Every message needs a 'content' "
-                "string (only assistant messages with 'tool_calls' may omit it); fill it in or remove the row."
-            )
-        if not isinstance(content, (str, list)):
-            raise TypeError(
-                f"{where}message {i} of column {column!r} has a 'content' of type {type(content).__name__}: {shown}. "
-                "Use a string (or a list of content blocks)."
-            )
+        problem = _message_problem(message)
+        if problem is None:
+            continue
+        error, text = problem
+        where = "" if row is None else f"Row {row} of the {name} dataset: "
+        raise error(f"{where}message {i} of column {column!r} {text.format(shown=str(message)[:80])}")
+
+
+def _message_problem(message) -> tuple[type[Exception], str] | None:
+    """What is wrong with one message (the exception class and a text with a `{shown}` slot), or None. The message is
+    only turned into text when something is wrong: this runs on every message of every row."""
+    if not isinstance(message, dict):
+        return TypeError, f"must be a dict; got {type(message).__name__}: {{shown}}."
+    if message.get("role") is None:
+        return ValueError, ("has no 'role' (a string such as 'user' or 'assistant'): {shown}. Add the role, or remove "
+                            "the row.")
+    if not isinstance(message["role"], str):
+        return TypeError, (f"has a 'role' of type {type(message['role']).__name__}: {{shown}}. Use a string such as "
+                           "'user'.")
+    content = message.get("content")
+    if content is None:
+        if message["role"] == "assistant" and message.get("tool_calls"):
+            return None  # a pure tool call: the template renders the calls instead of text
+        return ValueError, ("has no 'content': {shown}. Every message needs a 'content' string (only assistant "
+                            "messages with 'tool_calls' may omit it); fill it in or remove the row.")
+    if not isinstance(content, (str, list)):
+        return TypeError, (f"has a 'content' of type {type(content).__name__}: {{shown}}. Use a string (or a list of "
+                           "content blocks).")
+    return None
 
 
 IMAGE_COLUMNS = ("image", "images")

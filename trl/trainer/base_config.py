@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,13 +60,13 @@ def _check_run_does_something(config) -> None:
     for name in ("seed", "data_seed", "max_steps", "gradient_accumulation_steps", "per_device_train_batch_size",
                  "per_device_eval_batch_size"):
         value = getattr(config, name, None)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
             raise TypeError(f"`{name}` must be an integer; got {type(value).__name__} {value!r} (e.g. `{name}=42`, "
                             "not a string).")
     for name in ("gradient_accumulation_steps", "per_device_train_batch_size", "per_device_eval_batch_size"):
         if getattr(config, name) < 1:
             raise ValueError(f"`{name}` must be a positive integer; got {getattr(config, name)}.")
-    if isinstance(config.learning_rate, bool) or not isinstance(config.learning_rate, (int, float)):
+    if isinstance(config.learning_rate, bool) or not isinstance(config.learning_rate, numbers.Real):
         raise TypeError(f"`learning_rate` must be a number; got {type(config.learning_rate).__name__} "
                         f"{config.learning_rate!r}.")
     if not config.learning_rate > 0:
@@ -88,8 +89,9 @@ def _check_run_does_something(config) -> None:
 def _fp16_device_available() -> bool:
     import torch
 
-    return (torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
-            or (hasattr(torch, "npu") and torch.npu.is_available()) or torch.backends.mps.is_available())
+    if hasattr(torch, "accelerator"):  # torch>=2.6: CUDA, XPU, MPS, HPU, MTIA and out-of-tree devices alike
+        return torch.accelerator.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 @dataclass

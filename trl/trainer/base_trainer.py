@@ -142,6 +142,10 @@ class _BaseTrainer(Trainer):
 
     _precomputing_reference = False  # True only during the one-off reference pass of `precompute_ref_log_probs`
     _guards_gradient = True  # the zero-gradient guard (online trainers judge generation batches instead)
+    _step_watch: guards.StepWatch | None = None  # set by `train()`
+    _watch_gradients = False  # set by `train()`
+    _earlier_checkpoints: set[str] = frozenset()  # an earlier run's checkpoints in output_dir (set by `train()`)
+    _own_save_total_limit: int | None = None  # save_total_limit, while this run rotates its checkpoints itself
 
     _tag_names: list[str] = ["trl"]
     _name: str = "Trainer"
@@ -417,7 +421,7 @@ class _BaseTrainer(Trainer):
         logs.update({f"{prefix}{k}": v for k, v in metrics.items()})
         if mode == "train" and "loss" in logs:
             guards.check_finite_loss(logs["loss"], self.state.global_step, getattr(self.args, "guards", True))
-            if hasattr(self, "_step_watch"):
+            if self._step_watch is not None:
                 self._step_watch.check(getattr(self.args, "guards", True))
         super().log(logs, start_time)
 
@@ -449,7 +453,7 @@ class _BaseTrainer(Trainer):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.state.global_step < 3:  # the first steps are checked at once; later ones at every log
             guards.check_finite_loss(float(loss), self.state.global_step + 1, getattr(self.args, "guards", True))
-        else:
+        if self._step_watch is not None:  # None outside `train()` (a hand-written loop)
             self._step_watch.record_loss(loss)
         if (self._watch_gradients and not _TRAINER_REPORTS_GRAD_NORM
                 and self.accelerator.gradient_state.sync_gradients):
@@ -471,7 +475,8 @@ class _BaseTrainer(Trainer):
 
     def _start_step_watch(self) -> None:
         """At the start of `train()`: NaN/inf losses and zero-gradient streaks are watched at every optimiser step
-        (3 zero-gradient steps in a row stop the run). Online trainers judge their generation batches instead
+        (3 zero-gradient steps in a row with a non-zero loss stop the run; with a zero loss they are warned about).
+        Online trainers judge their generation batches instead
         (`_check_rollout_guards`: a generation batch whose groups all share one reward gives a zero gradient for
         several steps and the run still learns), and optimisers that step inside the backward pass (layer-wise,
         LoMo) or DeepSpeed leave no gradient to read."""
@@ -482,22 +487,13 @@ class _BaseTrainer(Trainer):
         )
 
     def _save_checkpoint(self, model, trial):
-        earlier = getattr(self, "_earlier_checkpoints", None)
-        limit = self.args.save_total_limit
-        if earlier:
-            earlier.discard(f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")  # about to be overwritten: ours now
-        if earlier and limit:
-            # transformers' rotation would count, and delete, the earlier run's checkpoints too: rotate ours alone
-            self.args.save_total_limit = None
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self.args.save_total_limit = limit
-            if self.args.should_save:
-                _rotate_checkpoints(self._get_output_dir(trial), limit, earlier, self.state.best_model_checkpoint)
-        else:
-            super()._save_checkpoint(model, trial)
+        if self._earlier_checkpoints:  # about to be overwritten: this run's now
+            self._earlier_checkpoints.discard(f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        super()._save_checkpoint(model, trial)
         if self.args.should_save:
+            if self._own_save_total_limit:
+                _rotate_checkpoints(self._get_output_dir(trial), self._own_save_total_limit, self._earlier_checkpoints,
+                                    self.state.best_model_checkpoint)
             self.create_model_card()
 
     _SYNCED_REF_FILE = "synced_ref_model.pt"
@@ -522,6 +518,11 @@ class _BaseTrainer(Trainer):
         if checkpoint is not None:  # every file that resuming reads, before anything is restored
             checkpoints.verify_checkpoint(checkpoint, allow=checkpoints.RECORD_TYPES)
         self._earlier_checkpoints = set() if resume_from_checkpoint else self._checkpoints_of_an_earlier_run()
+        limit = self.args.save_total_limit
+        if self._earlier_checkpoints and limit:
+            # transformers' rotation (after each save, and "limit 1 keeps only the best" at the end) would count, and
+            # delete, the earlier run's checkpoints: this run rotates its own (`_save_checkpoint`)
+            self._own_save_total_limit, self.args.save_total_limit = limit, None
         # transformers aligns the model's special ids with the tokenizer at the start of train(); keep pad == eos out
         # of the model and generation configs (see `loading.restore_pad_ids`), in checkpoints and after training
         self._pad_ids = loading.pad_ids(self.model)
@@ -529,9 +530,15 @@ class _BaseTrainer(Trainer):
         self._start_step_watch()
         self._check_optimizer_memory()
         try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            result = super().train(resume_from_checkpoint, *args, **kwargs)
+            best = self.state.best_model_checkpoint
+            if self._own_save_total_limit == 1 and best and self.args.should_save:  # transformers' end-of-run rule
+                _rotate_checkpoints(self.args.output_dir, 0, self._earlier_checkpoints, best, keep_latest=False)
+            return result
         finally:
             loading.restore_pad_ids(self.model, self._pad_ids)
+            if self._own_save_total_limit:
+                self.args.save_total_limit, self._own_save_total_limit = self._own_save_total_limit, None
 
     def _checkpoints_of_an_earlier_run(self) -> set[str]:
         """The `checkpoint-*` folders already in `output_dir` when a run starts without resuming: warned about, and
@@ -602,8 +609,8 @@ class _BaseTrainer(Trainer):
 
 def _checkpoint_to_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
     """The checkpoint folder `train(resume_from_checkpoint=...)` will read (True: the last one in `output_dir`)."""
-    if isinstance(resume_from_checkpoint, str):
-        return resume_from_checkpoint
+    if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+        return os.fspath(resume_from_checkpoint)
     if resume_from_checkpoint is True and os.path.isdir(output_dir):
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -624,12 +631,13 @@ def _checkpoint_step(name: str) -> int | None:
     return int(step) if step.isdigit() else None
 
 
-def _rotate_checkpoints(folder: str, limit: int, earlier: set[str], best: str | None) -> None:
-    """Keep this run's `limit` newest checkpoints (and its best one); never touch the folders in `earlier`."""
+def _rotate_checkpoints(folder: str, limit: int, earlier: set[str], best: str | None, keep_latest: bool = True):
+    """Keep this run's `limit` newest checkpoints, its best one and (`keep_latest`) its latest one; never touch the
+    folders in `earlier`."""
     import shutil
 
     own = sorted(_checkpoint_folders(folder) - earlier, key=_checkpoint_step)
-    protected = {own[-1]} if own else set()
+    protected = {own[-1]} if own and keep_latest else set()
     if best:
         protected.add(os.path.basename(os.path.normpath(best)))
     removable = [name for name in own if name not in protected]

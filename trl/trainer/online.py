@@ -320,7 +320,7 @@ class _OnlineTrainer(_BaseTrainer):
         for key, seconds in timing.items():
             self._metrics.add("train", f"timing/{key}", seconds)
         self._remember_completions(rollout, scores, advantages)
-        self._check_rollout_guards(rollout, all_rewards)
+        self._check_rollout_guards(rollout, all_rewards, scores.nan_count)
         return rollout
 
     def _sample(self, rows: list[dict], generator: torch.Generator) -> Rollout:
@@ -487,7 +487,7 @@ class _OnlineTrainer(_BaseTrainer):
         """`(N,)` weighted sum of the reward functions, NaN (None) excluded."""
         return torch.nansum(rewards * self.reward_scorer.weights.to(rewards.device), dim=1)
 
-    def _check_rollout_guards(self, rollout: Rollout, all_rewards: torch.Tensor) -> None:
+    def _check_rollout_guards(self, rollout: Rollout, all_rewards: torch.Tensor, nan_count: int = 0) -> None:
         """Judge each generation batch (`all_rewards`: gathered over processes) and count streaks of bad ones.
 
         - No gradient signal left, `guard_patience` batches in a row, stops the run (a warning with guards=False): no
@@ -498,10 +498,22 @@ class _OnlineTrainer(_BaseTrainer):
           learns, but the rewards judge unfinished answers.
         - 90% or more of the completions truncated, or of the groups with one reward, is warned about once, when the
           streak reaches `guard_patience` batches.
+        - A batch with no usable reward at all, where some function returned NaN (`nan_count` on this process: a bug
+          in the reward, not a deliberate None), stops the run at once.
         """
         from ..advantages import group_reward_stats
 
         g, patience, enforce = self.args.num_generations, self.args.guard_patience, self.args.guards
+        weighted = self.reward_scorer.weights.to(all_rewards.device) != 0
+        nans = int(self.accelerator.gather(torch.tensor([nan_count], device=self.accelerator.device)).sum())
+        if nans and bool(torch.isnan(all_rewards[:, weighted]).all()):
+            guards.report(
+                f"No completion of this generation batch got a usable reward: every reward with a non-zero weight is "
+                f"NaN or None ({nans} NaN; the warnings above name the functions and rows), so nothing can be learned.",
+                "A NaN usually comes from a bug in the reward (0/0, log(0), NaN inputs or a NaN model output): fix it, "
+                "and return None only for completions that should stay unscored.",
+                enforce,
+            )
         truncated = float(self.accelerator.gather(rollout.is_truncated.float()).mean())
         _, zero_std_groups = group_reward_stats(self._total_rewards(all_rewards), g)  # (N_all / G,)
         zero_std = float(zero_std_groups.float().mean())
@@ -738,6 +750,8 @@ class _OnlineTrainer(_BaseTrainer):
                 "Convert that dataset column to plain values to keep resumes exact.",
                 stacklevel=2,
             )
+            if os.path.exists(path):  # a reused checkpoint folder: never restore another run's buffer
+                os.remove(path)
             return
         torch.save(state, path)
 

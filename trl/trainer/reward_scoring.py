@@ -57,6 +57,8 @@ class RewardScores:
         extra_columns (`dict[str, list]`): columns for the completions table, from `log_extra(column, values)`; each list
             has `N` values (a later call for the same column replaces the earlier one).
         metrics (`dict[str, list[float]]`): from `log_metric(name, value)`; every value given during this call.
+        nan_count (`int`): rewards that a function returned as NaN (not None) in this call: a bug in the reward,
+            warned about by name; the online trainers stop when a generation batch has no usable reward and some NaN.
 
     Example:
         ```python
@@ -69,6 +71,7 @@ class RewardScores:
     rewards: torch.Tensor  # (N, R)
     extra_columns: dict[str, list] = field(default_factory=dict)
     metrics: dict[str, list[float]] = field(default_factory=dict)
+    nan_count: int = 0
 
 
 @dataclass
@@ -257,22 +260,13 @@ class RewardScorer:
                 "so their advantage will be 0.",
                 stacklevel=2,
             )
-        return RewardScores(rewards=rewards, extra_columns=log.columns, metrics=log.metrics)
+        return RewardScores(rewards=rewards, extra_columns=log.columns, metrics=log.metrics,
+                            nan_count=sum(len(rows) for rows in nan_rows.values()))
 
     def _check_nan(self, rewards: torch.Tensor, nan_rows: dict[int, list[int]]) -> None:
-        """Name each function that returned NaN and its rows; stop when the batch holds no usable reward at all."""
+        """Name each function that returned NaN, with its rows. (A generation batch with no usable reward at all stops
+        the run in the online trainers' guards, which see every process's rewards.)"""
         n = rewards.shape[0]
-        weighted = self.weights != 0
-        usable = ~torch.isnan(rewards[:, weighted])
-        if not usable.any() and any(weighted[i] for i in nan_rows):
-            found = "; ".join(f"{self._describe(i)} returned NaN for rows {_first_rows(rows)}"
-                              for i, rows in nan_rows.items())
-            raise ValueError(
-                f"Every reward of this batch of {n} completions is NaN or None: no reward function with a non-zero "
-                f"weight gave a usable reward, so nothing can be learned ({found}). A NaN usually comes from a bug in "
-                "the reward (0/0, log(0), NaN inputs or a NaN model output); fix it, and return None only for "
-                "completions that should stay unscored."
-            )
         for i, rows in nan_rows.items():
             warnings.warn(
                 f"{self._describe(i)} returned NaN for {len(rows)} of {n} completions (rows {_first_rows(rows)}); they "
@@ -402,7 +396,7 @@ def _reward_model(func, tokenizer, index: int, model_init_kwargs: dict, trust_re
             if Path(func).expanduser().is_dir():
                 raise  # a local folder: its own error says what is wrong with it
             # a Hub id that does not load may be a misspelt reward function name
-            raise (ValueError if isinstance(error, ValueError) else OSError)(
+            raise (ValueError if isinstance(error, ValueError) else loading._builtin_class(error))(
                 f"{func!r} (reward_funcs[{index}]) could not be loaded as a reward model ({type(error).__name__}: "
                 f"{error}). {accepted_forms()}"
             ) from error
