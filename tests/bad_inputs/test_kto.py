@@ -7,9 +7,10 @@ from datasets import Dataset
 
 from trl import KTOConfig, KTOTrainer
 from trl.data.tiny import tiny_task_dataset
-from trl.models.tiny import tiny_model, tiny_tokenizer
+from trl.models.tiny import tiny_model
 
 from ..trainers.sft_one_step import SMALL
+from .envs import TrainerEnv, build, dataset_object_rows, raw, sharegpt_roles_renamed, trains_one_step
 from .harness import check, error, ok, warn
 
 
@@ -18,40 +19,17 @@ SHAREGPT = [{"prompt": [{"from": "human", "value": f"{i}+{i}="}], "completion": 
              "label": i % 2 == 0} for i in range(4)]
 
 
-class Env:
+class Env(TrainerEnv):
     """A row's `tmp_path` and how to build a `KTOTrainer` on a tiny model from rows, a dataset or other inputs."""
 
-    def __init__(self, tmp_path):
-        self.tmp_path = tmp_path
-
-    def config(self, **overrides):
-        values = {"output_dir": str(self.tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 4,
-                  "learning_rate": 1e-3, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
-                  "max_length": 64, "seed": 0, "gradient_checkpointing": False}
-        return KTOConfig(**{**values, **overrides})
-
-    def build(self, rows_or_dataset, model=None, ref_model=None, **overrides):
-        dataset = Dataset.from_list(rows_or_dataset) if isinstance(rows_or_dataset, list) else rows_or_dataset
-        return KTOTrainer(model=model if model is not None else tiny_model(**SMALL), ref_model=ref_model,
-                          args=self.config(**overrides), train_dataset=dataset, processing_class=tiny_tokenizer())
+    trainer_class, config_class, rows = KTOTrainer, KTOConfig, ROWS
+    defaults = {"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-3, "max_length": 64,
+                "gradient_checkpointing": False}
 
 
 @pytest.fixture
 def env(tmp_path):
     return Env(tmp_path)
-
-
-def _build(rows, **kwargs):
-    return lambda env: env.build(rows, **kwargs)
-
-
-def _raw(**datasets):
-    """The datasets exactly as given (a list or a dict is not wrapped)."""
-    def build(env):
-        return KTOTrainer(model=tiny_model(**SMALL), args=env.config(), processing_class=tiny_tokenizer(),
-                          **{"train_dataset": Dataset.from_list(ROWS), **datasets})
-
-    return build
 
 
 def _config(**kwargs):
@@ -61,15 +39,6 @@ def _config(**kwargs):
 def _ref_is_policy(env):
     model = tiny_model(**SMALL)
     return env.build(tiny_task_dataset("unpaired_preference", num_rows=2), model=model, ref_model=model)
-
-
-def _trains_one_step(rows):
-    def build(env):
-        trainer = env.build(rows, max_steps=1)
-        trainer.train()
-        return trainer
-
-    return build
 
 
 def _one_sided(env):
@@ -83,49 +52,35 @@ def _undesirable_side_not_logged(env, outcome):
     assert "rewards/rejected" not in outcome.value.state.log_history[0]  # no undesirable row: the side is not logged
 
 
-def _sharegpt_roles(env, outcome):
-    tokenizer = tiny_tokenizer()
-    row = outcome.value.train_dataset[0]
-    prompt, completion = tokenizer.decode(row["prompt_ids"]), tokenizer.decode(row["completion_ids"])
-    assert prompt.startswith("<|im_start|>user\n") and prompt.endswith("<|im_start|>assistant\n"), prompt
-    assert "human" not in prompt + completion and "gpt" not in prompt + completion
-
-
 CASES = [
     # ---- the dataset ----
     error("missing label", lambda env: env.build(tiny_task_dataset("conversational_prompt_completion", num_rows=2)),
           r"missing \['label'\]"),
-    error("image column", _build([{**ROWS[0], "image": None}]),
+    error("image column", build([{**ROWS[0], "image": None}]),
           r"KTOTrainer got an 'image' column in its train dataset, but it trains Qwen3ForCausalLM.*remove the 'image' "
           r"column"),
-    error("images column in the eval dataset", _raw(eval_dataset=Dataset.from_list([{**ROWS[0], "images": []}])),
+    error("images column in the eval dataset", raw(eval_dataset=Dataset.from_list([{**ROWS[0], "images": []}])),
           r"KTOTrainer got an 'images' column in its eval dataset"),
-    error("list of dicts as train dataset", _raw(train_dataset=ROWS[:1]),
-          r"KTOTrainer got a list of 1 dicts as its train dataset; it needs a `datasets\.Dataset`\. Wrap the rows: "
-          r"`datasets\.Dataset\.from_list\(rows\)`", TypeError),
-    error("list of dicts as eval dataset", _raw(eval_dataset=ROWS),
-          r"KTOTrainer got a list of 2 dicts as its eval dataset", TypeError),
-    error("dict of columns", _raw(train_dataset={"prompt": ["q"], "completion": [" a"], "label": [True]}),
-          r"KTOTrainer got a dict of columns .* as its train dataset.*Dataset\.from_dict", TypeError),
+    *dataset_object_rows("KTOTrainer", ROWS),
     error("None completion of paired data names the pair",
-          _build([{"prompt": "q", "chosen": " a", "rejected": " b"}, {"prompt": "q", "chosen": " a", "rejected": None}]),
+          build([{"prompt": "q", "chosen": " a", "rejected": " b"}, {"prompt": "q", "chosen": " a", "rejected": None}]),
           r"Row 1 of the train dataset is malformed\. Column 'rejected'", TypeError),
-    error("None completion", _build([ROWS[0], {"prompt": "r", "completion": None, "label": False}]),
+    error("None completion", build([ROWS[0], {"prompt": "r", "completion": None, "label": False}]),
           r"Row 1 of the train dataset is malformed\. Column 'completion' must hold strings", TypeError),
     error("message without content",
-          _build([{"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant"}], "label": True}]),
+          build([{"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant"}], "label": True}]),
           r"Row 0 of the train dataset: message 0 of column 'completion' has no 'content'"),
-    error("label of the wrong type", _build([{"prompt": "q", "completion": " a", "label": "yes"}]),
+    error("label of the wrong type", build([{"prompt": "q", "completion": " a", "label": "yes"}]),
           r"'label' must hold booleans", TypeError),
     warn("only desirable rows (trains)", _one_sided, r"Every one of the 4 train rows is desirable",
          then=_undesirable_side_not_logged),
-    ok("ShareGPT human/gpt roles", _trains_one_step(SHAREGPT), then=_sharegpt_roles),
+    ok("ShareGPT human/gpt roles", trains_one_step(SHAREGPT), then=sharegpt_roles_renamed),
     # ---- the models ----
     error("ref_model is the policy", _ref_is_policy, r"policy object itself"),
-    error("model path that does not exist", _build(ROWS, model="./no/such/model"),
+    error("model path that does not exist", build(ROWS, model="./no/such/model"),
           r"Model './no/such/model' does not exist \(looked for .*; the current directory is ", FileNotFoundError),
     error("router_aux_loss_coef on a model that is not MoE",
-          _build(tiny_task_dataset("unpaired_preference", num_rows=4), router_aux_loss_coef=0.1),
+          build(tiny_task_dataset("unpaired_preference", num_rows=4), router_aux_loss_coef=0.1),
           r"not a mixture-of-experts"),
     # ---- the config ----
     error("unknown loss_type", _config(loss_type="ktoo"), r"'ktoo'; allowed: \['apo_zero_unpaired', 'kto'\]"),

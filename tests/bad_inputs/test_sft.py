@@ -9,6 +9,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.guards import TrainingWillNotLearnError
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
+from ..unit.test_tokenize import THINK_STRIPPING  # drops earlier turns' <think> blocks, like Qwen3
 from .harness import check, error, ok, warn
 
 
@@ -32,15 +33,6 @@ NO_END_OF_TURN = (
     "{%- for message in messages %}"
     "{%- if message['role'] == 'assistant' %}{{- '<|im_start|>assistant\\n' + message['content'] + '\\n' }}"
     "{%- else %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-# Drops the <think> block of every assistant message but the last (like Qwen3): not prefix-preserving.
-THINK_STRIPPING = (
-    "{%- for message in messages %}{%- set content = message['content'] %}"
-    "{%- if message['role'] == 'assistant' and not loop.last %}"
-    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
