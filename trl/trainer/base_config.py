@@ -81,8 +81,9 @@ def _check_run_does_something(config) -> None:
                          "positive `num_train_epochs` (or `max_steps`).")
     if config.fp16 and (config.use_cpu or not _fp16_device_available()):
         raise ValueError(
-            "`fp16=True` needs a GPU (CUDA, XPU, NPU or MPS); this run is on the CPU, where it would silently train in "
-            "float32. Leave `fp16` off to train in float32, or set `bf16=True` for bfloat16 on the CPU."
+            "`fp16=True` needs a GPU (CUDA, XPU, NPU or MPS); this run is on the CPU, where it would silently train "
+            "in float32. Leave `fp16` off to train in float32, or set `bf16=True, use_cpu=True` for bfloat16 on the "
+            "CPU."
         )
 
 
