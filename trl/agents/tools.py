@@ -93,7 +93,7 @@ def _where(func: Any, index: int | None, owner: str | None) -> str:
 def _schema(func: Any, where: str) -> dict:
     """The JSON schema of one tool, or a ValueError/TypeError that says what to add."""
     if not callable(func) or isinstance(func, type):
-        raise TypeError(f"{where} is a {type(func).__name__}; a tool must be a function (def or async def).")
+        raise TypeError(f"{where} is of type {type(func).__name__}; a tool must be a function (def or async def).")
     if not isinstance(getattr(func, "__name__", None), str):
         raise TypeError(
             f"{where} ({type(func).__name__}) has no __name__, which the model would call it by; wrap it in a def "
@@ -125,8 +125,8 @@ def _schema(func: Any, where: str) -> dict:
         return get_json_schema(func)
     except DocstringParsingException as error:
         raise ValueError(
-            f"Tool {where}: {error} Describe every argument in the docstring's `Args:` section, one `name: text` line "
-            "each."
+            f"Tool {where}: {str(error).rstrip('.')}. Describe every argument in the docstring's `Args:` section, "
+            "one `name: text` line each."
         ) from error
     except (TypeHintParsingException, NameError) as error:
         raise TypeError(f"Tool {where}: a type hint cannot be turned into a JSON schema ({error}). Supported: "
