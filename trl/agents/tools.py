@@ -30,13 +30,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from transformers.utils import DocstringParsingException, TypeHintParsingException, get_json_schema
+
+from .._event_loop import event_loop
 
 __all__ = ["DEFAULT_TOOL_TIMEOUT", "ToolResults", "Toolbox", "execute_tool_calls", "tool_metrics", "tool_schemas"]
 
@@ -341,7 +342,7 @@ def execute_tool_calls(
         if to_environment:
             chains.append(to_environment)
     if chains:
-        asyncio.run_coroutine_threadsafe(_run_chains(chains, timeout), _event_loop()).result()
+        asyncio.run_coroutine_threadsafe(_run_chains(chains, timeout), event_loop()).result()
 
     messages = [[{"role": "tool", "name": call.name, "content": call.content if call.error is None else
                   json.dumps({"error": call.error}, ensure_ascii=False)} for call in rollout_calls]
@@ -543,29 +544,10 @@ def _is_async(func: Any) -> bool:
     return not inspect.isroutine(func) and inspect.iscoroutinefunction(type(func).__call__)  # async def __call__
 
 
-# ---- the event loop of async tools ---------------------------------------------------------------------------------
-
-_LOOP: asyncio.AbstractEventLoop | None = None
-_LOOP_PID: int | None = None
-_LOOP_LOCK = threading.Lock()
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """One event loop on a daemon thread, started on first use and kept for the life of the process (a forked child
-    starts its own, since the thread does not survive the fork)."""
-    global _LOOP, _LOOP_PID
-    with _LOOP_LOCK:
-        if _LOOP is None or _LOOP_PID != os.getpid():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="trl-async-tools", daemon=True).start()
-            _LOOP, _LOOP_PID = loop, os.getpid()
-        return _LOOP
-
-
 def gather_sync(awaitables: Sequence[Any]) -> list[Any]:
     """Await `awaitables` concurrently on the tools' event loop from synchronous code; an exception is returned in
     place of its result (used for async `reset`)."""
-    return asyncio.run_coroutine_threadsafe(_gather(list(awaitables)), _event_loop()).result()
+    return asyncio.run_coroutine_threadsafe(_gather(list(awaitables)), event_loop()).result()
 
 
 async def _gather(awaitables: list) -> list:

@@ -27,7 +27,6 @@ import functools
 import inspect
 import math
 import numbers
-import os
 import threading
 import warnings
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from .._event_loop import event_loop
 from ..data.conversation import is_conversational
 from ..models import loading
 from ..rewards._resolve import accepted_forms, resolve_reward_func
@@ -284,7 +284,7 @@ class RewardScorer:
         try:
             result = self._funcs[i](**kwargs)
             if inspect.isawaitable(result):  # a sync wrapper that returns a coroutine: wait for it here
-                result = asyncio.run_coroutine_threadsafe(_awaited(result), _event_loop()).result()
+                result = asyncio.run_coroutine_threadsafe(_awaited(result), event_loop()).result()
         except Exception as error:
             raise RuntimeError(f"{self._describe(i)} raised {type(error).__name__}: {error}") from error
         return result
@@ -294,7 +294,7 @@ class RewardScorer:
             coroutine = self._funcs[i](**kwargs)  # a wrong signature fails here, before anything is scheduled
         except Exception as error:
             raise RuntimeError(f"{self._describe(i)} raised {type(error).__name__}: {error}") from error
-        return asyncio.run_coroutine_threadsafe(_awaited(coroutine), _event_loop())
+        return asyncio.run_coroutine_threadsafe(_awaited(coroutine), event_loop())
 
     def _await(self, i: int, future) -> Any:
         try:
@@ -588,25 +588,6 @@ class _Log:
             raise TypeError(f"log_metric({name!r}, ...) needs a number; got {type(value).__name__}.") from None
         with self._lock:
             self.metrics.setdefault(str(name), []).append(value)
-
-
-# ---- the event loop of async reward functions -------------------------------------------------------------------------
-
-_LOOP: asyncio.AbstractEventLoop | None = None
-_LOOP_PID: int | None = None
-_LOOP_LOCK = threading.Lock()
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """One event loop on a daemon thread, started on first use and kept for the life of the process (a forked child
-    starts its own, since the thread does not survive the fork)."""
-    global _LOOP, _LOOP_PID
-    with _LOOP_LOCK:
-        if _LOOP is None or _LOOP_PID != os.getpid():
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="trl-async-rewards", daemon=True).start()
-            _LOOP, _LOOP_PID = loop, os.getpid()
-        return _LOOP
 
 
 async def _awaited(awaitable: Any) -> Any:
