@@ -38,13 +38,14 @@ class Rollout:
         prompt_ids (`torch.Tensor`): `(N, P)` prompt token ids, left-padded.
         prompt_mask (`torch.Tensor`): `(N, P)` 1 on real prompt tokens.
         completion_ids (`torch.Tensor`): `(N, C)` generated token ids, right-padded; exactly what was sampled.
-        completion_mask (`torch.Tensor`): `(N, C)` 1 on generated tokens up to and including the first EOS.
+        completion_mask (`torch.Tensor`): `(N, C)` 1 on generated tokens up to and including the first EOS (and on
+            the tool turns between the rounds of a multi-turn rollout).
         is_truncated (`torch.Tensor`): `(N,)` bool, True when no EOS came within `max_completion_length`.
         sampling_logps (`torch.Tensor`, *optional*): `(N, C)` log-prob of each sampled token under the distribution
             it was sampled from (after temperature and any filtering), 0 on padding.
-        tool_mask (`torch.Tensor`, *optional*): `(N, C)` 0 on completion tokens that the policy did not generate (tool
-            or environment output from a `rollout_func`), which stay out of the loss; None when every token is
-            generated.
+        tool_mask (`torch.Tensor`, *optional*): `(N, C)` 0 on completion tokens that the policy did not generate (the
+            tool turns of a multi-turn rollout, or environment output from a `rollout_func`), which stay out of the
+            loss, the entropy, the KL and the length metrics; None when every token is generated.
 
     Filled by the trainer:
         prompts (`list`): `(N,)` the prompt of each completion as the dataset gave it (text or messages).
@@ -81,6 +82,12 @@ class Rollout:
     def completion_lengths(self) -> torch.Tensor:
         """`(N,)` tokens of each completion (EOS included)."""
         return self.completion_mask.sum(-1)
+
+    @property
+    def generated_lengths(self) -> torch.Tensor:
+        """`(N,)` tokens of each completion that the policy generated (tool-result tokens left out)."""
+        mask = self.completion_mask if self.tool_mask is None else self.completion_mask * self.tool_mask
+        return mask.sum(-1)
 
     def as_dict(self) -> dict[str, Any]:
         """Every field but `step_counts` (which belongs to one optimiser step), as stored in a checkpoint: tensors,

@@ -56,7 +56,12 @@ class GRPOTrainer(_OnlineTrainer):
             (0 on completion tokens the policy did not write, e.g. tool output: they are not trained), and any other
             key as a reward column. Its log-probs are treated as another engine's: old log-probs are recomputed
             when a batch is used off-policy.
-        tools, environment_factory: not supported yet (a clear error).
+        tools (`list[Callable]`, *optional*): sync or async functions with type hints and Google-style docstrings
+            that the model may call (docs/agents.md). The prompts must be conversational and the chat template must
+            render tool calls; each rollout runs rounds of generation and tool calls (`max_tool_calling_iterations`,
+            `tool_timeout`), tool-result tokens stay out of the loss, and the reward functions receive each
+            completion as its list of messages (assistant turns with `tool_calls`, and `tool` messages).
+        environment_factory: not supported yet (a clear error).
 
     Example:
         ```python
@@ -75,11 +80,12 @@ class GRPOTrainer(_OnlineTrainer):
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
                  quantization_config=None, peft_config=None, tools=None, rollout_func=None, environment_factory=None):
-        unsupported = {"tools": tools, "environment_factory": environment_factory}
-        given = [name for name, value in unsupported.items() if value is not None]
-        if given:
-            raise ValueError(f"GRPOTrainer: {given} are not supported yet in this version (single-turn generation "
-                             "only; a `rollout_func` can run a multi-turn loop of its own).")
+        if environment_factory is not None:
+            raise ValueError("GRPOTrainer: ['environment_factory'] is not supported yet in this version (`tools` are; "
+                             "a `rollout_func` can run an environment loop of its own).")
+        if tools and rollout_func is not None:
+            raise ValueError("GRPOTrainer: give `tools` or a `rollout_func`, not both: a rollout_func replaces "
+                             "generation, tool calls included.")
         if rollout_func is not None:
             if not callable(rollout_func):
                 raise TypeError(f"rollout_func must be callable as rollout_func(prompts, trainer); got "
@@ -89,7 +95,8 @@ class GRPOTrainer(_OnlineTrainer):
                               "change. Set TRL_EXPERIMENTAL_SILENCE=1 to silence this warning.", stacklevel=2)
         self.rollout_func = rollout_func
         super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class,
-                         reward_processing_classes, callbacks, optimizers, quantization_config, peft_config)
+                         reward_processing_classes, callbacks, optimizers, quantization_config, peft_config,
+                         tools=tools)
         a = self.args
         self._loss_params = PolicyLossParams(
             loss_type=a.loss_type, epsilon_low=a.epsilon, epsilon_high=a.epsilon_high, delta=a.delta, beta=a.beta,

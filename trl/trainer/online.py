@@ -28,6 +28,9 @@ import torch
 from torch.utils.data import Sampler
 
 from .. import checkpoints, guards
+from ..agents.multi_turn import multi_turn_rollout
+from ..agents.tools import Toolbox, tool_metrics
+from ..chat_template_utils import supports_tool_calling
 from ..data.prompts import prepare_prompt_dataset
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
@@ -144,7 +147,7 @@ class _OnlineTrainer(_BaseTrainer):
 
     def __init__(self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
-                 peft_config=None):
+                 peft_config=None, tools=None):
         args = as_config(args, self._config_class, self._default_output_dir(model, self._name))
         if train_dataset is None:
             raise ValueError(f"{type(self).__name__} needs a `train_dataset` of prompts (a 'prompt' column).")
@@ -159,17 +162,28 @@ class _OnlineTrainer(_BaseTrainer):
             )
         loading.prepare_tokenizer(processing_class, model)
         processing_class.padding_side = "left"
+        self.toolbox = self._tool_setup(tools, processing_class)
+        # with tools, the prompts are rendered with their schemas (and so are the tool turns of the rollouts)
+        self._template_kwargs = args.chat_template_kwargs
+        if self.toolbox is not None:
+            self._template_kwargs = {**(args.chat_template_kwargs or {}), "tools": self.toolbox.schemas}
         model = self._setup_policy_and_reference(
             model, None, model_id, args, quantization_config, peft_config, need_reference=self._uses_reference(args)
         )
-        train_dataset, _ = prepare_prompt_dataset(
-            train_dataset, processing_class, type(self).__name__, "train", args.chat_template_kwargs, model=model
+        train_dataset, conversational = prepare_prompt_dataset(
+            train_dataset, processing_class, type(self).__name__, "train", self._template_kwargs, model=model
         )
+        if self.toolbox is not None and not conversational:
+            raise ValueError(
+                f"{type(self).__name__} with `tools` needs conversational prompts (lists of messages): tool calls and "
+                "their results are turns of a conversation. Give the 'prompt' column as "
+                "[{'role': 'user', 'content': ...}]."
+            )
         self._check_prompts_fit(causal_lm(model), train_dataset, args)
         self._check_enough_prompts(train_dataset, args)
         if eval_dataset is not None:
             eval_dataset, _ = prepare_prompt_dataset(
-                eval_dataset, processing_class, type(self).__name__, "eval", args.chat_template_kwargs, model=model
+                eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model=model
             )
         self.reward_scorer = RewardScorer(
             reward_funcs, args.reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
@@ -211,6 +225,22 @@ class _OnlineTrainer(_BaseTrainer):
     @staticmethod
     def _uses_reference(args) -> bool:
         return args.beta != 0.0
+
+    @staticmethod
+    def _tool_setup(tools, tokenizer) -> Toolbox | None:
+        """The [`Toolbox`] of `tools` (checked: type hints, docstrings; docs/agents.md), None without tools."""
+        if not tools:
+            return None
+        toolbox = Toolbox(tools)
+        if not supports_tool_calling(tokenizer):
+            name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+            raise ValueError(
+                f"The chat template of the tokenizer {name!r} does not render tool calls and tool results, so `tools` "
+                "cannot be offered to the model. Give it a template that does: for a ChatML-style model "
+                "`tokenizer.chat_template = trl.chat_template_utils.chatml_training_chat_template`, or copy a "
+                "tool-calling model's template with `trl.clone_chat_template`."
+            )
+        return toolbox
 
     @staticmethod
     def _check_prompts_fit(model, dataset, args) -> None:
@@ -303,7 +333,7 @@ class _OnlineTrainer(_BaseTrainer):
     def _make_rollout(self, rows: list[dict]) -> Rollout:
         self._step_started = time.perf_counter()
         started = time.perf_counter()
-        rollout = self._sample(rows, self._generator)
+        rollout = self._sample(rows, self._generator, mode="train")
         generated = time.perf_counter()
         rollout.old_logps = self._old_logps(rollout)
         if self._uses_reference(self.args):
@@ -323,11 +353,15 @@ class _OnlineTrainer(_BaseTrainer):
         self._check_rollout_guards(rollout, all_rewards, scores.nan_count)
         return rollout
 
-    def _sample(self, rows: list[dict], generator: torch.Generator) -> Rollout:
+    def _sample(self, rows: list[dict], generator: torch.Generator, mode: str) -> Rollout:
         """One completion per row, with what the reward functions read: prompts, completions, dataset columns (and
-        the extra fields of a `rollout_func`)."""
+        the extra fields of a `rollout_func`). With tools, a multi-turn rollout whose completions are messages."""
         prompts = [row["prompt"] for row in rows]
         columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
+        if self.toolbox is not None:
+            rollout = self._tool_rollout(prompts, [row["prompt_ids"] for row in rows], generator, mode)
+            rollout.columns = columns
+            return rollout
         if self.rollout_func is None:
             rollout = self._generate([row["prompt_ids"] for row in rows], generator)
         else:
@@ -349,8 +383,31 @@ class _OnlineTrainer(_BaseTrainer):
         rollout.rewards = scores.rewards.to(self.accelerator.device)
         return scores
 
-    def _generate(self, prompt_ids: list[list[int]], generator: torch.Generator) -> Rollout:
-        """Generate one completion per row, prefilling each run of identical prompts once."""
+    def _tool_rollout(self, prompts: list, prompt_ids: list[list[int]], generator, mode: str) -> Rollout:
+        """Multi-turn rollouts with the tools (`trl.agents.multi_turn`); logs `tools/call_frequency` and
+        `tools/failure_frequency` over every process's rollouts."""
+        result = multi_turn_rollout(
+            lambda ids, max_new_tokens: self._generate(ids, generator, max_new_tokens), prompt_ids, prompts,
+            self.processing_class, self.toolbox, max_completion_length=self.args.max_completion_length,
+            eos_token_ids=self.sampling.eos_token_ids, pad_token_id=self.sampling.pad_token_id,
+            max_iterations=self.args.max_tool_calling_iterations, timeout=self.args.tool_timeout,
+            template_kwargs=self._template_kwargs,
+        )
+        counts = torch.tensor([result.num_calls, result.num_failures], device=self.accelerator.device).T  # (N, 2)
+        counts = self.accelerator.gather(counts).tolist()
+        for key, value in tool_metrics([c for c, _ in counts], [f for _, f in counts]).items():
+            self._metrics.add(mode, key, value)
+        rollout = result.rollout
+        rollout.prompts, rollout.completions = prompts, result.completions
+        return rollout
+
+    def _generate(self, prompt_ids: list[list[int]], generator: torch.Generator,
+                  max_new_tokens: int | None = None) -> Rollout:
+        """Generate one completion per row (at most `max_new_tokens`, default `max_completion_length`), prefilling
+        each run of identical prompts once."""
+        sampling = self.sampling
+        if max_new_tokens is not None:
+            sampling = dataclasses.replace(sampling, max_completion_length=max_new_tokens)
         runs = _runs(prompt_ids)
         by_count: dict[int, list[int]] = {}
         for start, length in runs:
@@ -358,7 +415,7 @@ class _OnlineTrainer(_BaseTrainer):
         self.backend.sync_weights(self.model)
         parts, order = [], []
         for n, starts in sorted(by_count.items()):
-            parts.append(self.backend.generate([prompt_ids[s] for s in starts], n, self.sampling, generator))
+            parts.append(self.backend.generate([prompt_ids[s] for s in starts], n, sampling, generator))
             order.extend(s + k for s in starts for k in range(n))
         rollout = Rollout.cat(parts, pad_token_id=self.sampling.pad_token_id)
         inverse = torch.empty(len(order), dtype=torch.long)
@@ -453,7 +510,7 @@ class _OnlineTrainer(_BaseTrainer):
         def add_extreme(key, value, op):
             self._metrics.add_extreme(mode, key, value, op)
 
-        lengths = self.accelerator.gather(rollout.completion_lengths.float())
+        lengths = self.accelerator.gather(rollout.generated_lengths.float())  # tool-result tokens not counted
         truncated = self.accelerator.gather(rollout.is_truncated.float())
         terminated = lengths[truncated == 0]
         add("completions/mean_length", lengths.sum(), lengths.numel())
@@ -691,7 +748,7 @@ class _OnlineTrainer(_BaseTrainer):
         if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)):
             if "prompt_ids" not in (eval_dataset.column_names or []):
                 eval_dataset, _ = prepare_prompt_dataset(
-                    eval_dataset, self.processing_class, type(self).__name__, "eval", self.args.chat_template_kwargs,
+                    eval_dataset, self.processing_class, type(self).__name__, "eval", self._template_kwargs,
                     model=self.model,
                 )
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
@@ -699,7 +756,7 @@ class _OnlineTrainer(_BaseTrainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Sample completions of the eval prompts (each row already repeated `num_generations_eval` times by the
         sampler) and record their rewards and lengths; no loss."""
-        rollout = self._sample(inputs, getattr(self, "_eval_generator", None) or self._generator)
+        rollout = self._sample(inputs, getattr(self, "_eval_generator", None) or self._generator, mode="eval")
         scores = self._score(rollout)
         self._record_rollout_metrics(rollout, self.accelerator.gather(rollout.rewards), scores, mode="eval")
         return None, None, None

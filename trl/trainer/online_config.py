@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..agents.tools import DEFAULT_TOOL_TIMEOUT
 from .base_config import _BaseConfig, resolve_pad_to_multiple_of
 
 
@@ -48,6 +49,13 @@ class _OnlineConfig(_BaseConfig):
         generation_kwargs (`dict`, *optional*): overrides of the sampling parameters (`temperature`, `top_p`, `top_k`,
             `min_p`, `repetition_penalty`, `do_sample`, `max_new_tokens`); other keys are an error.
         use_vllm (`bool`, *optional*, defaults to `False`): generate with vLLM (not available yet in this version).
+
+        > Tools (multi-turn rollouts, docs/agents.md)
+
+        max_tool_calling_iterations (`int`, *optional*): most rounds of tool calls per rollout; None: no limit but
+            `max_completion_length`, which bounds the generated and tool-result tokens together.
+        tool_timeout (`float`, *optional*, defaults to `60.0`): seconds one tool call may take before it becomes a
+            `{"error": ...}` tool message counted as a failure.
 
         > Algorithm
 
@@ -132,6 +140,16 @@ class _OnlineConfig(_BaseConfig):
         default=True, metadata={"help": "Kept for compatibility; DeepSpeed ZeRO-3 generation is not supported yet."}
     )
 
+    # Tools
+    max_tool_calling_iterations: int | None = field(
+        default=None, metadata={"help": "Most rounds of tool calls per rollout (None: bounded only by "
+                                        "max_completion_length, which counts generated and tool-result tokens)."}
+    )
+    tool_timeout: float = field(
+        default=DEFAULT_TOOL_TIMEOUT,
+        metadata={"help": "Seconds one tool call may take; a call past it becomes an error tool message (a failure)."},
+    )
+
     # Algorithm
     num_iterations: int = field(default=1, metadata={"help": "Passes over each generation batch (mu)."})
     epsilon: float = field(default=0.2, metadata={"help": "Lower clipping bound of the importance ratio."})
@@ -206,6 +224,11 @@ class _OnlineConfig(_BaseConfig):
             raise ValueError(f"`max_completion_length` must be a positive integer; got {self.max_completion_length}.")
         if self.num_generations_eval is not None and self.num_generations_eval < 1:
             raise ValueError(f"`num_generations_eval` must be >= 1; got {self.num_generations_eval}.")
+        if self.max_tool_calling_iterations is not None and self.max_tool_calling_iterations < 1:
+            raise ValueError(f"`max_tool_calling_iterations` must be >= 1 or None (no limit); got "
+                             f"{self.max_tool_calling_iterations}.")
+        if not self.tool_timeout > 0:
+            raise ValueError(f"`tool_timeout` must be a positive number of seconds; got {self.tool_timeout}.")
         if self.num_iterations < 1:
             raise ValueError(f"`num_iterations` must be >= 1; got {self.num_iterations}.")
         if self.epsilon_high is None:

@@ -1,0 +1,205 @@
+"""Multi-turn rollouts with tools: generate, run the calls, append the tool turn's tokens, generate again.
+
+The online trainers call [`multi_turn_rollout`] instead of a single generation when tools are configured
+(docs/agents.md). It is token-exact (docs/design.md §1): the ids the model generated are kept as they are, never
+decoded and re-encoded; only the tool turn that follows an assistant turn is rendered by the chat template, and only
+its *suffix* (the tokens between the end-of-turn token of the assistant turn and the next generation prompt,
+included) is appended. The chat template must render the conversation prefix-preservingly there: the rendering
+without the tool turn must be a token prefix of the rendering with it, otherwise the turn is named in an error.
+
+Rounds: every row generates; a row whose completion ended with an end-of-turn token and holds tool calls gets them
+run (all rows of a round together, [`execute_tool_calls`]) and continues from its prompt plus everything so far (the
+whole sequence is prefilled again in this version; continuing from the KV cache is the next step). A row is finished
+when it makes no call, after `max_iterations` rounds of calls, or when its completion budget is spent: generated and
+tool tokens together never exceed `max_completion_length`, and a tool turn that does not leave room for at least one
+generated token is not appended (the rollout ends there, truncated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..chat_template_utils import parse_response
+from ..data.tokenize import render_ids
+from ..rollout import Rollout
+from .tools import DEFAULT_TOOL_TIMEOUT, Toolbox, execute_tool_calls
+
+__all__ = ["MultiTurnResult", "multi_turn_rollout", "tool_suffix_ids"]
+
+# generate(prompt_ids, max_new_tokens) -> Rollout with one completion per prompt, in the order given
+GenerateFn = Callable[[list[list[int]], int], Rollout]
+
+
+@dataclass
+class MultiTurnResult:
+    """What [`multi_turn_rollout`] returns.
+
+    Args:
+        rollout ([`Rollout`]): `(N, ...)` one row per prompt; `completion_ids` holds every generated and tool-suffix
+            token in order, `tool_mask` is 0 on the tool-suffix tokens, `sampling_logps` is 0 there.
+        completions (`list[list[dict]]`): `(N,)` the completion as messages: assistant turns (with their parsed
+            `tool_calls`) and the `tool` messages appended after them.
+        num_calls (`list[int]`): `(N,)` tool calls made by each rollout over all rounds.
+        num_failures (`list[int]`): `(N,)` of those, the calls that failed.
+    """
+
+    rollout: Rollout
+    completions: list[list[dict]]
+    num_calls: list[int]
+    num_failures: list[int]
+
+
+@dataclass
+class _Row:
+    ids: list[int] = field(default_factory=list)  # generated and tool-suffix tokens
+    tool_mask: list[int] = field(default_factory=list)  # 1 generated, 0 tool suffix
+    logps: list[float] = field(default_factory=list)  # sampling log-probs, 0.0 on the tool suffix
+    messages: list[dict] = field(default_factory=list)
+    calls: int = 0
+    failures: int = 0
+    truncated: bool = False
+
+
+def tool_suffix_ids(tokenizer, conversation: list[dict], tool_messages: list[dict], eos_token_ids: Sequence[int],
+                    template_kwargs: dict | None = None) -> list[int]:
+    """Token ids of the tool turn that follows the last assistant turn of `conversation`, up to and including the
+    next generation prompt: what comes after that turn's end-of-turn token in the rendering with `tool_messages`.
+
+    Raises:
+        `ValueError`: the rendering without the tool turn is not a token prefix of the rendering with it, or the
+            assistant turn has no end-of-turn token (both name the turn).
+
+    Example:
+        ```python
+        >>> conversation = [{"role": "user", "content": "3*4?"}, {"role": "assistant", "content": "", "tool_calls": [
+        ...     {"type": "function", "function": {"name": "multiply", "arguments": {"a": 3, "b": 4}}}]}]
+        >>> tokenizer.decode(tool_suffix_ids(tokenizer, conversation, [{"role": "tool", "name": "multiply",
+        ...                                                               "content": "12"}], {2}))
+        '\\n<|im_start|>tool\\n12<|im_end|>\\n<|im_start|>assistant\\n'
+        ```
+    """
+    before = render_ids(tokenizer, conversation, template_kwargs)
+    after = render_ids(tokenizer, conversation + tool_messages, template_kwargs, add_generation_prompt=True)
+    turn = len(conversation)
+    if after[: len(before)] != before:
+        raise ValueError(
+            f"The chat template is not prefix-preserving at turn {turn} (the tool turn after assistant turn "
+            f"{turn - 1}): rendering the conversation with the tool results rewrites the tokens before them, so the "
+            "tool turn cannot be appended to the generated tokens without re-encoding them. Use a chat template that "
+            "renders earlier turns the same way whatever follows (e.g. trl.chat_template_utils."
+            "chatml_training_chat_template for ChatML-style models, or trl.clone_chat_template)."
+        )
+    ends = [i for i, token in enumerate(before) if token in set(eos_token_ids)]
+    if not ends:
+        raise ValueError(
+            f"The chat template renders assistant turn {turn - 1} without an end-of-turn token (any of "
+            f"{sorted(eos_token_ids)}), so where the tool turn starts is unknown."
+        )
+    return after[ends[-1] + 1 :]
+
+
+def multi_turn_rollout(
+    generate: GenerateFn,
+    prompt_ids: list[list[int]],
+    prompts: list[list[dict]],
+    tokenizer,
+    toolbox: Toolbox,
+    *,
+    max_completion_length: int,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+    max_iterations: int | None = None,
+    timeout: float = DEFAULT_TOOL_TIMEOUT,
+    template_kwargs: dict | None = None,
+) -> MultiTurnResult:
+    """Roll out `N` conversations with tool calls; see the module docstring for the rounds and the budget.
+
+    Args:
+        generate (`Callable`): `generate(prompt_ids, max_new_tokens) -> Rollout`, one completion per prompt in order,
+            with `sampling_logps`.
+        prompt_ids (`list[list[int]]`): `(N,)` the rendered prompts (with the tools' schemas and the generation
+            prompt).
+        prompts (`list[list[dict]]`): `(N,)` the same prompts as messages (the tool turns are rendered after them).
+        tokenizer: the policy's tokenizer (its chat template renders the tool turns).
+        toolbox ([`Toolbox`]): the tools the model may call.
+        max_completion_length (`int`): most generated plus tool-suffix tokens per rollout.
+        eos_token_ids (`Sequence[int]`): the end-of-turn tokens; a round that does not end with one is truncated.
+        pad_token_id (`int`): pads the returned rollout.
+        max_iterations (`int`, *optional*): most rounds of tool calls (None: only the budget limits them).
+        timeout (`float`, *optional*, defaults to `60.0`): seconds per tool call.
+        template_kwargs (`dict`, *optional*): chat-template arguments (the `tools` schemas among them).
+
+    Returns:
+        [`MultiTurnResult`].
+    """
+    if prefilled := [i for i, p in enumerate(prompts) if p and p[-1].get("role") == "assistant"]:
+        raise ValueError(f"Prompts {prefilled[:5]} end with an assistant message (a prefilled answer); this is not "
+                         "supported together with tools yet. End the prompts with a user message.")
+    eos = set(eos_token_ids)
+    rows = [_Row() for _ in prompt_ids]
+    active, rounds_of_calls, device = list(range(len(prompt_ids))), 0, None
+    while active:
+        budgets = [max_completion_length - len(rows[i].ids) for i in active]
+        out = generate([prompt_ids[i] + rows[i].ids for i in active], max(budgets))
+        device = out.completion_ids.device
+        lengths = out.completion_lengths.tolist()
+        generated, logps = out.completion_ids.tolist(), out.sampling_logps.tolist()
+        calls: dict[int, list] = {}  # row -> the calls of its turn, for rows that go on
+        for k, i in enumerate(active):
+            n = min(lengths[k], budgets[k])
+            new, row = generated[k][:n], rows[i]
+            row.ids += new
+            row.tool_mask += [1] * n
+            row.logps += logps[k][:n]
+            ended = bool(new) and new[-1] in eos
+            message = parse_response(tokenizer, new[:-1] if ended else new)
+            row.messages.append(message)
+            row.truncated = not ended
+            if ended and message.get("tool_calls") and (max_iterations is None or rounds_of_calls < max_iterations):
+                calls[i] = message["tool_calls"]
+        if not calls:
+            break
+        rounds_of_calls += 1
+        results = execute_tool_calls(list(calls.values()), toolbox, timeout=timeout)
+        active = []
+        for j, i in enumerate(calls):
+            row = rows[i]
+            row.calls += results.num_calls[j]
+            row.failures += results.num_failures[j]
+            suffix = tool_suffix_ids(tokenizer, list(prompts[i]) + row.messages, results.messages[j], eos,
+                                     template_kwargs)
+            if len(row.ids) + len(suffix) >= max_completion_length:  # no room to answer: roll the tool turn back
+                row.truncated = True
+                continue
+            row.messages += results.messages[j]
+            row.ids += suffix
+            row.tool_mask += [0] * len(suffix)
+            row.logps += [0.0] * len(suffix)
+            active.append(i)
+    return MultiTurnResult(
+        rollout=_as_rollout(prompt_ids, rows, pad_token_id, device),
+        completions=[row.messages for row in rows],
+        num_calls=[row.calls for row in rows],
+        num_failures=[row.failures for row in rows],
+    )
+
+
+def _as_rollout(prompt_ids: list[list[int]], rows: list[_Row], pad_token_id: int, device) -> Rollout:
+    width = max([1, *(len(row.ids) for row in rows)])
+
+    def right_padded(values: list[list], fill, dtype) -> torch.Tensor:
+        return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=dtype, device=device)
+
+    prompt_width = max(len(ids) for ids in prompt_ids)
+    return Rollout(
+        prompt_ids=torch.tensor([[pad_token_id] * (prompt_width - len(p)) + p for p in prompt_ids], device=device),
+        prompt_mask=torch.tensor([[0] * (prompt_width - len(p)) + [1] * len(p) for p in prompt_ids], device=device),
+        completion_ids=right_padded([row.ids for row in rows], pad_token_id, torch.long),
+        completion_mask=right_padded([[1] * len(row.ids) for row in rows], 0, torch.long),
+        is_truncated=torch.tensor([row.truncated for row in rows], device=device),
+        sampling_logps=right_padded([row.logps for row in rows], 0.0, torch.float32),
+        tool_mask=right_padded([row.tool_mask for row in rows], 0, torch.long),
+    )
