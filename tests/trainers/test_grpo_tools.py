@@ -1,4 +1,5 @@
-"""GRPOTrainer with `tools`: multi-turn rollouts on the tiny model (trl/agents/multi_turn.py, docs/agents.md).
+"""GRPOTrainer with `tools` and `environment_factory`: multi-turn rollouts on the tiny model
+(trl/agents/multi_turn.py, docs/agents.md).
 
 A random tiny model never writes a tool call, so most tests script the backend's `generate`: in the first round some
 rows call `multiply(a=3, b=4)` and the others answer; after a tool turn every row answers. One test trains with real
@@ -283,6 +284,86 @@ def test_real_generation_with_tools_trains(tmp_path):
     assert len(logs) == 2 and all(log["tools/call_frequency"] == 0.0 for log in logs)
 
 
+# ---- environment_factory ------------------------------------------------------------------------------------------
+
+
+class Counter:
+    """A counter the model increments; the reward is the count."""
+
+    def reset(self, **row):
+        self.count, self.number = 0, row["number"]
+        return f" Start at {row['number']}."
+
+    def increment(self, step: int) -> int:
+        """Add to the counter.
+
+        Args:
+            step: How much to add.
+        """
+        self.count += step
+        return self.count
+
+    def get_reward(self) -> float:
+        return float(self.count)
+
+
+def _counting(tokenizer):
+    return Scripted(tokenizer, first=lambda k: _call("increment", step=2) if k % 2 == 0 else ANSWER)
+
+
+def _environment_trainer(tmp_path, monkeypatch, environment_factory=Counter, reward_funcs=None, dataset=None,
+                         **overrides):
+    tokenizer = _tool_tokenizer()
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=reward_funcs,
+                          args=_config(tmp_path, max_completion_length=256, **overrides),
+                          train_dataset=dataset or _questions(), processing_class=tokenizer,
+                          environment_factory=environment_factory)
+    trainer.script = _counting(tokenizer)
+    monkeypatch.setattr(trainer.backend, "generate", trainer.script)
+    return trainer
+
+
+def test_environment_factory_trains(tmp_path, monkeypatch):
+    seen = []
+
+    def counts(completions, environments, number, **kwargs):
+        seen.append(([e.count for e in environments], [e.number for e in environments], number))
+        return [0.0] * len(completions)
+
+    trainer = _environment_trainer(tmp_path, monkeypatch, reward_funcs=[counts])
+    assert trainer.reward_scorer.names == ["counts", "Counter"]
+    trainer.train()
+    tokenizer = trainer.processing_class
+    first_prompts = tokenizer.batch_decode(trainer.script.calls[0][0])
+    # the prompt is rendered with the environment's tools, and what reset returned is appended to the user message
+    assert all('"name": "increment"' in p and "Start at" in p for p in first_prompts)
+    environment_counts, environment_numbers, numbers = seen[0]
+    assert environment_counts == [2, 0] * 4 and environment_numbers == numbers
+    for log in _logged(trainer):
+        assert log["rewards/Counter/mean"] == 1.0 and log["tools/call_frequency"] == 0.5
+    assert all("environments" not in micro.columns for micro in trainer._buffer)  # not kept in the buffer
+    assert 2 <= sum(len(kind.idle) for kind in trainer.environments._kinds.values()) <= 8  # back in the pool
+
+
+def test_environment_dict_needs_an_environment_column(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match="'environment' column"):
+        _environment_trainer(tmp_path, monkeypatch, environment_factory={"a": Counter, "b": Counter})
+    dataset = _questions().map(lambda row, i: {"environment": "a" if i % 2 else "b"}, with_indices=True)
+    trainer = _environment_trainer(tmp_path, monkeypatch, environment_factory={"a": Counter, "b": Counter},
+                                   dataset=dataset, max_steps=1)
+    trainer.train()
+    assert _logged(trainer)[0]["tools/call_frequency"] == 0.5
+
+
+def test_environment_without_reward_needs_reward_funcs(tmp_path, monkeypatch):
+    class Silent:
+        def reset(self, **row):
+            return None
+
+    with pytest.raises(ValueError, match="environments define get_reward"):
+        _environment_trainer(tmp_path, monkeypatch, environment_factory=Silent)
+
+
 # ---- bad inputs ---------------------------------------------------------------------------------------------------
 
 
@@ -316,10 +397,10 @@ def test_tool_config_is_checked(tmp_path, field, value, match):
         GRPOConfig(output_dir=str(tmp_path), **{field: value})
 
 
-def test_environment_factory_is_not_supported_yet(tmp_path):
-    with pytest.raises(ValueError, match="environment_factory'] is not supported yet"):
-        GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=lengths, args=_config(tmp_path),
-                    train_dataset=_questions(), processing_class=_tool_tokenizer(), environment_factory=object)
+def test_environment_with_a_template_without_tool_calling_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="does not render tool calls"):
+        GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=None, args=_config(tmp_path),
+                    train_dataset=_questions(), processing_class=tiny_tokenizer(), environment_factory=Counter)
 
 
 def test_template_that_rewrites_the_assistant_turn_is_named():

@@ -106,14 +106,14 @@ def multi_turn_rollout(
     prompt_ids: list[list[int]],
     prompts: list[list[dict]],
     tokenizer,
-    toolbox: Toolbox,
+    toolbox: Toolbox | Sequence[Toolbox],
     *,
     max_completion_length: int,
     eos_token_ids: Sequence[int],
     pad_token_id: int,
     max_iterations: int | None = None,
     timeout: float = DEFAULT_TOOL_TIMEOUT,
-    template_kwargs: dict | None = None,
+    template_kwargs: dict | Sequence[dict] | None = None,
 ) -> MultiTurnResult:
     """Roll out `N` conversations with tool calls; see the module docstring for the rounds and the budget.
 
@@ -124,13 +124,15 @@ def multi_turn_rollout(
             prompt).
         prompts (`list[list[dict]]`): `(N,)` the same prompts as messages (the tool turns are rendered after them).
         tokenizer: the policy's tokenizer (its chat template renders the tool turns).
-        toolbox ([`Toolbox`]): the tools the model may call.
+        toolbox ([`Toolbox`] or `list[Toolbox]`): the tools the model may call, or one toolbox per row (e.g. bound
+            to the row's environment).
         max_completion_length (`int`): most generated plus tool-suffix tokens per rollout.
         eos_token_ids (`Sequence[int]`): the end-of-turn tokens; a round that does not end with one is truncated.
         pad_token_id (`int`): pads the returned rollout.
         max_iterations (`int`, *optional*): most rounds of tool calls (None: only the budget limits them).
         timeout (`float`, *optional*, defaults to `60.0`): seconds per tool call.
-        template_kwargs (`dict`, *optional*): chat-template arguments (the `tools` schemas among them).
+        template_kwargs (`dict` or `list[dict]`, *optional*): chat-template arguments (the `tools` schemas among
+            them), or one dict per row.
 
     Returns:
         [`MultiTurnResult`].
@@ -139,6 +141,9 @@ def multi_turn_rollout(
         raise ValueError(f"Prompts {prefilled[:5]} end with an assistant message (a prefilled answer); this is not "
                          "supported together with tools yet. End the prompts with a user message.")
     eos = set(eos_token_ids)
+    toolboxes = [toolbox] * len(prompt_ids) if isinstance(toolbox, Toolbox) else list(toolbox)
+    if template_kwargs is None or isinstance(template_kwargs, dict):
+        template_kwargs = [template_kwargs] * len(prompt_ids)
     rows = [_Row() for _ in prompt_ids]
     active, rounds_of_calls, device = list(range(len(prompt_ids))), 0, None
     while active:
@@ -163,14 +168,14 @@ def multi_turn_rollout(
         if not calls:
             break
         rounds_of_calls += 1
-        results = execute_tool_calls(list(calls.values()), toolbox, timeout=timeout)
+        results = execute_tool_calls(list(calls.values()), [toolboxes[i] for i in calls], timeout=timeout)
         active = []
         for j, i in enumerate(calls):
             row = rows[i]
             row.calls += results.num_calls[j]
             row.failures += results.num_failures[j]
             suffix = tool_suffix_ids(tokenizer, list(prompts[i]) + row.messages, results.messages[j], eos,
-                                     template_kwargs)
+                                     template_kwargs[i])
             if len(row.ids) + len(suffix) >= max_completion_length:  # no room to answer: roll the tool turn back
                 row.truncated = True
                 continue

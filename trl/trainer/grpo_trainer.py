@@ -61,7 +61,12 @@ class GRPOTrainer(_OnlineTrainer):
             render tool calls; each rollout runs rounds of generation and tool calls (`max_tool_calling_iterations`,
             `tool_timeout`), tool-result tokens stay out of the loss, and the reward functions receive each
             completion as its list of messages (assistant turns with `tool_calls`, and `tool` messages).
-        environment_factory: not supported yet (a clear error).
+        environment_factory (*optional*): a class (or zero-argument callable) building an environment, or a dict
+            `{name: factory}` routed by the rows' `environment` column (docs/agents.md). Each rollout gets an
+            instance, `reset(**row)` before it (a returned string is appended to the last user message); its public
+            methods other than `reset`/`get_reward` are its tools (after `tools`); an optional `get_reward()` is an
+            extra reward function of weight 1 named after the class (then `reward_funcs` may be None); the reward
+            functions receive `environments=[...]`. A `train_dataset` is still required.
 
     Example:
         ```python
@@ -80,12 +85,9 @@ class GRPOTrainer(_OnlineTrainer):
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
                  quantization_config=None, peft_config=None, tools=None, rollout_func=None, environment_factory=None):
-        if environment_factory is not None:
-            raise ValueError("GRPOTrainer: ['environment_factory'] is not supported yet in this version (`tools` are; "
-                             "a `rollout_func` can run an environment loop of its own).")
-        if tools and rollout_func is not None:
-            raise ValueError("GRPOTrainer: give `tools` or a `rollout_func`, not both: a rollout_func replaces "
-                             "generation, tool calls included.")
+        if (tools or environment_factory is not None) and rollout_func is not None:
+            raise ValueError("GRPOTrainer: give `tools`/`environment_factory` or a `rollout_func`, not both: a "
+                             "rollout_func replaces generation, tool calls included.")
         if rollout_func is not None:
             if not callable(rollout_func):
                 raise TypeError(f"rollout_func must be callable as rollout_func(prompts, trainer); got "
@@ -96,7 +98,7 @@ class GRPOTrainer(_OnlineTrainer):
         self.rollout_func = rollout_func
         super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class,
                          reward_processing_classes, callbacks, optimizers, quantization_config, peft_config,
-                         tools=tools)
+                         tools=tools, environment_factory=environment_factory)
         a = self.args
         self._loss_params = PolicyLossParams(
             loss_type=a.loss_type, epsilon_low=a.epsilon, epsilon_high=a.epsilon_high, delta=a.delta, beta=a.beta,

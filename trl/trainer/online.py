@@ -28,10 +28,11 @@ import torch
 from torch.utils.data import Sampler
 
 from .. import checkpoints, guards
+from ..agents.environments import ENVIRONMENT_COLUMN, EnvironmentPool, append_to_prompt
 from ..agents.multi_turn import multi_turn_rollout
 from ..agents.tools import Toolbox, tool_metrics
 from ..chat_template_utils import supports_tool_calling
-from ..data.prompts import prepare_prompt_dataset
+from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
 from ..generation.transformers_backend import TransformersBackend, _left_pad
@@ -147,7 +148,7 @@ class _OnlineTrainer(_BaseTrainer):
 
     def __init__(self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
-                 peft_config=None, tools=None):
+                 peft_config=None, tools=None, environment_factory=None):
         args = as_config(args, self._config_class, self._default_output_dir(model, self._name))
         if train_dataset is None:
             raise ValueError(f"{type(self).__name__} needs a `train_dataset` of prompts (a 'prompt' column).")
@@ -162,8 +163,12 @@ class _OnlineTrainer(_BaseTrainer):
             )
         loading.prepare_tokenizer(processing_class, model)
         processing_class.padding_side = "left"
-        self.toolbox = self._tool_setup(tools, processing_class)
-        # with tools, the prompts are rendered with their schemas (and so are the tool turns of the rollouts)
+        # environments: one instance per rollout, its methods as tools (docs/agents.md)
+        self.environments = EnvironmentPool(environment_factory, tools) if environment_factory is not None else None
+        self.toolbox = self._tool_setup(tools, processing_class, self.environments)
+        self._episodes = None  # the environments of the generation batch being scored
+        # with tools, the prompts are rendered with their schemas (and so are the tool turns of the rollouts); with
+        # environments they are rendered again per rollout, after reset, with the rollout's own tools
         self._template_kwargs = args.chat_template_kwargs
         if self.toolbox is not None:
             self._template_kwargs = {**(args.chat_template_kwargs or {}), "tools": self.toolbox.schemas}
@@ -179,14 +184,22 @@ class _OnlineTrainer(_BaseTrainer):
                 "their results are turns of a conversation. Give the 'prompt' column as "
                 "[{'role': 'user', 'content': ...}]."
             )
+        if self.environments is not None:
+            columns = [c for c in train_dataset.column_names if c != "prompt_ids"]
+            routes = train_dataset[ENVIRONMENT_COLUMN] if ENVIRONMENT_COLUMN in columns else None
+            self.environments.check_dataset(columns, routes)
+            reward_funcs = self._with_environment_rewards(reward_funcs)
         self._check_prompts_fit(causal_lm(model), train_dataset, args)
         self._check_enough_prompts(train_dataset, args)
         if eval_dataset is not None:
             eval_dataset, _ = prepare_prompt_dataset(
                 eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model=model
             )
+        reward_weights = args.reward_weights
+        if reward_weights is not None and self.environments is not None:  # each environment reward has weight 1
+            reward_weights = [*reward_weights, *[1.0] * len(self.environments.reward_funcs)]
         self.reward_scorer = RewardScorer(
-            reward_funcs, args.reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
+            reward_funcs, reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
             trust_remote_code=args.trust_remote_code, trainer_name=type(self).__name__,
         )
         super().__init__(
@@ -227,20 +240,27 @@ class _OnlineTrainer(_BaseTrainer):
         return args.beta != 0.0
 
     @staticmethod
-    def _tool_setup(tools, tokenizer) -> Toolbox | None:
-        """The [`Toolbox`] of `tools` (checked: type hints, docstrings; docs/agents.md), None without tools."""
-        if not tools:
+    def _tool_setup(tools, tokenizer, environments) -> Toolbox | None:
+        """The [`Toolbox`] of `tools` (checked: type hints, docstrings; docs/agents.md), None without tools or
+        environments (which are checked by [`EnvironmentPool`])."""
+        if not tools and environments is None:
             return None
-        toolbox = Toolbox(tools)
+        toolbox = Toolbox(tools or [])
         if not supports_tool_calling(tokenizer):
             name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
             raise ValueError(
-                f"The chat template of the tokenizer {name!r} does not render tool calls and tool results, so `tools` "
-                "cannot be offered to the model. Give it a template that does: for a ChatML-style model "
+                f"The chat template of the tokenizer {name!r} does not render tool calls and tool results, so tools "
+                "(`tools`, or an environment's methods) cannot be offered to the model. Give it a template that does: for a ChatML-style model "
                 "`tokenizer.chat_template = trl.chat_template_utils.chatml_training_chat_template`, or copy a "
                 "tool-calling model's template with `trl.clone_chat_template`."
             )
         return toolbox
+
+    def _with_environment_rewards(self, reward_funcs) -> list:
+        """`reward_funcs` (None allowed) followed by the environments' `get_reward`, weight 1 each."""
+        funcs = [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [
+            reward_funcs]
+        return funcs + self.environments.reward_funcs
 
     @staticmethod
     def _check_prompts_fit(model, dataset, args) -> None:
@@ -340,6 +360,7 @@ class _OnlineTrainer(_BaseTrainer):
             rollout.ref_logps = self._score_logps(rollout, reference=True)
         scored_logps = time.perf_counter()
         scores = self._score(rollout)
+        self._release_environments(rollout)
         all_rewards = self.accelerator.gather(rollout.rewards)  # (N_all, R): groups may straddle processes
         advantages = self._advantages(rollout, all_rewards)
         rank, local = self.accelerator.process_index, len(rollout)
@@ -359,8 +380,8 @@ class _OnlineTrainer(_BaseTrainer):
         prompts = [row["prompt"] for row in rows]
         columns = {k: [row[k] for row in rows] for k in rows[0] if k not in ("prompt", "prompt_ids")}
         if self.toolbox is not None:
-            rollout = self._tool_rollout(prompts, [row["prompt_ids"] for row in rows], generator, mode)
-            rollout.columns = columns
+            rollout = self._tool_rollout(rows, generator, mode)
+            rollout.columns = {**columns, **rollout.columns}
             return rollout
         if self.rollout_func is None:
             rollout = self._generate([row["prompt_ids"] for row in rows], generator)
@@ -383,23 +404,47 @@ class _OnlineTrainer(_BaseTrainer):
         rollout.rewards = scores.rewards.to(self.accelerator.device)
         return scores
 
-    def _tool_rollout(self, prompts: list, prompt_ids: list[list[int]], generator, mode: str) -> Rollout:
+    def _tool_rollout(self, rows: list[dict], generator, mode: str) -> Rollout:
         """Multi-turn rollouts with the tools (`trl.agents.multi_turn`); logs `tools/call_frequency` and
-        `tools/failure_frequency` over every process's rollouts."""
+        `tools/failure_frequency` over every process's rollouts. With environments, each row gets an environment
+        `reset` with its columns, whose output is appended to the prompt, and the prompt is rendered with the
+        rollout's own tools; the reward functions get `environments=` (released by `_release_environments`)."""
+        prompts = [row["prompt"] for row in rows]
+        prompt_ids, columns = [row["prompt_ids"] for row in rows], {}
+        toolboxes, template_kwargs = self.toolbox, self._template_kwargs
+        if self.environments is not None:
+            self._episodes = self.environments.acquire(
+                [{k: v for k, v in row.items() if k != "prompt_ids"} for row in rows]
+            )
+            prompts = [append_to_prompt(p, e.observation) for p, e in zip(prompts, self._episodes)]
+            toolboxes = [e.toolbox for e in self._episodes]
+            template_kwargs = [{**(self.args.chat_template_kwargs or {}), "tools": e.toolbox.schemas}
+                               for e in self._episodes]
+            prompt_ids = [tokenize_prompt({"prompt": p}, self.processing_class, True, kwargs)
+                          for p, kwargs in zip(prompts, template_kwargs)]
+            columns["environments"] = [e.environment for e in self._episodes]
         result = multi_turn_rollout(
             lambda ids, max_new_tokens: self._generate(ids, generator, max_new_tokens), prompt_ids, prompts,
-            self.processing_class, self.toolbox, max_completion_length=self.args.max_completion_length,
+            self.processing_class, toolboxes, max_completion_length=self.args.max_completion_length,
             eos_token_ids=self.sampling.eos_token_ids, pad_token_id=self.sampling.pad_token_id,
             max_iterations=self.args.max_tool_calling_iterations, timeout=self.args.tool_timeout,
-            template_kwargs=self._template_kwargs,
+            template_kwargs=template_kwargs,
         )
         counts = torch.tensor([result.num_calls, result.num_failures], device=self.accelerator.device).T  # (N, 2)
         counts = self.accelerator.gather(counts).tolist()
         for key, value in tool_metrics([c for c, _ in counts], [f for _, f in counts]).items():
             self._metrics.add(mode, key, value)
         rollout = result.rollout
-        rollout.prompts, rollout.completions = prompts, result.completions
+        rollout.prompts, rollout.completions, rollout.columns = prompts, result.completions, columns
         return rollout
+
+    def _release_environments(self, rollout: Rollout) -> None:
+        """Give a scored generation batch's environments back to the pool (they are not kept in the buffer, which
+        a checkpoint stores)."""
+        if self._episodes is not None:
+            self.environments.release(self._episodes)
+            self._episodes = None
+            rollout.columns.pop("environments", None)
 
     def _generate(self, prompt_ids: list[list[int]], generator: torch.Generator,
                   max_new_tokens: int | None = None) -> Rollout:
@@ -758,6 +803,7 @@ class _OnlineTrainer(_BaseTrainer):
         sampler) and record their rewards and lengths; no loss."""
         rollout = self._sample(inputs, getattr(self, "_eval_generator", None) or self._generator, mode="eval")
         scores = self._score(rollout)
+        self._release_environments(rollout)
         self._record_rollout_metrics(rollout, self.accelerator.gather(rollout.rewards), scores, mode="eval")
         return None, None, None
 

@@ -348,7 +348,8 @@ class RewardScorer:
 def _as_list(reward_funcs: Any, trainer_name: str) -> list:
     if reward_funcs is None or (isinstance(reward_funcs, (list, tuple)) and len(reward_funcs) == 0):
         extra = (
-            " (`reward_funcs=None` is allowed in TRL only together with environments, which are not supported yet)"
+            " (`reward_funcs=None` is allowed only with an `environment_factory` whose environments define "
+            "get_reward())"
             if trainer_name == "GRPOTrainer"
             else ""
         )
