@@ -766,3 +766,18 @@ def test_imports_only_torch_transformers_and_the_standard_library():
             "sorted(m for m in sys.modules if m.startswith('trl.') and not m.startswith('trl.agents')))")
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.splitlines() == ["[] ['trl._event_loop', 'trl._lazy']"]
+
+
+def test_a_result_that_cannot_become_text_is_a_failure_not_a_crash():
+    class Unprintable:
+        def __str__(self):
+            raise RuntimeError("no text")
+
+    def odd() -> str:
+        """Return something that cannot be written as text."""
+        return Unprintable()
+
+    results = execute_tool_calls([[{"name": "odd", "arguments": {}}]], Toolbox([odd]))
+    assert results.num_failures == [1]
+    assert "returned a Unprintable that cannot be written as text (RuntimeError: no text)" in (
+        results.messages[0][0]["content"])

@@ -464,13 +464,19 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _encode(result: Any) -> str:
+def _encode(result: Any, name: str) -> str:
+    """The tool message's content: a string as it is, else JSON, else `str()`; a result that cannot be turned into
+    text at all (a `__str__` that raises, a recursion too deep) is a failure naming the tool, never a crash."""
     if isinstance(result, str):
         return result
     try:
         return json.dumps(result, ensure_ascii=False)
-    except (TypeError, ValueError):
-        return str(result)
+    except Exception:  # noqa: BLE001 -- any result the model's call produced is data, not a reason to stop
+        try:
+            return str(result)
+        except Exception as error:  # noqa: BLE001
+            raise _Failure(f"Tool '{name}' returned a {type(result).__name__} that cannot be written as text "
+                           f"({type(error).__name__}: {error}).") from error
 
 
 async def _run_chains(chains: list[list[_Call]], timeout: float) -> None:
@@ -485,7 +491,7 @@ async def _run_chain(chain: list[_Call], timeout: float) -> None:
                           "so the environment's state is unknown.")
             continue
         try:
-            call.content = _encode(await _bounded(call, timeout))
+            call.content = _encode(await _bounded(call, timeout), call.name)
         except _Failure as failure:
             call.error = str(failure)
             timed_out = call.name if isinstance(failure.__cause__, TimeoutError) else None
