@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -197,9 +198,21 @@ class EnvironmentPool:
         return episodes
 
     def release(self, episodes: Sequence[Episode]) -> None:
-        """Return finished rollouts' environments to the pool; each is `reset` again before its next rollout."""
+        """Return finished rollouts' environments to the pool; each is `reset` again before its next rollout. An
+        instance one of whose tool calls timed out is dropped instead (the call's thread may still be changing it; a
+        new instance is built when one is needed)."""
+        dropped = []
         for episode in episodes:
+            if episode.toolbox.environment_timed_out:
+                dropped.append(type(episode.environment).__name__)
+                continue
             self._kinds[episode.name].idle.append(episode.environment)
+        if dropped:
+            warnings.warn(
+                f"{len(dropped)} environment instance(s) ({', '.join(sorted(set(dropped)))}) had a tool call time out; "
+                "their call may still be running in the background, so they were not reused (new instances are built "
+                "as needed). Raise `tool_timeout` if the calls are slow rather than hung.", stacklevel=2,
+            )
 
     def _route(self, row: Mapping[str, Any], index: int) -> str:
         if not self.routed:

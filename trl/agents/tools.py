@@ -168,6 +168,9 @@ class Toolbox:
         self.schemas: list[dict] = []
         self._origins: dict[str, str] = {}  # name -> how errors name it
         self._environment: Any = None  # the instance whose methods these are; its calls run one at a time
+        # set when a call to the environment timed out: its thread may still be changing the instance, so the
+        # environment pool discards it instead of handing it to another rollout
+        self.environment_timed_out = False
         for index, func in enumerate(tools):
             self._add(func, _schema(func, _where(func, index, None)), _where(func, index, None))
 
@@ -288,12 +291,14 @@ class _Call:
     arguments: dict | None = None
     error: str | None = None
     content: str | None = None
+    timed_out: bool = False
 
 
 def execute_tool_calls(
     tool_calls: Sequence[Sequence[Any] | None],
     toolboxes: Toolbox | Sequence[Toolbox],
     timeout: float = DEFAULT_TOOL_TIMEOUT,
+    max_output_chars: int | None = None,
 ) -> ToolResults:
     """Run one round of tool calls for `N` rollouts at once; see the module docstring for how they run.
 
@@ -306,6 +311,9 @@ def execute_tool_calls(
         toolboxes (`Toolbox` or `list[Toolbox]`): the tools every rollout may call, or one toolbox per rollout (e.g.
             each bound to the rollout's environment).
         timeout (`float`, *optional*, defaults to `60.0`): seconds each call may take.
+        max_output_chars (`int`, *optional*): a result longer than this many characters is cut there and ends with
+            `"... [tool output cut: N characters]"` (a huge output cannot fit a completion anyway, and rendering and
+            tokenizing it would stall the round). None keeps every result whole.
 
     Returns:
         [`ToolResults`]. A result that is not a string is JSON-encoded (`str()` when it is not JSON-serialisable); a
@@ -343,6 +351,14 @@ def execute_tool_calls(
             chains.append(to_environment)
     if chains:
         asyncio.run_coroutine_threadsafe(_run_chains(chains, timeout), event_loop()).result()
+    for i, rollout_calls in enumerate(calls):
+        if any(call.timed_out and toolboxes[i]._is_method(call.func) for call in rollout_calls):
+            toolboxes[i].environment_timed_out = True
+        if max_output_chars is not None:
+            for call in rollout_calls:
+                if call.content is not None and len(call.content) > max_output_chars:
+                    call.content = (call.content[:max_output_chars]
+                                    + f"... [tool output cut: {len(call.content)} characters]")
 
     messages = [[{"role": "tool", "name": call.name, "content": call.content if call.error is None else
                   json.dumps({"error": call.error}, ensure_ascii=False)} for call in rollout_calls]
@@ -494,7 +510,8 @@ async def _run_chain(chain: list[_Call], timeout: float) -> None:
             call.content = _encode(await _bounded(call, timeout), call.name)
         except _Failure as failure:
             call.error = str(failure)
-            timed_out = call.name if isinstance(failure.__cause__, TimeoutError) else None
+            call.timed_out = isinstance(failure.__cause__, TimeoutError)
+            timed_out = call.name if call.timed_out else None
 
 
 async def _bounded(call: _Call, timeout: float) -> Any:

@@ -39,8 +39,8 @@ class GRPOTrainer(_OnlineTrainer):
             dotted paths, reward-model ids or folders, or callables `(prompts, completions, **columns)`; each returns
             one float (or None) per completion.
         args ([`GRPOConfig`], *optional*): configuration; defaults to `GRPOConfig(output_dir="<model>-GRPO")`.
-        train_dataset (`datasets.Dataset`): prompts in a `prompt` column (text or messages); other columns reach the
-            reward functions as keyword arguments.
+        train_dataset (`datasets.Dataset`, *optional*): prompts in a `prompt` column (text or messages); other
+            columns reach the reward functions as keyword arguments. May be omitted when an environment owns the data.
         eval_dataset (`datasets.Dataset`, *optional*): prompts whose sampled completions are scored at evaluation.
         processing_class (*optional*): the tokenizer (loaded from the model when None; left padding).
         reward_processing_classes (*optional*): tokenizers of model-based rewards.
@@ -66,7 +66,9 @@ class GRPOTrainer(_OnlineTrainer):
             instance, `reset(**row)` before it (a returned string is appended to the last user message); its public
             methods other than `reset`/`get_reward` are its tools (after `tools`); an optional `get_reward()` is an
             extra reward function of weight 1 named after the class (then `reward_funcs` may be None); the reward
-            functions receive `environments=[...]`. A `train_dataset` is still required.
+            functions receive `environments=[...]`. Without a `train_dataset` a single factory owns the data:
+            `max_steps` is required, `reset()` gets no columns and returns the task, appended to an empty user
+            message.
 
     Example:
         ```python

@@ -22,7 +22,7 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch.utils.data import Sampler
@@ -30,6 +30,7 @@ from torch.utils.data import Sampler
 from .. import checkpoints, guards
 from ..agents.environments import ENVIRONMENT_COLUMN, EnvironmentPool, append_to_prompt
 from ..agents.multi_turn import multi_turn_rollout
+from ..agents.rollouts import cut_mid_call
 from ..agents.tools import Toolbox, tool_metrics
 from ..chat_template_utils import supports_tool_calling
 from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
@@ -150,8 +151,9 @@ class _OnlineTrainer(_BaseTrainer):
                  reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
                  peft_config=None, tools=None, environment_factory=None):
         args = as_config(args, self._config_class, self._default_output_dir(model, self._name))
+        self._environment_owned = train_dataset is None
         if train_dataset is None:
-            raise ValueError(f"{type(self).__name__} needs a `train_dataset` of prompts (a 'prompt' column).")
+            train_dataset = self._environment_owned_rows(environment_factory, args)
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
@@ -195,9 +197,17 @@ class _OnlineTrainer(_BaseTrainer):
             eval_dataset, _ = prepare_prompt_dataset(
                 eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model=model
             )
+            if self.environments is not None and not isinstance(eval_dataset, dict):
+                columns = [c for c in eval_dataset.column_names if c != "prompt_ids"]
+                routes = eval_dataset[ENVIRONMENT_COLUMN] if ENVIRONMENT_COLUMN in columns else None
+                self.environments.check_dataset(columns, routes)
         reward_weights = args.reward_weights
-        if reward_weights is not None and self.environments is not None:  # each environment reward has weight 1
-            reward_weights = [*reward_weights, *[1.0] * len(self.environments.reward_funcs)]
+        if self.environments is not None:  # each environment reward has weight 1 and no tokenizer
+            extra = len(self.environments.reward_funcs)
+            if reward_weights is not None:
+                reward_weights = [*reward_weights, *[1.0] * extra]
+            if isinstance(reward_processing_classes, (list, tuple)):
+                reward_processing_classes = [*reward_processing_classes, *[None] * extra]
         self.reward_scorer = RewardScorer(
             reward_funcs, reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
             trust_remote_code=args.trust_remote_code, trainer_name=type(self).__name__,
@@ -238,6 +248,29 @@ class _OnlineTrainer(_BaseTrainer):
     @staticmethod
     def _uses_reference(args) -> bool:
         return args.beta != 0.0
+
+    def _environment_owned_rows(self, environment_factory, args):
+        """Without a `train_dataset`, an `environment_factory` owns the data: placeholder rows with an empty user
+        message, to which each environment's `reset()` output (the task) is appended. `max_steps` bounds the run."""
+        name = type(self).__name__
+        if environment_factory is None:
+            raise ValueError(f"{name} needs a `train_dataset` of prompts (a 'prompt' column); it may be omitted only "
+                             "when an `environment_factory` owns the data (its reset() returns the prompt).")
+        if isinstance(environment_factory, Mapping):
+            raise ValueError(
+                f"{name} got a dict of environments {list(environment_factory)} and no `train_dataset`: the rows of a "
+                f"dataset choose the environment (an '{ENVIRONMENT_COLUMN}' column). Give a train_dataset, or a single "
+                "factory that owns the data."
+            )
+        if args.max_steps is None or args.max_steps <= 0:
+            raise ValueError(
+                f"{name} got no `train_dataset`, so the environment owns the data and an epoch has no length: set "
+                f"`max_steps` (a positive number of optimiser steps; got {args.max_steps})."
+            )
+        from datasets import Dataset
+
+        rows = max(1, args.generation_batch_size // args.num_generations)
+        return Dataset.from_dict({"prompt": [[{"role": "user", "content": ""}] for _ in range(rows)]})
 
     @staticmethod
     def _tool_setup(tools, tokenizer, environments) -> Toolbox | None:
@@ -355,12 +388,14 @@ class _OnlineTrainer(_BaseTrainer):
         started = time.perf_counter()
         rollout = self._sample(rows, self._generator, mode="train")
         generated = time.perf_counter()
-        rollout.old_logps = self._old_logps(rollout)
-        if self._uses_reference(self.args):
-            rollout.ref_logps = self._score_logps(rollout, reference=True)
-        scored_logps = time.perf_counter()
-        scores = self._score(rollout)
-        self._release_environments(rollout)
+        try:
+            rollout.old_logps = self._old_logps(rollout)
+            if self._uses_reference(self.args):
+                rollout.ref_logps = self._score_logps(rollout, reference=True)
+            scored_logps = time.perf_counter()
+            scores = self._score(rollout)
+        finally:  # the environments go back to the pool even when scoring raises
+            self._release_environments(rollout)
         all_rewards = self.accelerator.gather(rollout.rewards)  # (N_all, R): groups may straddle processes
         advantages = self._advantages(rollout, all_rewards)
         rank, local = self.accelerator.process_index, len(rollout)
@@ -413,8 +448,9 @@ class _OnlineTrainer(_BaseTrainer):
         prompt_ids, columns = [row["prompt_ids"] for row in rows], {}
         toolboxes, template_kwargs = self.toolbox, self._template_kwargs
         if self.environments is not None:
-            self._episodes = self.environments.acquire(
-                [{k: v for k, v in row.items() if k != "prompt_ids"} for row in rows]
+            self._episodes = self.environments.acquire(  # environment-owned data: reset() gets no columns
+                [{} if self._environment_owned else {k: v for k, v in row.items() if k != "prompt_ids"}
+                 for row in rows]
             )
             prompts = [append_to_prompt(p, e.observation) for p, e in zip(prompts, self._episodes)]
             toolboxes = [e.toolbox for e in self._episodes]
@@ -423,20 +459,76 @@ class _OnlineTrainer(_BaseTrainer):
             prompt_ids = [tokenize_prompt({"prompt": p}, self.processing_class, True, kwargs)
                           for p, kwargs in zip(prompts, template_kwargs)]
             columns["environments"] = [e.environment for e in self._episodes]
-        result = multi_turn_rollout(
-            lambda ids, max_new_tokens: self._generate(ids, generator, max_new_tokens), prompt_ids, prompts,
-            self.processing_class, toolboxes, max_completion_length=self.args.max_completion_length,
-            eos_token_ids=self.sampling.eos_token_ids, pad_token_id=self.sampling.pad_token_id,
-            max_iterations=self.args.max_tool_calling_iterations, timeout=self.args.tool_timeout,
-            template_kwargs=template_kwargs,
-        )
-        counts = torch.tensor([result.num_calls, result.num_failures], device=self.accelerator.device).T  # (N, 2)
-        counts = self.accelerator.gather(counts).tolist()
-        for key, value in tool_metrics([c for c, _ in counts], [f for _, f in counts]).items():
+        try:
+            self._check_rendered_prompts_fit(prompt_ids)
+            result = multi_turn_rollout(
+                lambda ids, max_new_tokens: self._generate(ids, generator, max_new_tokens), prompt_ids, prompts,
+                self.processing_class, toolboxes, max_completion_length=self.args.max_completion_length,
+                eos_token_ids=self.sampling.eos_token_ids, pad_token_id=self.sampling.pad_token_id,
+                max_iterations=self.args.max_tool_calling_iterations, timeout=self.args.tool_timeout,
+                template_kwargs=template_kwargs,
+            )
+        except BaseException:
+            if self._episodes is not None:  # an error mid-rollout: the environments go back to the pool
+                self.environments.release(self._episodes)
+                self._episodes = None
+            raise
+        cut = [float(c) for c in cut_mid_call(result.completions, result.rollout.is_truncated.tolist())]
+        counts = torch.tensor([result.num_calls, result.num_failures, cut], device=self.accelerator.device).T
+        counts = self.accelerator.gather(counts).tolist()  # (N_all, 3)
+        calls, failures, cut = ([int(row[k]) for row in counts] for k in range(3))
+        for key, value in tool_metrics(calls, failures).items():
             self._metrics.add(mode, key, value)
+        self._metrics.add(mode, "tools/truncated_call_frequency", sum(cut) / len(cut))
+        if mode == "train":
+            self._check_tool_guards(sum(calls), sum(cut), len(cut))
         rollout = result.rollout
         rollout.prompts, rollout.completions, rollout.columns = prompts, result.completions, columns
         return rollout
+
+    def _check_rendered_prompts_fit(self, prompt_ids: list[list[int]]) -> None:
+        """Prompts rendered at step time (with an environment's reset output and tools) must leave room for
+        `max_completion_length` in the model's context, as the dataset's prompts are checked at construction."""
+        context = getattr(causal_lm(self.model).config, "max_position_embeddings", None)
+        limit = None if context is None else context - self.args.max_completion_length
+        too_long = [i for i, ids in enumerate(prompt_ids) if limit is not None and len(ids) > limit]
+        if too_long:
+            longest = max(len(prompt_ids[i]) for i in too_long)
+            raise ValueError(
+                f"{len(too_long)} of {len(prompt_ids)} prompts of this generation batch (e.g. rows {too_long[:5]}, "
+                f"longest {longest} tokens once rendered with the environment's reset() output and tools) leave no "
+                f"room for max_completion_length={self.args.max_completion_length} in the model's context of "
+                f"{context} tokens. Make reset() return less text, lower max_completion_length, or shorten the "
+                f"prompts to at most {limit} tokens."
+            )
+
+    def _check_tool_guards(self, num_calls: int, num_cut: int, num_rollouts: int) -> None:
+        """Tools are given but no rollout called one for `guard_patience` generation batches in a row (the model
+        does not know the format: warned); rollouts cut by `max_completion_length` in the middle of a tool call or
+        with a tool turn that did not fit (warned when it starts, and again every `guard_patience` batches)."""
+        patience = self.args.guard_patience
+        self._guard_counts["no_tool_calls"] = 0 if num_calls else self._guard_counts.get("no_tool_calls", 0) + 1
+        self._guard_counts["cut_calls"] = self._guard_counts.get("cut_calls", 0) + 1 if num_cut else 0
+        if self._guard_counts["no_tool_calls"] == patience:
+            warnings.warn(
+                f"Tools are given ({', '.join(self._tool_names())}) but no rollout of the last {patience} generation "
+                "batches called one (`tools/call_frequency` 0): the model may not know the chat template's "
+                "tool-call format. Start from a model that calls tools (e.g. SFT on a few tool-call transcripts), "
+                "show the format in the system prompt, or check that the chat template renders the tools.",
+                stacklevel=2,
+            )
+        if num_cut and self._guard_counts["cut_calls"] % patience == 1 % patience:
+            warnings.warn(
+                f"{num_cut} of {num_rollouts} rollouts of this generation batch were cut by max_completion_length="
+                f"{self.args.max_completion_length} in the middle of a tool call, or their tool results did not fit "
+                "(`tools/truncated_call_frequency`): they end without an answer. Raise max_completion_length or "
+                "lower max_tool_calling_iterations.", stacklevel=2,
+            )
+
+    def _tool_names(self) -> list[str]:
+        if self.environments is not None:
+            return sorted({name for kind in self.environments._kinds.values() for name in kind.toolbox.names})
+        return self.toolbox.names
 
     def _release_environments(self, rollout: Rollout) -> None:
         """Give a scored generation batch's environments back to the pool (they are not kept in the buffer, which
@@ -802,8 +894,10 @@ class _OnlineTrainer(_BaseTrainer):
         """Sample completions of the eval prompts (each row already repeated `num_generations_eval` times by the
         sampler) and record their rewards and lengths; no loss."""
         rollout = self._sample(inputs, getattr(self, "_eval_generator", None) or self._generator, mode="eval")
-        scores = self._score(rollout)
-        self._release_environments(rollout)
+        try:
+            scores = self._score(rollout)
+        finally:
+            self._release_environments(rollout)
         self._record_rollout_metrics(rollout, self.accelerator.gather(rollout.rewards), scores, mode="eval")
         return None, None, None
 
