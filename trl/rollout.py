@@ -153,6 +153,45 @@ class Rollout:
         return dataclasses.replace(self, **moved)
 
     @staticmethod
+    def from_lists(
+        prompt_ids: list[list[int]],
+        completion_ids: list[list[int]],
+        *,
+        pad_token_id: int,
+        is_truncated: list[bool],
+        sampling_logps: list[list[float]] | None = None,
+        tool_mask: list[list[int]] | None = None,
+        device: torch.device | str | None = None,
+    ) -> Rollout:
+        """A rollout from per-row lists: prompts left-padded, completions (and their log-probs and tool masks)
+        right-padded to the longest (at least one column), `completion_mask` 1 on every completion token.
+
+        Example:
+            ```python
+            >>> rollout = Rollout.from_lists([[5, 6], [7]], [[8, 2], [9]], pad_token_id=0, is_truncated=[False, True])
+            >>> rollout.prompt_ids.tolist(), rollout.completion_mask.tolist()
+            ([[5, 6], [0, 7]], [[1, 1], [1, 0]])
+            ```
+        """
+        prompt_width = max([1, *map(len, prompt_ids)])
+        width = max([1, *map(len, completion_ids)])
+
+        def right_padded(rows: list[list], fill, dtype) -> torch.Tensor:
+            return torch.tensor([list(r) + [fill] * (width - len(r)) for r in rows], dtype=dtype, device=device)
+
+        return Rollout(
+            prompt_ids=torch.tensor([[pad_token_id] * (prompt_width - len(p)) + list(p) for p in prompt_ids],
+                                    dtype=torch.long, device=device),
+            prompt_mask=torch.tensor([[0] * (prompt_width - len(p)) + [1] * len(p) for p in prompt_ids],
+                                     dtype=torch.long, device=device),
+            completion_ids=right_padded(completion_ids, pad_token_id, torch.long),
+            completion_mask=right_padded([[1] * len(c) for c in completion_ids], 0, torch.long),
+            is_truncated=torch.tensor(list(is_truncated), dtype=torch.bool, device=device),
+            sampling_logps=None if sampling_logps is None else right_padded(sampling_logps, 0.0, torch.float32),
+            tool_mask=None if tool_mask is None else right_padded(tool_mask, 0, torch.long),
+        )
+
+    @staticmethod
     def cat(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
         """Concatenate rollouts row-wise: prompts re-padded on the left, completions on the right to the longest."""
         if len(rollouts) == 1:

@@ -36,7 +36,7 @@ from ..chat_template_utils import supports_tool_calling
 from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
-from ..generation.transformers_backend import TransformersBackend, _left_pad
+from ..generation.transformers_backend import TransformersBackend
 from ..models import loading
 from ..rollout import Rollout, StepCounts
 from .base_trainer import _BaseTrainer, as_config, causal_lm
@@ -278,7 +278,7 @@ class _OnlineTrainer(_BaseTrainer):
         environments (which are checked by [`EnvironmentPool`])."""
         if not tools and environments is None:
             return None
-        toolbox = Toolbox(tools or [])
+        toolbox = environments.tools if environments is not None else Toolbox(tools)
         if not supports_tool_calling(tokenizer):
             name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
             raise ValueError(
@@ -1006,23 +1006,12 @@ def rollout_from_func_output(out: dict, num_rows: int, sampling: SamplingConfig,
     logprobs = [[_sampled_logprob(lp, token, options, i) for lp, token, options in zip(row, ids, option_row)]
                 for i, (row, ids, option_row) in enumerate(zip(out["logprobs"], completions, candidates))]
 
-    def right_padded(rows, value, dtype) -> torch.Tensor:
-        tensor = torch.full((len(rows), max([1, *map(len, rows)])), value, dtype=dtype)
-        for i, row in enumerate(rows):
-            tensor[i, : len(row)] = torch.as_tensor(list(row), dtype=dtype)
-        return tensor
-
-    pad = sampling.pad_token_id
-    prompt_ids, prompt_mask = _left_pad(prompts, pad, device)
     eos = set(sampling.eos_token_ids)
-    rollout = Rollout(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask,
-        completion_ids=right_padded(completions, pad, torch.long),
-        completion_mask=right_padded([[1] * len(ids) for ids in completions], 0, torch.long),
-        is_truncated=torch.tensor([not ids or ids[-1] not in eos for ids in completions]),
-        sampling_logps=right_padded(logprobs, 0.0, torch.float32),
-        tool_mask=right_padded(out["env_mask"], 0, torch.long) if "env_mask" in out else None,
-    ).to(device)
+    rollout = Rollout.from_lists(
+        prompts, completions, pad_token_id=sampling.pad_token_id,
+        is_truncated=[not ids or ids[-1] not in eos for ids in completions], sampling_logps=logprobs,
+        tool_mask=out.get("env_mask"), device=device,
+    )
     extra = {key: value for key, value in out.items() if key not in own}
     for key, value in extra.items():
         if not isinstance(value, (list, tuple)) or len(value) != num_rows:
