@@ -115,6 +115,51 @@ class OnlineScriptArguments(ScriptArguments):
     )
 
 
+def import_callable(path: str, where: str) -> Any:
+    """Import the callable a command-line flag names as a dotted path `package.module.attribute` (a function or a
+    class), with the current directory importable (as for `python my_script.py`), so that a `my_tools.py` next to you
+    is found as `my_tools.fn`.
+
+    Args:
+        path (`str`): the dotted path, e.g. `"my_tools.multiply"`.
+        where (`str`): the flag and position, for messages, e.g. `"--tools[1]"`.
+
+    Raises:
+        `ValueError`: `path` is not a dotted path, or its module or attribute does not exist.
+        `TypeError`: it names something that is not callable.
+
+    Example:
+        ```python
+        >>> import_callable("math.floor", "--tools[0]")
+        <built-in function floor>
+        ```
+    """
+    import importlib
+
+    if "." not in path or not all(part.isidentifier() for part in path.split(".")):
+        raise ValueError(f"{where} is {path!r}: expected a dotted path `module.name` (e.g. `my_tools.multiply` for a "
+                         "function `multiply` in my_tools.py in the current directory).")
+    module_name, attribute = path.rsplit(".", 1)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        missing = error.name or ""
+        if not (module_name == missing or module_name.startswith(missing + ".")):
+            raise  # the module was found, but one of its own imports is missing
+        raise ValueError(f"{where} is {path!r}: there is no module {module_name!r} in the current directory ({cwd}) "
+                         "or the installed packages.") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"{where} is {path!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
+                         f"{attribute!r}.")
+    value = getattr(module, attribute)
+    if not callable(value):
+        raise TypeError(f"{where} is {path!r}: a {type(value).__name__}, not a function or class.")
+    return value
+
+
 def _is_saved_to_disk(folder: Path) -> bool:
     return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
 
@@ -805,6 +850,7 @@ def script_trainer_kwargs(
     training_args: Any,
     model_args: Any,
     dataset_args: DatasetMixtureConfig | None = None,
+    environments_own_data: bool = False,
 ) -> dict[str, Any]:
     """The keyword arguments of a trainer built by a `trl <command>` script.
 
@@ -822,6 +868,9 @@ def script_trainer_kwargs(
         training_args (`TrainingArguments`): the trainer's config; its `model_init_kwargs` are filled in.
         model_args ([`ModelConfig`]): model, LoRA and quantization options.
         dataset_args ([`DatasetMixtureConfig`], *optional*): a dataset mixture; overrides `dataset_name` when set.
+        environments_own_data (`bool`, *optional*, defaults to `False`): an `environment_factory` is given, which may
+            own the data and the reward: without a dataset, `train_dataset` is None, and without a reward,
+            `reward_funcs` is None (the trainer checks what the environments provide).
 
     Returns:
         `dict[str, Any]`: `model`, `args`, `train_dataset`, `eval_dataset`, `quantization_config`, `peft_config`,
@@ -844,7 +893,9 @@ def script_trainer_kwargs(
     extra: dict[str, Any] = {}
     if isinstance(script_args, OnlineScriptArguments):
         extra["reward_funcs"] = resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)
-        if not extra["reward_funcs"]:
+        if not extra["reward_funcs"] and environments_own_data:
+            extra["reward_funcs"] = None  # the environments' get_reward (the trainer checks there is one)
+        elif not extra["reward_funcs"]:
             raise ValueError(
                 f"`trl {command}` needs a reward: pass `--reward_funcs` (e.g. `--reward_funcs think_format_reward "
                 "my_rewards.my_reward`) and/or `--reward_model_name_or_path`."
@@ -860,11 +911,13 @@ def script_trainer_kwargs(
         model_init_kwargs["device_map"] = get_kbit_device_map()
     training_args.model_init_kwargs = {**model_init_kwargs, **(training_args.model_init_kwargs or {})}
 
-    dataset = load_script_dataset(script_args, dataset_args)
-    train_dataset = _split(dataset, script_args.dataset_train_split, "train")
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = _split(dataset, script_args.dataset_test_split, "test")
+    train_dataset = eval_dataset = None
+    no_data = script_args.dataset_name is None and not (dataset_args is not None and dataset_args.datasets)
+    if not (environments_own_data and no_data):
+        dataset = load_script_dataset(script_args, dataset_args)
+        train_dataset = _split(dataset, script_args.dataset_train_split, "train")
+        if training_args.eval_strategy != "no":
+            eval_dataset = _split(dataset, script_args.dataset_test_split, "test")
     return {
         "model": model_args.model_name_or_path,
         "args": training_args,
