@@ -9,8 +9,6 @@ ends an assistant turn? Patched templates are only returned after they render by
 
 from __future__ import annotations
 
-import json
-import re
 from typing import TYPE_CHECKING, Any
 
 from .data import tokenize as _tokenize
@@ -20,6 +18,7 @@ from .data.tokenize import (
     end_of_turn_position,
     render_ids,
 )
+from .template_families import CHATML, decode_turn, detect_family
 
 if TYPE_CHECKING:
     import torch
@@ -516,42 +515,22 @@ def add_response_schema(processing_class: "ProcessingClass") -> "ProcessingClass
     return processing_class
 
 
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
-_ASSISTANT_HEADER = "<|im_start|>assistant\n"
-
-
-def _as_tool_call(body: str) -> dict | None:
-    try:
-        call = json.loads(body)
-    except json.JSONDecodeError:
-        return None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        return None
-    arguments = call.get("arguments", call.get("parameters"))
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments)
-        except json.JSONDecodeError:
-            arguments = None
-    return {
-        "type": "function",
-        "function": {"name": call["name"], "arguments": arguments if isinstance(arguments, dict) else {}},
-    }
-
-
 def parse_response(
     tokenizer: "ProcessingClass",
     ids: "list[int] | torch.Tensor",
     prefix: "str | list[int] | torch.Tensor | None" = None,
     tools: list | None = None,
 ) -> dict[str, Any]:
-    """Parse generated token ids into an assistant message, splitting out `<tool_call>` JSON blocks.
+    """Parse generated token ids into an assistant message with the parser of the chat template's family.
 
-    The ids are decoded (a trailing eos is dropped first). Each
-    `<tool_call>{"name": ..., "arguments": ...}</tool_call>` block becomes an entry of `tool_calls` (`arguments` is
-    `{}` when missing or not a JSON object; a JSON string of an object is decoded) and the remaining text, stripped,
-    becomes `content`. Never raises on malformed output: if a block is not valid JSON with a string `name`, or a
-    `<tool_call>` is left unclosed, the whole text is the content.
+    The family (`trl.template_families.detect_family`; ChatML when the template is of no known family) decides the
+    call format: `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks for ChatML/Qwen, a JSON
+    `{"name": ..., "parameters": ...}` turn for Llama 3, and whether `<think>` reasoning goes to
+    `reasoning_content` (Qwen3). The ids are decoded after dropping one trailing end-of-turn token (eos or any of the
+    family's, e.g. `<|eot_id|>`/`<|eom_id|>`). A missing `arguments` becomes `{}`; a JSON string of an object is
+    decoded. Never raises on malformed output: if any call cannot be parsed (invalid JSON, no string `name`,
+    arguments that are not an object, an unclosed `<tool_call>`), the whole decoded text is the content. To get the
+    valid calls and a list of errors instead, use `trl.template_families.parse_tool_turn`.
 
     Args:
         tokenizer (`PreTrainedTokenizerBase` or `ProcessorMixin`):
@@ -559,13 +538,13 @@ def parse_response(
         ids (`list[int]` or `torch.Tensor`):
             Generated completion ids (without the prompt).
         prefix (`str` or `list[int]`, *optional*):
-            The prompt before generation. Text the template wrote into the assistant turn after its last
-            `<|im_start|>assistant\\n` (e.g. an opening `<think>`) is parsed as part of the response.
+            The prompt before generation. Text the template wrote into the assistant turn after its last assistant
+            header (e.g. an opening `<think>` after `<|im_start|>assistant\\n`) is parsed as part of the response.
         tools (`list`, *optional*):
             Accepted for compatibility with `tokenizer.parse_response`; JSON arguments are already typed.
 
     Returns:
-        `dict`: `{"role": "assistant", "content": str}`, plus `"tool_calls"` when any were parsed.
+        `dict`: `{"role": "assistant", "content": str}`, plus `"reasoning_content"` and `"tool_calls"` when present.
 
     Example:
         ```python
@@ -577,20 +556,9 @@ def parse_response(
         {'role': 'assistant', 'content': 'Checking.', 'tool_calls': [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}]}
         ```
     """
-    inner = _inner_tokenizer(tokenizer)
-    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    if ids and ids[-1] == inner.eos_token_id:
-        ids = ids[:-1]
-    text = inner.decode(ids, skip_special_tokens=False)
-    if prefix is not None:
-        if not isinstance(prefix, str):
-            prefix = inner.decode(prefix.tolist() if hasattr(prefix, "tolist") else list(prefix))
-        if _ASSISTANT_HEADER in prefix:
-            text = prefix.rsplit(_ASSISTANT_HEADER, 1)[1] + text
-
-    blocks = list(_TOOL_CALL_BLOCK.finditer(text))
-    calls = [_as_tool_call(block.group(1)) for block in blocks]
-    rest = _TOOL_CALL_BLOCK.sub("", text)
-    if not blocks or None in calls or "<tool_call>" in rest or "</tool_call>" in rest:
+    family = detect_family(tokenizer) or CHATML
+    text = decode_turn(tokenizer, ids, prefix, family)
+    turn = family.parse_turn(text)
+    if turn.errors:
         return {"role": "assistant", "content": text}
-    return {"role": "assistant", "content": rest.strip(), "tool_calls": calls}
+    return turn.message

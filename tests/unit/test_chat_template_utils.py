@@ -208,13 +208,12 @@ def test_parse_response_tool_calls():
             {"type": "function", "function": {"name": "now", "arguments": {}}},
         ],
     }
-    # arguments given as a JSON string are decoded; invalid ones become {}
-    text = (
-        '<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>'
-        '<tool_call>{"name": "b", "arguments": 3}</tool_call>'
-    )
+    # arguments given as a JSON string are decoded; arguments that are not an object make the turn plain text
+    text = '<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>'
     calls = parse_response(tokenizer, torch.tensor(tokenizer(text)["input_ids"]))["tool_calls"]
-    assert [c["function"]["arguments"] for c in calls] == [{"x": 1}, {}]
+    assert [c["function"]["arguments"] for c in calls] == [{"x": 1}]
+    text += '<tool_call>{"name": "b", "arguments": 3}</tool_call>'
+    assert parse_response(tokenizer, tokenizer(text)["input_ids"]) == {"role": "assistant", "content": text}
 
 
 @pytest.mark.parametrize(
@@ -224,6 +223,7 @@ def test_parse_response_tool_calls():
         "<tool_call>{not json}</tool_call>",
         '<tool_call>{"arguments": {}}</tool_call>',  # no name
         '<tool_call>{"name": "get_weather"',  # unclosed: generation was cut off
+        '<tool_call>{"name": "get_weather", "arguments": ["Paris"]}</tool_call>',  # list arguments
         TOOL_CALL_TEXT + "<tool_call>",
     ],
 )

@@ -1,0 +1,482 @@
+"""Template families: how a chat template writes an assistant turn and its tool calls, and how to read them back.
+
+A family is recognised from the chat template's TEXT (never from the model's name), because fine-tunes keep their
+base model's template and clones (`trl.clone_chat_template`) change it. Each family is one frozen record: the
+assistant header and end-of-turn strings, the reasoning tags, and a tool-call parser
+`text -> (content, tool_calls, errors)`. Issue 14 adds the training template and response schema of each family to
+the same record (`training`).
+
+Parsing never raises on what a model generates. A call that was started but cannot be read (invalid JSON, no string
+`name`, arguments that are not an object, an unclosed `<tool_call>`) is reported in `errors`, so that the agent loop
+can count it as a failed call instead of silently treating it as text.
+
+Families, in detection order (the first whose `recognize` accepts the template wins):
+
+| name | recognised by | tool calls | reasoning |
+|---|---|---|---|
+| `qwen3` | `<|im_start|>` and `<think>` | `<tool_call>\\n{"name", "arguments"}\\n</tool_call>`, several a turn | `<think>...</think>` |
+| `chatml` | `<|im_start|>` (Qwen2.5, our ChatML templates) | same as `qwen3` | kept in `content` |
+| `llama3` | `<|start_header_id|>` and `<|eot_id|>` | the whole turn is `{"name", "parameters"}` JSON | none |
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase, ProcessorMixin
+
+    ProcessingClass = PreTrainedTokenizerBase | ProcessorMixin
+
+ToolCallParser = Callable[[str], tuple[str, list[dict], list[str]]]
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one family of chat templates writes assistant turns and tool calls.
+
+    Args:
+        name (`str`): short name, e.g. `"chatml"`.
+        recognize (`Callable[[str], bool]`): whether a chat template's text belongs to the family.
+        assistant_header (`str`): what the template writes before an assistant turn's content (the generation prompt).
+        end_of_turn (`tuple[str, ...]`): tokens that end an assistant turn.
+        parse_tool_calls (`Callable[[str], tuple[str, list[dict], list[str]]]`): `text -> (content, tool_calls,
+            errors)` for the text of one assistant turn (reasoning already removed, end of turn stripped).
+        call_format (`str`): the call format, as written in error messages.
+        reasoning_tags (`tuple[str, str]` or `None`): opening and closing tags of reasoning moved to
+            `reasoning_content`; `None` leaves reasoning in `content`.
+        training (`dict` or `None`): training templates and response schemas of the family (issue 14; unused yet).
+
+    Example:
+        ```python
+        >>> from trl.template_families import detect_family
+        >>> family = detect_family("{{ '<|im_start|>assistant\\n' }}")
+        >>> family.name
+        'chatml'
+        >>> family.parse_tool_calls('Sure.\\n<tool_call>\\n{"name": "now", "arguments": {}}\\n</tool_call>')
+        ('Sure.', [{'type': 'function', 'function': {'name': 'now', 'arguments': {}}}], [])
+        ```
+    """
+
+    name: str
+    recognize: Callable[[str], bool]
+    assistant_header: str
+    end_of_turn: tuple[str, ...]
+    parse_tool_calls: ToolCallParser
+    call_format: str
+    reasoning_tags: tuple[str, str] | None = None
+    training: dict[str, Any] | None = None
+
+    def parse_turn(self, text: str) -> ToolTurn:
+        """Parse the decoded text of one assistant turn (end-of-turn token already stripped) into a [`ToolTurn`]."""
+        message: dict[str, Any] = {"role": "assistant"}
+        reasoning = None
+        if self.reasoning_tags is not None:
+            reasoning, text = _split_reasoning(text, *self.reasoning_tags)
+        content, calls, errors = self.parse_tool_calls(text)
+        message["content"] = content
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        if calls:
+            message["tool_calls"] = calls
+        return ToolTurn(message=message, errors=errors)
+
+
+@dataclass
+class ToolTurn:
+    """One parsed assistant turn.
+
+    Args:
+        message (`dict`): `{"role": "assistant", "content": str}`, plus `"reasoning_content"` when the family
+            separates reasoning and there was some, and `"tool_calls"` (`{"type": "function", "function": {"name",
+            "arguments"}}`, arguments a `dict`) when valid calls were found. Calls that could not be parsed stay in
+            `content` as text.
+        errors (`list[str]`): one message per call that was started but could not be parsed, in order.
+    """
+
+    message: dict[str, Any]
+    errors: list[str]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsers
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _snippet(text: str, limit: int = 120) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _call_from_json(body: str) -> tuple[dict | None, str | None]:
+    """`({"type": "function", "function": {...}}, None)` for a valid call object, `(None, why)` otherwise."""
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError as error:
+        return None, f"invalid JSON ({error.msg} at character {error.pos}) in {_snippet(body)}"
+    if not isinstance(call, dict):
+        return None, f'expected a JSON object {{"name": ..., "arguments": {{...}}}}, got a {type(call).__name__}'
+    name = call.get("name")
+    if not isinstance(name, str) or not name:
+        return None, f'"name" is missing or not a non-empty string in {_snippet(body)}'
+    key = "arguments" if "arguments" in call else "parameters"
+    arguments = call.get(key)
+    if arguments is None:  # a call without arguments
+        arguments = {}
+    if isinstance(arguments, str):  # some models write the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments)
+        except json.JSONDecodeError:
+            return None, f"{name}: {key!r} is a string that is not JSON: {_snippet(arguments)}"
+    if not isinstance(arguments, dict):
+        return None, f"{name}: {key!r} must be a JSON object, got a {type(arguments).__name__}: {_snippet(body)}"
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}, None
+
+
+def parse_tagged_tool_calls(text: str, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>"):
+    """Split `open_tag` JSON `close_tag` blocks (Qwen/ChatML style) out of an assistant turn.
+
+    Args:
+        text (`str`): the turn's text.
+        open_tag (`str`, *optional*, defaults to `"<tool_call>"`): tag before each call.
+        close_tag (`str`, *optional*, defaults to `"</tool_call>"`): tag after each call.
+
+    Returns:
+        `tuple[str, list[dict], list[str]]`: the text outside valid blocks (stripped; malformed blocks stay in it),
+        the valid calls in order, and one error per malformed block, unclosed `open_tag` or stray `close_tag`.
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_tagged_tool_calls
+        >>> parse_tagged_tool_calls('<tool_call>{"name": "f", "arguments": [1]}</tool_call>')[2]
+        ['tool call 1: f: \\'arguments\\' must be a JSON object, got a list: \\'{"name": "f", "arguments": [1]}\\'']
+        ```
+    """
+    content, calls, errors = [], [], []
+    position, number = 0, 0
+    while True:
+        start = text.find(open_tag, position)
+        segment = text[position:] if start < 0 else text[position:start]
+        if close_tag in segment:
+            errors.append(f"{close_tag} without a preceding {open_tag} in {_snippet(segment)}")
+        content.append(segment)
+        if start < 0:
+            break
+        number += 1
+        end = text.find(close_tag, start + len(open_tag))
+        if end < 0:
+            errors.append(
+                f"tool call {number}: {open_tag} is never closed (the generation may have been cut off): "
+                f"{_snippet(text[start:])}"
+            )
+            content.append(text[start:])
+            break
+        call, error = _call_from_json(text[start + len(open_tag) : end].strip())
+        if error is None:
+            calls.append(call)
+        else:
+            errors.append(f"tool call {number}: {error}")
+            content.append(text[start : end + len(close_tag)])
+        position = end + len(close_tag)
+    return "".join(content).strip(), calls, errors
+
+
+def parse_json_tool_call(text: str, tag: str = "<|python_tag|>"):
+    """Parse a Llama-3.1/3.2 assistant turn, whose body is one JSON call `{"name": ..., "parameters": {...}}`.
+
+    `"arguments"` is accepted for `"parameters"`, and a leading `tag` (Llama's `<|python_tag|>`) is dropped. The turn
+    is a call attempt when it starts with `tag`, or when it starts with `{` and either is a JSON object with a `name`,
+    `parameters` or `arguments` key or is not valid JSON but mentions `"name"` (e.g. cut off). Any other text, JSON
+    answers included, is content.
+
+    Args:
+        text (`str`): the turn's text.
+        tag (`str`, *optional*, defaults to `"<|python_tag|>"`): marker a model may write before a call.
+
+    Returns:
+        `tuple[str, list[dict], list[str]]`: content (`""` for a valid call, else the stripped text), the calls (zero
+        or one) and the errors (zero or one).
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_json_tool_call
+        >>> parse_json_tool_call('{"name": "get_weather", "parameters": {"city": "Paris"}}')
+        ('', [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}], [])
+        >>> parse_json_tool_call("It is sunny.")
+        ('It is sunny.', [], [])
+        ```
+    """
+    body = text.strip()
+    tagged = body.startswith(tag)
+    if tagged:
+        body = body[len(tag) :].strip()
+    if not tagged:
+        if not body.startswith("{"):
+            return body, [], []
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError:
+            value = None
+            attempt = '"name"' in body
+        else:
+            attempt = isinstance(value, dict) and bool({"name", "parameters", "arguments"} & value.keys())
+        if not attempt:
+            return body, [], []
+    call, error = _call_from_json(body)
+    if error is not None:
+        return text.strip(), [], [f"tool call 1: {error}"]
+    return "", [call], []
+
+
+def _split_reasoning(text: str, open_tag: str, close_tag: str) -> tuple[str | None, str]:
+    """`(reasoning, rest)`. Text before `close_tag` is reasoning even without `open_tag` (templates that write
+    the opening tag into the generation prompt); an unclosed `open_tag` at the start makes everything reasoning."""
+    if close_tag in text:
+        before, after = text.split(close_tag, 1)
+        if open_tag in before:
+            head, before = before.split(open_tag, 1)
+            if head.strip():  # text before the reasoning block: not a reasoning prefix
+                return None, text
+        return before.strip(), after
+    stripped = text.lstrip()
+    if stripped.startswith(open_tag):
+        return stripped[len(open_tag) :].strip(), ""
+    return None, text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------------------------------
+
+_TAGGED_FORMAT = '<tool_call>\\n{"name": <name>, "arguments": <JSON object>}\\n</tool_call> (one block per call)'
+
+QWEN3 = Family(
+    name="qwen3",
+    recognize=lambda template: "<|im_start|>" in template and "<think>" in template,
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn=("<|im_end|>",),
+    parse_tool_calls=parse_tagged_tool_calls,
+    call_format=_TAGGED_FORMAT,
+    reasoning_tags=("<think>", "</think>"),
+)
+CHATML = Family(
+    name="chatml",
+    recognize=lambda template: "<|im_start|>" in template,
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn=("<|im_end|>",),
+    parse_tool_calls=parse_tagged_tool_calls,
+    call_format=_TAGGED_FORMAT,
+)
+LLAMA3 = Family(
+    name="llama3",
+    recognize=lambda template: "<|start_header_id|>" in template and "<|eot_id|>" in template,
+    assistant_header="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    end_of_turn=("<|eot_id|>", "<|eom_id|>"),
+    parse_tool_calls=parse_json_tool_call,
+    call_format='the whole assistant turn is {"name": <name>, "parameters": <JSON object>} (one call per turn)',
+)
+
+FAMILIES: tuple[Family, ...] = (QWEN3, CHATML, LLAMA3)
+"""Known families in detection order: more specific families come before the ones they extend."""
+
+
+def _template_of(processing_class_or_template) -> str | None:
+    if processing_class_or_template is None or isinstance(processing_class_or_template, str):
+        return processing_class_or_template
+    template = getattr(processing_class_or_template, "chat_template", None)
+    if isinstance(template, dict):  # tokenizers may hold several named templates
+        template = template.get("default")
+    return template if isinstance(template, str) else None
+
+
+@functools.lru_cache(maxsize=64)
+def _detect(template: str) -> Family | None:
+    return next((family for family in FAMILIES if family.recognize(template)), None)
+
+
+def detect_family(processing_class_or_template: ProcessingClass | str | None) -> Family | None:
+    """The family of a chat template, recognised from its text, or `None` if no known family matches.
+
+    Args:
+        processing_class_or_template (`PreTrainedTokenizerBase`, `ProcessorMixin` or `str`):
+            A tokenizer or processor (its `chat_template` is read) or a template string.
+
+    Example:
+        ```python
+        >>> from trl.template_families import detect_family
+        >>> from trl.models.tiny import tiny_tokenizer
+        >>> detect_family(tiny_tokenizer()).name
+        'chatml'
+        >>> detect_family("{{ messages[0].content }}") is None
+        True
+        ```
+    """
+    template = _template_of(processing_class_or_template)
+    return None if template is None else _detect(template)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parsing generated ids
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _inner_tokenizer(processing_class):
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def _end_of_turn_ids(tokenizer, family: Family) -> set[int]:
+    ids = {tokenizer.eos_token_id} - {None}
+    for token in family.end_of_turn:
+        token_id = tokenizer.convert_tokens_to_ids(token)  # no vocab copy: this runs once per generated turn
+        if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == token:
+            ids.add(token_id)
+    return ids
+
+
+def decode_turn(
+    processing_class: ProcessingClass,
+    ids: list[int] | torch.Tensor,
+    prefix: str | list[int] | torch.Tensor | None = None,
+    family: Family | None = None,
+) -> str:
+    """The text of one generated assistant turn: `ids` decoded with special tokens, one trailing end-of-turn token
+    (eos or any of the family's) dropped, and, with `prefix`, the text the template wrote after the last assistant
+    header (e.g. an opening `<think>`) put in front. `family` defaults to the detected one (ChatML when unknown).
+
+    Example:
+        ```python
+        >>> from trl.template_families import decode_turn
+        >>> from trl.models.tiny import tiny_tokenizer
+        >>> tokenizer = tiny_tokenizer()
+        >>> decode_turn(tokenizer, tokenizer("Hi.<|im_end|>")["input_ids"])
+        'Hi.'
+        ```
+    """
+    family = family or detect_family(processing_class) or CHATML
+    tokenizer = _inner_tokenizer(processing_class)
+    ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+    if ids and ids[-1] in _end_of_turn_ids(tokenizer, family):
+        ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    if prefix is not None:
+        if not isinstance(prefix, str):
+            prefix = tokenizer.decode(prefix.tolist() if hasattr(prefix, "tolist") else list(prefix))
+        if family.assistant_header in prefix:
+            text = prefix.rsplit(family.assistant_header, 1)[1] + text
+    return text
+
+
+def parse_tool_turn(
+    processing_class: ProcessingClass,
+    ids: list[int] | torch.Tensor,
+    prefix: str | list[int] | torch.Tensor | None = None,
+) -> ToolTurn:
+    """Parse one generated assistant turn with the parser of the chat template's family.
+
+    Never raises on generated text: calls that cannot be parsed are listed in `ToolTurn.errors` and stay in the
+    message's `content`. A template of no known family is parsed as ChatML (`<tool_call>` blocks); call
+    [`tool_call_family`] at construction to rule that case out.
+
+    Args:
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            Processing class that produced the ids.
+        ids (`list[int]` or `torch.Tensor`):
+            The turn's generated ids (without the prompt), with or without its end-of-turn token.
+        prefix (`str` or `list[int]`, *optional*):
+            The prompt; text the template wrote after its last assistant header is parsed as part of the turn.
+
+    Returns:
+        [`ToolTurn`]: the assistant message and the errors.
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_tool_turn
+        >>> from trl.models.tiny import tiny_tokenizer
+        >>> tokenizer = tiny_tokenizer()
+        >>> text = '<tool_call>\\n{"name": "get_weather", "arguments": {"city": "Paris"}}\\n</tool_call><|im_end|>'
+        >>> parse_tool_turn(tokenizer, tokenizer(text)["input_ids"]).message["tool_calls"]
+        [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}]
+        >>> parse_tool_turn(tokenizer, tokenizer("<tool_call>\\n{oops}</tool_call>")["input_ids"]).errors
+        ["tool call 1: invalid JSON (Expecting property name enclosed in double quotes at character 1) in '{oops}'"]
+        ```
+    """
+    family = detect_family(processing_class) or CHATML
+    return family.parse_turn(decode_turn(processing_class, ids, prefix, family))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Construction-time check
+# ---------------------------------------------------------------------------------------------------------------------
+
+_FIX = (
+    "Give it a template of a known family ({families}): copy a tool-calling model's template with "
+    "`trl.clone_chat_template`, or for a ChatML-style model set "
+    "`tokenizer.chat_template = trl.chat_template_utils.chatml_training_chat_template`."
+)
+
+
+def tool_call_family(processing_class: ProcessingClass) -> Family:
+    """The family whose parser reads the tool calls this chat template writes; raises if there is none.
+
+    The template must render tool calls and tool results (`trl.chat_template_utils.supports_tool_calling`), be of a
+    known family, and its rendering of an assistant turn calling `get_weather(city="Paris")` must parse back to
+    exactly that call with the family's parser. Call it at construction, before any generation.
+
+    Args:
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            Processing class with a chat template.
+
+    Returns:
+        [`Family`]: the family.
+
+    Raises:
+        `ValueError`: the template does not render tools, is of no known family, or writes calls its family's
+        parser cannot read; the message shows the rendered call and how to fix it.
+
+    Example:
+        ```python
+        >>> from trl.chat_template_utils import chatml_training_chat_template
+        >>> from trl.models.tiny import tiny_tokenizer
+        >>> from trl.template_families import tool_call_family
+        >>> tokenizer = tiny_tokenizer()
+        >>> tokenizer.chat_template = chatml_training_chat_template
+        >>> tool_call_family(tokenizer).name
+        'chatml'
+        ```
+    """
+    from .chat_template_utils import _TOOL_TURNS, _WEATHER_CALL, supports_tool_calling
+
+    name = getattr(processing_class, "name_or_path", None) or type(processing_class).__name__
+    fix = _FIX.format(families=", ".join(family.name for family in FAMILIES))
+    if not supports_tool_calling(processing_class):
+        raise ValueError(
+            f"The chat template of the tokenizer {name!r} does not render tool calls and tool results, so tools "
+            f"(`tools`, or an environment's methods) cannot be offered to the model. {fix}"
+        )
+    rendered = processing_class.apply_chat_template(_TOOL_TURNS[:2], tokenize=False)
+    family = detect_family(processing_class)
+    if family is None:
+        at = rendered.find(_WEATHER_CALL["function"]["name"])
+        found = rendered[max(0, at - 80) : at + 80]
+        raise ValueError(
+            f"The chat template of the tokenizer {name!r} renders tool calls, but in a format trl cannot parse: a "
+            f"call of get_weather(city='Paris') is rendered as ...{found!r}..., and the template is of no known "
+            f"family (the agent loop would never see the model's calls). {fix}"
+        )
+    turn = rendered.rsplit(family.assistant_header, 1)[-1]
+    for token in family.end_of_turn:
+        turn = turn.split(token, 1)[0]
+    parsed = family.parse_turn(turn)
+    expected = [{"type": "function", "function": _WEATHER_CALL["function"]}]
+    if parsed.errors or parsed.message.get("tool_calls") != expected:
+        problems = "; ".join(parsed.errors) or f"parsed as {parsed.message!r}"
+        raise ValueError(
+            f"The chat template of the tokenizer {name!r} looks like the {family.name!r} family, whose tool calls "
+            f"are written as {family.call_format}, but it renders a call of get_weather(city='Paris') as "
+            f"{turn!r}, which that parser does not read back ({problems}). {fix}"
+        )
+    return family
