@@ -10,6 +10,7 @@ import pytest
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
+from ..template_data import qwen3_style_tokenizer
 from ..trainers.sft_one_step import SMALL
 from ..trainers.test_grpo_tools import ANSWER, Counter, Scripted, _questions, _tool_tokenizer
 from ..trainers.test_grpo_trainer import _config
@@ -84,6 +85,17 @@ class Clash(Counter):
         return a * b
 
 
+def _unparseable_calls_tokenizer():
+    """ChatML turns, but tool calls written as `CALL name {json}`: no parser of the ChatML family reads them."""
+    from trl.chat_template_utils import chatml_training_chat_template
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = chatml_training_chat_template.replace("'<tool_call>\\n{\"name\": '", "'CALL '").replace(
+        "', \"arguments\": '", "' '").replace("'}\\n</tool_call>'", "''")
+    assert "CALL" in tokenizer.chat_template
+    return tokenizer
+
+
 class Env:
     """A row's tmp_path, and how to build a GRPO trainer with tools on the tiny model (a template that renders tools)."""
 
@@ -148,6 +160,11 @@ ROWS = [
           r"Two tools are named 'multiply'"),
     error("template without tool support", _build(tools=[multiply], tokenizer=tiny_tokenizer()),
           r"does not render tool calls"),
+    error("template whose tool calls no parser reads", _build(tools=[multiply],
+                                                              tokenizer=_unparseable_calls_tokenizer()),
+          r"which that parser does not read back"),
+    error("template not prefix-preserving across tool turns (Qwen3-style, no training template yet)",
+          _build(tools=[multiply], tokenizer=qwen3_style_tokenizer()), r"not prefix-preserving.*\(qwen3\)"),
     error("reward_funcs=None and no get_reward", _build(environment_factory=NoReward, reward_funcs=None),
           r"get_reward"),
     error("text prompts with tools", _build(tools=[multiply], dataset=_questions().map(

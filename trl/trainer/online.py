@@ -32,13 +32,14 @@ from ..agents.environments import ENVIRONMENT_COLUMN, EnvironmentPool, append_to
 from ..agents.multi_turn import multi_turn_rollout
 from ..agents.rollouts import cut_mid_call
 from ..agents.tools import Toolbox, tool_metrics
-from ..chat_template_utils import supports_tool_calling
+from ..chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
 from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
 from ..generation.transformers_backend import TransformersBackend
 from ..models import loading
 from ..rollout import Rollout, StepCounts
+from ..template_families import tool_call_family
 from .base_trainer import _BaseTrainer, as_config, causal_lm
 from .fused_head import completion_logps, router_aux_loss_coef
 from .reward_scoring import RewardScorer
@@ -272,21 +273,40 @@ class _OnlineTrainer(_BaseTrainer):
         rows = max(1, args.generation_batch_size // args.num_generations)
         return Dataset.from_dict({"prompt": [[{"role": "user", "content": ""}] for _ in range(rows)]})
 
-    @staticmethod
-    def _tool_setup(tools, tokenizer, environments) -> Toolbox | None:
+    def _tool_setup(self, tools, tokenizer, environments) -> Toolbox | None:
         """The [`Toolbox`] of `tools` (checked: type hints, docstrings; docs/agents.md), None without tools or
-        environments (which are checked by [`EnvironmentPool`])."""
+        environments (which are checked by [`EnvironmentPool`]). The chat template must write tool calls in a format
+        we parse (`trl.template_families.tool_call_family`, which sets `self._tool_family`) and render tool turns
+        prefix-preservingly; a template that does not is swapped for its family's training template when one
+        renders identically (`trl.chat_template_utils.get_training_chat_template`), else named in an error."""
+        self._tool_family = None
         if not tools and environments is None:
             return None
         toolbox = environments.tools if environments is not None else Toolbox(tools)
-        if not supports_tool_calling(tokenizer):
-            name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
-            raise ValueError(
-                f"The chat template of the tokenizer {name!r} does not render tool calls and tool results, so tools "
-                "(`tools`, or an environment's methods) cannot be offered to the model. Give it a template that does: for a ChatML-style model "
-                "`tokenizer.chat_template = trl.chat_template_utils.chatml_training_chat_template`, or copy a "
-                "tool-calling model's template with `trl.clone_chat_template`."
-            )
+        self._tool_family = tool_call_family(tokenizer)
+        if not is_chat_template_prefix_preserving(tokenizer):
+            problem = ("The chat template is not prefix-preserving: rendering a conversation with a tool turn "
+                       "rewrites the tokens of the turns before it, so tool results cannot be appended to the "
+                       "generated tokens without re-encoding them")
+            fix = ("Give the tokenizer a template that renders earlier turns the same way whatever follows, e.g. "
+                   "with trl.clone_chat_template.")
+            try:
+                training_template = get_training_chat_template(tokenizer)
+            except ValueError:
+                raise ValueError(f"{problem}, and trl has no training template of its family "
+                                 f"({self._tool_family.name}) that renders like it. {fix}") from None
+            original = tokenizer.chat_template
+            tokenizer.chat_template = training_template or original
+            if training_template is None or not is_chat_template_prefix_preserving(tokenizer):
+                tokenizer.chat_template = original
+                raise ValueError(f"{problem}, and its family's training template is not either. {fix}")
+            else:
+                warnings.warn(
+                    f"The chat template is not prefix-preserving across tool turns; it was replaced by trl's "
+                    f"{self._tool_family.name} training template, which renders the same text for every "
+                    "conversation the original renders and appends tool turns without rewriting earlier ones.",
+                    stacklevel=3,
+                )
         return toolbox
 
     def _with_environment_rewards(self, reward_funcs) -> list:
@@ -466,14 +486,15 @@ class _OnlineTrainer(_BaseTrainer):
                 self.processing_class, toolboxes, max_completion_length=self.args.max_completion_length,
                 eos_token_ids=self.sampling.eos_token_ids, pad_token_id=self.sampling.pad_token_id,
                 max_iterations=self.args.max_tool_calling_iterations, timeout=self.args.tool_timeout,
-                template_kwargs=template_kwargs,
+                template_kwargs=template_kwargs, continuation=self.backend.continuation(),
             )
         except BaseException:
             if self._episodes is not None:  # an error mid-rollout: the environments go back to the pool
                 self.environments.release(self._episodes)
                 self._episodes = None
             raise
-        cut = [float(c) for c in cut_mid_call(result.completions, result.rollout.is_truncated.tolist())]
+        cut = [float(c) for c in cut_mid_call(result.completions, result.rollout.is_truncated.tolist(),
+                                              self._tool_family)]
         counts = torch.tensor([result.num_calls, result.num_failures, cut], device=self.accelerator.device).T
         counts = self.accelerator.gather(counts).tolist()  # (N_all, 3)
         calls, failures, cut = ([int(row[k]) for row in counts] for k in range(3))
