@@ -7,30 +7,47 @@ its *suffix* (the tokens between the end-of-turn token of the assistant turn and
 included) is appended. The chat template must render the conversation prefix-preservingly there: the rendering
 without the tool turn must be a token prefix of the rendering with it, otherwise the turn is named in an error.
 
-Rounds: every row generates; a row whose completion ended with an end-of-turn token and holds tool calls gets them
-run (all rows of a round together, [`execute_tool_calls`]) and continues from its prompt plus everything so far (the
-whole sequence is prefilled again in this version; continuing from the KV cache is the next step). A row is finished
-when it makes no call, after `max_iterations` rounds of calls, or when its completion budget is spent: generated and
-tool tokens together never exceed `max_completion_length`, and a tool turn that does not leave room for at least one
-generated token is not appended (the rollout ends there, truncated).
+Rounds: every row generates; a row whose completion ended with the chat template's end-of-turn token and holds tool
+calls gets them run (all rows of a round together, [`execute_tool_calls`]) and continues from its prompt plus
+everything so far. With a continuation session (`TransformersBackend.continuation()`), the backend continues each such
+row from the KV cache of its previous round, so only the tool turn (and the last generated token) is prefilled;
+without one, `generate` re-prefills the whole sequence. A row is finished when it makes no call, when its turn ended
+with an end-of-sequence token that is not the template's end of turn (e.g. `<|endoftext|>` where the template closes
+turns with `<|im_end|>`: the template cannot continue after it), after `max_iterations` rounds of calls, or when its
+completion budget is spent: generated and tool tokens together never exceed `max_completion_length`, and a tool turn
+that does not leave room for at least one generated token is not appended (the rollout ends there, truncated).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from ..chat_template_utils import parse_response
+from ..data.conversation import common_prefix_length
 from ..data.tokenize import render_ids
 from ..rollout import Rollout
 from .tools import DEFAULT_TOOL_TIMEOUT, Toolbox, execute_tool_calls
 
-__all__ = ["MultiTurnResult", "multi_turn_rollout", "tool_suffix_ids"]
+__all__ = ["Continuation", "MultiTurnResult", "check_tool_prompts", "multi_turn_rollout", "tool_suffix_ids"]
 
 # generate(prompt_ids, max_new_tokens) -> Rollout with one completion per prompt, in the order given
 GenerateFn = Callable[[list[list[int]], int], Rollout]
+
+
+class Continuation(Protocol):
+    """What [`multi_turn_rollout`] needs from a backend's continuation session (`TransformersBackend.continuation()`):
+    while it is open, the backend's `generate` keeps each returned row's KV cache and continues a prompt that extends
+    a kept row from it."""
+
+    def keep(self, prompt_ids: list[list[int]]) -> None:
+        """Free the caches of the kept rows that none of `prompt_ids` (the next round's prompts) extends."""
+
+    def close(self) -> None:
+        """Free every cache and stop keeping them."""
 
 
 @dataclass
@@ -63,10 +80,34 @@ class _Row:
     truncated: bool = False
 
 
+def check_tool_prompts(prompts: Sequence) -> None:
+    """Check, before training, that prompts can be rolled out with tools: each must be a conversation that does not
+    end with an assistant message (a prefilled answer, which the tool turns cannot be rendered after yet).
+
+    Raises:
+        `ValueError`: naming the first offending prompts.
+
+    Example:
+        ```python
+        >>> check_tool_prompts([[{"role": "user", "content": "3*4?"}]])
+        >>> check_tool_prompts([[{"role": "user", "content": "3*4?"}, {"role": "assistant", "content": "It is"}]])
+        Traceback (most recent call last):
+        ...
+        ValueError: Prompts [0] end with an assistant message (a prefilled answer); ...
+        ```
+    """
+    if prefilled := [i for i, p in enumerate(prompts) if p and p[-1].get("role") == "assistant"]:
+        raise ValueError(f"Prompts {prefilled[:5]} end with an assistant message (a prefilled answer); this is not "
+                         "supported together with tools yet. End the prompts with a user message.")
+
+
 def tool_suffix_ids(tokenizer, conversation: list[dict], tool_messages: list[dict], eos_token_ids: Sequence[int],
                     template_kwargs: dict | None = None) -> list[int]:
     """Token ids of the tool turn that follows the last assistant turn of `conversation`, up to and including the
     next generation prompt: what comes after that turn's end-of-turn token in the rendering with `tool_messages`.
+
+    The end-of-turn token is the last of `eos_token_ids` inside the rendering of the last assistant turn (after the
+    rendering of the conversation before it), never one in an earlier turn.
 
     Raises:
         `ValueError`: the rendering without the tool turn is not a token prefix of the rendering with it, or the
@@ -81,7 +122,28 @@ def tool_suffix_ids(tokenizer, conversation: list[dict], tool_messages: list[dic
         '\\n<|im_start|>tool\\n12<|im_end|>\\n<|im_start|>assistant\\n'
         ```
     """
+    before, end = _assistant_turn_end(tokenizer, conversation, eos_token_ids, template_kwargs)
+    return _suffix_after(tokenizer, conversation, before, end, tool_messages, template_kwargs)
+
+
+def _assistant_turn_end(tokenizer, conversation: list[dict], eos_token_ids, template_kwargs) -> tuple[list[int], int]:
+    """The rendering of `conversation` and the position in it of the end-of-turn token of its last (assistant)
+    turn: the last of `eos_token_ids` after where that turn's rendering starts."""
     before = render_ids(tokenizer, conversation, template_kwargs)
+    start = common_prefix_length(render_ids(tokenizer, conversation[:-1], template_kwargs), before)
+    eos = set(eos_token_ids)
+    end = next((i for i in range(len(before) - 1, start - 1, -1) if before[i] in eos), None)
+    if end is None:
+        turn = len(conversation) - 1
+        raise ValueError(
+            f"The chat template renders assistant turn {turn} without an end-of-turn token (any of "
+            f"{sorted(eos)}) inside that turn, so where the tool turn starts is unknown."
+        )
+    return before, end
+
+
+def _suffix_after(tokenizer, conversation: list[dict], before: list[int], end: int, tool_messages: list[dict],
+                  template_kwargs) -> list[int]:
     after = render_ids(tokenizer, conversation + tool_messages, template_kwargs, add_generation_prompt=True)
     turn = len(conversation)
     if after[: len(before)] != before:
@@ -92,13 +154,7 @@ def tool_suffix_ids(tokenizer, conversation: list[dict], tool_messages: list[dic
             "renders earlier turns the same way whatever follows (e.g. trl.chat_template_utils."
             "chatml_training_chat_template for ChatML-style models, or trl.clone_chat_template)."
         )
-    ends = [i for i, token in enumerate(before) if token in set(eos_token_ids)]
-    if not ends:
-        raise ValueError(
-            f"The chat template renders assistant turn {turn - 1} without an end-of-turn token (any of "
-            f"{sorted(eos_token_ids)}), so where the tool turn starts is unknown."
-        )
-    return after[ends[-1] + 1 :]
+    return after[end + 1:]
 
 
 def multi_turn_rollout(
@@ -114,12 +170,13 @@ def multi_turn_rollout(
     max_iterations: int | None = None,
     timeout: float = DEFAULT_TOOL_TIMEOUT,
     template_kwargs: dict | Sequence[dict] | None = None,
+    continuation: Continuation | None = None,
 ) -> MultiTurnResult:
     """Roll out `N` conversations with tool calls; see the module docstring for the rounds and the budget.
 
     Args:
         generate (`Callable`): `generate(prompt_ids, max_new_tokens) -> Rollout`, one completion per prompt in order,
-            with `sampling_logps`.
+            with `sampling_logps`. Each round passes every active row's whole sequence so far.
         prompt_ids (`list[list[int]]`): `(N,)` the rendered prompts (with the tools' schemas and the generation
             prompt).
         prompts (`list[list[dict]]`): `(N,)` the same prompts as messages (the tool turns are rendered after them).
@@ -127,20 +184,33 @@ def multi_turn_rollout(
         toolbox ([`Toolbox`] or `list[Toolbox]`): the tools the model may call, or one toolbox per row (e.g. bound
             to the row's environment).
         max_completion_length (`int`): most generated plus tool-suffix tokens per rollout.
-        eos_token_ids (`Sequence[int]`): the end-of-turn tokens; a round that does not end with one is truncated.
+        eos_token_ids (`Sequence[int]`): the tokens that end a turn (generation stops at them); a round that does not
+            end with one is truncated. Only the one the chat template writes at the end of an assistant turn is
+            followed by a tool turn.
         pad_token_id (`int`): pads the returned rollout.
         max_iterations (`int`, *optional*): most rounds of tool calls (None: only the budget limits them).
         timeout (`float`, *optional*, defaults to `60.0`): seconds per tool call.
         template_kwargs (`dict` or `list[dict]`, *optional*): chat-template arguments (the `tools` schemas among
             them), or one dict per row.
+        continuation ([`Continuation`], *optional*): the open continuation session of the backend behind `generate`
+            (`backend.continuation()`): each round then continues from the previous round's KV cache; the rows that
+            stop are freed before the next round, and the session is closed at the end. Without it every round
+            re-prefills.
 
     Returns:
         [`MultiTurnResult`].
     """
-    if prefilled := [i for i, p in enumerate(prompts) if p and p[-1].get("role") == "assistant"]:
-        raise ValueError(f"Prompts {prefilled[:5]} end with an assistant message (a prefilled answer); this is not "
-                         "supported together with tools yet. End the prompts with a user message.")
-    eos = set(eos_token_ids)
+    try:
+        check_tool_prompts(prompts)
+        return _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_length, set(eos_token_ids),
+                        pad_token_id, max_iterations, timeout, template_kwargs, continuation)
+    finally:
+        if continuation is not None:
+            continuation.close()
+
+
+def _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_length, eos, pad_token_id,
+             max_iterations, timeout, template_kwargs, continuation) -> MultiTurnResult:
     toolboxes = [toolbox] * len(prompt_ids) if isinstance(toolbox, Toolbox) else list(toolbox)
     if template_kwargs is None or isinstance(template_kwargs, dict):
         template_kwargs = [template_kwargs] * len(prompt_ids)
@@ -148,11 +218,14 @@ def multi_turn_rollout(
     active, rounds_of_calls, device = list(range(len(prompt_ids))), 0, None
     while active:
         budgets = [max_completion_length - len(rows[i].ids) for i in active]
-        out = generate([prompt_ids[i] + rows[i].ids for i in active], max(budgets))
+        contexts = [prompt_ids[i] + rows[i].ids for i in active]
+        if continuation is not None:
+            continuation.keep(contexts)  # the rows that stopped calling tools leave: their caches are freed
+        out = generate(contexts, max(budgets))
         device = out.completion_ids.device
         lengths = out.completion_lengths.tolist()
         generated, logps = out.completion_ids.tolist(), out.sampling_logps.tolist()
-        calls: dict[int, list] = {}  # row -> the calls of its turn, for rows that go on
+        calls: dict[int, tuple] = {}  # row -> (its calls, rendering of the conversation, end-of-turn position)
         for k, i in enumerate(active):
             n = min(lengths[k], budgets[k])
             new, row = generated[k][:n], rows[i]
@@ -164,18 +237,29 @@ def multi_turn_rollout(
             row.messages.append(message)
             row.truncated = not ended
             if ended and message.get("tool_calls") and (max_iterations is None or rounds_of_calls < max_iterations):
-                calls[i] = message["tool_calls"]
+                conversation = list(prompts[i]) + row.messages
+                before, end = _assistant_turn_end(tokenizer, conversation, eos, template_kwargs[i])
+                if new[-1] != before[end]:  # not the template's end of turn: it cannot be followed by a tool turn
+                    continue
+                # Roll a tool turn that cannot fit back before running its calls. Its exact length needs the results,
+                # so this uses the turn rendered with empty results (no name, no content), assuming that longer text
+                # never renders in fewer tokens; the exact check after the calls stays.
+                empty = [{"role": "tool", "name": "", "content": ""} for _ in message["tool_calls"]]
+                if len(row.ids) + len(_suffix_after(tokenizer, conversation, before, end, empty,
+                                                    template_kwargs[i])) >= max_completion_length:
+                    row.truncated = True
+                    continue
+                calls[i] = (message["tool_calls"], conversation, before, end)
         if not calls:
             break
         rounds_of_calls += 1
-        results = execute_tool_calls(list(calls.values()), [toolboxes[i] for i in calls], timeout=timeout)
+        results = execute_tool_calls([c[0] for c in calls.values()], [toolboxes[i] for i in calls], timeout=timeout)
         active = []
-        for j, i in enumerate(calls):
+        for j, (i, (_, conversation, before, end)) in enumerate(calls.items()):
             row = rows[i]
             row.calls += results.num_calls[j]
             row.failures += results.num_failures[j]
-            suffix = tool_suffix_ids(tokenizer, list(prompts[i]) + row.messages, results.messages[j], eos,
-                                     template_kwargs[i])
+            suffix = _suffix_after(tokenizer, conversation, before, end, results.messages[j], template_kwargs[i])
             if len(row.ids) + len(suffix) >= max_completion_length:  # no room to answer: roll the tool turn back
                 row.truncated = True
                 continue

@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 
@@ -38,6 +39,13 @@ _COMPACT_FRACTION = 0.0
 
 class TransformersBackend:
     """Generate completions with a transformers causal LM (the training model itself), with a shared prompt prefill.
+
+    Multi-turn rollouts (`trl.agents.multi_turn`) call `generate` once per round with each row's whole conversation
+    so far. Inside a [`ContinuationSession`] (`backend.continuation()`), `generate` keeps the KV cache of every row it
+    returns, and a later prompt that extends a kept row (its prompt, its completion, then new tokens such as a tool
+    turn) is continued from that cache: only the new tokens, plus the row's last sampled token, which was never fed to
+    the model, are prefilled. The output is that of re-prefilling the whole conversation, up to floating-point
+    rounding (the same computation in another batch layout).
 
     Args:
         model (`PreTrainedModel`): the causal LM; may be wrapped by PEFT (LoRA-style adapters) or DDP, and its
@@ -61,11 +69,30 @@ class TransformersBackend:
             raise ValueError(f"`max_batch_size` must be >= 1 or None; got {max_batch_size}.")
         self.max_batch_size = max_batch_size
         self.model = _unwrap(model)
+        self._session: ContinuationSession | None = None
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Generate with `model` from now on. The backend samples with the training model itself, so this only keeps
         the reference (nothing is copied)."""
         self.model = _unwrap(model)
+
+    def continuation(self) -> ContinuationSession:
+        """Open a [`ContinuationSession`]: until it is closed, `generate` keeps the KV cache of the rows it returns and
+        continues later prompts that extend them. Opening one closes any session still open on this backend.
+
+        Example:
+            ```python
+            >>> with backend.continuation() as session:
+            ...     first = backend.generate([prompt], 1, sampling)
+            ...     ids = prompt + first.completion_ids[0, : int(first.completion_lengths[0])].tolist() + suffix
+            ...     session.keep([ids])  # free every kept row that `ids` does not extend
+            ...     second = backend.generate([ids], 1, sampling)  # prefills `suffix` and one token only
+            ```
+        """
+        if self._session is not None:
+            self._session.close()
+        self._session = ContinuationSession(self)
+        return self._session
 
     def generate(
         self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, generator: torch.Generator | None = None
@@ -93,7 +120,8 @@ class TransformersBackend:
         model = self.model
         _check_supported(model)
         device = _input_device(model)
-        prompts, prompt_mask = _left_pad(prompt_ids, sampling.pad_token_id, device)  # (U, P)
+        session = self._session
+        pasts = [session.lookup(p) if session is not None else None for p in prompt_ids]
         num_rows, max_new = len(prompt_ids) * n, sampling.max_completion_length
         out = _Outputs(
             ids=torch.full((num_rows, max_new), sampling.pad_token_id, dtype=torch.long, device=device),
@@ -101,11 +129,18 @@ class TransformersBackend:
             lengths=torch.zeros(num_rows, dtype=torch.long, device=device),
             ended=torch.zeros(num_rows, dtype=torch.bool, device=device),
         )
+        kept = {} if session is not None else None
         with torch.no_grad(), _eval_mode(model):
             for rows in _row_chunks(len(prompt_ids), n, self.max_batch_size or num_rows):
-                _generate_rows(model, prompts, prompt_mask, rows, n, sampling, generator, out)
+                prefilled = _generate_rows(model, prompt_ids, pasts, rows, n, sampling, generator, out, kept)
+                if session is not None:
+                    session.prefill_tokens += prefilled
+        if session is not None:
+            generated, lengths = out.ids.tolist(), out.lengths.tolist()
+            session._add([prompt_ids[row // n] + generated[row][: lengths[row]] for row in range(num_rows)], kept)
         width = max(int(out.lengths.max()), 1)  # right-pad to the longest completion, not to max_completion_length
         completion_mask = (torch.arange(width, device=device) < out.lengths[:, None]).long()
+        prompts, prompt_mask = _left_pad(prompt_ids, sampling.pad_token_id, device)  # (U, P)
         return Rollout(
             prompt_ids=prompts.repeat_interleave(n, dim=0),
             prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
@@ -114,6 +149,77 @@ class TransformersBackend:
             is_truncated=~out.ended,
             sampling_logps=out.logps[:, :width].contiguous(),
         )
+
+
+@dataclass
+class _KeptRow:
+    """A row returned by `generate` in a session: its tokens and the KV cache of all of them but the last."""
+
+    history: list[int]  # prompt + completion
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), each (kv heads, len(history) - 1, dim)
+
+
+class ContinuationSession:
+    """The KV caches of the rows a [`TransformersBackend`] returned, for continuing them (multi-turn rollouts).
+
+    Open one with `backend.continuation()`. While it is open, `backend.generate` keeps each returned row's cache
+    (everything but its last sampled token) and continues a prompt that extends a kept row from that cache: it
+    prefills only the rest of the prompt (e.g. a tool turn) and the row's last token. Rows of different lengths are
+    left-padded in the cache and continue at their own positions; a prompt that extends no kept row is prefilled
+    whole, in the same batch. Caches are kept until [`keep`](#keep) drops the rows that will not continue, or the
+    session closes. Models whose cache layers are not plain full-attention `DynamicLayer`s (sliding windows, linear
+    attention) keep nothing: their prompts are re-prefilled.
+
+    Attributes:
+        prefill_tokens (`int`): prompt tokens fed to the model by prefills in this session (padding excluded).
+
+    Example:
+        ```python
+        >>> with backend.continuation() as session:  # closes it, freeing the caches
+        ...     rollout = backend.generate(prompt_ids, 1, sampling)
+        ...     session.keep(next_prompt_ids)
+        ...     rollout = backend.generate(next_prompt_ids, 1, sampling)
+        ```
+    """
+
+    def __init__(self, backend: TransformersBackend):
+        self._backend = backend
+        self._rows: dict[tuple[int, ...], _KeptRow] = {}
+        self.prefill_tokens = 0
+
+    def lookup(self, prompt: list[int]) -> _KeptRow | None:
+        """The longest kept row whose tokens start `prompt`, or None."""
+        for length in sorted({len(key) for key in self._rows}, reverse=True):
+            if length <= len(prompt) and (row := self._rows.get(tuple(prompt[:length]))) is not None:
+                return row
+        return None
+
+    def keep(self, prompt_ids: list[list[int]]) -> None:
+        """Free the cache of every kept row that none of `prompt_ids` (the next round's prompts) extends."""
+        kept = [row for prompt in prompt_ids if (row := self.lookup(prompt)) is not None]
+        self._rows = {tuple(row.history): row for row in kept}
+
+    def close(self) -> None:
+        """Free every kept cache; `generate` keeps nothing from now on."""
+        self._rows = {}
+        if self._backend._session is self:
+            self._backend._session = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _add(self, histories: list[list[int]], kept: dict[int, list]) -> None:
+        for row, history in enumerate(histories):
+            kv = kept.get(row)
+            if kv is None:  # a cache that cannot be kept (see `_keepable`)
+                continue
+            if kv[0][0].shape[1] != len(history) - 1:
+                raise RuntimeError(f"The KV cache kept for a row holds {kv[0][0].shape[1]} positions instead of "
+                                   f"{len(history) - 1} (its prompt and completion but the last token).")
+            self._rows[tuple(history)] = _KeptRow(history, kv)
 
 
 @dataclass
@@ -126,32 +232,48 @@ class _Outputs:
     ended: torch.Tensor  # (N,) bool, True when an EOS came
 
 
-def _generate_rows(model, prompts, prompt_mask, rows: range, n: int, sampling: SamplingConfig, generator, out) -> None:
-    """Decode the output rows `rows` (a contiguous range, prompt-major): prefill their distinct prompts once, repeat
-    the cache for the samples, then decode, dropping finished rows from the batch."""
-    device = prompts.device
+def _generate_rows(model, prompt_ids: list[list[int]], pasts: list[_KeptRow | None], rows: range, n: int,
+                   sampling: SamplingConfig, generator, out: _Outputs, kept: dict | None) -> int:
+    """Decode the output rows `rows` (a contiguous range, prompt-major): prefill their distinct prompts once (only
+    what follows the kept row a prompt extends, if any), repeat the cache for the samples, then decode, dropping
+    finished rows from the batch. With `kept`, each row's cache is stored there when it leaves the batch. Returns the
+    number of tokens prefilled."""
+    device = out.ids.device
     first_prompt, last_prompt = rows.start // n, (rows.stop - 1) // n
     counts = [min(rows.stop, (p + 1) * n) - max(rows.start, p * n) for p in range(first_prompt, last_prompt + 1)]
-    ids, mask = prompts[first_prompt: last_prompt + 1], prompt_mask[first_prompt: last_prompt + 1]
-    first = int(mask.any(0).long().argmax())  # drop the columns that are padding in every prompt of this chunk
-    ids, mask = ids[:, first:], mask[:, first:]
-    prompt_len, max_new = ids.shape[1], sampling.max_completion_length
-
+    prompts, pasts = prompt_ids[first_prompt: last_prompt + 1], pasts[first_prompt: last_prompt + 1]
+    # A kept row's cache holds all of its tokens but the last sampled one: that token and the rest of the prompt are
+    # prefilled on top of it.
+    tails = [p[len(past.history) - 1:] if past is not None else p for p, past in zip(prompts, pasts)]
     step = _Forward(model)
-    logits = step.prefill(ids, mask)  # (U, V): one prefill per distinct prompt
+    past_mask = step.load([past.kv if past is not None else None for past in pasts], device)  # (U, L)
+    ids, mask = _left_pad(tails, sampling.pad_token_id, device)  # (U, S)
+    mask = torch.cat([past_mask.to(mask.dtype), mask], dim=1)  # (U, L + S)
+    # Left padding: positions count real tokens only (pad positions are masked anyway).
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    logits = step.prefill(ids, mask, position_ids)  # (U, V): one prefill per distinct prompt
     # (B,) the prompt (row of `ids`) of each sequence
     expand = torch.tensor([i for i, count in enumerate(counts) for _ in range(count)], device=device)
     step.reindex(expand)
     logits = logits[expand]
-    # The attention mask of the whole run, allocated once: prompt mask, then one column per generated token.
-    attention = torch.zeros(len(expand), prompt_len + max_new, dtype=mask.dtype, device=device)
-    attention[:, :prompt_len] = mask[expand]
+    # The attention mask of the whole run, allocated once: prefix mask, then one column per generated token.
+    prefix = mask.shape[1]
+    attention = torch.zeros(len(expand), prefix + sampling.max_completion_length, dtype=mask.dtype, device=device)
+    attention[:, :prefix] = mask[expand]
     positions = mask.sum(-1)[expand]  # (B,) position of the next token of each row
-    seen = _seen_tokens(ids[expand], mask[expand], logits.shape[-1], sampling)  # (B, V) or None
+    seen = _seen_tokens([prompts[i] for i in expand.tolist()], logits.shape[-1], sampling, device)  # (B, V) or None
     row_ids = torch.arange(rows.start, rows.stop, device=device)  # output row of each batch row
-    alive = torch.ones(len(row_ids), dtype=torch.bool, device=device)
-    eos = torch.tensor(sampling.eos_token_ids, dtype=torch.long, device=device)
+    _decode(step, logits, attention, prefix, positions, seen, row_ids, sampling, generator, out, kept)
+    return int(mask[:, prefix - ids.shape[1]:].sum())
 
+
+def _decode(step, logits, attention, prefix: int, positions, seen, row_ids, sampling: SamplingConfig, generator,
+            out: _Outputs, kept: dict | None) -> None:
+    """Sample up to `max_completion_length` tokens per row from `logits` on, into `out` at `row_ids`. `attention` is
+    `(B, prefix + max_completion_length)`: the cache's mask, then one column per generated token."""
+    alive = torch.ones(len(row_ids), dtype=torch.bool, device=logits.device)
+    eos = torch.tensor(sampling.eos_token_ids, dtype=torch.long, device=logits.device)
+    max_new = sampling.max_completion_length
     for t in range(max_new):
         tokens, logps = _sample(logits, sampling, seen, generator)
         tokens = tokens.masked_fill(~alive, sampling.pad_token_id)
@@ -167,16 +289,40 @@ def _generate_rows(model, prompts, prompt_mask, rows: range, n: int, sampling: S
         if num_alive == 0:
             break
         if len(alive) - num_alive >= max(1, math.ceil(_COMPACT_FRACTION * len(alive))):
+            if kept is not None:
+                _keep_rows(step.cache, attention[:, : prefix + t], ~alive, row_ids, kept)
             keep = alive.nonzero().squeeze(1)
             step.reindex(keep)
             row_ids, attention, positions, tokens = row_ids[keep], attention[keep], positions[keep], tokens[keep]
             seen = seen[keep] if seen is not None else None
             alive = alive[keep]
-        attention[:, prompt_len + t] = 1
+        # finished rows still in the batch (see _COMPACT_FRACTION) feed padding that their own cache must not attend
+        attention[:, prefix + t] = alive.to(attention.dtype)
         if seen is not None:
-            seen[torch.arange(len(tokens), device=device), tokens] = True
-        logits = step.decode(tokens, attention[:, : prompt_len + t + 1], positions)
+            seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
+        logits = step.decode(tokens, attention[:, : prefix + t + 1], positions)
         positions = positions + 1
+    if kept is not None:
+        _keep_rows(step.cache, attention[:, : prefix + t], torch.ones_like(alive), row_ids, kept)
+
+
+def _keepable(cache) -> bool:
+    """Whether each row's cache can be cut out and re-assembled later: plain full-attention dynamic layers only (a
+    sliding window or a linear-attention state is not a list of per-position keys and values)."""
+    from transformers.cache_utils import DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
+
+
+def _keep_rows(cache, mask: torch.Tensor, which: torch.Tensor, row_ids: torch.Tensor, kept: dict) -> None:
+    """Store in `kept[output row]` the cache of the batch rows `which` (`(B,)` bool), without their masked columns.
+    `mask` is `(B, cache length)`."""
+    if not _keepable(cache):
+        return
+    for b in which.nonzero().squeeze(1).tolist():
+        columns = mask[b].bool()
+        kept[int(row_ids[b])] = [(layer.keys[b][:, columns], layer.values[b][:, columns]) for layer in cache.layers]
 
 
 class _Forward:
@@ -209,9 +355,31 @@ class _Forward:
             self.cache = returned
         return outputs.logits[:, -1].float()  # (B, V)
 
-    def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # Left padding: positions count real tokens only (pad positions get 0; they are masked anyway).
-        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    def load(self, kvs: list[list[tuple[torch.Tensor, torch.Tensor]] | None], device) -> torch.Tensor:
+        """Start the cache from kept rows (`None`: a row with nothing cached), left-padded to the longest. Returns
+        the `(U, L)` mask of the loaded columns."""
+        lengths = [kv[0][0].shape[1] if kv is not None else 0 for kv in kvs]
+        width = max(lengths)
+        mask = torch.zeros(len(kvs), width, dtype=torch.long, device=device)
+        for i, length in enumerate(lengths):
+            mask[i, width - length:] = 1
+        if width == 0:
+            return mask
+        template = next(kv for kv in kvs if kv is not None)
+        for layer, (keys0, values0) in enumerate(template):
+            keys = keys0.new_zeros(len(kvs), keys0.shape[0], width, keys0.shape[2])
+            values = values0.new_zeros(len(kvs), values0.shape[0], width, values0.shape[2])
+            for i, kv in enumerate(kvs):
+                if kv is not None:
+                    keys[i, :, width - lengths[i]:], values[i, :, width - lengths[i]:] = kv[layer]
+            self.cache.update(keys, values, layer)
+        if not _keepable(self.cache):
+            raise TypeError(f"Loading kept rows built a {type(self.cache.layers[0]).__name__} cache; only dynamic "
+                            "full-attention layers can be continued.")
+        return mask
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        """Feed `ids` `(U, S)` on top of the cache; `mask` `(U, L + S)` covers the cache and `ids`."""
         logits = self._call(ids, mask, position_ids, **({"logits_to_keep": 1} if self.keep_arg else {}))
         if self.cache.get_seq_length() == 0:
             raise TypeError(
@@ -334,13 +502,13 @@ def process_logits(logits: torch.Tensor, sampling: SamplingConfig, seen: torch.T
     return logits
 
 
-def _seen_tokens(ids: torch.Tensor, mask: torch.Tensor, vocab: int, sampling: SamplingConfig) -> torch.Tensor | None:
-    """`(B, V)` bool, True for the tokens of each prompt (padding excluded); None without a repetition penalty."""
+def _seen_tokens(prompts: list[list[int]], vocab: int, sampling: SamplingConfig, device) -> torch.Tensor | None:
+    """`(B, V)` bool, True for the tokens of each prompt; None without a repetition penalty."""
     if sampling.repetition_penalty == 1.0:
         return None
-    seen = torch.zeros(ids.shape[0], vocab, dtype=torch.bool, device=ids.device)
-    rows, cols = mask.bool().nonzero(as_tuple=True)
-    seen[rows, ids[rows, cols]] = True
+    seen = torch.zeros(len(prompts), vocab, dtype=torch.bool, device=device)
+    rows = torch.tensor([i for i, p in enumerate(prompts) for _ in p], dtype=torch.long, device=device)
+    seen[rows, torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=device)] = True
     return seen
 
 
@@ -411,7 +579,7 @@ def _input_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-__all__ = ["TransformersBackend", "process_logits"]
+__all__ = ["ContinuationSession", "TransformersBackend", "process_logits"]
 
 
 def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
