@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import trl.agents.multi_turn as multi_turn_module
+import trl.generation.transformers_backend as backend_module
 from trl.agents.multi_turn import check_tool_prompts, multi_turn_rollout, tool_suffix_ids
 from trl.agents.tools import Toolbox
 from trl.chat_template_utils import chatml_training_chat_template
@@ -77,7 +78,10 @@ def _assert_same(cached, reprefilled, atol=1e-5):
 
 @pytest.mark.parametrize("max_batch_size", [None, 2])
 @pytest.mark.parametrize("extra", [{}, {"repetition_penalty": 1.3}])
-def test_greedy_continuation_matches_reprefill(model, max_batch_size, extra):
+@pytest.mark.parametrize("compact_fraction", [0.0, 0.5])
+def test_greedy_continuation_matches_reprefill(model, max_batch_size, extra, compact_fraction, monkeypatch):
+    # with a fraction > 0, finished rows stay in the batch a while: their kept cache must not see the padding they feed
+    monkeypatch.setattr(backend_module, "_COMPACT_FRACTION", compact_fraction)
     sampling = SamplingConfig(max_completion_length=6, eos_token_ids=(2, _early_token(model)), pad_token_id=PAD,
                               do_sample=False, **extra)
     backend = TransformersBackend(model, max_batch_size=max_batch_size)
@@ -118,6 +122,9 @@ def test_rows_that_stop_are_freed_and_unrelated_prompts_are_prefilled(model):
         before = session.prefill_tokens
         mixed = backend.generate([first, [30, 31, 32]], 1, sampling)  # one continued, one prefilled, same batch
         assert session.prefill_tokens - before == 3 + 3
+        # the continued row's old cache moved into the call; the two new rows are kept
+        assert sorted(len(key) for key in session._rows) == sorted(
+            [len(first) + int(mixed.completion_lengths[0]), 3 + int(mixed.completion_lengths[1])])
     assert backend._session is None and session._rows == {}
     reference = backend.generate([first, [30, 31, 32]], 1, sampling)
     assert torch.equal(mixed.completion_ids, reference.completion_ids)

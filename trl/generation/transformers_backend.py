@@ -122,6 +122,8 @@ class TransformersBackend:
         device = _input_device(model)
         session = self._session
         pasts = [session.lookup(p) if session is not None else None for p in prompt_ids]
+        if session is not None:  # their caches move into this call's batch: not held twice while it decodes
+            session._discard(pasts)
         num_rows, max_new = len(prompt_ids) * n, sampling.max_completion_length
         out = _Outputs(
             ids=torch.full((num_rows, max_new), sampling.pad_token_id, dtype=torch.long, device=device),
@@ -166,8 +168,8 @@ class ContinuationSession:
     (everything but its last sampled token) and continues a prompt that extends a kept row from that cache: it
     prefills only the rest of the prompt (e.g. a tool turn) and the row's last token. Rows of different lengths are
     left-padded in the cache and continue at their own positions; a prompt that extends no kept row is prefilled
-    whole, in the same batch. Caches are kept until [`keep`](#keep) drops the rows that will not continue, or the
-    session closes. Models whose cache layers are not plain full-attention `DynamicLayer`s (sliding windows, linear
+    whole, in the same batch. A kept cache moves into the call that continues it (its new row is kept instead); the
+    others are kept until [`keep`](#keep) drops the rows that will not continue, or the session closes. Models whose cache layers are not plain full-attention `DynamicLayer`s (sliding windows, linear
     attention) keep nothing: their prompts are re-prefilled.
 
     Attributes:
@@ -198,6 +200,11 @@ class ContinuationSession:
         """Free the cache of every kept row that none of `prompt_ids` (the next round's prompts) extends."""
         kept = [row for prompt in prompt_ids if (row := self.lookup(prompt)) is not None]
         self._rows = {tuple(row.history): row for row in kept}
+
+    def _discard(self, rows: list[_KeptRow | None]) -> None:
+        for row in rows:
+            if row is not None:
+                self._rows.pop(tuple(row.history), None)
 
     def close(self) -> None:
         """Free every kept cache; `generate` keeps nothing from now on."""
@@ -241,12 +248,17 @@ def _generate_rows(model, prompt_ids: list[list[int]], pasts: list[_KeptRow | No
     device = out.ids.device
     first_prompt, last_prompt = rows.start // n, (rows.stop - 1) // n
     counts = [min(rows.stop, (p + 1) * n) - max(rows.start, p * n) for p in range(first_prompt, last_prompt + 1)]
-    prompts, pasts = prompt_ids[first_prompt: last_prompt + 1], pasts[first_prompt: last_prompt + 1]
+    prompts = prompt_ids[first_prompt: last_prompt + 1]
     # A kept row's cache holds all of its tokens but the last sampled one: that token and the rest of the prompt are
     # prefilled on top of it.
-    tails = [p[len(past.history) - 1:] if past is not None else p for p, past in zip(prompts, pasts)]
+    tails = [p[len(past.history) - 1:] if (past := pasts[first_prompt + i]) is not None else p
+             for i, p in enumerate(prompts)]
     step = _Forward(model)
-    past_mask = step.load([past.kv if past is not None else None for past in pasts], device)  # (U, L)
+    past_mask = step.load([past.kv if past is not None else None for past in pasts[first_prompt: last_prompt + 1]],
+                          device)  # (U, L)
+    # Drop the kept caches now in the batch cache (a prompt whose samples continue in the next chunk keeps its own).
+    for p in range(first_prompt, last_prompt + 1 if rows.stop == (last_prompt + 1) * n else last_prompt):
+        pasts[p] = None
     ids, mask = _left_pad(tails, sampling.pad_token_id, device)  # (U, S)
     mask = torch.cat([past_mask.to(mask.dtype), mask], dim=1)  # (U, L + S)
     # Left padding: positions count real tokens only (pad positions are masked anyway).
