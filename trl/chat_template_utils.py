@@ -527,10 +527,11 @@ def parse_response(
     call format: `<tool_call>{"name": ..., "arguments": ...}</tool_call>` blocks for ChatML/Qwen, a JSON
     `{"name": ..., "parameters": ...}` turn for Llama 3, and whether `<think>` reasoning goes to
     `reasoning_content` (Qwen3). The ids are decoded after dropping one trailing end-of-turn token (eos or any of the
-    family's, e.g. `<|eot_id|>`/`<|eom_id|>`). A missing `arguments` becomes `{}`; a JSON string of an object is
-    decoded. Never raises on malformed output: if any call cannot be parsed (invalid JSON, no string `name`,
-    arguments that are not an object, an unclosed `<tool_call>`), the whole decoded text is the content. To get the
-    valid calls and a list of errors instead, use `trl.template_families.parse_tool_turn`.
+    family's, e.g. `<|eot_id|>`/`<|eom_id|>`). Arguments that are missing or not an object become `{}`; a JSON
+    string of an object is decoded. Never raises on malformed output: if any call cannot be parsed (invalid JSON, no
+    string `name`, an unclosed `<tool_call>`), the whole decoded text is the content. The agent loop uses
+    `trl.template_families.parse_tool_turn` instead, which reports every malformed call (arguments that are not an
+    object included) as an error the model is shown.
 
     Args:
         tokenizer (`PreTrainedTokenizerBase` or `ProcessorMixin`):
@@ -558,7 +559,7 @@ def parse_response(
     """
     family = detect_family(tokenizer) or CHATML
     text = decode_turn(tokenizer, ids, prefix, family)
-    turn = family.parse_turn(text)
+    turn = family.parse_turn(text, strict=False)
     if turn.errors:
         return {"role": "assistant", "content": text}
     return turn.message

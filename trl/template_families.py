@@ -3,8 +3,8 @@
 A family is recognised from the chat template's TEXT (never from the model's name), because fine-tunes keep their
 base model's template and clones (`trl.clone_chat_template`) change it. Each family is one frozen record: the
 assistant header and end-of-turn strings, the reasoning tags, and a tool-call parser
-`text -> (content, tool_calls, errors)`. Issue 14 adds the training template and response schema of each family to
-the same record (`training`).
+`text -> (content, tool_calls, errors)`; training templates and response schemas of each family belong in the same
+record when they are added.
 
 Parsing never raises on what a model generates. A call that was started but cannot be read (invalid JSON, no string
 `name`, arguments that are not an object, an unclosed `<tool_call>`) is reported in `errors`, so that the agent loop
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     ProcessingClass = PreTrainedTokenizerBase | ProcessorMixin
 
-ToolCallParser = Callable[[str], tuple[str, list[dict], list[str]]]
+ToolCallParser = Callable[..., tuple[str, list[dict], list[str]]]  # (text, strict=True) -> content, calls, errors
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,6 @@ class Family:
         call_format (`str`): the call format, as written in error messages.
         reasoning_tags (`tuple[str, str]` or `None`): opening and closing tags of reasoning moved to
             `reasoning_content`; `None` leaves reasoning in `content`.
-        training (`dict` or `None`): training templates and response schemas of the family (issue 14; unused yet).
 
     Example:
         ```python
@@ -70,15 +69,15 @@ class Family:
     parse_tool_calls: ToolCallParser
     call_format: str
     reasoning_tags: tuple[str, str] | None = None
-    training: dict[str, Any] | None = None
 
-    def parse_turn(self, text: str) -> ToolTurn:
-        """Parse the decoded text of one assistant turn (end-of-turn token already stripped) into a [`ToolTurn`]."""
+    def parse_turn(self, text: str, strict: bool = True) -> ToolTurn:
+        """Parse the decoded text of one assistant turn (end-of-turn token already stripped) into a [`ToolTurn`];
+        `strict=False` turns arguments that are not an object into `{}` instead of an error."""
         message: dict[str, Any] = {"role": "assistant"}
         reasoning = None
         if self.reasoning_tags is not None:
             reasoning, text = _split_reasoning(text, *self.reasoning_tags)
-        content, calls, errors = self.parse_tool_calls(text)
+        content, calls, errors = self.parse_tool_calls(text, strict=strict)
         message["content"] = content
         if reasoning:
             message["reasoning_content"] = reasoning
@@ -112,8 +111,9 @@ def _snippet(text: str, limit: int = 120) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def _call_from_json(body: str) -> tuple[dict | None, str | None]:
-    """`({"type": "function", "function": {...}}, None)` for a valid call object, `(None, why)` otherwise."""
+def _call_from_json(body: str, strict: bool = True) -> tuple[dict | None, str | None]:
+    """`({"type": "function", "function": {...}}, None)` for a valid call object, `(None, why)` otherwise. With
+    `strict=False`, arguments that are not an object (nor a JSON string of one) become `{}` instead of an error."""
     try:
         call = json.loads(body)
     except json.JSONDecodeError as error:
@@ -131,19 +131,26 @@ def _call_from_json(body: str) -> tuple[dict | None, str | None]:
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError:
-            return None, f"{name}: {key!r} is a string that is not JSON: {_snippet(arguments)}"
+            if strict:
+                return None, f"{name}: {key!r} is a string that is not JSON: {_snippet(arguments)}"
+            arguments = {}
     if not isinstance(arguments, dict):
-        return None, f"{name}: {key!r} must be a JSON object, got a {type(arguments).__name__}: {_snippet(body)}"
+        if strict:
+            return None, f"{name}: {key!r} must be a JSON object, got a {type(arguments).__name__}: {_snippet(body)}"
+        arguments = {}
     return {"type": "function", "function": {"name": name, "arguments": arguments}}, None
 
 
-def parse_tagged_tool_calls(text: str, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>"):
+def parse_tagged_tool_calls(text: str, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>",
+                            strict: bool = True):
     """Split `open_tag` JSON `close_tag` blocks (Qwen/ChatML style) out of an assistant turn.
 
     Args:
         text (`str`): the turn's text.
         open_tag (`str`, *optional*, defaults to `"<tool_call>"`): tag before each call.
         close_tag (`str`, *optional*, defaults to `"</tool_call>"`): tag after each call.
+        strict (`bool`, *optional*, defaults to `True`): False turns arguments that are not an object into `{}`
+            instead of an error.
 
     Returns:
         `tuple[str, list[dict], list[str]]`: the text outside valid blocks (stripped; malformed blocks stay in it),
@@ -175,7 +182,7 @@ def parse_tagged_tool_calls(text: str, open_tag: str = "<tool_call>", close_tag:
             )
             content.append(text[start:])
             break
-        call, error = _call_from_json(text[start + len(open_tag) : end].strip())
+        call, error = _call_from_json(text[start + len(open_tag) : end].strip(), strict)
         if error is None:
             calls.append(call)
         else:
@@ -185,17 +192,19 @@ def parse_tagged_tool_calls(text: str, open_tag: str = "<tool_call>", close_tag:
     return "".join(content).strip(), calls, errors
 
 
-def parse_json_tool_call(text: str, tag: str = "<|python_tag|>"):
+def parse_json_tool_call(text: str, tag: str = "<|python_tag|>", strict: bool = True):
     """Parse a Llama-3.1/3.2 assistant turn, whose body is one JSON call `{"name": ..., "parameters": {...}}`.
 
     `"arguments"` is accepted for `"parameters"`, and a leading `tag` (Llama's `<|python_tag|>`) is dropped. The turn
-    is a call attempt when it starts with `tag`, or when it starts with `{` and either is a JSON object with a `name`,
-    `parameters` or `arguments` key or is not valid JSON but mentions `"name"` (e.g. cut off). Any other text, JSON
-    answers included, is content.
+    is a call attempt when it starts with `tag`, or when it starts with `{` and either is a JSON object with a
+    `parameters` or `arguments` key (the template always writes one) or is not valid JSON but mentions `"name"` (e.g.
+    cut off). Any other text, JSON answers such as `{"name": "Alice"}` included, is content.
 
     Args:
         text (`str`): the turn's text.
         tag (`str`, *optional*, defaults to `"<|python_tag|>"`): marker a model may write before a call.
+        strict (`bool`, *optional*, defaults to `True`): False turns arguments that are not an object into `{}`
+            instead of an error.
 
     Returns:
         `tuple[str, list[dict], list[str]]`: content (`""` for a valid call, else the stripped text), the calls (zero
@@ -223,10 +232,10 @@ def parse_json_tool_call(text: str, tag: str = "<|python_tag|>"):
             value = None
             attempt = '"name"' in body
         else:
-            attempt = isinstance(value, dict) and bool({"name", "parameters", "arguments"} & value.keys())
+            attempt = isinstance(value, dict) and bool({"parameters", "arguments"} & value.keys())
         if not attempt:
             return body, [], []
-    call, error = _call_from_json(body)
+    call, error = _call_from_json(body, strict)
     if error is not None:
         return text.strip(), [], [f"tool call 1: {error}"]
     return "", [call], []

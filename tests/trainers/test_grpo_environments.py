@@ -6,6 +6,7 @@ import time
 import warnings
 
 import pytest
+from datasets import Dataset
 
 from trl import GRPOTrainer
 from trl.agents.environments import EnvironmentPool
@@ -21,7 +22,7 @@ from .test_grpo_trainer import _config, _logged, _moved, _params
 class Task:
     """Owns its data: reset() takes no columns and returns the task."""
 
-    resets = []
+    resets: list = []  # noqa: RUF012 -- shared on purpose: every instance records here
 
     def reset(self, **row):
         Task.resets.append(row)
@@ -90,12 +91,74 @@ def test_step_time_prompt_longer_than_the_context_is_named(tmp_path, monkeypatch
     class Verbose(Task):
         def reset(self, **row):
             self.count = 0
-            return " word" * 600  # the tiny model's context is 512 tokens
+            return " a" * 2100  # the tiny model's context is 2048 tokens
 
     trainer = _owned_trainer(tmp_path, monkeypatch, environment_factory=Verbose, max_completion_length=16)
-    with pytest.raises(ValueError, match=r"reset\(\) output and tools\) leave no room for max_completion_length=16"):
+    with pytest.raises(ValueError, match=r"reset\(\) output and tools\) fill the model's context of 2048 tokens"):
         trainer.train()
     assert sum(len(kind.idle) for kind in trainer.environments._kinds.values()) == 8  # all back in the pool
+
+
+def test_step_time_prompt_that_leaves_less_than_the_budget_is_warned_and_trains(tmp_path, monkeypatch):
+    class Wordy(Task):
+        def reset(self, **row):
+            self.count = 0
+            return " a" * 1600  # with the tools and the template ~1950 of 2048 tokens: less than 256 left
+
+    trainer = _owned_trainer(tmp_path, monkeypatch, environment_factory=Wordy, max_steps=1)
+    with pytest.warns(UserWarning, match=r"leave less than max_completion_length=256 tokens of the model's context"):
+        trainer.train()
+    assert trainer.state.global_step == 1
+
+
+def test_environment_owned_data_with_a_reset_without_arguments_and_an_eval_dataset(tmp_path, monkeypatch):
+    seen = []
+
+    class Plain:
+        def reset(self):  # environment-owned data: no columns at all
+            seen.append("train")
+            return "Say hi."
+
+        def get_reward(self) -> float:
+            return 1.0
+
+    class Levels(Plain):
+        def reset(self, level=None, **row):
+            seen.append(level)
+            return f"Level {level}."
+
+    trainer = _owned_trainer(tmp_path, monkeypatch, environment_factory=Plain, max_steps=1)
+    trainer.train()
+    assert seen and set(seen) == {"train"}
+    # an eval dataset's rows are passed to reset (only the placeholder training rows are not)
+    evaluation = Dataset.from_list([{"prompt": [{"role": "user", "content": "Play."}], "level": 3}] * 8)
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path, max_completion_length=256,
+                                                                          per_device_eval_batch_size=8),
+                          processing_class=_tool_tokenizer(), environment_factory=Levels, eval_dataset=evaluation)
+    monkeypatch.setattr(trainer.backend, "generate", _counting(trainer.processing_class))
+    seen.clear()
+    trainer.evaluate()
+    assert seen and set(seen) == {3}
+
+
+def test_environment_without_methods_needs_no_tool_template(tmp_path, monkeypatch):
+    from trl.models.tiny import tiny_tokenizer
+
+    class Judge:
+        def reset(self, **row):
+            return None
+
+        def get_reward(self) -> float:
+            return 1.0
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path, max_steps=1,
+                                                                              guard_patience=1),
+                              train_dataset=_questions(), processing_class=tiny_tokenizer(), environment_factory=Judge)
+        trainer.train()
+    assert _logged(trainer)[0]["rewards/Judge/mean"] == 1.0
+    assert not [w for w in caught if "Tools are given" in str(w.message)]  # there is nothing to call
 
 
 # ---- datasets with environments ------------------------------------------------------------------------------------
@@ -222,3 +285,25 @@ def test_guard_counters_survive_in_the_online_state(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")
         trainer.train()
     assert trainer._online_state()["guard_counts"]["no_tool_calls"] == 1
+
+
+# ---- what the model writes is data ---------------------------------------------------------------------------------
+
+
+def test_malformed_calls_are_error_messages_and_counted(tmp_path, monkeypatch):
+    from .test_grpo_tools import CALL, FINAL, _trainer
+
+    broken = {0: '<tool_call>\n{"name": "multiply", "arguments": {"a": 3,}\n</tool_call><|im_end|>',  # invalid JSON
+              1: '<tool_call>\n{"name": "multiply", "arguments": [3, 4]}\n</tool_call><|im_end|>',  # list arguments
+              2: CALL, 3: ANSWER}
+    trainer = _trainer(tmp_path, monkeypatch, script=lambda t: Scripted(t, first=lambda k: broken[k]), max_steps=1)
+    rollout = trainer._sample([trainer.train_dataset[0]] * 4, trainer._generator, mode="train")
+    for i in (0, 1):  # the model is shown why its call was not run, then answers
+        assistant, tool, final = rollout.completions[i]
+        assert "tool_calls" not in assistant and assistant["content"].startswith("<tool_call>")
+        assert tool["role"] == "tool" and "The tool call could not be parsed" in tool["content"]
+        assert final == {"role": "assistant", "content": FINAL.removesuffix("<|im_end|>")}
+    assert rollout.completions[2][1]["content"] == "12" and len(rollout.completions[3]) == 1
+    trainer.train()
+    log = _logged(trainer)[0]
+    assert log["tools/call_frequency"] == 0.75 and log["tools/failure_frequency"] == pytest.approx(2 / 3)

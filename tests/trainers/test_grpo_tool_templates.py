@@ -15,21 +15,21 @@ from .test_grpo_tools import Calculator, _questions
 from .test_grpo_trainer import _config, _logged, _moved, _params
 
 STYLES = {
-    "qwen2.5": dict(
-        tokenizer=qwen2_5_style_tokenizer,
-        call='<tool_call>\n{"name": "multiply", "arguments": {"a": 3, "b": 4}}\n</tool_call><|im_end|>',
-        answer="It is 12.<|im_end|>",
-        tool_turn="\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
-        after_tool="<tool_response>",
-    ),
-    "llama3.1": dict(
-        tokenizer=llama3_style_tokenizer,
-        call='{"name": "multiply", "parameters": {"a": 3, "b": 4}}<|eot_id|>',
-        answer="It is 12.<|eot_id|>",
-        tool_turn='<|start_header_id|>ipython<|end_header_id|>\n\n"12"<|eot_id|>'
-                  "<|start_header_id|>assistant<|end_header_id|>\n\n",
-        after_tool="<|start_header_id|>ipython",
-    ),
+    "qwen2.5": {
+        "tokenizer": qwen2_5_style_tokenizer,
+        "call": '<tool_call>\n{"name": "multiply", "arguments": {"a": 3, "b": 4}}\n</tool_call><|im_end|>',
+        "answer": "It is 12.<|im_end|>",
+        "tool_turn": "\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+        "after_tool": "<tool_response>",
+    },
+    "llama3.1": {
+        "tokenizer": llama3_style_tokenizer,
+        "call": '{"name": "multiply", "parameters": {"a": 3, "b": 4}}<|eot_id|>',
+        "answer": "It is 12.<|eot_id|>",
+        "tool_turn": '<|start_header_id|>ipython<|end_header_id|>\n\n"12"<|eot_id|>'
+                     "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        "after_tool": "<|start_header_id|>ipython",
+    },
 }
 
 

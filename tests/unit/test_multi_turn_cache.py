@@ -12,6 +12,7 @@ from trl.chat_template_utils import chatml_training_chat_template
 from trl.generation.base import SamplingConfig
 from trl.generation.transformers_backend import TransformersBackend
 from trl.models.tiny import tiny_model, tiny_tokenizer
+from trl.template_families import ToolTurn
 
 # as in test_generation.py: peaked, varied next-token distributions
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -177,10 +178,10 @@ def _tool_rollout(monkeypatch, model, tokenizer, cached, do_sample=False, seed=0
     tool suffixes differ between rows and rounds."""
 
     def parse(tokenizer, ids, *args, **kwargs):
-        return {"role": "assistant", "content": "", "tool_calls": [
-            {"type": "function", "function": {"name": "_echo", "arguments": {"text": "ab" * (sum(ids) % 4)}}}]}
+        return ToolTurn({"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "_echo", "arguments": {"text": "ab" * (sum(ids) % 4)}}}]}, [])
 
-    monkeypatch.setattr(multi_turn_module, "parse_response", parse)
+    monkeypatch.setattr(multi_turn_module, "parse_tool_turn", parse)
     end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     backend = TransformersBackend(model)
     generator = torch.Generator().manual_seed(seed)

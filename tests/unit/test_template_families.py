@@ -229,12 +229,19 @@ def test_parse_tool_turn_and_parse_response_strip_any_end_of_turn_token():
         end_ids = ids + [tokenizer.convert_tokens_to_ids(end)]
         assert parse_tool_turn(tokenizer, end_ids) == ToolTurn(expected, [])
         assert parse_response(tokenizer, torch.tensor(end_ids)) == expected
-    # malformed: parse_tool_turn reports it, parse_response falls back to the decoded text
+    # arguments that are not an object: parse_tool_turn reports them, parse_response normalises them to {} (API.md)
     bad = tokenize(tokenizer, '{"name": "get_weather", "parameters": [1]}') + [tokenizer.eos_token_id]
     turn = parse_tool_turn(tokenizer, bad)
     assert turn.message == {"role": "assistant", "content": '{"name": "get_weather", "parameters": [1]}'}
     assert len(turn.errors) == 1
-    assert parse_response(tokenizer, bad) == turn.message
+    assert parse_response(tokenizer, bad)["tool_calls"] == [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {}}}]
+    # invalid JSON: both fall back to the text
+    cut = tokenize(tokenizer, '{"name": "get_weather", "parameters": {"ci') + [tokenizer.eos_token_id]
+    assert parse_response(tokenizer, cut) == parse_tool_turn(tokenizer, cut).message
+    # a JSON answer with a "name" but no parameters is content, not a call
+    answer = tokenize(tokenizer, '{"name": "Alice"}') + [tokenizer.eos_token_id]
+    assert parse_tool_turn(tokenizer, answer) == ToolTurn({"role": "assistant", "content": '{"name": "Alice"}'}, [])
 
 
 def test_parse_tool_turn_prefix_and_reasoning_with_qwen3_template():

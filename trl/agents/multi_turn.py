@@ -20,19 +20,19 @@ that does not leave room for at least one generated token is not appended (the r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
-
-from ..chat_template_utils import parse_response
 from ..data.conversation import common_prefix_length
 from ..data.tokenize import render_ids
 from ..rollout import Rollout
+from ..template_families import parse_tool_turn
 from .tools import DEFAULT_TOOL_TIMEOUT, Toolbox, execute_tool_calls
 
-__all__ = ["Continuation", "MultiTurnResult", "check_tool_prompts", "multi_turn_rollout", "tool_suffix_ids"]
+__all__ = ["Continuation", "MultiTurnResult", "check_tool_prompts", "check_tool_turns", "multi_turn_rollout",
+           "tool_suffix_ids"]
 
 # generate(prompt_ids, max_new_tokens) -> Rollout with one completion per prompt, in the order given
 GenerateFn = Callable[[list[list[int]], int], Rollout]
@@ -171,6 +171,7 @@ def multi_turn_rollout(
     timeout: float = DEFAULT_TOOL_TIMEOUT,
     template_kwargs: dict | Sequence[dict] | None = None,
     continuation: Continuation | None = None,
+    max_output_chars: int | None = None,
 ) -> MultiTurnResult:
     """Roll out `N` conversations with tool calls; see the module docstring for the rounds and the budget.
 
@@ -196,6 +197,7 @@ def multi_turn_rollout(
             (`backend.continuation()`): each round then continues from the previous round's KV cache; the rows that
             stop are freed before the next round, and the session is closed at the end. Without it every round
             re-prefills.
+        max_output_chars (`int`, *optional*): tool outputs longer than this are cut ([`execute_tool_calls`]).
 
     Returns:
         [`MultiTurnResult`].
@@ -203,14 +205,14 @@ def multi_turn_rollout(
     try:
         check_tool_prompts(prompts)
         return _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_length, set(eos_token_ids),
-                        pad_token_id, max_iterations, timeout, template_kwargs, continuation)
+                        pad_token_id, max_iterations, timeout, template_kwargs, continuation, max_output_chars)
     finally:
         if continuation is not None:
             continuation.close()
 
 
 def _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_length, eos, pad_token_id,
-             max_iterations, timeout, template_kwargs, continuation) -> MultiTurnResult:
+             max_iterations, timeout, template_kwargs, continuation, max_output_chars) -> MultiTurnResult:
     toolboxes = [toolbox] * len(prompt_ids) if isinstance(toolbox, Toolbox) else list(toolbox)
     if template_kwargs is None or isinstance(template_kwargs, dict):
         template_kwargs = [template_kwargs] * len(prompt_ids)
@@ -233,10 +235,12 @@ def _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_l
             row.tool_mask += [1] * n
             row.logps += logps[k][:n]
             ended = bool(new) and new[-1] in eos
-            message = parse_response(tokenizer, new[:-1] if ended else new)
+            turn = parse_tool_turn(tokenizer, new)  # malformed calls are reported in turn.errors, not dropped
+            message = turn.message
             row.messages.append(message)
             row.truncated = not ended
-            if ended and message.get("tool_calls") and (max_iterations is None or rounds_of_calls < max_iterations):
+            wants_tools = bool(message.get("tool_calls") or turn.errors)
+            if ended and wants_tools and (max_iterations is None or rounds_of_calls < max_iterations):
                 conversation = list(prompts[i]) + row.messages
                 before, end = _assistant_turn_end(tokenizer, conversation, eos, template_kwargs[i])
                 if new[-1] != before[end]:  # not the template's end of turn: it cannot be followed by a tool turn
@@ -244,26 +248,29 @@ def _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_l
                 # Roll a tool turn that cannot fit back before running its calls. Its exact length needs the results,
                 # so this uses the turn rendered with empty results (no name, no content), assuming that longer text
                 # never renders in fewer tokens; the exact check after the calls stays.
-                empty = [{"role": "tool", "name": "", "content": ""} for _ in message["tool_calls"]]
-                if len(row.ids) + len(_suffix_after(tokenizer, conversation, before, end, empty,
+                errors = [_unparsed_call_message(error) for error in turn.errors]
+                empty = [{"role": "tool", "name": "", "content": ""} for _ in message.get("tool_calls", [])]
+                if len(row.ids) + len(_suffix_after(tokenizer, conversation, before, end, empty + errors,
                                                     template_kwargs[i])) >= max_completion_length:
                     row.truncated = True
                     continue
-                calls[i] = (message["tool_calls"], conversation, before, end)
+                calls[i] = (message.get("tool_calls", []), errors, conversation, before, end)
         if not calls:
             break
         rounds_of_calls += 1
-        results = execute_tool_calls([c[0] for c in calls.values()], [toolboxes[i] for i in calls], timeout=timeout)
+        results = execute_tool_calls([c[0] for c in calls.values()], [toolboxes[i] for i in calls], timeout=timeout,
+                                     max_output_chars=max_output_chars)
         active = []
-        for j, (i, (_, conversation, before, end)) in enumerate(calls.items()):
+        for j, (i, (_, errors, conversation, before, end)) in enumerate(calls.items()):
             row = rows[i]
-            row.calls += results.num_calls[j]
-            row.failures += results.num_failures[j]
-            suffix = _suffix_after(tokenizer, conversation, before, end, results.messages[j], template_kwargs[i])
+            row.calls += results.num_calls[j] + len(errors)  # a call the model wrote but we could not read failed
+            row.failures += results.num_failures[j] + len(errors)
+            tool_messages = results.messages[j] + errors
+            suffix = _suffix_after(tokenizer, conversation, before, end, tool_messages, template_kwargs[i])
             if len(row.ids) + len(suffix) >= max_completion_length:  # no room to answer: roll the tool turn back
                 row.truncated = True
                 continue
-            row.messages += results.messages[j]
+            row.messages += tool_messages
             row.ids += suffix
             row.tool_mask += [0] * len(suffix)
             row.logps += [0.0] * len(suffix)
@@ -277,18 +284,34 @@ def _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_l
 
 
 def _as_rollout(prompt_ids: list[list[int]], rows: list[_Row], pad_token_id: int, device) -> Rollout:
-    width = max([1, *(len(row.ids) for row in rows)])
-
-    def right_padded(values: list[list], fill, dtype) -> torch.Tensor:
-        return torch.tensor([v + [fill] * (width - len(v)) for v in values], dtype=dtype, device=device)
-
-    prompt_width = max(len(ids) for ids in prompt_ids)
-    return Rollout(
-        prompt_ids=torch.tensor([[pad_token_id] * (prompt_width - len(p)) + p for p in prompt_ids], device=device),
-        prompt_mask=torch.tensor([[0] * (prompt_width - len(p)) + [1] * len(p) for p in prompt_ids], device=device),
-        completion_ids=right_padded([row.ids for row in rows], pad_token_id, torch.long),
-        completion_mask=right_padded([[1] * len(row.ids) for row in rows], 0, torch.long),
-        is_truncated=torch.tensor([row.truncated for row in rows], device=device),
-        sampling_logps=right_padded([row.logps for row in rows], 0.0, torch.float32),
-        tool_mask=right_padded([row.tool_mask for row in rows], 0, torch.long),
+    return Rollout.from_lists(
+        prompt_ids, [row.ids for row in rows], pad_token_id=pad_token_id,
+        is_truncated=[row.truncated for row in rows], sampling_logps=[row.logps for row in rows],
+        tool_mask=[row.tool_mask for row in rows], device=device,
     )
+
+
+def _unparsed_call_message(error: str) -> dict:
+    """The `tool` message that answers a call the model started but that could not be read (its error, as the
+    model sees it; no tool ran)."""
+    return {"role": "tool", "name": "", "content": json.dumps(
+        {"error": f"The tool call could not be parsed: {error}"}, ensure_ascii=False)}
+
+
+def check_tool_turns(tokenizer, eos_token_ids: Sequence[int], template_kwargs: dict | None = None) -> None:
+    """Check, before training, that the chat template appends a tool turn after an assistant turn that called a tool
+    without rewriting what came before (the check [`tool_suffix_ids`] makes at every round, on a probe conversation:
+    user, assistant calling `get_weather(city="Paris")`, tool result).
+
+    Raises:
+        `ValueError`: naming the tokenizer, the turn that changed and how to fix it.
+    """
+    from ..chat_template_utils import _TOOL_TURNS
+
+    conversation, tool_messages = list(_TOOL_TURNS[:2]), list(_TOOL_TURNS[2:])
+    try:
+        tool_suffix_ids(tokenizer, conversation, tool_messages, eos_token_ids, template_kwargs)
+    except ValueError as error:
+        name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+        raise ValueError(f"The chat template of the tokenizer {name!r} cannot be used for tool calling: {error}") \
+            from error

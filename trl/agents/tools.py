@@ -333,6 +333,9 @@ def execute_tool_calls(
     """
     if not timeout > 0:
         raise ValueError(f"The tool timeout must be a positive number of seconds; got {timeout!r}.")
+    if max_output_chars is not None and not max_output_chars > 0:
+        raise ValueError(f"`max_output_chars` must be a positive number of characters or None; got "
+                         f"{max_output_chars!r}.")
     if isinstance(toolboxes, Toolbox):
         toolboxes = [toolboxes] * len(tool_calls)
     if len(toolboxes) != len(tool_calls):

@@ -18,6 +18,7 @@ KL penalty).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import os
 import time
@@ -29,10 +30,9 @@ from torch.utils.data import Sampler
 
 from .. import checkpoints, guards
 from ..agents.environments import ENVIRONMENT_COLUMN, EnvironmentPool, append_to_prompt
-from ..agents.multi_turn import multi_turn_rollout
+from ..agents.multi_turn import check_tool_prompts, check_tool_turns, multi_turn_rollout
 from ..agents.rollouts import cut_mid_call
 from ..agents.tools import Toolbox, tool_metrics
-from ..chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
 from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
@@ -169,6 +169,10 @@ class _OnlineTrainer(_BaseTrainer):
         # environments: one instance per rollout, its methods as tools (docs/agents.md)
         self.environments = EnvironmentPool(environment_factory, tools) if environment_factory is not None else None
         self.toolbox = self._tool_setup(tools, processing_class, self.environments)
+        # a tool output of more characters than this cannot fit a completion even in the longest tokens, so cutting
+        # it there changes nothing but the time spent rendering and tokenizing it (docs/agents.md)
+        self._max_tool_output_chars = args.max_completion_length * max(
+            [1, *map(len, processing_class.get_vocab())]) if self.toolbox is not None else None
         self._episodes = None  # the environments of the generation batch being scored
         # with tools, the prompts are rendered with their schemas (and so are the tool turns of the rollouts); with
         # environments they are rendered again per rollout, after reset, with the rollout's own tools
@@ -187,10 +191,13 @@ class _OnlineTrainer(_BaseTrainer):
                 "their results are turns of a conversation. Give the 'prompt' column as "
                 "[{'role': 'user', 'content': ...}]."
             )
+        if self.toolbox is not None:
+            check_tool_prompts(train_dataset["prompt"])
         if self.environments is not None:
             columns = [c for c in train_dataset.column_names if c != "prompt_ids"]
             routes = train_dataset[ENVIRONMENT_COLUMN] if ENVIRONMENT_COLUMN in columns else None
-            self.environments.check_dataset(columns, routes)
+            # environment-owned data: reset() gets no columns (the placeholder prompts are not passed)
+            self.environments.check_dataset([] if self._environment_owned else columns, routes)
             reward_funcs = self._with_environment_rewards(reward_funcs)
         self._check_prompts_fit(causal_lm(model), train_dataset, args)
         self._check_enough_prompts(train_dataset, args)
@@ -198,6 +205,8 @@ class _OnlineTrainer(_BaseTrainer):
             eval_dataset, _ = prepare_prompt_dataset(
                 eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model=model
             )
+            if self.toolbox is not None and not isinstance(eval_dataset, dict):
+                check_tool_prompts(eval_dataset["prompt"])
             if self.environments is not None and not isinstance(eval_dataset, dict):
                 columns = [c for c in eval_dataset.column_names if c != "prompt_ids"]
                 routes = eval_dataset[ENVIRONMENT_COLUMN] if ENVIRONMENT_COLUMN in columns else None
@@ -255,8 +264,10 @@ class _OnlineTrainer(_BaseTrainer):
         message, to which each environment's `reset()` output (the task) is appended. `max_steps` bounds the run."""
         name = type(self).__name__
         if environment_factory is None:
-            raise ValueError(f"{name} needs a `train_dataset` of prompts (a 'prompt' column); it may be omitted only "
-                             "when an `environment_factory` owns the data (its reset() returns the prompt).")
+            takes_environments = "environment_factory" in inspect.signature(type(self).__init__).parameters
+            raise ValueError(f"{name} needs a `train_dataset` of prompts (a 'prompt' column)" + (
+                "; it may be omitted only when an `environment_factory` owns the data (its reset() returns the "
+                "prompt)." if takes_environments else "."))
         if isinstance(environment_factory, Mapping):
             raise ValueError(
                 f"{name} got a dict of environments {list(environment_factory)} and no `train_dataset`: the rows of a "
@@ -275,38 +286,17 @@ class _OnlineTrainer(_BaseTrainer):
 
     def _tool_setup(self, tools, tokenizer, environments) -> Toolbox | None:
         """The [`Toolbox`] of `tools` (checked: type hints, docstrings; docs/agents.md), None without tools or
-        environments (which are checked by [`EnvironmentPool`]). The chat template must write tool calls in a format
-        we parse (`trl.template_families.tool_call_family`, which sets `self._tool_family`) and render tool turns
-        prefix-preservingly; a template that does not is swapped for its family's training template when one
-        renders identically (`trl.chat_template_utils.get_training_chat_template`), else named in an error."""
+        environments (which are checked by [`EnvironmentPool`]). When there is anything to call, the chat template
+        must write tool calls in a format we parse (`trl.template_families.tool_call_family`, which sets
+        `self._tool_family`) and render tool turns prefix-preservingly (checked on a probe conversation)."""
         self._tool_family = None
         if not tools and environments is None:
             return None
         toolbox = environments.tools if environments is not None else Toolbox(tools)
+        if not self._all_tool_names(toolbox, environments):  # environments without methods: nothing to call
+            return toolbox
         self._tool_family = tool_call_family(tokenizer)
-        if not is_chat_template_prefix_preserving(tokenizer):
-            problem = ("The chat template is not prefix-preserving: rendering a conversation with a tool turn "
-                       "rewrites the tokens of the turns before it, so tool results cannot be appended to the "
-                       "generated tokens without re-encoding them")
-            fix = ("Give the tokenizer a template that renders earlier turns the same way whatever follows, e.g. "
-                   "with trl.clone_chat_template.")
-            try:
-                training_template = get_training_chat_template(tokenizer)
-            except ValueError:
-                raise ValueError(f"{problem}, and trl has no training template of its family "
-                                 f"({self._tool_family.name}) that renders like it. {fix}") from None
-            original = tokenizer.chat_template
-            tokenizer.chat_template = training_template or original
-            if training_template is None or not is_chat_template_prefix_preserving(tokenizer):
-                tokenizer.chat_template = original
-                raise ValueError(f"{problem}, and its family's training template is not either. {fix}")
-            else:
-                warnings.warn(
-                    f"The chat template is not prefix-preserving across tool turns; it was replaced by trl's "
-                    f"{self._tool_family.name} training template, which renders the same text for every "
-                    "conversation the original renders and appends tool turns without rewriting earlier ones.",
-                    stacklevel=3,
-                )
+        check_tool_turns(tokenizer, end_of_turn_ids(tokenizer))
         return toolbox
 
     def _with_environment_rewards(self, reward_funcs) -> list:
@@ -468,9 +458,9 @@ class _OnlineTrainer(_BaseTrainer):
         prompt_ids, columns = [row["prompt_ids"] for row in rows], {}
         toolboxes, template_kwargs = self.toolbox, self._template_kwargs
         if self.environments is not None:
-            self._episodes = self.environments.acquire(  # environment-owned data: reset() gets no columns
-                [{} if self._environment_owned else {k: v for k, v in row.items() if k != "prompt_ids"}
-                 for row in rows]
+            placeholder = self._environment_owned and mode == "train"  # the rows carry no data: reset() gets none
+            self._episodes = self.environments.acquire(
+                [{} if placeholder else {k: v for k, v in row.items() if k != "prompt_ids"} for row in rows]
             )
             prompts = [append_to_prompt(p, e.observation) for p, e in zip(prompts, self._episodes)]
             toolboxes = [e.toolbox for e in self._episodes]
@@ -487,40 +477,50 @@ class _OnlineTrainer(_BaseTrainer):
                 eos_token_ids=self.sampling.eos_token_ids, pad_token_id=self.sampling.pad_token_id,
                 max_iterations=self.args.max_tool_calling_iterations, timeout=self.args.tool_timeout,
                 template_kwargs=template_kwargs, continuation=self.backend.continuation(),
+                max_output_chars=self._max_tool_output_chars,
             )
+            cut = [float(c) for c in cut_mid_call(result.completions, result.rollout.is_truncated.tolist(),
+                                                  self._tool_family)]
+            counts = torch.tensor([result.num_calls, result.num_failures, cut], device=self.accelerator.device).T
+            counts = self.accelerator.gather(counts).tolist()  # (N_all, 3)
+            calls, failures, cut = ([int(row[k]) for row in counts] for k in range(3))
+            for key, value in tool_metrics(calls, failures).items():
+                self._metrics.add(mode, key, value)
+            self._metrics.add(mode, "tools/truncated_call_frequency", sum(cut) / len(cut))
+            if mode == "train" and self._tool_family is not None:
+                self._check_tool_guards(sum(calls), sum(cut), len(cut))
         except BaseException:
             if self._episodes is not None:  # an error mid-rollout: the environments go back to the pool
                 self.environments.release(self._episodes)
                 self._episodes = None
             raise
-        cut = [float(c) for c in cut_mid_call(result.completions, result.rollout.is_truncated.tolist(),
-                                              self._tool_family)]
-        counts = torch.tensor([result.num_calls, result.num_failures, cut], device=self.accelerator.device).T
-        counts = self.accelerator.gather(counts).tolist()  # (N_all, 3)
-        calls, failures, cut = ([int(row[k]) for row in counts] for k in range(3))
-        for key, value in tool_metrics(calls, failures).items():
-            self._metrics.add(mode, key, value)
-        self._metrics.add(mode, "tools/truncated_call_frequency", sum(cut) / len(cut))
-        if mode == "train":
-            self._check_tool_guards(sum(calls), sum(cut), len(cut))
         rollout = result.rollout
         rollout.prompts, rollout.completions, rollout.columns = prompts, result.completions, columns
         return rollout
 
     def _check_rendered_prompts_fit(self, prompt_ids: list[list[int]]) -> None:
-        """Prompts rendered at step time (with an environment's reset output and tools) must leave room for
-        `max_completion_length` in the model's context, as the dataset's prompts are checked at construction."""
+        """Prompts rendered at step time (with an environment's reset output and tools) are checked against the
+        model's context: one that fills it is an error (nothing can be generated); one that leaves less than
+        `max_completion_length` is warned about (its completion may run past the context the model was trained on)."""
         context = getattr(causal_lm(self.model).config, "max_position_embeddings", None)
-        limit = None if context is None else context - self.args.max_completion_length
-        too_long = [i for i, ids in enumerate(prompt_ids) if limit is not None and len(ids) > limit]
-        if too_long:
-            longest = max(len(prompt_ids[i]) for i in too_long)
+        if context is None:
+            return
+        lengths = [len(ids) for ids in prompt_ids]
+        where = "once rendered with the environment's reset() output and tools"
+        if full := [i for i, n in enumerate(lengths) if n >= context]:
             raise ValueError(
-                f"{len(too_long)} of {len(prompt_ids)} prompts of this generation batch (e.g. rows {too_long[:5]}, "
-                f"longest {longest} tokens once rendered with the environment's reset() output and tools) leave no "
-                f"room for max_completion_length={self.args.max_completion_length} in the model's context of "
-                f"{context} tokens. Make reset() return less text, lower max_completion_length, or shorten the "
-                f"prompts to at most {limit} tokens."
+                f"{len(full)} of {len(lengths)} prompts of this generation batch (e.g. rows {full[:5]}, longest "
+                f"{max(lengths)} tokens {where}) fill the model's context of {context} tokens, so nothing can be "
+                "generated. Make reset() return less text or shorten the prompts."
+            )
+        limit = context - self.args.max_completion_length
+        if long := [i for i, n in enumerate(lengths) if n > limit]:
+            warnings.warn(
+                f"{len(long)} of {len(lengths)} prompts of this generation batch (e.g. rows {long[:5]}, longest "
+                f"{max(lengths)} tokens {where}) leave less than max_completion_length="
+                f"{self.args.max_completion_length} tokens of the model's context of {context}: their completions "
+                f"may run past it. Make reset() return less text, lower max_completion_length, or keep prompts to "
+                f"{limit} tokens.", stacklevel=2,
             )
 
     def _check_tool_guards(self, num_calls: int, num_cut: int, num_rollouts: int) -> None:
@@ -547,9 +547,14 @@ class _OnlineTrainer(_BaseTrainer):
             )
 
     def _tool_names(self) -> list[str]:
-        if self.environments is not None:
-            return sorted({name for kind in self.environments._kinds.values() for name in kind.toolbox.names})
-        return self.toolbox.names
+        return self._all_tool_names(self.toolbox, self.environments)
+
+    @staticmethod
+    def _all_tool_names(toolbox, environments) -> list[str]:
+        """Every tool a rollout may be offered: the standalone tools and every environment's methods."""
+        if environments is not None:
+            return sorted({name for kind in environments._kinds.values() for name in kind.toolbox.names})
+        return toolbox.names if toolbox is not None else []
 
     def _release_environments(self, rollout: Rollout) -> None:
         """Give a scored generation batch's environments back to the pool (they are not kept in the buffer, which
