@@ -18,7 +18,7 @@ from .data.tokenize import (
     end_of_turn_position,
     render_ids,
 )
-from .template_families import CHATML, decode_turn, detect_family
+from .template_families import CHATML, _inner_tokenizer, _template_of, decode_turn, detect_family
 
 if TYPE_CHECKING:
     import torch
@@ -52,20 +52,6 @@ _TOOL_TURNS = [
     {"role": "assistant", "content": "", "tool_calls": [_WEATHER_CALL]},
     {"role": "tool", "content": "22C"},
 ]
-
-
-def _template_of(processing_class_or_template) -> str | None:
-    if processing_class_or_template is None or isinstance(processing_class_or_template, str):
-        return processing_class_or_template
-    template = getattr(processing_class_or_template, "chat_template", None)
-    if isinstance(template, dict):  # tokenizers may hold several named templates
-        template = template.get("default")
-    return template
-
-
-def _inner_tokenizer(processing_class):
-    """The text tokenizer of a processor (or the tokenizer itself)."""
-    return getattr(processing_class, "tokenizer", processing_class)
 
 
 def _render_text(processing_class, messages: list[dict], chat_template: str | None = None, **kwargs) -> str:

@@ -334,6 +334,7 @@ def detect_family(processing_class_or_template: ProcessingClass | str | None) ->
 
 
 def _inner_tokenizer(processing_class):
+    """The text tokenizer of a processor (or the tokenizer itself)."""
     return getattr(processing_class, "tokenizer", processing_class)
 
 

@@ -6,13 +6,13 @@ strings here, the same way. Only the standard library is imported at module leve
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .._dotted import import_dotted
 
 __all__ = ["accepted_forms", "builtin_reward_names", "resolve_reward_func", "resolve_reward_funcs"]
 
@@ -61,26 +61,7 @@ def _import_reward_func(path: str, where: str) -> Callable:
     """Import `package.module.function`, with the current directory importable (as for `python my_script.py`)."""
     from trl import rewards
 
-    module_name, attribute = path.rsplit(".", 1)
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        missing = error.name or ""
-        if not (module_name == missing or module_name.startswith(missing + ".")):
-            raise  # the module was found, but one of its own imports is missing
-        raise ValueError(
-            f"Reward function {path!r} ({where}): there is no module {module_name!r} in the current directory ({cwd}) or the installed "
-            f"packages. {accepted_forms()}"
-        ) from None
-    func = getattr(module, attribute, None)
-    if func is None:
-        raise ValueError(
-            f"Reward function {path!r} ({where}): module {module_name!r} ({getattr(module, '__file__', '?')}) has no {attribute!r}. "
-            f"{accepted_forms()}"
-        )
+    func = import_dotted(path, f"Reward function {path!r} ({where})", accepted_forms())
     _, factories = builtin_reward_names()
     if any(func is getattr(rewards, name) for name in factories):
         raise _factory_error(path, where)

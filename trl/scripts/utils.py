@@ -20,6 +20,7 @@ from transformers import HfArgumentParser
 
 # the resolver of reward names lives with the reward functions, so that the trainers resolve `reward_funcs` strings the
 # same way; it stays importable from here
+from .._dotted import import_dotted
 from ..rewards._resolve import resolve_reward_funcs
 
 if TYPE_CHECKING:
@@ -134,27 +135,10 @@ def import_callable(path: str, where: str) -> Any:
         <built-in function floor>
         ```
     """
-    import importlib
-
     if "." not in path or not all(part.isidentifier() for part in path.split(".")):
         raise ValueError(f"{where} is {path!r}: expected a dotted path `module.name` (e.g. `my_tools.multiply` for a "
                          "function `multiply` in my_tools.py in the current directory).")
-    module_name, attribute = path.rsplit(".", 1)
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        missing = error.name or ""
-        if not (module_name == missing or module_name.startswith(missing + ".")):
-            raise  # the module was found, but one of its own imports is missing
-        raise ValueError(f"{where} is {path!r}: there is no module {module_name!r} in the current directory ({cwd}) "
-                         "or the installed packages.") from None
-    if not hasattr(module, attribute):
-        raise ValueError(f"{where} is {path!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) has no "
-                         f"{attribute!r}.")
-    value = getattr(module, attribute)
+    value = import_dotted(path, f"{where} is {path!r}")
     if not callable(value):
         raise TypeError(f"{where} is {path!r}: a {type(value).__name__}, not a function or class.")
     return value
