@@ -85,8 +85,8 @@ def resolve_agent_args(script_args: GRPOScriptArguments) -> dict:
 
     Example:
         ```python
-        >>> resolve_agent_args(GRPOScriptArguments(tools=["my_tools.multiply"]))
-        {'tools': [<function multiply at ...>]}
+        >>> resolve_agent_args(GRPOScriptArguments(tools=["math.floor"]))  # my_tools.multiply for a my_tools.py
+        {'tools': [<built-in function floor>]}
         ```
     """
     kwargs = {}
