@@ -327,8 +327,11 @@ def _environment_trainer(tmp_path, monkeypatch, environment_factory=Counter, rew
 def test_environment_factory_trains(tmp_path, monkeypatch):
     seen = []
 
+    instances = []
+
     def counts(completions, environments, number, **kwargs):
         seen.append(([e.count for e in environments], [e.number for e in environments], number))
+        instances.append([id(e) for e in environments])
         return [0.0] * len(completions)
 
     trainer = _environment_trainer(tmp_path, monkeypatch, reward_funcs=[counts])
@@ -343,7 +346,10 @@ def test_environment_factory_trains(tmp_path, monkeypatch):
     for log in _logged(trainer):
         assert log["rewards/Counter/mean"] == 1.0 and log["tools/call_frequency"] == 0.5
     assert all("environments" not in micro.columns for micro in trainer._buffer)  # not kept in the buffer
-    assert 2 <= sum(len(kind.idle) for kind in trainer.environments._kinds.values()) <= 8  # back in the pool
+    assert sum(len(kind.idle) for kind in trainer.environments._kinds.values()) == 8  # all back in the pool
+    # one instance per rollout of a batch, and the next batch reuses them (8 instances were ever built)
+    assert all(len(set(batch)) == 8 for batch in instances)
+    assert set(instances[0]) == set(instances[1])
 
 
 def test_environment_dict_needs_an_environment_column(tmp_path, monkeypatch):
