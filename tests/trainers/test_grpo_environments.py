@@ -19,8 +19,8 @@ from .test_grpo_tools import ANSWER, Counter, Scripted, _counting, _questions, _
 from .test_grpo_trainer import _config, _logged, _moved, _params
 
 
-class Task:
-    """Owns its data: reset() takes no columns and returns the task."""
+class Task(Counter):
+    """Owns its data: reset() takes no columns and returns the task (the counter's tool and reward)."""
 
     resets: list = []  # noqa: RUF012 -- shared on purpose: every instance records here
 
@@ -28,18 +28,6 @@ class Task:
         Task.resets.append(row)
         self.count = 0
         return "Reach 2 with increment."
-
-    def increment(self, step: int) -> int:
-        """Add to the counter.
-
-        Args:
-            step: How much to add.
-        """
-        self.count += step
-        return self.count
-
-    def get_reward(self) -> float:
-        return float(self.count)
 
 
 def _owned_trainer(tmp_path, monkeypatch, environment_factory=Task, script=_counting, **overrides):
