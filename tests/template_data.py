@@ -1,11 +1,21 @@
-"""Tokenizers for template-family tests: the bundled tiny tokenizer with the test chat templates of
-`tests/data/chat_templates/` (written in the style of the vendors' published templates, not copies)."""
+"""Tokenizers for template-family tests: the bundled tiny tokenizer with a family's special tokens, bos/eos as the
+vendor sets them, and a chat template.
+
+Two kinds of templates live in `tests/data/chat_templates/`:
+
+- `real/<name>.jinja`: the vendors' published templates, verbatim (the `chat_template` of the model repository's
+  tokenizer config or `chat_template.jinja`), each with a one-line Jinja comment naming the model repository and the
+  public copy it was taken from. `real_chat_template(name)` returns the template without that comment, byte for byte
+  what the vendor publishes. `REAL_TOKENIZERS` maps each name to a function building its tokenizer.
+- `<name>_style.jinja`: test templates we wrote in a vendor's style (not copies), used by the older tests.
+"""
 
 from pathlib import Path
 
 from trl.models.tiny import tiny_tokenizer
 
 CHAT_TEMPLATES_DIR = Path(__file__).resolve().parent / "data" / "chat_templates"
+REAL_TEMPLATES_DIR = CHAT_TEMPLATES_DIR / "real"
 LLAMA3_SPECIAL_TOKENS = (
     "<|begin_of_text|>",
     "<|start_header_id|>",
@@ -21,26 +31,191 @@ def chat_template(name: str) -> str:
     return (CHAT_TEMPLATES_DIR / f"{name}.jinja").read_text()
 
 
+def real_chat_template(name: str) -> str:
+    """The vendor's template `tests/data/chat_templates/real/<name>.jinja`, without its one-line source comment."""
+    text = (REAL_TEMPLATES_DIR / f"{name}.jinja").read_text()
+    header, rest = text.split("\n", 1)
+    assert header.startswith("{#-") and header.endswith("-#}"), f"{name}.jinja must start with its source comment"
+    return rest
+
+
+def real_template_source(name: str) -> str:
+    """The source comment of `real/<name>.jinja` (model repository and where the copy was taken from)."""
+    return (REAL_TEMPLATES_DIR / f"{name}.jinja").read_text().split("\n", 1)[0][4:-4]
+
+
+def family_tokenizer(template: str, tokens=(), bos: str | None = None, eos: str | None = None):
+    """The tiny tokenizer with `tokens` added as special tokens, `bos`/`eos` set and `template` as chat template."""
+    tokenizer = tiny_tokenizer()
+    new = [token for token in tokens if token not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_tokens(new, special_tokens=True)
+    if bos is not None:
+        tokenizer.bos_token = bos
+    if eos is not None:
+        tokenizer.eos_token = eos
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+# -- vendor-style test templates (ours) -------------------------------------------------------------------------------
+
+
 def qwen2_5_style_tokenizer():
     """Tiny tokenizer (already ChatML: `<|im_start|>`, eos `<|im_end|>`) with the Qwen2.5-style tool template."""
-    tokenizer = tiny_tokenizer()
-    tokenizer.chat_template = chat_template("qwen2_5_style")
-    return tokenizer
+    return family_tokenizer(chat_template("qwen2_5_style"))
 
 
 def qwen3_style_tokenizer():
     """Tiny tokenizer with the Qwen3-style template (tools plus `<think>` reasoning)."""
-    tokenizer = tiny_tokenizer()
-    tokenizer.chat_template = chat_template("qwen3_style")
-    return tokenizer
+    return family_tokenizer(chat_template("qwen3_style"))
 
 
 def llama3_style_tokenizer():
     """Tiny tokenizer with Llama 3's special tokens (bos `<|begin_of_text|>`, eos `<|eot_id|>`) and the
     Llama-3.1-style JSON tool template."""
-    tokenizer = tiny_tokenizer()
-    tokenizer.add_tokens(list(LLAMA3_SPECIAL_TOKENS), special_tokens=True)
-    tokenizer.bos_token = "<|begin_of_text|>"
-    tokenizer.eos_token = "<|eot_id|>"
-    tokenizer.chat_template = chat_template("llama3_1_style")
-    return tokenizer
+    return family_tokenizer(chat_template("llama3_1_style"), LLAMA3_SPECIAL_TOKENS, "<|begin_of_text|>", "<|eot_id|>")
+
+
+# -- the vendors' templates -------------------------------------------------------------------------------------------
+
+QWEN_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+DEEPSEEK_TOKENS = (
+    "<｜begin▁of▁sentence｜>",
+    "<｜end▁of▁sentence｜>",
+    "<｜User｜>",
+    "<｜Assistant｜>",
+    "<think>",
+    "</think>",
+    "<｜tool▁calls▁begin｜>",
+    "<｜tool▁calls▁end｜>",
+    "<｜tool▁call▁begin｜>",
+    "<｜tool▁call▁end｜>",
+    "<｜tool▁sep｜>",
+    "<｜tool▁outputs▁begin｜>",
+    "<｜tool▁outputs▁end｜>",
+    "<｜tool▁output▁begin｜>",
+    "<｜tool▁output▁end｜>",
+)
+GPT_OSS_TOKENS = (
+    "<|startoftext|>",
+    "<|start|>",
+    "<|message|>",
+    "<|channel|>",
+    "<|constrain|>",
+    "<|end|>",
+    "<|call|>",
+    "<|return|>",
+)
+GLM4_MOE_TOKENS = (
+    "[gMASK]",
+    "<sop>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|observation|>",
+    "<think>",
+    "</think>",
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+    "<tool_response>",
+    "</tool_response>",
+)
+GEMMA_TOKENS = ("<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>")
+PHI3_TOKENS = ("<s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+COHERE_TOKENS = (
+    "<BOS_TOKEN>",
+    "<|START_OF_TURN_TOKEN|>",
+    "<|END_OF_TURN_TOKEN|>",
+    "<|SYSTEM_TOKEN|>",
+    "<|USER_TOKEN|>",
+    "<|CHATBOT_TOKEN|>",
+    "<|START_THINKING|>",
+    "<|END_THINKING|>",
+    "<|START_ACTION|>",
+    "<|END_ACTION|>",
+    "<|START_RESPONSE|>",
+    "<|END_RESPONSE|>",
+    "<|START_TOOL_RESULT|>",
+    "<|END_TOOL_RESULT|>",
+)
+LFM2_TOKENS = (
+    "<|startoftext|>",
+    "<|tool_list_start|>",
+    "<|tool_list_end|>",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+    "<|tool_response_start|>",
+    "<|tool_response_end|>",
+    "<think>",
+    "</think>",
+)
+
+
+def qwen3_tokenizer():
+    """Qwen3 (Qwen/Qwen3-0.6B): ChatML, eos `<|im_end|>`, no bos, `<think>` and `<tool_call>` tokens."""
+    return family_tokenizer(real_chat_template("qwen3"), QWEN_TOKENS, eos="<|im_end|>")
+
+
+def llama3_2_tokenizer():
+    """Llama 3.2 (meta-llama/Llama-3.2-3B-Instruct): bos `<|begin_of_text|>`, eos `<|eot_id|>`."""
+    return family_tokenizer(real_chat_template("llama3_2"), LLAMA3_SPECIAL_TOKENS, "<|begin_of_text|>", "<|eot_id|>")
+
+
+def deepseek_r1_distill_tokenizer():
+    """DeepSeek-R1-Distill-Qwen-32B: bos `<｜begin▁of▁sentence｜>`, eos `<｜end▁of▁sentence｜>`, DeepSeek's tool
+    tokens."""
+    return family_tokenizer(
+        real_chat_template("deepseek_r1_distill"), DEEPSEEK_TOKENS, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+    )
+
+
+def gpt_oss_tokenizer():
+    """GPT-OSS (openai/gpt-oss-120b, harmony format): bos `<|startoftext|>`, eos `<|return|>`; a turn also ends with
+    `<|call|>` (tool call) or `<|end|>`."""
+    return family_tokenizer(real_chat_template("gpt_oss"), GPT_OSS_TOKENS, "<|startoftext|>", "<|return|>")
+
+
+def glm4_moe_tokenizer():
+    """GLM-4-MoE (zai-org/GLM-4.6): eos `<|endoftext|>` (a turn ends at the next `<|user|>`/`<|observation|>`), no
+    bos (the template writes `[gMASK]<sop>`)."""
+    return family_tokenizer(real_chat_template("glm4_moe"), GLM4_MOE_TOKENS, eos="<|endoftext|>")
+
+
+def gemma2_tokenizer():
+    """Gemma 2 (google/gemma-2-2b-it): bos `<bos>`, eos `<eos>`; turns end with `<end_of_turn>`."""
+    return family_tokenizer(real_chat_template("gemma2"), GEMMA_TOKENS, "<bos>", "<eos>")
+
+
+def phi3_5_tokenizer():
+    """Phi-3.5 (microsoft/Phi-3.5-mini-instruct): bos `<s>`, eos `<|endoftext|>`; turns end with `<|end|>`."""
+    return family_tokenizer(real_chat_template("phi3_5"), PHI3_TOKENS, "<s>", "<|endoftext|>")
+
+
+def cohere2_tokenizer():
+    """Cohere 2 (CohereForAI/c4ai-command-r7b-12-2024, its `tool_use` template): bos `<BOS_TOKEN>`, eos
+    `<|END_OF_TURN_TOKEN|>`."""
+    return family_tokenizer(real_chat_template("cohere2"), COHERE_TOKENS, "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>")
+
+
+def lfm2_5_tokenizer():
+    """LFM2.5 (LiquidAI/LFM2.5-8B-A1B): ChatML, bos `<|startoftext|>`, eos `<|im_end|>`, Python-style tool calls."""
+    return family_tokenizer(real_chat_template("lfm2_5"), LFM2_TOKENS, "<|startoftext|>", "<|im_end|>")
+
+
+REAL_TOKENIZERS = {
+    "qwen3": qwen3_tokenizer,
+    "llama3_2": llama3_2_tokenizer,
+    "deepseek_r1_distill": deepseek_r1_distill_tokenizer,
+    "gpt_oss": gpt_oss_tokenizer,
+    "glm4_moe": glm4_moe_tokenizer,
+    "gemma2": gemma2_tokenizer,
+    "phi3_5": phi3_5_tokenizer,
+    "cohere2": cohere2_tokenizer,
+    "lfm2_5": lfm2_5_tokenizer,
+}
+"""Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""
