@@ -290,30 +290,32 @@ def _first_mismatch(tokenizer, candidate: str) -> str | None:
     return None
 
 
-def get_training_chat_template(tokenizer: "ProcessingClass") -> str | None:
-    """A version of the chat template with `{% generation %}` markers around assistant output, for
-    `assistant_only_loss`.
+def get_training_chat_template(processing_class: "ProcessingClass") -> str | None:
+    """A version of the chat template that is prefix-preserving and marks assistant output with `{% generation %}`
+    markers, for `assistant_only_loss` and for tool-calling rollouts.
 
-    Returns `None` when the template already has markers and is prefix-preserving. Otherwise it recognises
-    ChatML-style templates (assistant turns rendered as `<|im_start|>assistant\\n{content}<|im_end|>`) and returns our
-    ChatML training template (`chatml_training_chat_template` or, for templates that ignore tools,
-    `chatml_plain_training_chat_template`), whose assistant turns are
-    `{% generation %}{{ content }}<|im_end|>{% endgeneration %}`. A template is only returned after it renders
-    byte-identically to the original on probe conversations (with and without a system turn, a generation prompt, a
-    tool call and a tools list), so training sees exactly the text the model sees at inference.
+    Returns `None` when the template already has markers and is prefix-preserving. Otherwise the template's family is
+    recognised from its text (`trl.template_families.detect_family`) and its training template is generated from the
+    template itself (`trl.training_templates`): the family's edits, if any (Qwen3: earlier assistant turns keep their
+    reasoning, or the empty `<think></think>` block, instead of losing it once a user message follows; the one
+    deliberate rendering difference), then a turn-by-turn wrapper that marks each assistant turn, up to and including
+    its end-of-turn token. For ChatML-style templates our hand-written ChatML training templates are tried first.
 
-    Note that our trainers do not need markers: with a prefix-preserving template the prefix method of
-    `trl.data.tokenize` computes the same mask.
+    The result is verified at call time on probe conversations (plain, multi-turn, system prompt, generation prompt,
+    tool calls with and without arguments, tool results, reasoning): it renders byte-identically to the original
+    wherever the original is prefix-preserving, and every assistant turn exactly as the original renders it as the
+    final turn, so training sees the text the model generates at inference.
 
     Args:
-        tokenizer (`PreTrainedTokenizerBase`):
-            Tokenizer with a chat template.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            Processing class with a chat template.
 
     Returns:
         `str` or `None`: the training template, or `None` if the current one can be used as is.
 
     Raises:
-        `ValueError`: the template is not recognised, or no training template renders identically to it.
+        `ValueError`: the template is of no known family (the message shows how it renders an assistant turn), or
+        the family's training template cannot be built or verified for it.
 
     Example:
         ```python
@@ -329,8 +331,10 @@ def get_training_chat_template(tokenizer: "ProcessingClass") -> str | None:
         'yo<|im_end|>'
         ```
     """
-    prefix_preserving = is_chat_template_prefix_preserving(tokenizer)
-    if has_generation_markers(tokenizer) and prefix_preserving:
+    from .training_templates import training_template, verify_training_template
+
+    prefix_preserving = is_chat_template_prefix_preserving(processing_class)
+    if has_generation_markers(processing_class) and prefix_preserving:
         return None
     advice = (
         "Pass a template with {% generation %} markers through SFTConfig(chat_template_path=...)"
@@ -341,22 +345,42 @@ def get_training_chat_template(tokenizer: "ProcessingClass") -> str | None:
             else "; this template is not prefix-preserving, so the prefix method cannot compute the mask either."
         )
     )
-    if not _is_chatml(tokenizer):
+    family = detect_family(processing_class)
+    if family is None:
+        from .template_families import FAMILIES
+
         raise ValueError(
-            "get_training_chat_template does not recognise this chat template: it tried ChatML (assistant turns "
-            f"rendered as '<|im_start|>assistant\\n{{content}}<|im_end|>'), which did not match. {advice}"
+            "get_training_chat_template does not recognise this chat template: it is of none of the known families "
+            f"({', '.join(f.name for f in FAMILIES)}). {_what_it_renders(processing_class)} {advice}"
         )
-    mismatches = {}
-    for name, candidate in _TRAINING_TEMPLATES.items():
-        mismatch = _first_mismatch(tokenizer, candidate)
-        if mismatch is None:
-            return candidate
-        mismatches[name] = mismatch
-    tried = ", ".join(f"{name!r} differs on the {probe!r} probe" for name, probe in mismatches.items())
+    tried = {}
+    if family.name == "chatml" and _is_chatml(processing_class):
+        for name, candidate in _TRAINING_TEMPLATES.items():
+            mismatch = _first_mismatch(processing_class, candidate)
+            if mismatch is None:
+                return candidate
+            tried[name] = f"differs on the {mismatch!r} probe"
+    try:
+        candidate = training_template(_template_of(processing_class), family)
+        problems = verify_training_template(processing_class, candidate)
+    except ValueError as error:
+        problems = [str(error)]
+    if not problems:
+        return candidate
+    tried[f"generated {family.name}"] = "; ".join(problems[:3])
+    found = "; ".join(f"{name!r}: {why}" for name, why in tried.items())
     raise ValueError(
-        "get_training_chat_template recognised a ChatML-style template but none of its training templates renders "
-        f"byte-identically to it ({tried}). {advice}"
+        f"get_training_chat_template recognised a {family.name!r} template but could not make a training template "
+        f"that renders byte-identically to it ({found}). {advice}"
     )
+
+
+def _what_it_renders(processing_class) -> str:
+    try:
+        text = _render_text(processing_class, _MULTI_TURN[2:])
+    except Exception as error:
+        return f"It cannot render a user/assistant exchange ({type(error).__name__}: {error})."
+    return f"It renders a user/assistant exchange as {text[-300:]!r}."
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,12 @@ NOT_PREFIX_TEMPLATE = (
     "{{- m['content'] + '<|im_end|>\\n' }}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
-# Not ChatML at all.
+# Of no known family (Mistral-style [INST] turns).
+UNKNOWN_TEMPLATE = (
+    "{%- for m in messages %}{%- if m['role'] == 'user' %}{{- '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{%- else %}{{- m['content'] + '</s>' }}{%- endif %}{%- endfor %}"
+)
+# Llama 3 turns (a known family, prefix-preserving, no markers).
 LLAMA_LIKE_TEMPLATE = (
     "{%- for m in messages %}{{- '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' + m['content'] "
     "+ '<|eot_id|>' }}{%- endfor %}"
@@ -147,11 +152,11 @@ def test_training_template_with_tools_is_prefix_preserving_and_masks_tool_calls(
 @pytest.mark.parametrize(
     "template, match",
     [
-        (LLAMA_LIKE_TEMPLATE, "does not recognise"),
-        # ChatML, but with a default system turn that our training templates do not write
-        ("{{- '<|im_start|>system\\nDefault.<|im_end|>\\n' }}" + tiny_tokenizer().chat_template, "byte-identically"),
+        (UNKNOWN_TEMPLATE, "does not recognise"),
+        # ChatML that the Qwen3 edits do not apply to: a <think> template without Qwen3's reasoning conditions
+        ("{#- <think> -#}" + NOT_PREFIX_TEMPLATE, "variant we do not know"),
     ],
-    ids=["unrecognised", "chatml-mismatch"],
+    ids=["unrecognised", "qwen3-unknown-variant"],
 )
 def test_training_template_errors(template, match):
     with pytest.raises(ValueError, match=match) as error:
@@ -159,9 +164,26 @@ def test_training_template_errors(template, match):
     assert "chat_template_path" in str(error.value)
 
 
-def test_training_template_error_points_to_prefix_method():
-    with pytest.raises(ValueError, match="prefix method"):
-        get_training_chat_template(tokenizer_with(LLAMA_LIKE_TEMPLATE))
+def test_training_template_error_names_what_it_found():
+    with pytest.raises(ValueError, match=r"known families \(.*llama3.*\).*'\[INST\] And 3 \+ 3\? \[/INST\]") as error:
+        get_training_chat_template(tokenizer_with(UNKNOWN_TEMPLATE))
+    assert "prefix method" in str(error.value)  # the unknown template is prefix-preserving
+
+
+@pytest.mark.parametrize(
+    "template",
+    [LLAMA_LIKE_TEMPLATE, "{{- '<|im_start|>system\\nDefault.<|im_end|>\\n' }}" + tiny_tokenizer().chat_template],
+    ids=["llama-like", "chatml-default-system"],
+)
+def test_training_template_generated_for_known_family_without_markers(template):
+    original = tokenizer_with(template)
+    training = get_training_chat_template(original)
+    assert has_generation_markers(training)
+    patched = tokenizer_with(training)
+    assert patched.apply_chat_template(CONVERSATION, tokenize=False) == original.apply_chat_template(
+        CONVERSATION, tokenize=False)
+    out = patched.apply_chat_template(CONVERSATION, return_dict=True, return_assistant_tokens_mask=True)
+    assert list(out["assistant_masks"]) == assistant_mask_by_prefix(original, CONVERSATION, {2})[1]
 
 
 # -- clone_chat_template ----------------------------------------------------------------------------------------------

@@ -34,6 +34,47 @@ class SFTDataOptions:
     guards: bool = True
 
 
+_ANNOUNCED_TRAINING_TEMPLATES: set[str] = set()
+
+
+def with_training_template(tokenizer):
+    """The tokenizer to compute assistant masks with: `tokenizer` itself when its chat template has `{% generation %}`
+    markers or is prefix-preserving (the prefix method of `trl.data.tokenize` then computes exact masks), else a
+    shallow copy that renders with the family's training template
+    (`trl.chat_template_utils.get_training_chat_template`), announced once per template with a warning that names
+    the family. The given tokenizer is not changed, so the saved model keeps its original template.
+
+    Raises:
+        `ValueError`: the template is not prefix-preserving and of no family with a training template.
+    """
+    import copy
+
+    from ..chat_template_utils import get_training_chat_template, has_generation_markers, \
+        is_chat_template_prefix_preserving
+    from ..template_families import detect_family
+
+    if has_generation_markers(tokenizer) or is_chat_template_prefix_preserving(tokenizer):
+        return tokenizer
+    template = get_training_chat_template(tokenizer)
+    if template is None:
+        return tokenizer
+    family = detect_family(tokenizer)
+    if tokenizer.chat_template not in _ANNOUNCED_TRAINING_TEMPLATES:
+        _ANNOUNCED_TRAINING_TEMPLATES.add(tokenizer.chat_template)
+        warnings.warn(
+            f"assistant_only_loss=True: the chat template ({family.name} family) is not prefix-preserving, so the "
+            f"assistant masks are computed with its training template (trl.chat_template_utils."
+            f"get_training_chat_template), which marks assistant turns with generation markers and renders "
+            f"every turn as the original does when it is the latest one (so earlier assistant turns keep, e.g., their "
+            f"reasoning, where the original drops it). The "
+            f"tokenizer's own template is left unchanged.",
+            stacklevel=3,
+        )
+    training = copy.copy(tokenizer)
+    training.chat_template = template
+    return training
+
+
 def _first_row(dataset) -> dict:
     for row in dataset:
         return row
@@ -133,6 +174,8 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
             f"`assistant_only_loss=True` needs conversational data (messages with roles); the {name} dataset is "
             f"{fmt.describe()}."
         )
+    if options.assistant_only_loss:
+        tokenizer = with_training_template(tokenizer)
     # Prompt-completion rows train on the completion unless told otherwise; pre-tokenised rows on their own masks.
     completion_only_loss = options.completion_only_loss is not False and fmt.kind in ("prompt_completion", "tokenized")
     if options.completion_only_loss and fmt.kind == "language_modeling":

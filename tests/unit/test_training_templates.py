@@ -1,0 +1,253 @@
+"""Training templates generated from each family's template (`trl.training_templates`,
+`trl.chat_template_utils.get_training_chat_template`): byte-identical renderings, prefix preservation across tool
+turns, generation-marker masks equal to the turn-by-turn prefix masks, and SFT with `assistant_only_loss` on a
+Qwen3-style template."""
+
+import warnings
+
+import pytest
+import torch
+from datasets import Dataset
+
+import tests.template_data as template_data
+from trl.agents.multi_turn import check_tool_turns
+from trl.chat_template_utils import (
+    get_training_chat_template,
+    has_generation_markers,
+    is_chat_template_prefix_preserving,
+)
+from trl.data.tokenize import assistant_mask, assistant_mask_by_prefix, end_of_turn_ids
+from trl.template_families import detect_family
+from trl.training_templates import CONVERSATIONS, TemplateEdit, training_template, wrap_turn_by_turn
+
+
+# (test id, tokenizer builder name in tests/template_data.py, family, whether the original is prefix-preserving).
+# Builders of the real vendor templates are used when tests/template_data.py has them.
+FAMILY_TOKENIZERS = [
+    ("qwen3-style", "qwen3_style_tokenizer", "qwen3", False),
+    ("qwen2.5-style", "qwen2_5_style_tokenizer", "chatml", True),
+    ("llama3.1-style", "llama3_style_tokenizer", "llama3", True),
+]
+CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
+         if hasattr(template_data, builder)]
+
+
+def _tokenizers(builder):
+    original = getattr(template_data, builder)()
+    training = getattr(template_data, builder)()
+    training.chat_template = get_training_chat_template(original)
+    return original, training
+
+
+def _render(tokenizer, messages, **kwargs):
+    return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+
+
+def _renders(tokenizer, messages, kwargs):
+    try:
+        return _render(tokenizer, messages, **kwargs)
+    except Exception:
+        return None
+
+
+def _earlier_turns_differ(messages) -> bool:
+    """Whether the Qwen3 template drops something from an earlier assistant turn of this conversation: a turn before
+    the last user query, or a turn without reasoning that is not the last."""
+    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
+    return any(m["role"] == "assistant" and (i < last_user or (i < len(messages) - 1 and not m.get("reasoning_content")))
+               for i, m in enumerate(messages))
+
+
+@pytest.mark.parametrize("builder, family, prefix", CASES)
+def test_family_and_markers(builder, family, prefix):
+    original, training = _tokenizers(builder)
+    assert detect_family(original).name == family
+    assert is_chat_template_prefix_preserving(original) is prefix
+    assert has_generation_markers(training.chat_template) and not has_generation_markers(original.chat_template)
+    assert is_chat_template_prefix_preserving(training)
+    assert get_training_chat_template(training) is None  # already prefix-preserving with markers
+
+
+@pytest.mark.parametrize("builder, family, prefix", CASES)
+@pytest.mark.parametrize("name, messages, kwargs", CONVERSATIONS, ids=[c[0] for c in CONVERSATIONS])
+def test_renders_byte_identically(builder, family, prefix, name, messages, kwargs):
+    original, training = _tokenizers(builder)
+    expected = _renders(original, messages, kwargs)
+    if expected is None:
+        pytest.skip("the original template cannot render this conversation")
+    rendered = _render(training, messages, **kwargs)
+    if family == "qwen3" and _earlier_turns_differ(messages):
+        # the deliberate difference: each earlier assistant turn is rendered as the original renders it when it is
+        # the final turn, i.e. with its reasoning or an empty think block
+        assert rendered != expected
+        for k, message in enumerate(messages):
+            if message["role"] == "assistant":
+                as_last = _render(original, messages[: k + 1], **{**kwargs, "add_generation_prompt": False})
+                turn = as_last.rsplit("<|im_start|>assistant\n", 1)[1]
+                assert "<|im_start|>assistant\n" + turn in rendered
+        return
+    assert rendered == expected
+
+
+def test_qwen3_deliberate_difference_keeps_earlier_reasoning():
+    original, training = _tokenizers("qwen3_style_tokenizer")
+    messages = dict((c[0], c[1]) for c in CONVERSATIONS)["reasoning in earlier turns"]
+    assert "Add the numbers." not in _render(original, messages)
+    rendered = _render(training, messages)
+    assert "<|im_start|>assistant\n<think>\nAdd the numbers.\n</think>\n\n4.<|im_end|>\n" in rendered
+    # the rest is the original's text: removing the kept reasoning gives the original rendering back
+    assert rendered.replace("<think>\nAdd the numbers.\n</think>\n\n", "") == _render(original, messages)
+
+
+@pytest.mark.parametrize("builder, family, prefix", CASES)
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_prefix_preserving_across_tool_turns(builder, family, prefix, rounds):
+    original, training = _tokenizers(builder)
+    eos = sorted(end_of_turn_ids(training))
+    check_tool_turns(training, eos)
+    if not prefix:
+        with pytest.raises(ValueError, match="prefix-preserving"):
+            check_tool_turns(original, eos)
+    # rendering a multi-round tool conversation turn by turn only appends text
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    messages = [{"role": "user", "content": "Weather in Paris?"}]
+    for _ in range(rounds):
+        messages += [{"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": "22C"}]
+    messages.append({"role": "assistant", "content": "22C."})
+    previous = ""
+    for k in range(1, len(messages) + 1):
+        current = _render(training, messages[:k])
+        assert current.startswith(previous), k
+        if k < len(messages) and messages[k]["role"] == "assistant":
+            prompt = _render(training, messages[:k], add_generation_prompt=True)
+            assert prompt.startswith(current)
+            current = prompt
+        previous = current
+
+
+def _mask_by_assistant_turns(tokenizer, messages, eos, kwargs):
+    """Ids and assistant mask from token renderings at each assistant turn: the tokens an assistant turn adds after
+    the generation prompt, up to its last end-of-turn token, are marked; every rendering must extend the previous."""
+    def ids(msgs, **options):
+        return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, **kwargs, **options)["input_ids"])
+
+    full = ids(messages)
+    mask = [0] * len(full)
+    for k, message in enumerate(messages):
+        if message["role"] == "assistant":
+            header, current = ids(messages[:k], add_generation_prompt=True), ids(messages[: k + 1])
+            assert current[: len(header)] == header and full[: len(current)] == current
+            end = max((i + 1 for i in range(len(header), len(current)) if current[i] in eos), default=len(current))
+            mask[len(header):end] = [1] * (end - len(header))
+    return full, mask
+
+
+@pytest.mark.parametrize("builder, family, prefix", CASES)
+@pytest.mark.parametrize("name, messages, kwargs", CONVERSATIONS, ids=[c[0] for c in CONVERSATIONS])
+def test_marker_masks_equal_prefix_masks(builder, family, prefix, name, messages, kwargs):
+    original, training = _tokenizers(builder)
+    if messages[-1]["role"] != "assistant" or _renders(original, messages, kwargs) is None:
+        pytest.skip("not a training conversation for this template")
+    eos = end_of_turn_ids(training)
+    ids, mask = assistant_mask(training, messages, eos, kwargs)  # from the generation markers
+    assert (ids, mask) == _mask_by_assistant_turns(training, messages, eos, kwargs)
+    consecutive_tools = any(a["role"] == b["role"] == "tool" for a, b in zip(messages, messages[1:]))
+    if not consecutive_tools:  # per message, our prefix method applies (a round of tool results renders as one)
+        assert (ids, mask) == assistant_mask_by_prefix(training, messages, eos, kwargs)
+    if prefix:  # the original has no markers: rendered turn by turn it gives the same ids and mask
+        assert (ids, mask) == _mask_by_assistant_turns(original, messages, end_of_turn_ids(original), kwargs)
+    # every assistant span ends with an end-of-turn token
+    assert mask.count(1) > 0 and all(ids[i] in eos for i in range(len(mask) - 1) if mask[i] and not mask[i + 1])
+
+
+def test_qwen3_masks_train_reasoning_and_tool_calls():
+    original, training = _tokenizers("qwen3_style_tokenizer")
+    messages = dict((c[0], c[1:]) for c in CONVERSATIONS)["reasoning with tool calls"]
+    ids, mask = assistant_mask(training, messages[0], end_of_turn_ids(training), messages[1])
+    trained = training.decode([t for t, m in zip(ids, mask) if m])
+    assert trained == (
+        '<think>\nI need the weather tool.\n</think>\n\n<tool_call>\n{"name": "get_weather", "arguments": '
+        '{"city": "Paris"}}\n</tool_call><|im_end|><think>\nThe tool said 22C.\n</think>\n\nIt is 22C in Paris.'
+        "<|im_end|>"
+    )
+
+
+def test_qwen3_thinking_disabled_leaves_the_empty_think_block_in_the_prompt():
+    original, training = _tokenizers("qwen3_style_tokenizer")
+    messages = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+    prompt = _render(training, messages[:1], add_generation_prompt=True, enable_thinking=False)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    ids, mask = assistant_mask(training, messages, end_of_turn_ids(training), {"enable_thinking": False})
+    assert training.decode([t for t, m in zip(ids, mask) if m]) == "Hello.<|im_end|>"
+
+
+def test_unknown_qwen3_variant_names_the_edit():
+    family = detect_family("<|im_start|><think>")
+    with pytest.raises(ValueError, match="keeps the reasoning of assistant turns"):
+        training_template("{{ '<|im_start|>' }}<think>", family)
+    with pytest.raises(ValueError, match="variant we do not know"):
+        TemplateEdit("does x", (r"nothing here",), "").apply("template")
+
+
+def test_wrapper_refuses_a_template_that_rewrites_earlier_turns():
+    tokenizer = template_data.qwen3_style_tokenizer()
+    tokenizer.chat_template = wrap_turn_by_turn(tokenizer.chat_template, ("<|im_end|>",))  # without Qwen3's edits
+    messages = dict((c[0], c[1]) for c in CONVERSATIONS)["reasoning in earlier turns"]
+    with pytest.raises(Exception, match="not prefix-preserving at message 3"):
+        _render(tokenizer, messages)
+
+
+# -- SFT ---------------------------------------------------------------------------------------------------------------
+
+
+def _qwen3_reasoning_rows(n=8):
+    rows = []
+    for i in range(n):
+        rows.append({"messages": [
+            {"role": "system", "content": "Answer with a number."},
+            {"role": "user", "content": f"What is {i} + {i}?"},
+            {"role": "assistant", "content": f"{2 * i}.", "reasoning_content": f"Add {i} to {i}."},
+            {"role": "user", "content": f"And {i} + 1?"},
+            {"role": "assistant", "content": f"<think>\nAdd one.\n</think>\n\n{i + 1}."},
+        ]})
+    return rows
+
+
+def test_sft_assistant_only_loss_on_qwen3_style_reasoning(tmp_path):
+    from trl import SFTConfig, SFTTrainer
+    from trl.models.tiny import tiny_model
+
+    from ..trainers.sft_one_step import SMALL
+
+    tokenizer = template_data.qwen3_style_tokenizer()
+    original_template = tokenizer.chat_template
+    rows = _qwen3_reasoning_rows()
+    model = tiny_model(seed=0, **SMALL)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4,
+                     learning_rate=5e-3, logging_steps=1, report_to="none", save_strategy="no", max_length=256,
+                     seed=0, assistant_only_loss=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                             processing_class=tokenizer)
+    announced = [w for w in caught if "training template" in str(w.message)]
+    assert len(announced) == 1 and "qwen3" in str(announced[0].message)
+    assert tokenizer.chat_template == original_template  # the user's tokenizer is not changed
+
+    # the dataset's mask is the mask our turn-by-turn rendering computes with the training template
+    training = template_data.qwen3_style_tokenizer()
+    training.chat_template = get_training_chat_template(tokenizer)
+    eos = end_of_turn_ids(training)
+    for row, prepared in zip(rows, trainer.train_dataset):
+        ids, mask = assistant_mask_by_prefix(training, row["messages"], eos)
+        assert prepared["input_ids"] == ids and prepared["assistant_masks"] == mask
+    first = trainer.train_dataset[0]
+    trained = tokenizer.decode([t for t, m in zip(first["input_ids"], first["assistant_masks"]) if m])
+    assert trained == "<think>\nAdd 0 to 0.\n</think>\n\n0.<|im_end|><think>\nAdd one.\n</think>\n\n1.<|im_end|>"
+
+    trainer.train()
+    losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if n in before)
