@@ -96,6 +96,18 @@ def _unparseable_calls_tokenizer():
     return tokenizer
 
 
+def _unknown_rewriting_tokenizer():
+    """A ChatML-looking template that drops earlier assistant turns' content: not prefix-preserving, and its rewrite
+    is not one any family's training template knows."""
+    from trl.chat_template_utils import chatml_training_chat_template
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = chatml_training_chat_template.replace(
+        "{{- text(message.content) }}", "{%- if loop.last %}{{- text(message.content) }}{%- endif %}")
+    assert tokenizer.chat_template != chatml_training_chat_template
+    return tokenizer
+
+
 class Env:
     """A row's tmp_path, and how to build a GRPO trainer with tools on the tiny model (a template that renders tools)."""
 
@@ -163,9 +175,11 @@ ROWS = [
     error("template whose tool calls no parser reads", _build(tools=[multiply],
                                                               tokenizer=_unparseable_calls_tokenizer()),
           r"which that parser does not read back"),
-    error("template not prefix-preserving across tool turns (Qwen3-style, no training template yet)",
-          _build(tools=[multiply], tokenizer=qwen3_style_tokenizer()),
-          r"cannot be used for tool calling: The chat template is not prefix-preserving at turn 2"),
+    warn("template not prefix-preserving across tool turns (Qwen3-style): its training template is used",
+         _build(tools=[multiply], tokenizer=qwen3_style_tokenizer()), r"\(qwen3 family\) rewrites earlier turns"),
+    error("template that rewrites earlier turns in a way no training template undoes",
+          _build(tools=[multiply], tokenizer=_unknown_rewriting_tokenizer()),
+          r"rewrites earlier turns .* no training template can stand in for it"),
     error("reward_funcs=None and no get_reward", _build(environment_factory=NoReward, reward_funcs=None),
           r"get_reward"),
     error("text prompts with tools", _build(tools=[multiply], dataset=_questions().map(

@@ -9,7 +9,7 @@ from trl import GRPOTrainer
 from trl.models.tiny import tiny_model
 from trl.rollout import Rollout
 
-from ..template_data import llama3_style_tokenizer, qwen2_5_style_tokenizer
+from ..template_data import llama3_style_tokenizer, qwen2_5_style_tokenizer, qwen3_style_tokenizer
 from .sft_one_step import SMALL
 from .test_grpo_tools import Calculator, _questions
 from .test_grpo_trainer import _config, _logged, _moved, _params
@@ -18,6 +18,14 @@ STYLES = {
     "qwen2.5": {
         "tokenizer": qwen2_5_style_tokenizer,
         "call": '<tool_call>\n{"name": "multiply", "arguments": {"a": 3, "b": 4}}\n</tool_call><|im_end|>',
+        "answer": "It is 12.<|im_end|>",
+        "tool_turn": "\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
+        "after_tool": "<tool_response>",
+    },
+    "qwen3": {  # not prefix-preserving (drops earlier turns' empty think blocks): its training template is used
+        "tokenizer": qwen3_style_tokenizer,
+        "call": '<think>\nMultiply.\n</think>\n\n<tool_call>\n{"name": "multiply", "arguments": {"a": 3, "b": 4}}'
+                "\n</tool_call><|im_end|>",
         "answer": "It is 12.<|im_end|>",
         "tool_turn": "\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n<|im_start|>assistant\n",
         "after_tool": "<tool_response>",
@@ -78,6 +86,8 @@ def test_tools_with_another_template_family(tmp_path, monkeypatch, name):
         if i % 2 == 0:  # generated ids kept as generated; only the tool turn rendered, masked out of the loss
             assert ids == call + tool_turn + answer
             assert mask == [1] * len(call) + [0] * len(tool_turn) + [1] * len(answer)
+            if name == "qwen3":
+                assert rollout.completions[i][0]["reasoning_content"] == "Multiply."
             assert rollout.completions[i][0]["tool_calls"] == [
                 {"type": "function", "function": {"name": "multiply", "arguments": {"a": 3, "b": 4}}}]
             assert rollout.completions[i][1] == {"role": "tool", "name": "multiply", "content": "12"}
@@ -90,3 +100,19 @@ def test_tools_with_another_template_family(tmp_path, monkeypatch, name):
     assert _moved(before, trainer.model)
     for log in _logged(trainer):
         assert log["tools/call_frequency"] == 0.5 and torch.isfinite(torch.tensor(log["loss"]))
+
+
+def test_a_template_that_rewrites_earlier_turns_gets_its_training_template(tmp_path):
+    tokenizer = qwen3_style_tokenizer()
+    original = tokenizer.chat_template
+    with pytest.warns(UserWarning, match=r"\(qwen3 family\) rewrites earlier turns"):
+        trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=lambda completions, **kw: [0.0] * len(
+            completions), args=_config(tmp_path, max_completion_length=32), train_dataset=_questions(),
+            processing_class=tokenizer, tools=Calculator().tools()[:1])
+    assert tokenizer.chat_template == original  # the user's tokenizer is not changed
+    assert trainer.processing_class.chat_template != original
+    trainer.save_model(str(tmp_path / "saved"))  # the model is saved with the original template
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "saved").chat_template == original
+    assert trainer.processing_class.chat_template != original  # rollouts keep the training template

@@ -17,6 +17,7 @@ KL penalty).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import math
@@ -33,6 +34,7 @@ from ..agents.environments import ENVIRONMENT_COLUMN, EnvironmentPool, append_to
 from ..agents.multi_turn import check_tool_prompts, check_tool_turns, multi_turn_rollout
 from ..agents.rollouts import cut_mid_call
 from ..agents.tools import Toolbox, tool_metrics
+from ..chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
 from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
@@ -168,7 +170,8 @@ class _OnlineTrainer(_BaseTrainer):
         processing_class.padding_side = "left"
         # environments: one instance per rollout, its methods as tools (docs/agents.md)
         self.environments = EnvironmentPool(environment_factory, tools) if environment_factory is not None else None
-        self.toolbox = self._tool_setup(tools, processing_class, self.environments)
+        self._saved_chat_template = None  # the template saved with the model when a training template is swapped in
+        self.toolbox, processing_class = self._tool_setup(tools, processing_class, self.environments)
         # a tool output of more characters than this cannot fit a completion even in the longest tokens, so cutting
         # it there changes nothing but the time spent rendering and tokenizing it (docs/agents.md)
         self._max_tool_output_chars = args.max_completion_length * max(
@@ -284,20 +287,44 @@ class _OnlineTrainer(_BaseTrainer):
         rows = max(1, args.generation_batch_size // args.num_generations)
         return Dataset.from_dict({"prompt": [[{"role": "user", "content": ""}] for _ in range(rows)]})
 
-    def _tool_setup(self, tools, tokenizer, environments) -> Toolbox | None:
-        """The [`Toolbox`] of `tools` (checked: type hints, docstrings; docs/agents.md), None without tools or
-        environments (which are checked by [`EnvironmentPool`]). When there is anything to call, the chat template
-        must write tool calls in a format we parse (`trl.template_families.tool_call_family`, which sets
-        `self._tool_family`) and render tool turns prefix-preservingly (checked on a probe conversation)."""
+    def _tool_setup(self, tools, tokenizer, environments):
+        """`(toolbox, tokenizer)`: the [`Toolbox`] of `tools` (checked: type hints, docstrings; docs/agents.md), None
+        without tools or environments (which are checked by [`EnvironmentPool`]), and the tokenizer to render with.
+        When there is anything to call, the chat template must write tool calls in a format we parse
+        (`trl.template_families.tool_call_family`, which sets `self._tool_family`) and append tool turns without
+        rewriting earlier ones; a template that rewrites them (e.g. Qwen3's, which drops earlier turns' reasoning)
+        is replaced, on a shallow copy of the tokenizer, by its family's training template
+        (`trl.chat_template_utils.get_training_chat_template`), with a warning; the model is saved with the original
+        template."""
         self._tool_family = None
         if not tools and environments is None:
-            return None
+            return None, tokenizer
         toolbox = environments.tools if environments is not None else Toolbox(tools)
         if not self._all_tool_names(toolbox, environments):  # environments without methods: nothing to call
-            return toolbox
+            return toolbox, tokenizer
         self._tool_family = tool_call_family(tokenizer)
+        if not is_chat_template_prefix_preserving(tokenizer):
+            original = tokenizer.chat_template
+            try:
+                template = get_training_chat_template(processing_class=tokenizer)
+            except ValueError as error:
+                raise ValueError(
+                    "The chat template rewrites earlier turns when a turn is added, so tool results cannot be appended "
+                    "to the generated tokens, and no training template can stand in for it. Give the tokenizer a "
+                    f"template that renders earlier turns the same way whatever follows. ({error})"
+                ) from error
+            if template is not None:
+                tokenizer = copy.copy(tokenizer)
+                tokenizer.chat_template, self._saved_chat_template = template, original
+                warnings.warn(
+                    f"The chat template ({self._tool_family.name} family) rewrites earlier turns when a turn is added, "
+                    "so tool results could not be appended to the generated tokens; rollouts are rendered with its "
+                    "training template (trl.chat_template_utils.get_training_chat_template), which renders every "
+                    "turn as the original does when it is the latest one (earlier assistant turns keep, e.g., their "
+                    "reasoning). The model is saved with the original template.", stacklevel=3,
+                )
         check_tool_turns(tokenizer, end_of_turn_ids(tokenizer))
-        return toolbox
+        return toolbox, tokenizer
 
     def _with_environment_rewards(self, reward_funcs) -> list:
         """`reward_funcs` (None allowed) followed by the environments' `get_reward`, weight 1 each."""
@@ -943,6 +970,16 @@ class _OnlineTrainer(_BaseTrainer):
         )
 
     # ---- checkpoint and resume (docs/design.md §7) -------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Save with the tokenizer's own chat template, not the training template rollouts were rendered with."""
+        if self._saved_chat_template is None:
+            return super()._save(output_dir, state_dict)
+        swapped, self.processing_class.chat_template = self.processing_class.chat_template, self._saved_chat_template
+        try:
+            super()._save(output_dir, state_dict)
+        finally:
+            self.processing_class.chat_template = swapped
 
     def _online_state(self) -> dict:
         # plain values only (tensors, numbers, strings, lists, dicts): read back with weights_only=True
