@@ -207,13 +207,25 @@ def lfm2_5_tokenizer():
     return family_tokenizer(real_chat_template("lfm2_5"), LFM2_TOKENS, "<|startoftext|>", "<|im_end|>")
 
 
+def qwen2_5_tokenizer():
+    """Qwen2.5 (Qwen/Qwen2.5-7B-Instruct): ChatML, eos `<|im_end|>`, no bos, `<tool_call>` tokens."""
+    return family_tokenizer(real_chat_template("qwen2_5"), QWEN_TOKENS, eos="<|im_end|>")
+
+
+def gemma3_tokenizer():
+    """Gemma 3 (google/gemma-3-4b-it): bos `<bos>`, eos `<eos>`; turns end with `<end_of_turn>`."""
+    return family_tokenizer(real_chat_template("gemma3"), (*GEMMA_TOKENS, "<start_of_image>"), "<bos>", "<eos>")
+
+
 REAL_TOKENIZERS = {
+    "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
     "llama3_2": llama3_2_tokenizer,
     "deepseek_r1_distill": deepseek_r1_distill_tokenizer,
     "gpt_oss": gpt_oss_tokenizer,
     "glm4_moe": glm4_moe_tokenizer,
     "gemma2": gemma2_tokenizer,
+    "gemma3": gemma3_tokenizer,
     "phi3_5": phi3_5_tokenizer,
     "cohere2": cohere2_tokenizer,
     "lfm2_5": lfm2_5_tokenizer,
