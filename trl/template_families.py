@@ -21,8 +21,10 @@ Families, in detection order (the first whose `recognize` accepts the template w
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,8 @@ class Family:
         call_format (`str`): the call format, as written in error messages.
         reasoning_tags (`tuple[str, str]` or `None`): opening and closing tags of reasoning moved to
             `reasoning_content`; `None` leaves reasoning in `content`.
+        split_reasoning (`Callable[[str], tuple[str | None, str]]`, *optional*): `text -> (reasoning, rest)` for
+            families whose reasoning is not a tagged block (GPT-OSS's analysis channel); overrides `reasoning_tags`.
 
     Example:
         ```python
@@ -69,13 +73,16 @@ class Family:
     parse_tool_calls: ToolCallParser
     call_format: str
     reasoning_tags: tuple[str, str] | None = None
+    split_reasoning: Callable[[str], tuple[str | None, str]] | None = None
 
     def parse_turn(self, text: str, strict: bool = True) -> ToolTurn:
         """Parse the decoded text of one assistant turn (end-of-turn token already stripped) into a [`ToolTurn`];
         `strict=False` turns arguments that are not an object into `{}` instead of an error."""
         message: dict[str, Any] = {"role": "assistant"}
         reasoning = None
-        if self.reasoning_tags is not None:
+        if self.split_reasoning is not None:
+            reasoning, text = self.split_reasoning(text)
+        elif self.reasoning_tags is not None:
             reasoning, text = _split_reasoning(text, *self.reasoning_tags)
         content, calls, errors = self.parse_tool_calls(text, strict=strict)
         message["content"] = content
@@ -257,12 +264,433 @@ def _split_reasoning(text: str, open_tag: str, close_tag: str) -> tuple[str | No
     return None, text
 
 
+def parse_no_tool_calls(text: str, strict: bool = True):
+    """Parser of families whose templates render no tool calls (Gemma, Phi-3): the whole turn is content."""
+    return text.strip(), [], []
+
+
+def _blocks(text: str, open_tag: str, close_tag: str):
+    """Split `text` into `(outside_text, [(start, end, inner)], errors)`: the text outside `open_tag ... close_tag`
+    blocks, each block's span and inner text, and one error per unclosed `open_tag` or stray `close_tag` (an unclosed
+    block stays in the outside text)."""
+    outside, blocks, errors = [], [], []
+    position = 0
+    while True:
+        start = text.find(open_tag, position)
+        segment = text[position:] if start < 0 else text[position:start]
+        if close_tag in segment:
+            errors.append(f"{close_tag} without a preceding {open_tag} in {_snippet(segment)}")
+        outside.append(segment)
+        if start < 0:
+            break
+        end = text.find(close_tag, start + len(open_tag))
+        if end < 0:
+            errors.append(
+                f"tool call {len(blocks) + 1}: {open_tag} is never closed (the generation may have been cut off): "
+                f"{_snippet(text[start:])}"
+            )
+            outside.append(text[start:])
+            break
+        blocks.append((start, end + len(close_tag), text[start + len(open_tag) : end]))
+        position = end + len(close_tag)
+    return "".join(outside), blocks, errors
+
+
+def _function_call(name, arguments) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _arguments(name: str, value: Any, strict: bool) -> tuple[dict | None, str | None]:
+    """Arguments that must be an object: `(arguments, None)` or `(None, why)`; `strict=False` turns anything else
+    into `{}`."""
+    if value is None:
+        return {}, None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            if strict:
+                return None, f"{name}: the arguments are not JSON: {_snippet(value)}"
+            return {}, None
+    if not isinstance(value, dict):
+        if strict:
+            return None, f"{name}: the arguments must be a JSON object, got a {type(value).__name__}: {_snippet(str(value))}"
+        return {}, None
+    return value, None
+
+
+DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END = "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"
+DEEPSEEK_CALL_BEGIN, DEEPSEEK_CALL_END, DEEPSEEK_SEP = "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>", "<｜tool▁sep｜>"
+_FENCED_JSON = re.compile(r"\A\s*```(?:json)?\s*\n(.*?)\n?```\s*\Z", re.DOTALL)
+
+
+def parse_deepseek_tool_calls(text: str, strict: bool = True):
+    """Parse DeepSeek's tool calls (V3, R1 and its distills):
+    `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name\\n```json\\n{...}\\n```<｜tool▁call▁end｜>...`
+    `<｜tool▁calls▁end｜>`; V3.1's `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}<｜tool▁call▁end｜>` is read too.
+
+    Returns:
+        `tuple[str, list[dict], list[str]]`: the text outside the calls (stripped), the valid calls, one error per
+        malformed call (no `<｜tool▁sep｜>`, no name, arguments that are not a JSON object, unclosed tags).
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_deepseek_tool_calls
+        >>> text = ('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>now\\n```json\\n{}\\n```'
+        ...         '<｜tool▁call▁end｜><｜tool▁calls▁end｜>')
+        >>> parse_deepseek_tool_calls(text)
+        ('', [{'type': 'function', 'function': {'name': 'now', 'arguments': {}}}], [])
+        ```
+    """
+    outside, sections, errors = _blocks(text, DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END)
+    content, calls = [outside], []
+    if not sections and not errors and DEEPSEEK_CALL_BEGIN in outside:  # calls written without the section tags
+        outside, sections = "", [(0, len(text), text)]
+        content = [""]
+    number = 0
+    for start, end, inner in sections:
+        rest, blocks, block_errors = _blocks(inner, DEEPSEEK_CALL_BEGIN, DEEPSEEK_CALL_END)
+        errors.extend(block_errors)
+        bad = bool(block_errors) or bool(rest.strip())
+        if rest.strip() and not block_errors:
+            errors.append(f"text between DeepSeek tool calls: {_snippet(rest.strip())}")
+        for _, _, body in blocks:
+            number += 1
+            call, error = _deepseek_call(body, strict)
+            if error is None:
+                calls.append(call)
+            else:
+                errors.append(f"tool call {number}: {error}")
+                bad = True
+        if bad:
+            content.append(text[start:end])
+    return "".join(content).strip(), calls, errors
+
+
+def _deepseek_call(body: str, strict: bool) -> tuple[dict | None, str | None]:
+    if DEEPSEEK_SEP not in body:
+        return None, f"no {DEEPSEEK_SEP} between the call type or name and the arguments in {_snippet(body)}"
+    head, rest = body.split(DEEPSEEK_SEP, 1)
+    if head.strip() == "function" and "\n" in rest:  # V3 / R1: type<sep>name\n```json\n{...}\n```
+        name, arguments = rest.split("\n", 1)
+        fenced = _FENCED_JSON.match(arguments)
+        if fenced is None:
+            return None, f"{name.strip()}: the arguments are not in a ```json block: {_snippet(arguments)}"
+        arguments = fenced.group(1)
+    else:  # V3.1: name<sep>{...}
+        name, arguments = head, rest
+    name = name.strip()
+    if not name:
+        return None, f"the call has no function name: {_snippet(body)}"
+    arguments, error = _arguments(name, arguments.strip() or "{}", strict)
+    if error is not None:
+        return None, error
+    return _function_call(name, arguments), None
+
+
+def parse_glm_tool_calls(text: str, strict: bool = True):
+    """Parse GLM-4-MoE tool calls: `<tool_call>name\\n<arg_key>k</arg_key>\\n<arg_value>v</arg_value>...</tool_call>`.
+
+    A value is JSON-decoded when it is valid JSON (numbers, booleans, objects, lists; the template writes non-strings
+    with `tojson`), otherwise it is the string as written (strings are written raw, so a string argument that looks
+    like JSON, e.g. `"3"`, comes back decoded).
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_glm_tool_calls
+        >>> parse_glm_tool_calls("<tool_call>f\\n<arg_key>n</arg_key>\\n<arg_value>2</arg_value>\\n</tool_call>")
+        ('', [{'type': 'function', 'function': {'name': 'f', 'arguments': {'n': 2}}}], [])
+        ```
+    """
+    outside, blocks, errors = _blocks(text, "<tool_call>", "</tool_call>")
+    content, calls = [], []
+    position = 0
+    for number, (start, end, body) in enumerate(blocks, 1):
+        content.append(text[position:start])
+        call, error = _glm_call(body)
+        if error is None:
+            calls.append(call)
+        else:
+            errors.append(f"tool call {number}: {error}")
+            content.append(text[start:end])
+        position = end
+    content.append(text[position:])
+    return "".join(content).strip(), calls, errors
+
+
+_GLM_PAIR = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
+
+
+def _glm_call(body: str) -> tuple[dict | None, str | None]:
+    name, _, rest = body.partition("<arg_key>")
+    rest = "<arg_key>" + rest if _ else ""
+    name = name.strip()
+    if not name or "\n" in name or "<" in name:
+        return None, f"the call has no function name before its arguments: {_snippet(body)}"
+    arguments, position = {}, 0
+    for match in _GLM_PAIR.finditer(rest):
+        if match.start() != position:
+            break
+        key, value = match.group(1).strip(), match.group(2)
+        try:
+            arguments[key] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[key] = value
+        position = match.end()
+    if rest[position:].strip():
+        return None, f"{name}: expected <arg_key>k</arg_key><arg_value>v</arg_value> pairs, got {_snippet(rest[position:])}"
+    return _function_call(name, arguments), None
+
+
+_PY_LITERAL_NAMES = {"True": True, "False": False, "None": None, "true": True, "false": False, "null": None}
+
+
+def _literal(node: ast.AST) -> Any:
+    """A Python or JSON literal from its syntax tree (never evaluates code); raises ValueError otherwise."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (str, int, float, bool, type(None))):
+        return node.value
+    if isinstance(node, ast.Name) and node.id in _PY_LITERAL_NAMES:
+        return _PY_LITERAL_NAMES[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _literal(node.operand)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        return [_literal(element) for element in node.elts]
+    if isinstance(node, ast.Dict) and None not in node.keys:
+        return {_literal(key): _literal(value) for key, value in zip(node.keys, node.values, strict=True)}
+    raise ValueError(f"not a literal: {ast.unparse(node)!r}")
+
+
+def parse_pythonic_tool_calls(text: str, strict: bool = True, open_tag: str = "<|tool_call_start|>",
+                              close_tag: str = "<|tool_call_end|>"):
+    """Parse LFM2/LFM2.5 Python-style calls: `<|tool_call_start|>[f(a=1, b="x"), g()]<|tool_call_end|>`.
+
+    The list is parsed with `ast` (never evaluated): each element must be a call of a plain name with keyword
+    arguments whose values are literals (Python's or JSON's: `True`/`true`, `None`/`null`, numbers, strings, lists,
+    dicts). Anything else (positional arguments, expressions, invalid syntax, an unclosed tag) is an error and the
+    block stays in the content.
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_pythonic_tool_calls
+        >>> parse_pythonic_tool_calls("<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>")
+        ('', [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}], [])
+        ```
+    """
+    outside, blocks, errors = _blocks(text, open_tag, close_tag)
+    content, calls = [], []
+    position, number = 0, 0
+    for start, end, body in blocks:
+        content.append(text[position:start])
+        block_calls, error = _pythonic_calls(body, number)
+        if error is None:
+            calls.extend(block_calls)
+            number += len(block_calls)
+        else:
+            number += 1
+            errors.append(error)
+            content.append(text[start:end])
+        position = end
+    content.append(text[position:])
+    return "".join(content).strip(), calls, errors
+
+
+def _pythonic_calls(body: str, before: int) -> tuple[list[dict], str | None]:
+    try:
+        tree = ast.parse(body.strip(), mode="eval").body
+    except SyntaxError as error:
+        return [], f"tool call {before + 1}: invalid Python call syntax ({error.msg}) in {_snippet(body)}"
+    elements = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
+    calls = []
+    for number, element in enumerate(elements, before + 1):
+        if not isinstance(element, ast.Call) or not isinstance(element.func, ast.Name):
+            return [], f"tool call {number}: expected name(key=value, ...), got {_snippet(ast.unparse(element))}"
+        if element.args or any(keyword.arg is None for keyword in element.keywords):
+            return [], f"tool call {number}: {element.func.id}: arguments must be passed by keyword"
+        try:
+            arguments = {keyword.arg: _literal(keyword.value) for keyword in element.keywords}
+        except ValueError as error:
+            return [], f"tool call {number}: {element.func.id}: {error}"
+        calls.append(_function_call(element.func.id, arguments))
+    return calls, None
+
+
+_HARMONY_MESSAGE = re.compile(r"(?P<header>.*?)<\|message\|>(?P<body>.*?)(?:<\|end\|>|<\|call\|>|<\|return\|>|\Z)",
+                              re.DOTALL)
+
+
+def split_harmony_reasoning(text: str) -> tuple[str | None, str]:
+    """`(reasoning, rest)` of a GPT-OSS (harmony) turn: the bodies of its `analysis`-channel messages, joined by
+    newlines, and the text without those messages."""
+    reasoning, rest = [], []
+    for piece in _harmony_pieces(text):
+        match = _HARMONY_MESSAGE.fullmatch(piece)
+        header = match.group("header") if match else ""
+        if match and re.search(r"<\|channel\|>\s*analysis\b", header) and "to=" not in header:
+            reasoning.append(match.group("body").strip())
+        else:
+            rest.append(piece)
+    return ("\n".join(reasoning) or None), "<|start|>".join(rest)
+
+
+def _harmony_pieces(text: str) -> list[str]:
+    return [piece for piece in text.split("<|start|>") if piece.strip()]
+
+
+def parse_harmony(text: str, strict: bool = True):
+    """Parse the messages of a GPT-OSS (harmony) assistant turn (analysis messages already removed by
+    [`split_harmony_reasoning`]).
+
+    Each message is `[assistant][ to=R]<|channel|>C[ to=R][ <|constrain|>json|json]<|message|>body`, ended by
+    `<|end|>`, `<|call|>`, `<|return|>` or the end of the text, messages separated by `<|start|>`. A message to
+    `functions.<name>` is a call whose body is its JSON arguments; any other message's body (the `final` channel, a
+    `commentary` preamble) is content.
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_harmony
+        >>> parse_harmony(' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>')
+        ('', [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}], [])
+        ```
+    """
+    content, calls, errors = [], [], []
+    for piece in _harmony_pieces(text):
+        match = _HARMONY_MESSAGE.fullmatch(piece)
+        if match is None:
+            if "<|channel|>" in piece or "to=" in piece:
+                errors.append(f"harmony message without <|message|>: {_snippet(piece)}")
+            content.append(piece.strip())
+            continue
+        header, body = match.group("header"), match.group("body")
+        recipient = re.search(r"\bto=([^\s<]*)", header)
+        if recipient is None:
+            content.append(body.strip())
+            continue
+        name = recipient.group(1).removeprefix("functions.")
+        number = len(calls) + len([e for e in errors if e.startswith("tool call")]) + 1
+        if not name:
+            error = f"the message to {recipient.group(1)!r} names no function"
+        else:
+            arguments, error = _arguments(name, body.strip() or "{}", strict)
+        if error is None:
+            calls.append(_function_call(name, arguments))
+        else:
+            errors.append(f"tool call {number}: {error}")
+            content.append(piece.strip())
+    return "\n".join(part for part in content if part).strip(), calls, errors
+
+
+COHERE_ACTION = ("<|START_ACTION|>", "<|END_ACTION|>")
+COHERE_RESPONSE = ("<|START_RESPONSE|>", "<|END_RESPONSE|>")
+
+
+def parse_cohere_tool_calls(text: str, strict: bool = True):
+    """Parse a Cohere 2 (Command R7B) turn: the content is the text in `<|START_RESPONSE|>...<|END_RESPONSE|>` (the
+    whole text when there is no such block), the calls a JSON list in `<|START_ACTION|>...<|END_ACTION|>` of
+    `{"tool_call_id", "tool_name", "parameters"}` objects.
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_cohere_tool_calls
+        >>> parse_cohere_tool_calls('<|START_ACTION|>[{"tool_call_id": "0", "tool_name": "now", "parameters": {}}]'
+        ...                         '<|END_ACTION|>')
+        ('', [{'type': 'function', 'function': {'name': 'now', 'arguments': {}}}], [])
+        ```
+    """
+    outside, actions, errors = _blocks(text, *COHERE_ACTION)
+    content, calls, number = [], [], 0
+    for start, end, body in actions:
+        try:
+            items = json.loads(body)
+        except json.JSONDecodeError as error:
+            number += 1
+            errors.append(f"tool call {number}: invalid JSON ({error.msg} at character {error.pos}) in {_snippet(body)}")
+            content.append(text[start:end])
+            continue
+        if not isinstance(items, list):
+            items = [items]
+        bad = False
+        for item in items:
+            number += 1
+            if not isinstance(item, dict) or not isinstance(item.get("tool_name"), str) or not item["tool_name"]:
+                errors.append(f'tool call {number}: expected {{"tool_name": ..., "parameters": {{...}}}}, got '
+                              f"{_snippet(json.dumps(item))}")
+                bad = True
+                continue
+            arguments, error = _arguments(item["tool_name"], item.get("parameters"), strict)
+            if error is None:
+                calls.append(_function_call(item["tool_name"], arguments))
+            else:
+                errors.append(f"tool call {number}: {error}")
+                bad = True
+        if bad:  # the block stays in the content (its valid calls are still returned)
+            content.append(text[start:end])
+    rest, responses, response_errors = _blocks(outside, *COHERE_RESPONSE)
+    if responses:
+        content.insert(0, "".join(body for _, _, body in responses))
+        content.append(rest)
+    elif rest.strip().startswith(COHERE_RESPONSE[0]):  # cut off before <|END_RESPONSE|>
+        content.insert(0, rest.strip()[len(COHERE_RESPONSE[0]) :])
+    else:
+        content.insert(0, rest)
+    return "".join(content).strip(), calls, errors
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------------------------------------------------
 
 _TAGGED_FORMAT = '<tool_call>\\n{"name": <name>, "arguments": <JSON object>}\\n</tool_call> (one block per call)'
 
+GPT_OSS = Family(
+    name="gpt_oss",
+    recognize=lambda template: "<|channel|>" in template and "<|start|>" in template,
+    assistant_header="<|start|>assistant",
+    end_of_turn=("<|return|>", "<|call|>", "<|end|>"),
+    parse_tool_calls=parse_harmony,
+    call_format="<|start|>assistant to=functions.<name><|channel|>commentary json<|message|><JSON object><|call|>",
+    split_reasoning=split_harmony_reasoning,
+)
+DEEPSEEK = Family(
+    name="deepseek",
+    recognize=lambda template: "<｜Assistant｜>" in template,
+    assistant_header="<｜Assistant｜>",
+    end_of_turn=("<｜end▁of▁sentence｜>",),
+    parse_tool_calls=parse_deepseek_tool_calls,
+    call_format=(
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜><name>\\n```json\\n<JSON object>\\n```"
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+    ),
+    reasoning_tags=("<think>", "</think>"),
+)
+GLM4_MOE = Family(
+    name="glm4_moe",
+    recognize=lambda template: "<arg_key>" in template and "<|assistant|>" in template,
+    assistant_header="<|assistant|>",
+    end_of_turn=("<|user|>", "<|observation|>", "<|endoftext|>"),
+    parse_tool_calls=parse_glm_tool_calls,
+    call_format="<tool_call><name>\\n<arg_key>key</arg_key>\\n<arg_value>value</arg_value>\\n...</tool_call>",
+    reasoning_tags=("<think>", "</think>"),
+)
+COHERE2 = Family(
+    name="cohere2",
+    recognize=lambda template: "<|START_ACTION|>" in template and "<|CHATBOT_TOKEN|>" in template,
+    assistant_header="<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+    end_of_turn=("<|END_OF_TURN_TOKEN|>",),
+    parse_tool_calls=parse_cohere_tool_calls,
+    call_format='<|START_ACTION|>[{"tool_call_id": "0", "tool_name": <name>, "parameters": <JSON object>}]<|END_ACTION|>',
+    reasoning_tags=("<|START_THINKING|>", "<|END_THINKING|>"),
+)
+LFM2 = Family(
+    name="lfm2",
+    recognize=lambda template: "<|tool_call_start|>" in template,
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn=("<|im_end|>",),
+    parse_tool_calls=parse_pythonic_tool_calls,
+    call_format="<|tool_call_start|>[<name>(key=value, ...), ...]<|tool_call_end|>",
+    reasoning_tags=("<think>", "</think>"),
+)
 QWEN3 = Family(
     name="qwen3",
     recognize=lambda template: "<|im_start|>" in template and "<think>" in template,
@@ -288,9 +716,26 @@ LLAMA3 = Family(
     parse_tool_calls=parse_json_tool_call,
     call_format='the whole assistant turn is {"name": <name>, "parameters": <JSON object>} (one call per turn)',
 )
+GEMMA = Family(
+    name="gemma",
+    recognize=lambda template: "<start_of_turn>" in template and "<end_of_turn>" in template,
+    assistant_header="<start_of_turn>model\n",
+    end_of_turn=("<end_of_turn>",),
+    parse_tool_calls=parse_no_tool_calls,
+    call_format="no tool calls (the template does not render them)",
+)
+PHI3 = Family(
+    name="phi3",
+    recognize=lambda template: "<|assistant|>" in template and "<|end|>" in template,
+    assistant_header="<|assistant|>\n",
+    end_of_turn=("<|end|>",),
+    parse_tool_calls=parse_no_tool_calls,
+    call_format="no tool calls (the template does not render them)",
+)
 
-FAMILIES: tuple[Family, ...] = (QWEN3, CHATML, LLAMA3)
-"""Known families in detection order: more specific families come before the ones they extend."""
+FAMILIES: tuple[Family, ...] = (GPT_OSS, DEEPSEEK, GLM4_MOE, COHERE2, LFM2, QWEN3, CHATML, LLAMA3, GEMMA, PHI3)
+"""Known families in detection order: more specific families come before the ones they extend (LFM2 and Qwen3
+templates are ChatML too; GLM's `<|assistant|>` is Phi-3's)."""
 
 
 def _template_of(processing_class_or_template) -> str | None:
@@ -429,6 +874,43 @@ _FIX = (
 )
 
 
+def with_json_string_arguments(messages: list[dict]) -> list[dict]:
+    """The messages with every tool call's `arguments` written as a JSON string, for templates that concatenate
+    the arguments into the text and reject a dict (DeepSeek's)."""
+    converted = []
+    for message in messages:
+        calls = message.get("tool_calls")
+        if calls:
+            message = {**message, "tool_calls": [_string_arguments(call) for call in calls]}
+        converted.append(message)
+    return converted
+
+
+def _string_arguments(call: dict) -> dict:
+    function = call.get("function", call)
+    arguments = function.get("arguments")
+    if arguments is None or isinstance(arguments, str):
+        return call
+    function = {**function, "arguments": json.dumps(arguments, ensure_ascii=False)}
+    return {**call, "function": function} if "function" in call else function
+
+
+def render_tool_messages(processing_class: ProcessingClass, messages: list[dict], **kwargs) -> str:
+    """`apply_chat_template(messages, tokenize=False)`, retried with JSON-string tool-call arguments
+    ([`with_json_string_arguments`]) when the template raises on dict arguments (DeepSeek's); the first error is
+    raised when both fail."""
+    try:
+        return processing_class.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as error:
+        converted = with_json_string_arguments(messages)
+        if converted == messages:
+            raise
+        try:
+            return processing_class.apply_chat_template(converted, tokenize=False, **kwargs)
+        except Exception:
+            raise error from None
+
+
 def tool_call_family(processing_class: ProcessingClass) -> Family:
     """The family whose parser reads the tool calls this chat template writes; raises if there is none.
 
@@ -467,7 +949,7 @@ def tool_call_family(processing_class: ProcessingClass) -> Family:
             f"The chat template of the tokenizer {name!r} does not render tool calls and tool results, so tools "
             f"(`tools`, or an environment's methods) cannot be offered to the model. {fix}"
         )
-    rendered = processing_class.apply_chat_template(_TOOL_TURNS[:2], tokenize=False)
+    rendered = render_tool_messages(processing_class, _TOOL_TURNS[:2])
     family = detect_family(processing_class)
     if family is None:
         at = rendered.find(_WEATHER_CALL["function"]["name"])
@@ -477,11 +959,14 @@ def tool_call_family(processing_class: ProcessingClass) -> Family:
             f"call of get_weather(city='Paris') is rendered as ...{found!r}..., and the template is of no known "
             f"family (the agent loop would never see the model's calls). {fix}"
         )
-    turn = rendered.rsplit(family.assistant_header, 1)[-1]
-    for token in family.end_of_turn:
-        turn = turn.split(token, 1)[0]
-    parsed = family.parse_turn(turn)
     expected = [{"type": "function", "function": _WEATHER_CALL["function"]}]
+    # the last assistant turn with calls (templates may write an empty turn after it, or a generation prompt)
+    for turn in reversed(rendered.split(family.assistant_header)[1:] or [rendered]):
+        for token in family.end_of_turn:
+            turn = turn.split(token, 1)[0]
+        parsed = family.parse_turn(turn)
+        if parsed.errors or parsed.message.get("tool_calls"):
+            break
     if parsed.errors or parsed.message.get("tool_calls") != expected:
         problems = "; ".join(parsed.errors) or f"parsed as {parsed.message!r}"
         raise ValueError(

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from tests.template_data import (
+    REAL_TEMPLATES_DIR,
+    REAL_TOKENIZERS,
     chat_template,
+    deepseek_r1_distill_tokenizer,
+    gemma3_tokenizer,
+    lfm2_5_tokenizer,
+    qwen2_5_tokenizer,
+    real_chat_template,
+    real_template_source,
     llama3_style_tokenizer,
     qwen2_5_style_tokenizer,
     qwen3_style_tokenizer,
@@ -21,20 +29,30 @@ from trl.chat_template_utils import (
     chatml_plain_training_chat_template,
     chatml_training_chat_template,
     parse_response,
+    supports_tool_calling,
 )
 from trl.data.tokenize import render_ids
 from trl.models.tiny import tiny_tokenizer
 from trl.template_families import (
     CHATML,
+    DEEPSEEK_CALLS_BEGIN,
+    DEEPSEEK_CALLS_END,
     FAMILIES,
     LLAMA3,
     QWEN3,
     ToolTurn,
     detect_family,
+    parse_cohere_tool_calls,
+    parse_deepseek_tool_calls,
+    parse_glm_tool_calls,
+    parse_harmony,
     parse_json_tool_call,
+    parse_pythonic_tool_calls,
     parse_tagged_tool_calls,
     parse_tool_turn,
+    render_tool_messages,
     tool_call_family,
+    with_json_string_arguments,
 )
 
 
@@ -105,8 +123,10 @@ def test_detect_family_reads_processing_classes():
     )  # named templates
     assert detect_family(processor) is QWEN3
     assert detect_family(None) is None
-    # more specific families come first: qwen3 templates are ChatML too
-    assert [family.name for family in FAMILIES] == ["qwen3", "chatml", "llama3"]
+    # more specific families come first: lfm2 and qwen3 templates are ChatML too, glm4_moe's <|assistant|> is phi3's
+    assert [family.name for family in FAMILIES] == [
+        "gpt_oss", "deepseek", "glm4_moe", "cohere2", "lfm2", "qwen3", "chatml", "llama3", "gemma", "phi3"
+    ]
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------------
@@ -409,3 +429,226 @@ def test_tool_call_family_errors(template, match):
     with pytest.raises(ValueError, match=match) as error:
         tool_call_family(tokenizer)
     assert "trl.clone_chat_template" in str(error.value) and "chatml_training_chat_template" in str(error.value)
+
+
+# -- the vendors' real templates (tests/data/chat_templates/real) ----------------------------------------------------
+
+REAL_FAMILIES = {
+    "qwen2_5": "chatml",
+    "qwen3": "qwen3",
+    "llama3_2": "llama3",
+    "deepseek_r1_distill": "deepseek",
+    "gpt_oss": "gpt_oss",
+    "glm4_moe": "glm4_moe",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "phi3_5": "phi3",
+    "cohere2": "cohere2",
+    "lfm2_5": "lfm2",
+}
+REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5"]
+REAL_ALL_TOKENIZERS = REAL_TOKENIZERS
+
+
+def test_every_real_template_has_a_source_and_a_family():
+    names = sorted(path.stem for path in REAL_TEMPLATES_DIR.glob("*.jinja"))
+    assert names == sorted(REAL_FAMILIES) == sorted(REAL_ALL_TOKENIZERS)
+    for name in names:
+        assert "/" in real_template_source(name)  # names the model repository
+
+
+@pytest.mark.parametrize("name", sorted(REAL_FAMILIES))
+def test_real_template_recognised_by_its_family_only(name):
+    template = real_chat_template(name)
+    family = detect_family(template)
+    assert family is not None and family.name == REAL_FAMILIES[name]
+    # no family earlier in the detection order claims it (a family only "extends" those after it)
+    earlier = FAMILIES[: FAMILIES.index(family)]
+    assert [f.name for f in earlier if f.recognize(template)] == []
+    assert detect_family(REAL_ALL_TOKENIZERS[name]()) is family
+
+
+@pytest.mark.parametrize("name", sorted(REAL_FAMILIES))
+def test_real_supports_tool_calling(name):
+    assert supports_tool_calling(REAL_ALL_TOKENIZERS[name]()) == (name in REAL_TOOL_FAMILIES)
+
+
+@pytest.mark.parametrize("name", REAL_TOOL_FAMILIES)
+def test_real_tool_call_family(name):
+    assert tool_call_family(REAL_ALL_TOKENIZERS[name]()).name == REAL_FAMILIES[name]
+
+
+def test_supports_tool_calling_retries_json_string_arguments():
+    tokenizer = deepseek_r1_distill_tokenizer()
+    conversation = [USER, {"role": "assistant", "content": "", "tool_calls": [WEATHER]}]
+    with pytest.raises(Exception):  # the template concatenates the arguments: a dict is rejected
+        tokenizer.apply_chat_template(conversation, tokenize=False)
+    assert '{"city": "Paris"}' in render_tool_messages(tokenizer, conversation)
+    assert with_json_string_arguments(conversation)[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
+    assert conversation[1]["tool_calls"][0] == WEATHER  # not modified
+    assert supports_tool_calling(tokenizer)
+
+
+def message(content, reasoning=None, calls=None, reasoning_key="reasoning_content"):
+    out = {"role": "assistant", "content": content}
+    if reasoning is not None:
+        out[reasoning_key] = reasoning
+    if calls is not None:
+        out["tool_calls"] = calls
+    return out
+
+
+# name -> [(message rendered by the template, message parsed back)]; the templates decide what a turn keeps (Llama
+# and Cohere drop the content of a call turn, GPT-OSS and LFM2.5 read reasoning from "thinking", Llama and GPT-OSS
+# render one call per turn)
+REAL_ROUND_TRIPS = {
+    "qwen2_5": [
+        (message("", calls=[WEATHER]),) * 2,
+        (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
+    "qwen3": [
+        (message("", "Need the weather.", [WEATHER]),) * 2,
+        (message("Both.", "Two tools.", [WEATHER, NESTED]),) * 2,
+        (message("It is 22C.", "Easy."),) * 2,
+    ],
+    "llama3_2": [
+        (message("", calls=[WEATHER]),) * 2,
+        (message("", calls=[NESTED]),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
+    "deepseek_r1_distill": [
+        (message("", calls=[WEATHER]),) * 2,
+        (message("", calls=[WEATHER, NESTED]),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
+    "gpt_oss": [
+        (message("", "Need the weather.", [WEATHER], "thinking"), message("", "Need the weather.", [WEATHER])),
+        (message("", calls=[NESTED]),) * 2,
+        (message("It is 22C.", "Easy.", reasoning_key="thinking"), message("It is 22C.", "Easy.")),
+    ],
+    "glm4_moe": [
+        (message("", "Need the weather.", [WEATHER]),) * 2,
+        (message("Both.", calls=[WEATHER, NESTED]),) * 2,
+        (message("It is 22C.", "Easy."),) * 2,
+    ],
+    "cohere2": [
+        (message("", "Plan: call both.", [WEATHER, NESTED]),) * 2,
+        (message("", calls=[WEATHER]),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
+    "lfm2_5": [
+        (message("", "Need the weather.", [WEATHER], "thinking"), message("", "Need the weather.", [WEATHER])),
+        (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
+        (message("It is 22C.", "Easy.", reasoning_key="thinking"), message("It is 22C.", "Easy.")),
+    ],
+    "gemma2": [(message("It is 22C."),) * 2],
+    "gemma3": [(message("It is 22C."),) * 2],
+    "phi3_5": [(message("It is 22C."),) * 2],
+}
+# tokens that end a generated turn (GPT-OSS: <|end|> ends a message inside the turn)
+STOPS = {"gpt_oss": ("<|call|>", "<|return|>")}
+
+
+def generated_ids(tokenizer, family, name, rendered_message):
+    """The ids a model generates for `rendered_message`: the rendering of [user, message] after the rendering of
+    [user] and the assistant header, up to and including the first end-of-turn token."""
+    tools = {"tools": TOOLS} if name in REAL_TOOL_FAMILIES else {}
+    prompt = render_tool_messages(tokenizer, [USER], **tools)
+    full = render_tool_messages(tokenizer, [USER, rendered_message], **tools)
+    if not full.startswith(prompt) and prompt.endswith(tokenizer.eos_token):  # Phi-3 ends a conversation with eos
+        prompt = prompt[: -len(tokenizer.eos_token)]
+    assert full.startswith(prompt)
+    turn = full[len(prompt) :]
+    if family.assistant_header and not prompt.endswith(family.assistant_header):
+        assert turn.startswith(family.assistant_header), turn[:80]
+        turn = turn[len(family.assistant_header) :]
+    stops = [(turn.find(t), t) for t in STOPS.get(name, family.end_of_turn) if t in turn]
+    if stops:
+        at, token = min(stops)
+        turn = turn[: at + len(token)]
+    return tokenize(tokenizer, turn)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_ROUND_TRIPS))
+def test_real_round_trip_render_parse(name):
+    tokenizer = REAL_ALL_TOKENIZERS[name]()
+    family = detect_family(tokenizer)
+    for rendered, expected in REAL_ROUND_TRIPS[name]:
+        ids = generated_ids(tokenizer, family, name, rendered)
+        assert parse_tool_turn(tokenizer, ids) == ToolTurn(expected, []), tokenizer.decode(ids)
+        assert parse_response(tokenizer, ids) == expected
+
+
+@pytest.mark.parametrize(
+    "name, generated, expected",
+    [  # reasoning after the opening tag the generation prompt wrote
+        ("deepseek_r1_distill", "Need it.\n</think>\n\nIt is 22C.<｜end▁of▁sentence｜>", message("It is 22C.", "Need it.")),
+        ("qwen3", "Need it.\n</think>\n\nIt is 22C.<|im_end|>", message("It is 22C.", "Need it.")),
+        (  # GPT-OSS as the model writes it: recipient after the channel, <|constrain|>
+            "gpt_oss",
+            "<|channel|>analysis<|message|>Need it.<|end|><|start|>assistant<|channel|>commentary "
+            'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+            message("", "Need it.", [WEATHER]),
+        ),
+    ],
+)
+def test_real_parse_generated_turn_with_prompt(name, generated, expected):
+    tokenizer = REAL_ALL_TOKENIZERS[name]()
+    prompt = tokenizer.apply_chat_template([USER], tokenize=False, add_generation_prompt=True)
+    ids = tokenize(tokenizer, generated)
+    assert parse_tool_turn(tokenizer, ids, prefix=prompt) == ToolTurn(expected, [])
+
+
+@pytest.mark.parametrize(
+    "parser, text, error",
+    [
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{bad\n```"
+         "<｜tool▁call▁end｜>" + DEEPSEEK_CALLS_END, "not JSON"),
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>f {}<｜tool▁call▁end｜>"
+         + DEEPSEEK_CALLS_END, "no <｜tool▁sep｜>"),
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n{}"
+         "<｜tool▁call▁end｜>" + DEEPSEEK_CALLS_END, "not in a ```json block"),
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n[1]",
+         "never closed"),
+        (parse_glm_tool_calls, "<tool_call>\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
+         "no function name"),
+        (parse_glm_tool_calls, "<tool_call>f\n<arg_key>city</arg_key>\n</tool_call>", "expected <arg_key>"),
+        (parse_glm_tool_calls, "<tool_call>f\n<arg_key>city</arg_key>\n<arg_value>Par", "never closed"),
+        (parse_pythonic_tool_calls, "<|tool_call_start|>[f(city='Paris']<|tool_call_end|>", "invalid Python"),
+        (parse_pythonic_tool_calls, "<|tool_call_start|>[f('Paris')]<|tool_call_end|>", "by keyword"),
+        (parse_pythonic_tool_calls, "<|tool_call_start|>[f(x=__import__('os').getcwd())]<|tool_call_end|>",
+         "not a literal"),
+        (parse_pythonic_tool_calls, "<|tool_call_start|>[os.system(x=1)]<|tool_call_end|>", "expected name("),
+        (parse_pythonic_tool_calls, "<|tool_call_start|>[f(x=1)", "never closed"),
+        (parse_harmony, " to=functions.f<|channel|>commentary json<|message|>{bad<|call|>", "not JSON"),
+        (parse_harmony, " to=functions.f<|channel|>commentary json<|message|>[1]<|call|>", "must be a JSON object"),
+        (parse_cohere_tool_calls, "<|START_ACTION|>[{bad]<|END_ACTION|>", "invalid JSON"),
+        (parse_cohere_tool_calls, '<|START_ACTION|>[{"parameters": {}}]<|END_ACTION|>', '"tool_name"'),
+    ],
+)
+def test_real_family_malformed_calls_are_errors(parser, text, error):
+    content, calls, errors = parser(text)
+    assert calls == [] and len(errors) == 1 and error in errors[0], errors
+    assert content  # the malformed call stays in the content
+
+
+def test_malformed_call_keeps_valid_ones_and_never_evaluates():
+    text = "<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|> <|tool_call_start|>[f(1)]<|tool_call_end|>"
+    content, calls, errors = parse_pythonic_tool_calls(text)
+    assert calls == [WEATHER] and len(errors) == 1 and errors[0].startswith("tool call 2: ")
+    assert content == "<|tool_call_start|>[f(1)]<|tool_call_end|>"
+    # Python and JSON literals alike
+    text = "<|tool_call_start|>[f(a=True, b=null, c=-2.5, d=[1, (2, 3)], e={'k': None})]<|tool_call_end|>"
+    assert parse_pythonic_tool_calls(text)[1] == [call("f", {"a": True, "b": None, "c": -2.5, "d": [1, [2, 3]],
+                                                              "e": {"k": None}})]
+    # GLM values: JSON when they parse, the raw string otherwise
+    text = "<tool_call>f\n<arg_key>a</arg_key>\n<arg_value>[1, 2]</arg_value>\n<arg_key>b</arg_key>\n<arg_value>x y</arg_value>\n</tool_call>"
+    assert parse_glm_tool_calls(text) == ("", [call("f", {"a": [1, 2], "b": "x y"})], [])
+    # DeepSeek V3.1's call format
+    text = DEEPSEEK_CALLS_BEGIN + '<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>' + DEEPSEEK_CALLS_END
+    assert parse_deepseek_tool_calls(text) == ("", [WEATHER], [])
+    # parse_response with strict=False: malformed calls give the whole text as content
+    tokenizer = lfm2_5_tokenizer()
+    ids = tokenize(tokenizer, "<|tool_call_start|>[f(1)]<|tool_call_end|><|im_end|>")
+    assert parse_response(tokenizer, ids) == {"role": "assistant", "content": "<|tool_call_start|>[f(1)]<|tool_call_end|>"}
