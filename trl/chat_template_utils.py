@@ -166,7 +166,8 @@ def supports_tool_calling(tokenizer: "ProcessingClass") -> bool:
     """Whether the chat template renders tool calls and tool results.
 
     Renders user → assistant with a `get_weather(city="Paris")` tool call → tool result `"22C"`, and checks that
-    the tool name, the argument key, the argument value and the tool result all appear in the text.
+    the tool name, the argument key, the argument value and the tool result all appear in the text. A template that
+    raises on dict arguments is retried with the arguments as a JSON string (DeepSeek's templates concatenate them).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase` or `ProcessorMixin`):
@@ -183,8 +184,10 @@ def supports_tool_calling(tokenizer: "ProcessingClass") -> bool:
         False
         ```
     """
+    from .template_families import render_tool_messages
+
     try:
-        text = _render_text(tokenizer, _TOOL_TURNS)
+        text = render_tool_messages(tokenizer, _TOOL_TURNS)  # retried with JSON-string arguments (DeepSeek)
     except Exception:
         return False
     return all(piece in text for piece in ("get_weather", "city", "Paris", "22C"))
