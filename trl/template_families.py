@@ -14,9 +14,16 @@ Families, in detection order (the first whose `recognize` accepts the template w
 
 | name | recognised by | tool calls | reasoning |
 |---|---|---|---|
+| `gpt_oss` | `<|channel|>` and `<|start|>` (harmony) | `to=functions.<name>` messages, JSON body, `<|call|>` | `analysis` channel |
+| `deepseek` | `<｜Assistant｜>` (V3, R1, R1 distills) | `<｜tool▁call▁begin｜>function<｜tool▁sep｜>name` + fenced JSON (V3.1's form too) | `<think>...</think>` |
+| `glm4_moe` | `<arg_key>` and `<|assistant|>` | `<tool_call>name` + `<arg_key>`/`<arg_value>` pairs | `<think>...</think>` |
+| `cohere2` | `<|START_ACTION|>` and `<|CHATBOT_TOKEN|>` | JSON list of `{"tool_name", "parameters"}` in `<|START_ACTION|>` | `<|START_THINKING|>` |
+| `lfm2` | `<|tool_call_start|>` | Python-style `[f(a=1)]` (parsed with `ast`, never evaluated) | `<think>...</think>` |
 | `qwen3` | `<|im_start|>` and `<think>` | `<tool_call>\\n{"name", "arguments"}\\n</tool_call>`, several a turn | `<think>...</think>` |
 | `chatml` | `<|im_start|>` (Qwen2.5, our ChatML templates) | same as `qwen3` | kept in `content` |
 | `llama3` | `<|start_header_id|>` and `<|eot_id|>` | the whole turn is `{"name", "parameters"}` JSON | none |
+| `gemma` | `<start_of_turn>` and `<end_of_turn>` | none (the templates render no tools) | none |
+| `phi3` | `<|assistant|>` and `<|end|>` | none (the templates render no tools) | none |
 """
 
 from __future__ import annotations
