@@ -409,7 +409,7 @@ def parse_glm_tool_calls(text: str, strict: bool = True):
         ('', [{'type': 'function', 'function': {'name': 'f', 'arguments': {'n': 2}}}], [])
         ```
     """
-    outside, blocks, errors = _blocks(text, "<tool_call>", "</tool_call>")
+    _, blocks, errors = _blocks(text, "<tool_call>", "</tool_call>")
     content, calls = [], []
     position = 0
     for number, (start, end, body) in enumerate(blocks, 1):
@@ -485,7 +485,7 @@ def parse_pythonic_tool_calls(text: str, strict: bool = True, open_tag: str = "<
         ('', [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}], [])
         ```
     """
-    outside, blocks, errors = _blocks(text, open_tag, close_tag)
+    _, blocks, errors = _blocks(text, open_tag, close_tag)
     content, calls = [], []
     position, number = 0, 0
     for start, end, body in blocks:
@@ -633,7 +633,7 @@ def parse_cohere_tool_calls(text: str, strict: bool = True):
                 bad = True
         if bad:  # the block stays in the content (its valid calls are still returned)
             content.append(text[start:end])
-    rest, responses, response_errors = _blocks(outside, *COHERE_RESPONSE)
+    rest, responses, _ = _blocks(outside, *COHERE_RESPONSE)
     if responses:
         content.insert(0, "".join(body for _, _, body in responses))
         content.append(rest)
@@ -914,7 +914,7 @@ def render_tool_messages(processing_class: ProcessingClass, messages: list[dict]
             raise
         try:
             return processing_class.apply_chat_template(converted, tokenize=False, **kwargs)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any template error: report the first one
             raise error from None
 
 

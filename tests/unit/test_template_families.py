@@ -16,14 +16,12 @@ from tests.template_data import (
     REAL_TOKENIZERS,
     chat_template,
     deepseek_r1_distill_tokenizer,
-    gemma3_tokenizer,
     lfm2_5_tokenizer,
-    qwen2_5_tokenizer,
-    real_chat_template,
-    real_template_source,
     llama3_style_tokenizer,
     qwen2_5_style_tokenizer,
     qwen3_style_tokenizer,
+    real_chat_template,
+    real_template_source,
 )
 from trl.chat_template_utils import (
     chatml_plain_training_chat_template,
@@ -481,7 +479,7 @@ def test_real_tool_call_family(name):
 def test_supports_tool_calling_retries_json_string_arguments():
     tokenizer = deepseek_r1_distill_tokenizer()
     conversation = [USER, {"role": "assistant", "content": "", "tool_calls": [WEATHER]}]
-    with pytest.raises(Exception):  # the template concatenates the arguments: a dict is rejected
+    with pytest.raises(TypeError):  # the template concatenates the arguments: a dict is rejected
         tokenizer.apply_chat_template(conversation, tokenize=False)
     assert '{"city": "Paris"}' in render_tool_messages(tokenizer, conversation)
     assert with_json_string_arguments(conversation)[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
@@ -587,8 +585,10 @@ def test_real_round_trip_render_parse(name):
         ("qwen3", "Need it.\n</think>\n\nIt is 22C.<|im_end|>", message("It is 22C.", "Need it.")),
         (  # GPT-OSS as the model writes it: recipient after the channel, <|constrain|>
             "gpt_oss",
-            "<|channel|>analysis<|message|>Need it.<|end|><|start|>assistant<|channel|>commentary "
-            'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+            (
+                "<|channel|>analysis<|message|>Need it.<|end|><|start|>assistant<|channel|>commentary "
+                'to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+            ),
             message("", "Need it.", [WEATHER]),
         ),
     ],
