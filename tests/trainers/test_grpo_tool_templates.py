@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from trl import GRPOTrainer
+from trl.data.conversation import common_prefix_length
 from trl.models.tiny import tiny_model
 from trl.rollout import Rollout
+from trl.template_families import render_tool_messages
 
-from ..template_data import llama3_style_tokenizer, qwen2_5_style_tokenizer, qwen3_style_tokenizer
+from ..template_data import REAL_TOKENIZERS, llama3_style_tokenizer, qwen2_5_style_tokenizer, qwen3_style_tokenizer
 from .sft_one_step import SMALL
 from .test_grpo_tools import Calculator, _questions
 from .test_grpo_trainer import _config, _logged, _moved, _params
@@ -116,3 +118,131 @@ def test_a_template_that_rewrites_earlier_turns_gets_its_training_template(tmp_p
 
     assert AutoTokenizer.from_pretrained(tmp_path / "saved").chat_template == original
     assert trainer.processing_class.chat_template != original  # rollouts keep the training template
+
+
+# -- the vendors' templates (tests/data/chat_templates/real/) ---------------------------------------------------------
+#
+# For each real template that renders tool calls, the scripted call is what the template renders for the assistant
+# turn calling multiply(3, 4) (with reasoning where the template renders it), from the generation prompt up to and
+# including the token that ends the calling turn before a tool turn; the tool turn is written out as the template
+# renders the result "12" and the next generation prompt.
+
+_CALL = {"role": "assistant", "content": "", "tool_calls": [
+    {"type": "function", "function": {"name": "multiply", "arguments": {"a": 3, "b": 4}}}]}
+REAL = {
+    "qwen2_5": {"answer": "It is 12.<|im_end|>",
+                "tool_turn": "\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n"
+                             "<|im_start|>assistant\n"},
+    "qwen3": {"reasoning": "Multiply.", "answer": "It is 12.<|im_end|>",
+              "tool_turn": "\n<|im_start|>user\n<tool_response>\n12\n</tool_response><|im_end|>\n"
+                           "<|im_start|>assistant\n"},
+    "llama3_2": {"answer": "It is 12.<|eot_id|>",
+                 "tool_turn": '<|start_header_id|>ipython<|end_header_id|>\n\n"12"<|eot_id|>'
+                              "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+    # R1 drops reasoning and writes an empty assistant turn after a calling turn (not part of the generated turn)
+    "deepseek_r1_distill": {"answer": "It is 12.<｜end▁of▁sentence｜>",
+                            "tool_turn": "<｜Assistant｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜>"
+                                         "<｜tool▁output▁begin｜>12<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"},
+    # harmony: the calling turn ends with <|call|>; <|end|> only closes its analysis message
+    "gpt_oss": {"reasoning": "Multiply.", "answer": "<|channel|>final<|message|>It is 12.<|return|>",
+                "tool_turn": '<|start|>functions.multiply to=assistant<|channel|>commentary<|message|>"12"<|end|>'
+                             "<|start|>assistant"},
+    # GLM closes a turn by opening the next: the generated <|observation|> is the tool turn's first token
+    "glm4_moe": {"reasoning": "Multiply.", "answer": "\n<think></think>\nIt is 12.<|endoftext|>",
+                 "tool_turn": "\n<tool_response>\n12\n</tool_response><|assistant|>"},
+    "cohere2": {"reasoning": "Multiply.",
+                "answer": "<|START_THINKING|><|END_THINKING|><|START_RESPONSE|>It is 12.<|END_RESPONSE|>",
+                "tool_turn": "<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|><|START_TOOL_RESULT|>[\n    {\n        "
+                             '"tool_call_id": "0",\n        "results": {\n            "0": "12"\n        },\n'
+                             '        "is_error": null\n    }\n]<|END_TOOL_RESULT|><|END_OF_TURN_TOKEN|>'
+                             "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"},
+    "lfm2_5": {"reasoning": "Multiply.", "answer": "It is 12.<|im_end|>",
+               "tool_turn": "\n<|im_start|>tool\n12<|im_end|>\n<|im_start|>assistant\n"},
+}
+
+
+def _rendered_call(trainer, style) -> list[int]:
+    """The calling turn as the template renders it: after the generation prompt, up to the first token sampling stops
+    at (looked for in the rendering with the tool turn: GLM's calling turn ends with the tool turn's first token)."""
+    tokenizer, tools = trainer.processing_class, trainer._template_kwargs["tools"]
+    question = [{"role": "user", "content": "What is 3 times 4?"}]
+    call = {**_CALL, "reasoning_content": style["reasoning"], "thinking": style["reasoning"]} if "reasoning" in \
+        style else _CALL
+    prompt = render_tool_messages(tokenizer, question, tools=tools, add_generation_prompt=True)
+    rendered = render_tool_messages(tokenizer, [*question, call, {"role": "tool", "name": "multiply", "content": "12"}],
+                                    tools=tools, add_generation_prompt=True)
+    ids = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    start = common_prefix_length(tokenizer(prompt, add_special_tokens=False)["input_ids"], ids)
+    eos = set(trainer.sampling.eos_token_ids)
+    end = next(i for i in range(start, len(ids)) if ids[i] in eos)
+    return ids[start: end + 1]
+
+
+class RealScript(Script):
+    """[`Script`] with the call given as ids: after a tool turn (its prompt holds the call), every sample answers."""
+
+    def __init__(self, tokenizer, call, answer):
+        self.tokenizer, self.call, self.answer = tokenizer, call, self.ids_of(tokenizer, answer)
+
+    @staticmethod
+    def ids_of(tokenizer, text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, prompt_ids, n, sampling, generator=None):
+        prompts, completions = [], []
+        for prompt in prompt_ids:
+            after_tool = any(prompt[i: i + len(self.call)] == self.call for i in range(len(prompt)))
+            for k in range(n):
+                prompts.append(list(prompt))
+                completions.append((self.answer if after_tool or k % 2 else self.call)[: sampling.max_completion_length])
+        eos = set(sampling.eos_token_ids)
+        return Rollout.from_lists(prompts, completions, pad_token_id=sampling.pad_token_id,
+                                  is_truncated=[c[-1] not in eos for c in completions],
+                                  sampling_logps=[[-0.5] * len(c) for c in completions])
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_tools_with_a_real_template(tmp_path, monkeypatch, name):
+    style, tokenizer = REAL[name], REAL_TOKENIZERS[name]()
+    calculator = Calculator()
+    # Cohere's default preamble alone is ~4k tokens of the tiny tokenizer
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **{**SMALL, "max_position_embeddings": 8192}), reward_funcs=lambda completions, **kw: [
+        float(len(c)) for c in completions], args=_config(tmp_path, max_completion_length=320, beta=0.04),
+        train_dataset=_questions(), processing_class=tokenizer, tools=calculator.tools()[:1])
+    call = _rendered_call(trainer, style)
+    script = RealScript(trainer.processing_class, call, style["answer"])
+    monkeypatch.setattr(trainer.backend, "generate", script)
+    rows = [trainer.train_dataset[i] for i in (0, 1) for _ in range(4)]
+    rollout = trainer._sample(rows, trainer._generator, mode="train")
+
+    answer, tool_turn = script.answer, script.ids_of(trainer.processing_class, style["tool_turn"])
+    assert calculator.calls == [(3, 4)] * 4
+    for i in range(8):
+        n = int(rollout.completion_lengths[i])
+        ids, mask = rollout.completion_ids[i, :n].tolist(), rollout.tool_mask[i, :n].tolist()
+        if i % 2 == 0:  # generated ids kept as generated; only the tool turn rendered, masked out of the loss
+            assert ids == call + tool_turn + answer, trainer.processing_class.decode(ids[len(call):])
+            assert mask == [1] * len(call) + [0] * len(tool_turn) + [1] * len(answer)
+            assert rollout.completions[i][0]["tool_calls"] == _CALL["tool_calls"]
+            assert rollout.completions[i][1] == {"role": "tool", "name": "multiply", "content": "12"}
+        else:
+            assert ids == answer and mask == [1] * len(answer)
+            assert "It is 12." in rollout.completions[i][0]["content"]
+    assert not rollout.is_truncated.any()
+
+    before = _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model)
+    for log in _logged(trainer):
+        assert log["tools/call_frequency"] == 0.5 and torch.isfinite(torch.tensor(log["loss"]))
+
+
+def test_gpt_oss_sampling_stops_at_call_not_at_end(tmp_path):
+    """Harmony ends a calling turn with <|call|> and an inner (analysis) message with <|end|>: sampling stops at the
+    first, never at the second (the turn goes on after it)."""
+    tokenizer = REAL_TOKENIZERS["gpt_oss"]()
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **SMALL), reward_funcs=lambda completions, **kw: [0.0] * len(
+        completions), args=_config(tmp_path, max_completion_length=32), train_dataset=_questions(),
+        processing_class=tokenizer, tools=Calculator().tools()[:1])
+    eos = set(trainer.sampling.eos_token_ids)
+    assert tokenizer.convert_tokens_to_ids("<|call|>") in eos and tokenizer.convert_tokens_to_ids("<|end|>") not in eos

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..data.conversation import common_prefix_length
-from ..data.tokenize import render_ids
 from ..rollout import Rollout
-from ..template_families import parse_tool_turn
+from ..template_families import detect_family, parse_tool_turn, render_tool_messages
 from .tools import DEFAULT_TOOL_TIMEOUT, Toolbox, execute_tool_calls
 
 __all__ = ["Continuation", "MultiTurnResult", "check_tool_prompts", "check_tool_turns", "multi_turn_rollout",
-           "tool_suffix_ids"]
+           "tool_suffix_ids", "tool_turn_end_ids"]
 
 # generate(prompt_ids, max_new_tokens) -> Rollout with one completion per prompt, in the order given
 GenerateFn = Callable[[list[list[int]], int], Rollout]
@@ -106,11 +105,16 @@ def tool_suffix_ids(tokenizer, conversation: list[dict], tool_messages: list[dic
     """Token ids of the tool turn that follows the last assistant turn of `conversation`, up to and including the
     next generation prompt: what comes after that turn's end-of-turn token in the rendering with `tool_messages`.
 
-    The end-of-turn token is the last of `eos_token_ids` inside the rendering of the last assistant turn (after the
-    rendering of the conversation before it), never one in an earlier turn.
+    The end-of-turn token is the first of `eos_token_ids` after where the last assistant turn's rendering starts, in
+    the rendering with the tool turn: the token that closes the turn (`<|im_end|>`, GPT-OSS's `<|call|>`) or, for
+    templates that close a turn by opening the next one, the tool turn's first token (GLM's `<|observation|>`).
+    Whatever the template writes after it when the conversation ends there (an empty assistant turn, a generation
+    header) is not part of the turn. Tool-call arguments are rendered as JSON strings for templates that reject dicts
+    (`trl.template_families.render_tool_messages`), and reasoning is given as `thinking` too for templates that read
+    that field (GPT-OSS, LFM2).
 
     Raises:
-        `ValueError`: the rendering without the tool turn is not a token prefix of the rendering with it, or the
+        `ValueError`: the rendering with the tool turn rewrites the tokens before the end-of-turn token, or the
             assistant turn has no end-of-turn token (both name the turn).
 
     Example:
@@ -122,39 +126,76 @@ def tool_suffix_ids(tokenizer, conversation: list[dict], tool_messages: list[dic
         '\\n<|im_start|>tool\\n12<|im_end|>\\n<|im_start|>assistant\\n'
         ```
     """
-    before, end = _assistant_turn_end(tokenizer, conversation, eos_token_ids, template_kwargs)
-    return _suffix_after(tokenizer, conversation, before, end, tool_messages, template_kwargs)
+    return _tool_turn(tokenizer, conversation, tool_messages, set(eos_token_ids), template_kwargs)[1]
 
 
-def _assistant_turn_end(tokenizer, conversation: list[dict], eos_token_ids, template_kwargs) -> tuple[list[int], int]:
-    """The rendering of `conversation` and the position in it of the end-of-turn token of its last (assistant)
-    turn: the last of `eos_token_ids` after where that turn's rendering starts."""
-    before = render_ids(tokenizer, conversation, template_kwargs)
-    start = common_prefix_length(render_ids(tokenizer, conversation[:-1], template_kwargs), before)
-    eos = set(eos_token_ids)
-    end = next((i for i in range(len(before) - 1, start - 1, -1) if before[i] in eos), None)
-    if end is None:
-        turn = len(conversation) - 1
+def _render(tokenizer, messages: list[dict], template_kwargs: dict | None, **options) -> list[int]:
+    """Token ids of `messages` rendered by the chat template, as `apply_chat_template(tokenize=True)` gives them."""
+    if not messages:
+        return []
+    messages = [{**m, "thinking": m["reasoning_content"]} if m.get("reasoning_content") and "thinking" not in m
+                else m for m in messages]
+    text = render_tool_messages(tokenizer, messages, **(template_kwargs or {}), **options)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _tool_turn(tokenizer, conversation: list[dict], tool_messages: list[dict], eos: set[int],
+               template_kwargs) -> tuple[int, list[int]]:
+    """`(end_of_turn_token, suffix)` for the tool turn after the last (assistant) turn of `conversation`; see
+    [`tool_suffix_ids`]."""
+    before = _render(tokenizer, conversation, template_kwargs)
+    after = _render(tokenizer, conversation + tool_messages, template_kwargs, add_generation_prompt=True)
+    start = common_prefix_length(_render(tokenizer, conversation[:-1], template_kwargs), before)
+    inner = getattr(tokenizer, "tokenizer", tokenizer)  # an end of turn is a special token, never one of the text
+    eos = (eos & {*inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}) or eos
+    # the end of turn is in the turn as both renderings write it, or is the first token the tool turn adds (GLM)
+    common = common_prefix_length(before, after)
+    end = next((i for i in range(start, min(common + 1, len(after))) if after[i] in eos), None)
+    turn = len(conversation) - 1
+    if end is None and common < len(before):
         raise ValueError(
-            f"The chat template renders assistant turn {turn} without an end-of-turn token (any of "
-            f"{sorted(eos)}) inside that turn, so where the tool turn starts is unknown."
-        )
-    return before, end
-
-
-def _suffix_after(tokenizer, conversation: list[dict], before: list[int], end: int, tool_messages: list[dict],
-                  template_kwargs) -> list[int]:
-    after = render_ids(tokenizer, conversation + tool_messages, template_kwargs, add_generation_prompt=True)
-    turn = len(conversation)
-    if after[: len(before)] != before:
-        raise ValueError(
-            f"The chat template is not prefix-preserving at turn {turn} (the tool turn after assistant turn "
-            f"{turn - 1}): rendering the conversation with the tool results rewrites the tokens before them, so the "
+            f"The chat template is not prefix-preserving at turn {turn + 1} (the tool turn after assistant turn "
+            f"{turn}): rendering the conversation with the tool results rewrites the tokens before them, so the "
             "tool turn cannot be appended to the generated tokens without re-encoding them. Use a chat template that "
             "renders earlier turns the same way whatever follows (e.g. trl.chat_template_utils."
             "chatml_training_chat_template for ChatML-style models, or trl.clone_chat_template)."
         )
-    return after[end + 1:]
+    if end is None:
+        raise ValueError(
+            f"The chat template renders assistant turn {turn} without an end-of-turn token (any of {sorted(eos)}) "
+            "inside that turn or as the first token of the tool turn after it, so where the tool turn starts is "
+            "unknown."
+        )
+    return after[end], after[end + 1:]
+
+
+def tool_turn_end_ids(tokenizer, template_kwargs: dict | None = None) -> set[int]:
+    """The token that ends an assistant turn calling a tool, as the chat template writes it before a tool turn (on a
+    probe conversation: user, assistant calling `get_weather(city="Paris")`, tool result): the first of its family's
+    end-of-turn tokens or eos after the turn starts, e.g. GPT-OSS's `<|call|>` (not `<|end|>`, which ends an inner
+    message of a turn that continues), GLM's `<|observation|>`. Sampling must stop there; empty when the template is
+    of no known family or the probe cannot be rendered ([`check_tool_turns`] reports that).
+
+    Example:
+        ```python
+        >>> tool_turn_end_ids(tokenizer)  # ChatML
+        {2}
+        ```
+    """
+    from ..chat_template_utils import _TOOL_TURNS
+
+    family = detect_family(tokenizer)
+    if family is None:
+        return set()
+    inner = getattr(tokenizer, "tokenizer", tokenizer)
+    ids = [inner.convert_tokens_to_ids(token) for token in family.end_of_turn]
+    candidates = {i for i, token in zip(ids, family.end_of_turn) if isinstance(i, int)
+                  and inner.convert_ids_to_tokens(i) == token} | ({inner.eos_token_id} - {None})
+    try:
+        token, _ = _tool_turn(tokenizer, list(_TOOL_TURNS[:2]), list(_TOOL_TURNS[2:]), candidates, template_kwargs)
+    except Exception:  # noqa: BLE001 - a template that cannot render the probe: check_tool_turns says why
+        return set()
+    return {token}
 
 
 def multi_turn_rollout(
@@ -242,31 +283,30 @@ def _rollout(generate, prompt_ids, prompts, tokenizer, toolbox, max_completion_l
             wants_tools = bool(message.get("tool_calls") or turn.errors)
             if ended and wants_tools and (max_iterations is None or rounds_of_calls < max_iterations):
                 conversation = list(prompts[i]) + row.messages
-                before, end = _assistant_turn_end(tokenizer, conversation, eos, template_kwargs[i])
-                if new[-1] != before[end]:  # not the template's end of turn: it cannot be followed by a tool turn
-                    continue
                 # Roll a tool turn that cannot fit back before running its calls. Its exact length needs the results,
                 # so this uses the turn rendered with empty results (no name, no content), assuming that longer text
                 # never renders in fewer tokens; the exact check after the calls stays.
                 errors = [_unparsed_call_message(error) for error in turn.errors]
                 empty = [{"role": "tool", "name": "", "content": ""} for _ in message.get("tool_calls", [])]
-                if len(row.ids) + len(_suffix_after(tokenizer, conversation, before, end, empty + errors,
-                                                    template_kwargs[i])) >= max_completion_length:
+                end_token, suffix = _tool_turn(tokenizer, conversation, empty + errors, eos, template_kwargs[i])
+                if new[-1] != end_token:  # not the template's end of turn: it cannot be followed by a tool turn
+                    continue
+                if len(row.ids) + len(suffix) >= max_completion_length:
                     row.truncated = True
                     continue
-                calls[i] = (message.get("tool_calls", []), errors, conversation, before, end)
+                calls[i] = (message.get("tool_calls", []), errors, conversation)
         if not calls:
             break
         rounds_of_calls += 1
         results = execute_tool_calls([c[0] for c in calls.values()], [toolboxes[i] for i in calls], timeout=timeout,
                                      max_output_chars=max_output_chars)
         active = []
-        for j, (i, (_, errors, conversation, before, end)) in enumerate(calls.items()):
+        for j, (i, (_, errors, conversation)) in enumerate(calls.items()):
             row = rows[i]
             row.calls += results.num_calls[j] + len(errors)  # a call the model wrote but we could not read failed
             row.failures += results.num_failures[j] + len(errors)
             tool_messages = results.messages[j] + errors
-            suffix = _suffix_after(tokenizer, conversation, before, end, tool_messages, template_kwargs[i])
+            _, suffix = _tool_turn(tokenizer, conversation, tool_messages, eos, template_kwargs[i])
             if len(row.ids) + len(suffix) >= max_completion_length:  # no room to answer: roll the tool turn back
                 row.truncated = True
                 continue
@@ -300,8 +340,8 @@ def _unparsed_call_message(error: str) -> dict:
 
 def check_tool_turns(tokenizer, eos_token_ids: Sequence[int], template_kwargs: dict | None = None) -> None:
     """Check, before training, that the chat template appends a tool turn after an assistant turn that called a tool
-    without rewriting what came before (the check [`tool_suffix_ids`] makes at every round, on a probe conversation:
-    user, assistant calling `get_weather(city="Paris")`, tool result).
+    without rewriting what came before (the check [`tool_suffix_ids`] makes at every round, on probe conversations:
+    user, assistant calling `get_weather(city="Paris")` without and with reasoning, tool result).
 
     Raises:
         `ValueError`: naming the tokenizer, the turn that changed and how to fix it.
@@ -309,8 +349,10 @@ def check_tool_turns(tokenizer, eos_token_ids: Sequence[int], template_kwargs: d
     from ..chat_template_utils import _TOOL_TURNS
 
     conversation, tool_messages = list(_TOOL_TURNS[:2]), list(_TOOL_TURNS[2:])
+    reasoning = conversation[:1] + [{**conversation[1], "reasoning_content": "The weather tool knows."}]
     try:
-        tool_suffix_ids(tokenizer, conversation, tool_messages, eos_token_ids, template_kwargs)
+        for probe in (conversation, reasoning):  # a calling turn with reasoning must not be rewritten either
+            tool_suffix_ids(tokenizer, probe, tool_messages, eos_token_ids, template_kwargs)
     except ValueError as error:
         name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
         raise ValueError(f"The chat template of the tokenizer {name!r} cannot be used for tool calling: {error}") \
