@@ -31,7 +31,7 @@ from torch.utils.data import Sampler
 
 from .. import checkpoints, guards
 from ..agents.environments import ENVIRONMENT_COLUMN, EnvironmentPool, append_to_prompt
-from ..agents.multi_turn import check_tool_prompts, check_tool_turns, multi_turn_rollout
+from ..agents.multi_turn import check_tool_prompts, check_tool_turns, multi_turn_rollout, tool_turn_end_ids
 from ..agents.rollouts import cut_mid_call
 from ..agents.tools import Toolbox, tool_metrics
 from ..chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
@@ -236,7 +236,7 @@ class _OnlineTrainer(_BaseTrainer):
         generation_eos = getattr(causal_lm(model).generation_config, "eos_token_id", None)
         generation_eos = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
         self.sampling = SamplingConfig(
-            eos_token_ids=tuple(sorted(end_of_turn_ids(processing_class) | set(generation_eos))),
+            eos_token_ids=tuple(sorted(end_of_turn_ids(processing_class) | set(generation_eos) | self._tool_end_ids)),
             pad_token_id=processing_class.pad_token_id, **args.sampling_overrides(),
         ).with_overrides(args.generation_kwargs)
         self._generator = torch.Generator(device=self.accelerator.device)
@@ -296,23 +296,22 @@ class _OnlineTrainer(_BaseTrainer):
         is replaced, on a shallow copy of the tokenizer, by its family's training template
         (`trl.chat_template_utils.get_training_chat_template`), with a warning; the model is saved with the original
         template."""
-        self._tool_family = None
+        self._tool_family, self._tool_end_ids = None, set()
         if not tools and environments is None:
             return None, tokenizer
         toolbox = environments.tools if environments is not None else Toolbox(tools)
         if not self._all_tool_names(toolbox, environments):  # environments without methods: nothing to call
             return toolbox, tokenizer
         self._tool_family = tool_call_family(tokenizer)
+        no_training_template = None  # why no training template could be made, when one was needed
         if not is_chat_template_prefix_preserving(tokenizer):
             original = tokenizer.chat_template
             try:
                 template = get_training_chat_template(processing_class=tokenizer)
             except ValueError as error:
-                raise ValueError(
-                    "The chat template rewrites earlier turns when a turn is added, so tool results cannot be appended "
-                    "to the generated tokens, and no training template can stand in for it. Give the tokenizer a "
-                    f"template that renders earlier turns the same way whatever follows. ({error})"
-                ) from error
+                # rollouts only append turns after the prompt: the template serves as it is if it appends the tool
+                # turns without rewriting the completion's turns (check_tool_turns, below)
+                template, no_training_template = None, error
             if template is not None:
                 tokenizer = copy.copy(tokenizer)
                 tokenizer.chat_template, self._saved_chat_template = template, original
@@ -323,7 +322,15 @@ class _OnlineTrainer(_BaseTrainer):
                     "turn as the original does when it is the latest one (earlier assistant turns keep, e.g., their "
                     "reasoning). The model is saved with the original template.", stacklevel=3,
                 )
-        check_tool_turns(tokenizer, end_of_turn_ids(tokenizer))
+        self._tool_end_ids = tool_turn_end_ids(tokenizer)  # e.g. GPT-OSS's <|call|>: sampling stops there too
+        try:
+            check_tool_turns(tokenizer, end_of_turn_ids(tokenizer) | self._tool_end_ids)
+        except ValueError as error:
+            if no_training_template is None:
+                raise
+            raise ValueError(
+                f"{error} No training template can stand in for it either ({no_training_template})"
+            ) from error
         return toolbox, tokenizer
 
     def _with_environment_rewards(self, reward_funcs) -> list:
