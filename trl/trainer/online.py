@@ -329,7 +329,9 @@ class _OnlineTrainer(_BaseTrainer):
             if no_training_template is None:
                 raise
             raise ValueError(
-                f"{error} No training template can stand in for it either ({no_training_template})"
+                "The chat template rewrites earlier turns when a turn is added, so tool results cannot be appended "
+                "to the generated tokens, and no training template can stand in for it. Give the tokenizer a "
+                f"template that renders earlier turns the same way whatever follows. ({error} {no_training_template})"
             ) from error
         return toolbox, tokenizer
 
