@@ -334,7 +334,7 @@ def get_training_chat_template(processing_class: "ProcessingClass") -> str | Non
         'yo<|im_end|>'
         ```
     """
-    from .training_templates import training_template, verify_training_template
+    from .training_templates import UNSUPPORTED, training_template, verify_training_template
 
     prefix_preserving = is_chat_template_prefix_preserving(processing_class)
     if has_generation_markers(processing_class) and prefix_preserving:
@@ -365,16 +365,17 @@ def get_training_chat_template(processing_class: "ProcessingClass") -> str | Non
             tried[name] = f"differs on the {mismatch!r} probe"
     try:
         candidate = training_template(_template_of(processing_class), family)
-        problems = verify_training_template(processing_class, candidate)
+        problems = verify_training_template(processing_class, candidate, tuple(family.end_of_turn))
     except ValueError as error:
         problems = [str(error)]
     if not problems:
         return candidate
     tried[f"generated {family.name}"] = "; ".join(problems[:3])
     found = "; ".join(f"{name!r}: {why}" for name, why in tried.items())
+    known = f" {UNSUPPORTED[family.name]}." if family.name in UNSUPPORTED else ""
     raise ValueError(
         f"get_training_chat_template recognised a {family.name!r} template but could not make a training template "
-        f"that renders byte-identically to it ({found}). {advice}"
+        f"that renders byte-identically to it.{known} ({found}). {advice}"
     )
 
 

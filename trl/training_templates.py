@@ -5,21 +5,27 @@ template writes (its system prompts, tool instructions and quirks), instead of a
 
 1. **Family edits** (`FAMILY_EDITS`): a few tested regular-expression edits of the template text, only for families
    whose template rewrites earlier turns. Each edit must match, or the template is reported as a variant we do not
-   know. Today only Qwen3 needs one: it renders `<think>` reasoning (or an empty `<think>\\n\\n</think>\\n\\n` block)
-   for the assistant turns after the last user query only, so a turn loses its reasoning once a user message follows.
-   The edit makes every assistant turn render it, as the original does when that turn is the latest one.
-2. **Turn-by-turn wrapping** (`wrap_turn_by_turn`, every family): the edited template becomes a macro, and the
-   training template renders the conversation through it one assistant turn at a time. Before each assistant turn it
-   writes what the macro adds for the generation prompt, then the assistant turn's own text inside
-   `{% generation %}` ... `{% endgeneration %}` up to and including its end-of-turn token (what the model generates at
-   inference), then what follows. A template that still rewrites earlier turns raises an error naming the message.
+   know. Qwen3, GLM-4-MoE and LFM2.5 render reasoning only for the turns after the last user message (Qwen3 also an
+   empty `<think>` block); GPT-OSS drops the analysis of earlier turns and ends them with `<|end|>` instead of the
+   `<|return|>` the model generates: the edits make every assistant turn render as the original renders the latest
+   one. Phi-3.5 (eos) and Cohere 2 (an assistant header, even without a generation prompt) write text after the last
+   message only; the edits leave it out, as a continuation of the conversation would.
+2. **Turn-by-turn wrapping** (`wrap_turn_by_turn`, every family): the edited template becomes a macro (its own
+   generation markers, LFM2.5 has some, made plain blocks), and the training template renders the conversation
+   through it one assistant turn at a time. Before each assistant turn it writes what the macro adds for the
+   generation prompt, then the assistant turn's own text inside `{% generation %}` ... `{% endgeneration %}` up to
+   and including its end-of-turn token (what the model generates at inference), then what the next rendering adds.
+   A template that still rewrites earlier turns raises an error naming the message.
 
 Consequences, checked by `verify_training_template` on the `CONVERSATIONS` probe set:
-- Where the original is prefix-preserving on a conversation, the training template renders it byte-identically.
+- Where the original is prefix-preserving on a conversation, the training template renders it byte-identically
+  (up to the closing text above).
 - Every assistant turn's text (what the model is trained to generate) is exactly what the original renders for it
   when it is the final turn, i.e. what the model generates at inference.
-- The one deliberate difference (Qwen3): earlier assistant turns keep their reasoning / empty think block.
+- The deliberate differences: earlier assistant turns keep their reasoning / analysis / empty think block (GPT-OSS:
+  and end with `<|return|>`); Phi-3.5 and Cohere 2 leave out their closing text.
 - The generation markers mark exactly the tokens the turn-by-turn prefix method of `trl.data.tokenize` marks.
+- Families in `UNSUPPORTED` (DeepSeek-R1-Distill) are refused with the reason.
 
 The cost is a few renderings of the original per assistant turn (quadratic in the number of turns), which is
 negligible next to training.
@@ -30,8 +36,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["CONVERSATIONS", "FAMILY_EDITS", "TemplateEdit", "training_template", "verify_training_template",
-           "wrap_turn_by_turn"]
+__all__ = ["CONVERSATIONS", "FAMILY_EDITS", "UNSUPPORTED", "TemplateEdit", "same_up_to_closing", "training_template",
+           "verify_training_template", "wrap_turn_by_turn"]
 
 
 @dataclass(frozen=True)
@@ -75,8 +81,59 @@ FAMILY_EDITS: dict[str, tuple[TemplateEdit, ...]] = {
             replacement="true",
         ),
     ),
+    "glm4_moe": (
+        TemplateEdit(
+            what="keeps the reasoning of assistant turns before the last user message",
+            patterns=(r"loop\.index0\s*>\s*ns\.last_user_index\s+and\s+reasoning_content",),
+            replacement="reasoning_content",
+        ),
+    ),
+    "lfm2": (
+        TemplateEdit(
+            what="keeps the thinking of assistant turns before the last user message (preserve_thinking on)",
+            patterns=(r"preserve_thinking\s*\|\s*default\(\s*false\s*\)",),
+            replacement="true",
+        ),
+    ),
+    "gpt_oss": (
+        TemplateEdit(
+            what="keeps the analysis of tool-calling turns followed by a final answer",
+            patterns=(r"not\s+future_final_message\.found",),
+            replacement="true",
+        ),
+        TemplateEdit(
+            what="renders every final answer as the last turn: its analysis, then the answer closed by <|return|>",
+            patterns=(r"loop\.last\s+and\s+not\s+add_generation_prompt",),
+            replacement="true",
+        ),
+    ),
+    "phi3": (
+        TemplateEdit(
+            what="leaves out the eos the template writes after the last message (no continuation has it)",
+            patterns=(r"\{%-?\s*else\s*-?%\}\s*\{\{-?\s*eos_token\s*-?\}\}\s*(\{%-?\s*endif\s*-?%\})",),
+            replacement=r"\1",
+        ),
+    ),
+    "cohere2": (
+        TemplateEdit(
+            what="writes the closing assistant header only for a generation prompt (no continuation has it)",
+            patterns=(r"(\{%-?\s*endfor\s*-?%\})(<\|START_OF_TURN_TOKEN\|><\|CHATBOT_TOKEN\|>)\s*$",),
+            replacement=r"\1{%- if add_generation_prompt %}\2{%- endif %}",
+        ),
+    ),
 }
 """Edits that make a family's template prefix-preserving, by family name; families not listed need none."""
+
+UNSUPPORTED: dict[str, str] = {
+    "deepseek": (
+        "DeepSeek-R1-Distill's template cannot be made into a training template by edits: its generation prompt "
+        "opens a '<think>\\n' block that its assistant turns never contain (so the generation prompt is not a prefix "
+        "of any assistant turn), it drops the reasoning of every turn including the last, it renders a second "
+        "round of tool calls without its opening tokens, and it needs tool-call arguments as JSON strings"
+    ),
+}
+"""Why a family's generated training template fails verification where it is known to, by family name: added to
+`get_training_chat_template`'s error."""
 
 _WRAPPER_HEAD = """{#- Training template generated by trl.training_templates from the original template below (kept as the
     __original macro): it renders the conversation one assistant turn at a time and wraps each assistant turn's text,
@@ -106,8 +163,7 @@ _WRAPPER_TAIL = """
             {%- endif -%}
         {%- endfor -%}
         {%- generation -%}{{- __turn[:__ns.cut] -}}{%- endgeneration -%}
-        {{- __turn[__ns.cut:] -}}
-        {%- set __ns.prev = __current -%}
+        {%- set __ns.prev = __header + __turn[:__ns.cut] -%}
     {%- endif -%}
 {%- endfor -%}
 {%- set __full = __original(messages, add_generation_prompt) -%}
@@ -149,7 +205,14 @@ def wrap_turn_by_turn(template: str, end_of_turn: tuple[str, ...]) -> str:
         ```
     """
     stops = "[" + ", ".join(_jinja_string(stop) for stop in end_of_turn) + "]"
-    return _WRAPPER_HEAD + template + _WRAPPER_TAIL.replace("__END_OF_TURN__", stops)
+    return _WRAPPER_HEAD + _without_generation_markers(template) + _WRAPPER_TAIL.replace("__END_OF_TURN__", stops)
+
+
+def _without_generation_markers(template: str) -> str:
+    """The template with its own `{% generation %}` markers (LFM2.5 has some) made plain blocks: inside the macro
+    they would mark offsets of the macro's output, not of the rendering. Whitespace control is kept."""
+    template = re.sub(r"\{%(-?)\s*generation\s*(-?)%\}", r"{%\1 if true \2%}", template)
+    return re.sub(r"\{%(-?)\s*endgeneration\s*(-?)%\}", r"{%\1 endif \2%}", template)
 
 
 def _jinja_string(text: str) -> str:
@@ -248,6 +311,16 @@ CONVERSATIONS: list[tuple[str, list[dict], dict]] = [
         _ASK, {**_TOOL_CALL, "reasoning_content": "I need the weather tool."}, _TOOL_RESULT,
         {**_ANSWER, "reasoning_content": "The tool said 22C."},
     ], {"tools": [_WEATHER_TOOL]}),
+    ("thinking field in earlier turns", [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4.", "thinking": "Add the numbers."},
+        {"role": "user", "content": "And 3 + 3?"},
+        {"role": "assistant", "content": "6.", "thinking": "Add again."},
+    ], {}),
+    ("thinking field with tool calls", [
+        _ASK, {**_TOOL_CALL, "thinking": "I need the weather tool."}, _TOOL_RESULT,
+        {**_ANSWER, "thinking": "The tool said 22C."},
+    ], {"tools": [_WEATHER_TOOL]}),
     ("thinking disabled", [
         {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
         {"role": "user", "content": "Bye?"}, {"role": "assistant", "content": "Bye."},
@@ -260,9 +333,25 @@ def _render(tokenizer, messages, template=None, **kwargs) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template, **kwargs)
 
 
-def _assistant_turns(tokenizer, messages, kwargs, template=None) -> list[str] | None:
-    """The text each assistant turn adds after the generation prompt when it is the final turn, or None where the
-    template's generation prompt is not a prefix of the turn."""
+def _cut_after_end_of_turn(text: str, end_of_turn: tuple[str, ...]) -> str:
+    """`text` up to and including the last of the `end_of_turn` strings in it (all of it if there is none): what a
+    continuation of the conversation keeps, without text some templates write after the last message only."""
+    ends = [text.rfind(stop) + len(stop) for stop in end_of_turn if stop in text]
+    return text[: max(ends)] if ends else text
+
+
+def same_up_to_closing(rendered: str, expected: str, end_of_turn: tuple[str, ...]) -> bool:
+    """Whether `rendered` is `expected`, or `expected` without text the original writes after the last turn's
+    end-of-turn only (Phi-3.5's eos, Cohere 2's assistant header without a generation prompt), which no continuation
+    of the conversation has and the training template leaves out."""
+    if rendered == expected:
+        return True
+    return expected.startswith(rendered) and _cut_after_end_of_turn(rendered, end_of_turn) == rendered.rstrip()
+
+
+def _assistant_turns(tokenizer, messages, kwargs, template=None, end_of_turn=()) -> list[str] | None:
+    """The text each assistant turn adds after the generation prompt when it is the final turn, up to its last
+    end-of-turn string, or None where the template's generation prompt is not a prefix of the turn."""
     kwargs = {k: v for k, v in kwargs.items() if k != "add_generation_prompt"}
     turns = []
     for k, message in enumerate(messages):
@@ -275,35 +364,38 @@ def _assistant_turns(tokenizer, messages, kwargs, template=None) -> list[str] | 
             return None
         if not current.startswith(header):
             return None
-        turns.append(current[len(header):])
+        turns.append(_cut_after_end_of_turn(current[len(header):], end_of_turn))
     return turns
 
 
-def _is_prefix_preserving(tokenizer, messages, kwargs) -> bool:
-    kwargs = {k: v for k, v in kwargs.items() if k != "add_generation_prompt"}
+def _is_prefix_preserving(tokenizer, messages, kwargs, end_of_turn=()) -> bool:
+    """Whether the template renders `messages` by appending at assistant turns, as the training template does: the
+    generation prompt before each assistant turn extends what came before, the turn extends its generation prompt,
+    and the next rendering (or the whole conversation) extends the turn up to its last end-of-turn string."""
+    options = {k: v for k, v in kwargs.items() if k != "add_generation_prompt"}
     previous = ""
-    for k in range(1, len(messages) + 1):
-        try:
-            current = _render(tokenizer, messages[:k], **kwargs)
-        except Exception:  # a partial conversation the template refuses (e.g. tools but no user message yet)
-            continue
-        if not current.startswith(previous):
-            return False
-        if k < len(messages) and messages[k]["role"] == "assistant":
-            header = _render(tokenizer, messages[:k], add_generation_prompt=True, **kwargs)
-            if not header.startswith(current):
+    try:
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            header = _render(tokenizer, messages[:k], add_generation_prompt=True, **options) if k else ""
+            current = _render(tokenizer, messages[: k + 1], **options)
+            if not header.startswith(previous) or not current.startswith(header):
                 return False
-        previous = current
-    return True
+            previous = header + _cut_after_end_of_turn(current[len(header):], end_of_turn)
+        return _render(tokenizer, messages, **kwargs).startswith(previous)
+    except Exception:  # a partial conversation the template refuses: the training template cannot render it
+        return False
 
 
-def verify_training_template(tokenizer, candidate: str) -> list[str]:
+def verify_training_template(tokenizer, candidate: str, end_of_turn: tuple[str, ...] = ()) -> list[str]:
     """Compare a training template with the tokenizer's own on `CONVERSATIONS`; returns the problems (empty if none).
 
     For every conversation the original renders: the candidate renders it (being prefix-preserving, or it raises);
-    it renders byte-identically where the original is prefix-preserving on that conversation; and every assistant
-    turn's text is the original's text for that turn when it is the final turn (what the model generates at
-    inference).
+    it renders byte-identically where the original is prefix-preserving on that conversation (up to text the
+    original writes after the last turn's end-of-turn only, see `same_up_to_closing`); and every assistant turn's
+    text, up to its last `end_of_turn` string, is the original's text for that turn when it is the final turn (what
+    the model generates at inference).
     """
     problems = []
     for name, messages, kwargs in CONVERSATIONS:
@@ -316,10 +408,14 @@ def verify_training_template(tokenizer, candidate: str) -> list[str]:
         except Exception as error:
             problems.append(f"{name!r}: the training template raises {error}")
             continue
-        if _is_prefix_preserving(tokenizer, messages, kwargs) and rendered != expected:
+        if _is_prefix_preserving(tokenizer, messages, kwargs, end_of_turn) and not same_up_to_closing(
+            rendered, expected, end_of_turn
+        ):
             problems.append(f"{name!r}: renders {rendered!r} where the original renders {expected!r}")
             continue
-        original_turns = _assistant_turns(tokenizer, messages, kwargs)
-        if original_turns is not None and _assistant_turns(tokenizer, messages, kwargs, candidate) != original_turns:
+        original_turns = _assistant_turns(tokenizer, messages, kwargs, end_of_turn=end_of_turn)
+        if original_turns is not None and original_turns != _assistant_turns(
+            tokenizer, messages, kwargs, candidate, end_of_turn
+        ):
             problems.append(f"{name!r}: an assistant turn differs from the original's rendering of it as the last turn")
     return problems

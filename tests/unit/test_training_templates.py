@@ -15,10 +15,20 @@ from trl.chat_template_utils import (
     get_training_chat_template,
     has_generation_markers,
     is_chat_template_prefix_preserving,
+    supports_tool_calling,
 )
 from trl.data.tokenize import assistant_mask, assistant_mask_by_prefix, end_of_turn_ids
 from trl.template_families import detect_family
-from trl.training_templates import CONVERSATIONS, TemplateEdit, training_template, wrap_turn_by_turn
+from trl.training_templates import (
+    CONVERSATIONS,
+    TemplateEdit,
+    _assistant_turns,
+    _cut_after_end_of_turn,
+    _is_prefix_preserving,
+    same_up_to_closing,
+    training_template,
+    wrap_turn_by_turn,
+)
 
 
 # (test id, tokenizer builder name in tests/template_data.py, family, whether the original is prefix-preserving).
@@ -27,9 +37,28 @@ FAMILY_TOKENIZERS = [
     ("qwen3-style", "qwen3_style_tokenizer", "qwen3", False),
     ("qwen2.5-style", "qwen2_5_style_tokenizer", "chatml", True),
     ("llama3.1-style", "llama3_style_tokenizer", "llama3", True),
+    # the vendors' real templates (tests/data/chat_templates/real/); DeepSeek-R1-Distill is refused (see below)
+    ("real-qwen2_5", "qwen2_5_tokenizer", "chatml", True),
+    ("real-qwen3", "qwen3_tokenizer", "qwen3", False),
+    ("real-llama3_2", "llama3_2_tokenizer", "llama3", True),
+    ("real-gpt_oss", "gpt_oss_tokenizer", "gpt_oss", False),
+    ("real-glm4_moe", "glm4_moe_tokenizer", "glm4_moe", False),
+    ("real-cohere2", "cohere2_tokenizer", "cohere2", False),
+    ("real-lfm2_5", "lfm2_5_tokenizer", "lfm2", False),
+    ("real-gemma2", "gemma2_tokenizer", "gemma", True),
+    ("real-gemma3", "gemma3_tokenizer", "gemma", True),
+    ("real-phi3_5", "phi3_5_tokenizer", "phi3", False),
 ]
 CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
          if hasattr(template_data, builder)]
+# Families whose original drops what earlier assistant turns generated (reasoning / analysis, GPT-OSS's <|return|>):
+# their training template renders each earlier turn as the original renders it when it is the final turn.
+KEEPS_EARLIER_TURNS = {"qwen3", "glm4_moe", "lfm2", "gpt_oss"}
+# Families whose original writes text after the last message only (Phi-3.5: eos; Cohere 2: an assistant header even
+# without a generation prompt), which the training template leaves out.
+DROPS_CLOSING_TEXT = {"phi3", "cohere2"}
+# Families whose assistant turn has no end-of-turn token of its own (GLM: the next <|user|>/<|observation|> ends it).
+NO_END_OF_TURN = {"glm4_moe"}
 
 
 def _tokenizers(builder):
@@ -37,6 +66,13 @@ def _tokenizers(builder):
     training = getattr(template_data, builder)()
     training.chat_template = get_training_chat_template(original)
     return original, training
+
+
+def _eos_ids(tokenizer):
+    """End-of-turn ids: eos, the token ending a plain assistant turn, and the family's (GPT-OSS's <|call|>)."""
+    family = detect_family(tokenizer)
+    return end_of_turn_ids(tokenizer) | {tokenizer.convert_tokens_to_ids(t) for t in family.end_of_turn
+                                         if t in tokenizer.get_vocab()}
 
 
 def _render(tokenizer, messages, **kwargs):
@@ -50,20 +86,13 @@ def _renders(tokenizer, messages, kwargs):
         return None
 
 
-def _earlier_turns_differ(messages) -> bool:
-    """Whether the Qwen3 template drops something from an earlier assistant turn of this conversation: a turn before
-    the last user query, or a turn without reasoning that is not the last."""
-    last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
-    return any(m["role"] == "assistant" and (i < last_user or (i < len(messages) - 1 and not m.get("reasoning_content")))
-               for i, m in enumerate(messages))
-
-
 @pytest.mark.parametrize("builder, family, prefix", CASES)
 def test_family_and_markers(builder, family, prefix):
     original, training = _tokenizers(builder)
     assert detect_family(original).name == family
     assert is_chat_template_prefix_preserving(original) is prefix
-    assert has_generation_markers(training.chat_template) and not has_generation_markers(original.chat_template)
+    assert has_generation_markers(training.chat_template)
+    assert has_generation_markers(original.chat_template) is (family == "lfm2")  # LFM2.5's has markers, not prefix
     assert is_chat_template_prefix_preserving(training)
     assert get_training_chat_template(training) is None  # already prefix-preserving with markers
 
@@ -76,21 +105,46 @@ def test_renders_byte_identically(builder, family, prefix, name, messages, kwarg
     if expected is None:
         pytest.skip("the original template cannot render this conversation")
     rendered = _render(training, messages, **kwargs)
-    if family == "qwen3" and _earlier_turns_differ(messages):
+    end_of_turn = tuple(detect_family(original).end_of_turn)
+    if not _is_prefix_preserving(original, messages, kwargs, end_of_turn):
         # the deliberate difference: each earlier assistant turn is rendered as the original renders it when it is
-        # the final turn, i.e. with its reasoning or an empty think block
+        # the final turn (with its reasoning, analysis, empty think block, ...)
+        assert family in KEEPS_EARLIER_TURNS, rendered
         assert rendered != expected
-        for k, message in enumerate(messages):
-            if message["role"] == "assistant":
-                as_last = _render(original, messages[: k + 1], **{**kwargs, "add_generation_prompt": False})
-                turn = as_last.rsplit("<|im_start|>assistant\n", 1)[1]
-                assert "<|im_start|>assistant\n" + turn in rendered
+        turns = _assistant_turns(original, messages, kwargs, training.chat_template, end_of_turn)
+        assistant_turns = [k for k, m in enumerate(messages) if m["role"] == "assistant" and k > 0]
+        position = 0
+        for k, turn in zip(assistant_turns, turns, strict=True):  # in order, each as the original's final turn
+            as_last = _render(original, messages[: k + 1], **{**kwargs, "add_generation_prompt": False})
+            assert as_last.endswith(turn) or _cut_after_end_of_turn(as_last, end_of_turn).endswith(turn), k
+            position = rendered.index(turn, position) + len(turn)
+        return
+    if family in DROPS_CLOSING_TEXT and not kwargs.get("add_generation_prompt"):
+        assert same_up_to_closing(rendered, expected, end_of_turn)
+        assert expected[len(rendered):] in ("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>", original.eos_token)
         return
     assert rendered == expected
 
 
-def test_qwen3_deliberate_difference_keeps_earlier_reasoning():
-    original, training = _tokenizers("qwen3_style_tokenizer")
+def test_deepseek_r1_distill_is_refused_with_the_reason():
+    tokenizer = template_data.deepseek_r1_distill_tokenizer()
+    with pytest.raises(ValueError, match=r"'deepseek'.*generation prompt opens a '<think>\\n' block"):
+        get_training_chat_template(processing_class=tokenizer)
+
+
+@pytest.mark.parametrize("builder, family, prefix", CASES)
+def test_family_edits_match_the_template(builder, family, prefix):
+    """Every edit of the family matches its (real) template: none is a silent no-op."""
+    from trl.training_templates import FAMILY_EDITS
+
+    template = getattr(template_data, builder)().chat_template
+    for edit in FAMILY_EDITS.get(family, ()):
+        template = edit.apply(template)  # raises if no pattern matches
+
+
+@pytest.mark.parametrize("builder", ["qwen3_style_tokenizer", "qwen3_tokenizer"])
+def test_qwen3_deliberate_difference_keeps_earlier_reasoning(builder):
+    original, training = _tokenizers(builder)
     messages = dict((c[0], c[1]) for c in CONVERSATIONS)["reasoning in earlier turns"]
     assert "Add the numbers." not in _render(original, messages)
     rendered = _render(training, messages)
@@ -103,9 +157,12 @@ def test_qwen3_deliberate_difference_keeps_earlier_reasoning():
 @pytest.mark.parametrize("rounds", [1, 2])
 def test_prefix_preserving_across_tool_turns(builder, family, prefix, rounds):
     original, training = _tokenizers(builder)
-    eos = sorted(end_of_turn_ids(training))
-    check_tool_turns(training, eos)
-    if not prefix:
+    if not supports_tool_calling(original):
+        pytest.skip("the template does not render tool calls")
+    eos = sorted(_eos_ids(training))
+    if family not in NO_END_OF_TURN:  # the tool loop cuts a turn at its end-of-turn token; GLM's turns have none
+        check_tool_turns(training, eos)
+    if family == "qwen3":  # its empty think block of the latest turn goes once a tool result follows
         with pytest.raises(ValueError, match="prefix-preserving"):
             check_tool_turns(original, eos)
     # rendering a multi-round tool conversation turn by turn only appends text
@@ -148,16 +205,18 @@ def test_marker_masks_equal_prefix_masks(builder, family, prefix, name, messages
     original, training = _tokenizers(builder)
     if messages[-1]["role"] != "assistant" or _renders(original, messages, kwargs) is None:
         pytest.skip("not a training conversation for this template")
-    eos = end_of_turn_ids(training)
+    eos = _eos_ids(training)
     ids, mask = assistant_mask(training, messages, eos, kwargs)  # from the generation markers
     assert (ids, mask) == _mask_by_assistant_turns(training, messages, eos, kwargs)
     consecutive_tools = any(a["role"] == b["role"] == "tool" for a, b in zip(messages, messages[1:]))
     if not consecutive_tools:  # per message, our prefix method applies (a round of tool results renders as one)
         assert (ids, mask) == assistant_mask_by_prefix(training, messages, eos, kwargs)
     if prefix:  # the original has no markers: rendered turn by turn it gives the same ids and mask
-        assert (ids, mask) == _mask_by_assistant_turns(original, messages, end_of_turn_ids(original), kwargs)
-    # every assistant span ends with an end-of-turn token
-    assert mask.count(1) > 0 and all(ids[i] in eos for i in range(len(mask) - 1) if mask[i] and not mask[i + 1])
+        assert (ids, mask) == _mask_by_assistant_turns(original, messages, _eos_ids(original), kwargs)
+    # every assistant span ends with an end-of-turn token (GLM's turns have none: the next turn's header ends them)
+    assert mask.count(1) > 0
+    if family not in NO_END_OF_TURN:
+        assert all(ids[i] in eos for i in range(len(mask) - 1) if mask[i] and not mask[i + 1])
 
 
 def test_qwen3_masks_train_reasoning_and_tool_calls():
@@ -213,13 +272,14 @@ def _qwen3_reasoning_rows(n=8):
     return rows
 
 
-def test_sft_assistant_only_loss_on_qwen3_style_reasoning(tmp_path):
+@pytest.mark.parametrize("builder", ["qwen3_style_tokenizer", "qwen3_tokenizer"])
+def test_sft_assistant_only_loss_on_qwen3_reasoning(tmp_path, builder):
     from trl import SFTConfig, SFTTrainer
     from trl.models.tiny import tiny_model
 
     from ..trainers.sft_one_step import SMALL
 
-    tokenizer = template_data.qwen3_style_tokenizer()
+    tokenizer = getattr(template_data, builder)()
     original_template = tokenizer.chat_template
     rows = _qwen3_reasoning_rows()
     model = tiny_model(seed=0, **SMALL)
@@ -236,7 +296,7 @@ def test_sft_assistant_only_loss_on_qwen3_style_reasoning(tmp_path):
     assert tokenizer.chat_template == original_template  # the user's tokenizer is not changed
 
     # the dataset's mask is the mask our turn-by-turn rendering computes with the training template
-    training = template_data.qwen3_style_tokenizer()
+    training = getattr(template_data, builder)()
     training.chat_template = get_training_chat_template(tokenizer)
     eos = end_of_turn_ids(training)
     for row, prepared in zip(rows, trainer.train_dataset):
