@@ -341,7 +341,7 @@ def _unparsed_call_message(error: str) -> dict:
 def check_tool_turns(tokenizer, eos_token_ids: Sequence[int], template_kwargs: dict | None = None) -> None:
     """Check, before training, that the chat template appends a tool turn after an assistant turn that called a tool
     without rewriting what came before (the check [`tool_suffix_ids`] makes at every round, on probe conversations:
-    user, assistant calling `get_weather(city="Paris")` without and with reasoning, tool result).
+    user, assistant calling `get_weather(city="Paris")` alone, with reasoning and with text, tool result).
 
     Raises:
         `ValueError`: naming the tokenizer, the turn that changed and how to fix it.
@@ -350,8 +350,9 @@ def check_tool_turns(tokenizer, eos_token_ids: Sequence[int], template_kwargs: d
 
     conversation, tool_messages = list(_TOOL_TURNS[:2]), list(_TOOL_TURNS[2:])
     reasoning = conversation[:1] + [{**conversation[1], "reasoning_content": "The weather tool knows."}]
+    text = conversation[:1] + [{**conversation[1], "content": "Let me look it up."}]
     try:
-        for probe in (conversation, reasoning):  # a calling turn with reasoning must not be rewritten either
+        for probe in (conversation, reasoning, text):  # nor a calling turn with reasoning, or with text
             tool_suffix_ids(tokenizer, probe, tool_messages, eos_token_ids, template_kwargs)
     except ValueError as error:
         name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
