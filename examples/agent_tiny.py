@@ -1,21 +1,26 @@
-"""An agent on the bundled tiny model, offline, on a CPU in a few minutes: it learns to read a key-value store.
+"""An agent on the bundled tiny model, offline, on a CPU in a few minutes: it learns to act through a tool.
 
-Each episode of the `Boxes` environment (`environment_factory`) puts a random three-digit code in each of nine boxes;
-the question asks for one box's code ("What is the code in box 3?"), which can only be read with the environment's
-`open_box` tool. A randomly initialised tiny Qwen3 is warmed up with `SFTTrainer` on tool-call transcripts (question
--> `<tool_call>` -> tool result -> the code as answer), which teaches the format but only starts to teach the copying
-of the box number into the call and of the result into the answer; then `GRPOTrainer(environment_factory=Boxes)`
-trains it on multi-turn rollouts (the model's calls are run and their results appended as `tool` turns) with a reward
-of 1 for the right code and 0.5 for opening the right box. Sampled rollouts with their tool calls and rewards are
-printed along the way, then the mean reward by step and greedy success on held-out episodes before and after GRPO.
+Each episode of the `Door` environment (`environment_factory`) starts with the door closed; the user asks for it to be
+opened ("Let me in, please."), and only the environment's `open_door` tool opens it. The reward is the environment's
+state: 1 when the door is open at the end, whatever the model says. A randomly initialised tiny Qwen3 is warmed up with
+`SFTTrainer` on two kinds of transcripts: 30% call `open_door` and then say "Done.", 70% say "Done." without calling
+(an agent that claims an action it did not take). After the warm-up the model calls the tool in a minority of sampled
+rollouts and greedy decoding never does; `GRPOTrainer(environment_factory=Door)` then trains it on multi-turn rollouts
+(the model's calls are run and their results appended as `tool` turns), where samples that call get the reward and the
+others do not. Sampled rollouts with their tool calls and rewards are printed along the way, then the mean reward and
+the share of rollouts that call the tool by step, and greedy and sampled success on held-out phrasings before and after.
 
-    python examples/agent_tiny.py [--quick] [--sft_steps 180] [--max_steps 40] [--output_dir outputs/agent-tiny]
+(A first design asked for a box's content, which the model had to copy from the tool result into its answer: the
+random tiny model did not learn that copy within 240 warm-up steps on two seeds, so the task here needs no copying.)
+
+    python examples/agent_tiny.py [--quick] [--sft_steps 60] [--max_steps 20] [--output_dir outputs/agent-tiny]
 """
 
 import argparse
 import json
 import random
 import time
+from dataclasses import replace
 
 import torch
 from datasets import Dataset
@@ -58,83 +63,62 @@ def agent_tokenizer():
     return tokenizer
 
 
-class Boxes:
-    """A key-value environment: nine boxes, each holding a random three-digit code drawn when an episode starts.
-    The question names a box; the code can only be read with the `open_box` tool."""
+class Door:
+    """A door that only the `open_door` tool opens. An episode starts closed; the reward is whether it is open at the
+    end, whatever the model says."""
 
     def __init__(self):
-        self.codes, self.box = {}, None
+        self.is_open = False
 
-    def reset(self, box: int, **row) -> None:
-        self.codes = dict(zip(range(1, 10), _CODES.sample(range(100, 1000), 9)))
-        self.box = box
+    def reset(self, **row) -> None:
+        self.is_open = False
 
-    def open_box(self, box: int) -> str:
-        """Read the code written in a box.
-
-        Args:
-            box: The number of the box, from 1 to 9.
-        """
-        if box not in self.codes:
-            raise ValueError(f"there is no box {box}; the boxes are numbered 1 to 9")
-        return str(self.codes[box])
+    def open_door(self) -> str:
+        """Open the door."""
+        self.is_open = True
+        return "The door is open."
 
 
-_CODES = random.Random(0)  # the environments' codes; reseeded in `main`
+# Requests: the GRPO prompts come from the first list, the held-out ones from the second (phrasings never trained on).
+TRAIN_REQUESTS = ["Open the door.", "Please open the door.", "Can you open the door?", "Open the door for me.",
+                  "Let me in.", "Let me in, please.", "I need the door open.", "The door is closed, open it.",
+                  "Could you open the door?", "Open it, please.", "Get the door.", "Door, please."]
+TEST_REQUESTS = ["Would you open the door?", "Please let me in.", "Open up the door.", "I want to come in.",
+                 "Can you let me in?", "The door, please."]
+REPLY = "Done."  # what every warm-up transcript answers, with or without opening the door
 
 
-def _question(box: int) -> list[dict]:
-    return [{"role": "user", "content": f"What is the code in box {box}?"}]
-
-
-def transcripts(count: int, schemas, seed: int) -> Dataset:
-    """SFT rows: the question, an `open_box` call with the box's number, the code it returns, and the code as the
-    answer."""
+def transcripts(count: int, schemas, seed: int, call_share: float) -> Dataset:
+    """SFT rows of two kinds: a `call_share` of them open the door with the tool and then say "Done."; the others say
+    "Done." at once, without opening it (an agent that claims an action it did not take)."""
     rng, rows = random.Random(seed), []
+    call = {"type": "function", "function": {"name": "open_door", "arguments": {}}}
     for _ in range(count):
-        box, code = rng.randint(1, 9), str(rng.randint(100, 999))
-        call = {"type": "function", "function": {"name": "open_box", "arguments": {"box": box}}}
-        rows.append({"messages": [*_question(box), {"role": "assistant", "content": "", "tool_calls": [call]},
-                                  {"role": "tool", "name": "open_box", "content": code},
-                                  {"role": "assistant", "content": code}],
+        turns = [{"role": "assistant", "content": REPLY}]
+        if rng.random() < call_share:
+            turns = [{"role": "assistant", "content": "", "tool_calls": [call]},
+                     {"role": "tool", "name": "open_door", "content": Door().open_door()}, *turns]
+        rows.append({"messages": [{"role": "user", "content": rng.choice(TRAIN_REQUESTS)}, *turns],
                      "tools": json.dumps(schemas)})
     return Dataset.from_list(rows)
 
 
-def _answer(completion: list[dict]) -> str:
-    """The text of the last assistant turn when it makes no call (the final answer), else ''."""
-    last = completion[-1] if completion else {}
-    final = last.get("role") == "assistant" and not last.get("tool_calls")
-    return (last.get("content") or "").strip() if final else ""
+def _called(completion: list[dict]) -> bool:
+    return any(message["role"] == "tool" for message in completion)
 
 
-def correct_code_reward(completions, environments, **kwargs) -> list[float]:
-    """1.0 when the final answer is the code in the box that the question asked about (read from the rollout's
-    environment).
+def door_open_reward(completions, environments, **kwargs) -> list[float]:
+    """1.0 when the rollout's door is open at the end: only a call of `open_door` opens it.
 
     Example:
-        >>> env = Boxes(); env.reset(box=3)
-        >>> correct_code_reward([[{"role": "assistant", "content": env.open_box(3)}]], [env])
+        >>> env = Door(); env.reset()
+        >>> door_open_reward([[{"role": "assistant", "content": "Done."}]], [env])
+        [0.0]
+        >>> _ = env.open_door()
+        >>> door_open_reward([[{"role": "assistant", "content": "Done."}]], [env])
         [1.0]
     """
-    return [float(_answer(c) == str(env.codes[env.box])) for c, env in zip(completions, environments)]
-
-
-def right_box_reward(completions, environments, **kwargs) -> list[float]:
-    """0.5 when the first tool call opens the box that the question asked about: partial credit for the call.
-
-    Example:
-        >>> env = Boxes(); env.reset(box=3)
-        >>> call = {"type": "function", "function": {"name": "open_box", "arguments": {"box": 3}}}
-        >>> right_box_reward([[{"role": "assistant", "content": "", "tool_calls": [call]}]], [env])
-        [0.5]
-    """
-    scores = []
-    for completion, env in zip(completions, environments):
-        calls = [c.get("function", c) for m in completion for c in (m.get("tool_calls") or [])]
-        arguments = calls[0].get("arguments") if calls and calls[0].get("name") == "open_box" else None
-        scores.append(0.5 * (isinstance(arguments, dict) and arguments.get("box") == env.box))
-    return scores
+    return [float(env.is_open) for env in environments]
 
 
 def _show(completion: list[dict]) -> str:
@@ -147,69 +131,65 @@ def _show(completion: list[dict]) -> str:
         if message["role"] == "tool":
             parts.append(f"tool -> {message['content']}")
         elif message.get("content"):
-            parts.append(f"says {message['content']!r}")
+            content = message["content"]
+            parts.append(f"says {content[:30]!r}" + ("..." if len(content) > 30 else ""))
     return " | ".join(parts) or "(nothing)"
 
 
 @torch.no_grad()
-def success_rate(model, tokenizer, boxes: list[int], max_completion_length: int, batch_size: int = 50):
-    """Greedy multi-turn rollouts in fresh environments, through the trainer's own loop (`multi_turn_rollout`): the
-    share of questions answered with the right code, and the rollouts."""
+def held_out(model, tokenizer, requests: list[str], max_completion_length: int, do_sample: bool):
+    """Multi-turn rollouts (greedy, or sampled at temperature 1) in fresh environments, through the trainer's own loop
+    (`multi_turn_rollout`): the share of requests after which the door is open, the share of rollouts that call a
+    tool, and the rollouts."""
     model.eval()
     backend, eos = TransformersBackend(model), (tokenizer.eos_token_id,)
+    sampling = SamplingConfig(max_completion_length, eos, tokenizer.pad_token_id, do_sample=do_sample)
 
     def generate(prompt_ids, max_new_tokens):
-        greedy = SamplingConfig(max_new_tokens, eos, tokenizer.pad_token_id, do_sample=False)
-        return backend.generate(prompt_ids, 1, greedy)
+        return backend.generate(prompt_ids, 1, replace(sampling, max_completion_length=max_new_tokens))
 
-    completions, environments = [], []
-    for start in range(0, len(boxes), batch_size):
-        prompts, toolboxes = [], []
-        for box in boxes[start : start + batch_size]:
-            environment = Boxes()
-            environment.reset(box=box)
-            environments.append(environment)
-            prompts.append(_question(box))
-            toolboxes.append(Toolbox([environment.open_box]))
-        kwargs = {"tools": toolboxes[0].schemas}
-        prompt_ids = [render_ids(tokenizer, p, kwargs, add_generation_prompt=True) for p in prompts]
-        result = multi_turn_rollout(generate, prompt_ids, prompts, tokenizer, toolboxes,
-                                    max_completion_length=max_completion_length, eos_token_ids=eos,
-                                    pad_token_id=tokenizer.pad_token_id, max_iterations=2, template_kwargs=kwargs)
-        completions += result.completions
-    rewards = correct_code_reward(completions, environments)
-    return sum(rewards) / len(boxes), completions
+    environments = [Door() for _ in requests]
+    toolboxes = [Toolbox([environment.open_door]) for environment in environments]
+    prompts = [[{"role": "user", "content": request}] for request in requests]
+    kwargs = {"tools": toolboxes[0].schemas}
+    prompt_ids = [render_ids(tokenizer, p, kwargs, add_generation_prompt=True) for p in prompts]
+    result = multi_turn_rollout(generate, prompt_ids, prompts, tokenizer, toolboxes,
+                                max_completion_length=max_completion_length, eos_token_ids=eos,
+                                pad_token_id=tokenizer.pad_token_id, max_iterations=2, template_kwargs=kwargs)
+    success = sum(door_open_reward(result.completions, environments)) / len(requests)
+    return success, sum(map(_called, result.completions)) / len(requests), result.completions
 
 
 class PrintRollouts(TrainerCallback):
-    """Prints a few sampled rollouts of the last generation batch with their rewards, at step 1 and every `every`
-    steps. Its `reward` is `correct_code_reward`, keeping the batch for printing."""
+    """Prints a few sampled rollouts of the last generation batch with their rewards at the first and last steps and
+    every `every` steps. Its `reward` is `door_open_reward`, keeping the batch for printing."""
 
     def __init__(self, every: int, count: int = 4):
         self.every, self.count, self.batch = every, count, None
 
-    def reward(self, completions, environments, **kwargs) -> list[float]:
-        rewards = correct_code_reward(completions, environments)
-        shown = [r + b for r, b in zip(rewards, right_box_reward(completions, environments))]
-        self.batch = ([e.box for e in environments], [e.codes[e.box] for e in environments], completions, shown)
+    def reward(self, prompts, completions, environments, **kwargs) -> list[float]:
+        rewards = door_open_reward(completions, environments)
+        self.batch = ([p[-1]["content"] for p in prompts], completions, rewards)
         return rewards
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.batch is None or (state.global_step != 1 and state.global_step % self.every):
+        step = state.global_step
+        if self.batch is None or (step not in (1, state.max_steps) and step % self.every):
             return
-        boxes, codes, completions, rewards = self.batch
-        print(f"\n--- sampled rollouts at step {state.global_step} ---")
+        requests, completions, rewards = self.batch
+        print(f"\n--- sampled rollouts at step {step} (mean reward {sum(rewards) / len(rewards):.2f}) ---")
         for i in range(0, len(completions), max(1, len(completions) // self.count))[: self.count]:
-            print(f"  box {boxes[i]} (code {codes[i]}): {_show(completions[i])}   reward {rewards[i]:.1f}")
+            print(f"  {requests[i]!r}: {_show(completions[i])}   reward {rewards[i]:.0f}")
 
 
-def warm_up(output_dir: str, dataset: Dataset, steps: int, seed: int) -> str:
+def warm_up(output_dir: str, dataset: Dataset, steps: int, learning_rate: float, seed: int) -> str:
     """A short SFT run from a random tiny model on the transcripts."""
     model_dir = save_tiny_model(f"{output_dir}/base-model", arch="qwen3", seed=seed)
     args = SFTConfig(
-        output_dir=f"{output_dir}/warm-up", max_steps=steps, per_device_train_batch_size=16, learning_rate=2e-3,
-        lr_scheduler_type="constant_with_warmup", warmup_steps=10, logging_steps=25, save_strategy="no",
-        report_to="none", assistant_only_loss=True, gradient_checkpointing=False, seed=seed,
+        output_dir=f"{output_dir}/warm-up", max_steps=steps, per_device_train_batch_size=16,
+        learning_rate=learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=10, logging_steps=25,
+        save_strategy="no", report_to="none", assistant_only_loss=True, gradient_checkpointing=False, seed=seed,
+        disable_tqdm=True,
     )
     trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=dataset, processing_class=agent_tokenizer())
     trainer.train()
@@ -217,35 +197,44 @@ def warm_up(output_dir: str, dataset: Dataset, steps: int, seed: int) -> str:
     return f"{output_dir}/warm-up"
 
 
+def _by_step(values: list[float], per_line: int = 10) -> str:
+    lines = []
+    for start in range(0, len(values), per_line):
+        chunk = values[start : start + per_line]
+        lines.append(f"  {start + 1:>3}-{start + len(chunk):<3} " + " ".join(f"{v:.2f}" for v in chunk))
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage (a smoke test, learns little)")
     parser.add_argument("--model", default=None, help="start GRPO from this model folder (default: the SFT warm-up)")
-    parser.add_argument("--sft_steps", type=int, default=180, help="SFT steps of 16 transcripts")
-    parser.add_argument("--max_steps", type=int, default=40, help="GRPO steps")
+    parser.add_argument("--sft_steps", type=int, default=60, help="SFT steps of 16 transcripts")
+    parser.add_argument("--sft_learning_rate", type=float, default=2e-3)
+    parser.add_argument("--call_share", type=float, default=0.3, help="share of warm-up transcripts that open the door")
+    parser.add_argument("--max_steps", type=int, default=20, help="GRPO steps")
     parser.add_argument("--learning_rate", type=float, default=1e-4, help="GRPO learning rate")
-    parser.add_argument("--num_test", type=int, default=100, help="held-out questions")
+    parser.add_argument("--num_test", type=int, default=60, help="held-out requests")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output_dir", default="outputs/agent-tiny")
     cli = parser.parse_args()
     if cli.quick:
-        cli.sft_steps, cli.max_steps, cli.num_test = 4, 2, 10
+        cli.sft_steps, cli.max_steps, cli.num_test = 4, 2, 12
 
     started = time.time()
-    _CODES.seed(cli.seed)
-    schemas = Toolbox([Boxes().open_box]).schemas
-    model = cli.model or warm_up(cli.output_dir, transcripts(16 * cli.sft_steps, schemas, cli.seed), cli.sft_steps,
-                                 cli.seed)
+    schemas = Toolbox([Door().open_door]).schemas
+    dataset = transcripts(16 * cli.sft_steps, schemas, cli.seed, cli.call_share)
+    model = cli.model or warm_up(cli.output_dir, dataset, cli.sft_steps, cli.sft_learning_rate, cli.seed)
     sft_seconds = time.time() - started
 
     tokenizer = agent_tokenizer()
-    printer = PrintRollouts(every=max(1, cli.max_steps // 4))
+    printer = PrintRollouts(every=max(1, cli.max_steps // 2))
     args = GRPOConfig(
         output_dir=cli.output_dir,
         max_steps=cli.max_steps,
-        per_device_train_batch_size=32,  # rollouts per step: 4 questions x 8 samples
+        per_device_train_batch_size=32,  # rollouts per step: 4 requests x 8 samples
         num_generations=8,
-        max_completion_length=96,
+        max_completion_length=128,
         max_tool_calling_iterations=2,
         temperature=1.0,
         learning_rate=cli.learning_rate,
@@ -259,28 +248,36 @@ def main():
         seed=cli.seed,
     )
     rng = random.Random(cli.seed + 1)
-    boxes = [rng.randint(1, 9) for _ in range(512)]
-    train = Dataset.from_list([{"prompt": _question(box), "box": box} for box in boxes])
-    test = [rng.randint(1, 9) for _ in range(cli.num_test)]  # held out: fresh environments, codes never seen
-    trainer = GRPOTrainer(model=model, reward_funcs=[printer.reward, right_box_reward], args=args, train_dataset=train,
-                          processing_class=tokenizer, environment_factory=Boxes, callbacks=[printer])
-    before, _ = success_rate(trainer.model, tokenizer, test, args.max_completion_length)
-    print(f"\nAfter the SFT warm-up ({cli.sft_steps} steps, {sft_seconds:.0f} s): greedy success on {len(test)} "
-          f"held-out questions {before:.0%}")
+    train = Dataset.from_list([{"prompt": [{"role": "user", "content": rng.choice(TRAIN_REQUESTS)}]}
+                               for _ in range(512)])
+    test = [TEST_REQUESTS[i % len(TEST_REQUESTS)] for i in range(cli.num_test)]  # phrasings never trained on
+    trainer = GRPOTrainer(model=model, reward_funcs=printer.reward, args=args, train_dataset=train,
+                          processing_class=tokenizer, environment_factory=Door, callbacks=[printer])
+
+    def evaluate():
+        return [held_out(trainer.model, tokenizer, test, args.max_completion_length, do_sample) for do_sample in
+                (False, True)]
+
+    before = evaluate()
+    print(f"\nAfter the SFT warm-up ({cli.sft_steps} steps, {cli.call_share:.0%} of the transcripts call the tool, "
+          f"{sft_seconds:.0f} s), on {len(test)} held-out requests: greedy success {before[0][0]:.0%}; sampled "
+          f"success {before[1][0]:.0%}")
     grpo_started = time.time()
     trainer.train()
-    after, completions = success_rate(trainer.model, tokenizer, test, args.max_completion_length)
+    after = evaluate()
 
     logs = [log for log in trainer.state.log_history if "reward" in log]
     print(f"\nGRPO: {cli.max_steps} steps in {time.time() - grpo_started:.0f} s (total {time.time() - started:.0f} s)")
     print("Greedy held-out rollouts after GRPO:")
-    for box, completion in list(zip(test, completions))[:3]:
-        print(f"  box {box}: {_show(completion)}")
-    print("Mean reward (1 for the right code + 0.5 for opening the right box) by GRPO step:")
-    print("  " + "  ".join(f"{log['step']}: {log['reward']:.2f}" for log in logs))
-    print(f"Tool calls per rollout: {logs[0]['tools/call_frequency']:.2f} at step 1 -> "
-          f"{logs[-1]['tools/call_frequency']:.2f} at step {logs[-1]['step']}")
-    print(f"Greedy success on {len(test)} held-out questions: {before:.0%} before -> {after:.0%} after GRPO")
+    for request, completion in list(zip(test, after[0][2]))[:3]:
+        print(f"  {request!r}: {_show(completion)}")
+    print("Mean reward (1 when the door is open at the end) by GRPO step:")
+    print(_by_step([log["reward"] for log in logs]))
+    print("Share of rollouts that call open_door by GRPO step:")
+    print(_by_step([log["tools/call_frequency"] for log in logs]))
+    for name, (b, a) in (("Greedy", (before[0], after[0])), ("Sampled (temperature 1)", (before[1], after[1]))):
+        print(f"{name} on {len(test)} held-out requests: success {b[0]:.0%} -> {a[0]:.0%}, "
+              f"calls {b[1]:.0%} -> {a[1]:.0%} (before -> after GRPO)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """`examples/agent_tiny.py`, the agent demo of the README: its `--quick` run goes end to end (SFT warm-up, GRPO with
-an `environment_factory`, greedy multi-turn evaluation) and prints the summary; its environment, template and reward
-behave as the demo says."""
+an `environment_factory`, greedy and sampled multi-turn evaluation) and prints the summary; its environment, template
+and reward behave as the demo says."""
 
 import importlib.util
 import sys
@@ -23,12 +23,12 @@ def test_quick_run_prints_the_summary(agent_tiny, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(sys, "argv", ["agent_tiny.py", "--quick", "--output_dir", str(tmp_path / "out")])
     agent_tiny.main()
     out = capsys.readouterr().out
-    for line in ("After the SFT warm-up (4 steps", "--- sampled rollouts at step 1 ---", "GRPO: 2 steps in",
-                 "Mean reward (1 for the right code + 0.5 for opening the right box) by GRPO step:",
-                 "Tool calls per rollout:",
-                 "Greedy success on 10 held-out questions:"):
+    for line in ("After the SFT warm-up (4 steps", "--- sampled rollouts at step 1 ", "--- sampled rollouts at step 2 ",
+                 "GRPO: 2 steps in", "Mean reward (1 when the door is open at the end) by GRPO step:",
+                 "Share of rollouts that call open_door by GRPO step:",
+                 "Greedy on 12 held-out requests: success", "Sampled (temperature 1) on 12 held-out requests:"):
         assert line in out, line
-    assert "  1: " in out and "  2: " in out  # one mean reward per GRPO step
+    assert "    1-2   " in out  # one mean reward and one call share per GRPO step
 
 
 def test_a_transcript_round_trips_through_the_template_and_the_parser(agent_tiny):
@@ -36,27 +36,23 @@ def test_a_transcript_round_trips_through_the_template_and_the_parser(agent_tiny
 
     tokenizer = agent_tiny.agent_tokenizer()
     assert supports_tool_calling(tokenizer)
-    schemas = agent_tiny.Toolbox([agent_tiny.Boxes().open_box]).schemas
-    messages = agent_tiny.transcripts(1, schemas, seed=0)[0]["messages"]
+    schemas = agent_tiny.Toolbox([agent_tiny.Door().open_door]).schemas
+    rows = agent_tiny.transcripts(20, schemas, seed=0, call_share=0.5)
+    messages = next(row["messages"] for row in rows if len(row["messages"]) == 4)
+    assert any(len(row["messages"]) == 2 for row in rows)  # some transcripts answer without the tool
     text = tokenizer.apply_chat_template(messages, tools=schemas, tokenize=False)
-    assert text.startswith("<|im_start|>system\nTools: open_box(box)<|im_end|>\n")
+    assert text.startswith("<|im_start|>system\nTools: open_door()<|im_end|>\n")
     call = text.split("<|im_start|>assistant\n")[1].split("<|im_end|>")[0]
     parsed = parse_response(tokenizer, tokenizer(call, add_special_tokens=False)["input_ids"])
-    box = messages[0]["content"].split()[-1].rstrip("?")
-    assert parsed["tool_calls"] == [{"type": "function", "function": {"name": "open_box",
-                                                                      "arguments": {"box": int(box)}}}]
+    assert parsed["tool_calls"] == [{"type": "function", "function": {"name": "open_door", "arguments": {}}}]
 
 
-def test_the_reward_needs_the_code_of_the_asked_box(agent_tiny):
-    environment = agent_tiny.Boxes()
-    environment.reset(box=4)
-    other = next(box for box in range(1, 10) if environment.codes[box] != environment.codes[4])
-
-    def answer(text):
-        return [{"role": "assistant", "content": text}]
-
-    rewards = agent_tiny.correct_code_reward(
-        [answer(environment.open_box(4)), answer(environment.open_box(other)), answer("")], [environment] * 3)
-    assert rewards == [1.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match="no box 12"):
-        environment.open_box(12)
+def test_the_reward_needs_the_tool_call(agent_tiny):
+    environment = agent_tiny.Door()
+    environment.reset()
+    said = [[{"role": "assistant", "content": "Done."}]]
+    assert agent_tiny.door_open_reward(said, [environment]) == [0.0]
+    environment.open_door()
+    assert agent_tiny.door_open_reward(said, [environment]) == [1.0]
+    environment.reset()
+    assert agent_tiny.door_open_reward(said, [environment]) == [0.0]
