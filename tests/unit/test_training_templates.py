@@ -17,7 +17,7 @@ from trl.chat_template_utils import (
     is_chat_template_prefix_preserving,
     supports_tool_calling,
 )
-from trl.data.tokenize import assistant_mask, assistant_mask_by_prefix, end_of_turn_ids
+from trl.data.tokenize import assistant_mask, assistant_mask_by_prefix, end_of_turn_ids, render_ids
 from trl.template_families import detect_family
 from trl.training_templates import (
     CONVERSATIONS,
@@ -182,9 +182,17 @@ def test_prefix_preserving_across_tool_turns(builder, family, prefix, rounds):
         previous = current
 
 
-def _mask_by_assistant_turns(tokenizer, messages, eos, kwargs):
+def _closing_ids(tokenizer, family):
+    """GLM: the next turn's header tokens, which end an assistant turn that has no end-of-turn token of its own."""
+    if family not in NO_END_OF_TURN:
+        return set()
+    return {tokenizer.convert_tokens_to_ids(t) for t in ("<|user|>", "<|observation|>")}
+
+
+def _mask_by_assistant_turns(tokenizer, messages, eos, kwargs, closing=frozenset()):
     """Ids and assistant mask from token renderings at each assistant turn: the tokens an assistant turn adds after
-    the generation prompt, up to its last end-of-turn token, are marked; every rendering must extend the previous."""
+    the generation prompt, up to its last end-of-turn token, are marked; every rendering must extend the previous.
+    A turn without an end-of-turn token also gets the `closing` token that directly follows it marked (GLM)."""
     def ids(msgs, **options):
         return list(tokenizer.apply_chat_template(msgs, tokenize=True, return_dict=True, **kwargs, **options)["input_ids"])
 
@@ -195,6 +203,9 @@ def _mask_by_assistant_turns(tokenizer, messages, eos, kwargs):
             header, current = ids(messages[:k], add_generation_prompt=True), ids(messages[: k + 1])
             assert current[: len(header)] == header and full[: len(current)] == current
             end = max((i + 1 for i in range(len(header), len(current)) if current[i] in eos), default=len(current))
+            if end == len(current) and not any(t in eos for t in current[len(header):]) and (
+                    len(full) > end and full[end] in closing):
+                end += 1
             mask[len(header):end] = [1] * (end - len(header))
     return full, mask
 
@@ -206,17 +217,69 @@ def test_marker_masks_equal_prefix_masks(builder, family, prefix, name, messages
     if messages[-1]["role"] != "assistant" or _renders(original, messages, kwargs) is None:
         pytest.skip("not a training conversation for this template")
     eos = _eos_ids(training)
+    closing = _closing_ids(training, family)
     ids, mask = assistant_mask(training, messages, eos, kwargs)  # from the generation markers
-    assert (ids, mask) == _mask_by_assistant_turns(training, messages, eos, kwargs)
+    assert (ids, mask) == _mask_by_assistant_turns(training, messages, eos, kwargs, closing)
     consecutive_tools = any(a["role"] == b["role"] == "tool" for a, b in zip(messages, messages[1:]))
     if not consecutive_tools:  # per message, our prefix method applies (a round of tool results renders as one)
         assert (ids, mask) == assistant_mask_by_prefix(training, messages, eos, kwargs)
     if prefix:  # the original has no markers: rendered turn by turn it gives the same ids and mask
         assert (ids, mask) == _mask_by_assistant_turns(original, messages, _eos_ids(original), kwargs)
-    # every assistant span ends with an end-of-turn token (GLM's turns have none: the next turn's header ends them)
+    # every assistant span ends with an end-of-turn token; GLM's turns have none: the next turn's header that ends
+    # them (<|user|>, <|observation|>) is trained with them, and the final turn, which nothing follows, is closed by
+    # tokenize_sft_example (test_glm_turns_are_closed_by_the_next_header)
     assert mask.count(1) > 0
-    if family not in NO_END_OF_TURN:
-        assert all(ids[i] in eos for i in range(len(mask) - 1) if mask[i] and not mask[i + 1])
+    ends = [i for i in range(len(mask) - 1) if mask[i] and not mask[i + 1]]
+    assert all(ids[i] in eos for i in ends)
+    if closing:
+        assert all(ids[i] in closing for i in ends)
+
+
+def test_glm_turns_are_closed_by_the_next_header():
+    """GLM-4-MoE's assistant turns have no end-of-turn token: the next <|user|> / <|observation|> ends them (GLM's
+    generation config lists both as eos). They are end-of-turn ids (generation stops there), they are trained with
+    the turn they close, and a conversation that ends with an assistant turn gets the one the model would generate
+    appended, so that a trained GLM learns to end its answers."""
+    from trl.data.tokenize import closing_tokens, tokenize_sft_example
+
+    original, training = _tokenizers("glm4_moe_tokenizer")
+    user, observation = (training.convert_tokens_to_ids(t) for t in ("<|user|>", "<|observation|>"))
+    for tokenizer in (original, training):
+        assert closing_tokens(tokenizer) == {"user": user, "tool": observation}
+        assert {user, observation} <= end_of_turn_ids(tokenizer)
+    messages = dict((c[0], c[1]) for c in CONVERSATIONS)["tool call and result"]
+    tools = [dict((c[0], c[2]) for c in CONVERSATIONS)["tool call and result"]["tools"][0]]
+    for tokenizer in (original, training):  # the prefix method and the generation markers agree
+        eos = end_of_turn_ids(tokenizer)
+        row = {"messages": messages, "tools": tools}
+        out = tokenize_sft_example(row, tokenizer, kind="language_modeling", conversational=True,
+                                   assistant_only_loss=True, eos_token_id=tokenizer.eos_token_id, eos_ids=eos)
+        ids, mask = out["input_ids"], out["assistant_masks"]
+        assert ids[:-1] == render_ids(tokenizer, messages, {"tools": tools})
+        assert ids[-1] == user and mask[-1] == 1  # appended: the final answer is followed by the next user turn
+        trained = tokenizer.decode([t for t, m in zip(ids, mask) if m])
+        assert trained == (
+            "\n<think></think>\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+            "</tool_call><|observation|>\n<think></think>\nIt is 22C in Paris.<|user|>"
+        )
+    # a final tool-calling turn is closed by <|observation|>, as the model ends it before the tool results
+    out = tokenize_sft_example(
+        {"prompt": messages[:1], "completion": messages[1:2], "tools": tools}, training, kind="prompt_completion",
+        conversational=True, eos_token_id=training.eos_token_id, eos_ids=end_of_turn_ids(training))
+    assert out["input_ids"][-1] == observation and out["completion_mask"][-1] == 1
+
+
+@pytest.mark.parametrize("name", [n for n in template_data.REAL_TOKENIZERS if n != "glm4_moe"])
+def test_closing_tokens_only_for_templates_without_end_of_turn(name):
+    """Every other template ends its assistant turns with a token of its own: nothing is added or appended."""
+    from trl.data.tokenize import closing_tokens, tokenize_sft_example
+
+    tokenizer = template_data.REAL_TOKENIZERS[name]()
+    assert closing_tokens(tokenizer) == {}
+    messages = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}]
+    out = tokenize_sft_example({"messages": messages}, tokenizer, kind="language_modeling", conversational=True,
+                               eos_token_id=tokenizer.eos_token_id, eos_ids=end_of_turn_ids(tokenizer))
+    assert out["input_ids"] == render_ids(tokenizer, messages)
 
 
 def test_qwen3_masks_train_reasoning_and_tool_calls():

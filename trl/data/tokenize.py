@@ -8,11 +8,18 @@ Masks of conversational data come from, in this order:
 
 A trained span ends with the end-of-turn token: tokens a template writes after it (ChatML's "\\n") are context, not
 targets, because generation stops at the end-of-turn token.
+
+Some templates write no end-of-turn token into an assistant turn: GLM-4-MoE's turn is ended by the next turn's header
+(`<|user|>`, or `<|observation|>` before tool results), which GLM's generation config lists as eos. For those the
+header token that directly follows an assistant turn (`closing_tokens`) is an end-of-turn token: it is trained as
+part of the turn it closes, and a conversation that ends with an assistant turn gets it appended (`<|observation|>`
+after a tool-calling turn, `<|user|>` otherwise), so that the model learns to stop.
 """
 
 from __future__ import annotations
 
 import re
+import weakref
 from typing import Any
 
 from .conversation import _parse_tools, common_prefix_length
@@ -82,15 +89,99 @@ def end_of_turn_ids(tokenizer) -> set[int]:
     """
     ids = {tokenizer.eos_token_id}
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
-        try:
-            full = render_ids(tokenizer, messages)
-            position = end_of_turn_position(tokenizer, full, messages)
-        except Exception:  # a template that cannot render this probe has no end-of-turn token to add
-            position = None
+        full, position = _probe_end_of_turn(tokenizer)
         if position is not None:
             ids.add(full[position])
+        ids |= set(closing_tokens(tokenizer).values())
     return ids
+
+
+_PROBE = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+_PROBE_CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+_PROBE_TOOL = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "", "tool_calls": [_PROBE_CALL]}]
+
+
+def _probe_end_of_turn(tokenizer) -> tuple[list[int], int | None]:
+    """The rendering of user -> assistant and the position of the assistant turn's end-of-turn token in it."""
+    try:
+        full = render_ids(tokenizer, _PROBE)
+        return full, end_of_turn_position(tokenizer, full, _PROBE)
+    except Exception:  # a template that cannot render this probe has no end-of-turn token to add
+        return [], None
+
+
+_CLOSING_CACHE: "weakref.WeakKeyDictionary[Any, tuple[str, dict[str, int]]]" = weakref.WeakKeyDictionary()
+
+
+def closing_tokens(tokenizer) -> dict[str, int]:
+    """For a template whose assistant turns have no end-of-turn token of their own (GLM-4-MoE), the special token it
+    writes directly after an assistant turn when the next turn begins, by the next turn's role: `"user"` (probe user
+    -> assistant -> user) and `"tool"` (user -> tool-calling assistant -> tool). Empty for every template whose
+    assistant turn ends with its own token (ChatML's `<|im_end|>`, Llama's `<|eot_id|>`, ...), so nothing changes
+    for them. Cached per tokenizer and template.
+
+    Example:
+        ```python
+        >>> tokenizer.convert_ids_to_tokens(list(closing_tokens(glm_tokenizer).values()))
+        ['<|user|>', '<|observation|>']
+        ```
+    """
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return {}
+    try:
+        cached = _CLOSING_CACHE.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        cached = None
+    if cached is not None and cached[0] == template:
+        return dict(cached[1])
+    found: dict[str, int] = {}
+    full, position = _probe_end_of_turn(tokenizer)
+    if full and position is None:
+        inner = getattr(tokenizer, "tokenizer", tokenizer)
+        special = {inner.eos_token_id, *inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}
+        probes = {"user": (_PROBE, {"role": "user", "content": "Hi"}), "tool": (_PROBE_TOOL, {"role": "tool",
+                                                                                            "content": "22C"})}
+        for role, (turns, following) in probes.items():
+            try:
+                head = render_ids(tokenizer, turns)
+                longer = render_ids(tokenizer, [*turns, following])
+            except Exception:  # e.g. a template without tool calls
+                continue
+            if longer[: len(head)] == head and len(longer) > len(head) and longer[len(head)] in special:
+                found[role] = longer[len(head)]
+    try:
+        _CLOSING_CACHE[tokenizer] = (template, found)
+    except TypeError:
+        pass
+    return dict(found)
+
+
+def _mark_closing_tokens(ids: list[int], mask: list[int], closing: set[int], eos_ids: set[int]) -> list[int]:
+    """Mark the closing token (`closing_tokens`) that directly follows a marked span with no end-of-turn token."""
+    if not closing:
+        return mask
+    mask = list(mask)
+    for i in range(len(mask) - 1):
+        if mask[i] and not mask[i + 1] and ids[i + 1] in closing:
+            start = i
+            while start > 0 and mask[start - 1]:
+                start -= 1
+            if not any(t in eos_ids for t in ids[start : i + 1]):
+                mask[i + 1] = 1
+    return mask
+
+
+def _close_final_turn(tokenizer, messages: list[dict], ids: list[int], mask: list[int] | None):
+    """Append the closing token (`closing_tokens`) after a conversation that ends with an assistant turn, for a
+    template that writes none there (GLM): what the model generates to end that turn. Marked in `mask` if given."""
+    if not messages or messages[-1].get("role") != "assistant":
+        return ids, mask
+    closing = closing_tokens(tokenizer)
+    token = closing.get("tool" if messages[-1].get("tool_calls") else "user", closing.get("user"))
+    if token is None or (ids and ids[-1] == token):
+        return ids, mask
+    return ids + [token], (None if mask is None else mask + [1])
 
 
 def _trim_after_end_of_turn(ids: list[int], start: int, end: int, eos_ids: set[int]) -> int:
@@ -145,20 +236,23 @@ def assistant_mask_by_prefix(
         previous = current
     if full[: len(previous)] != previous:
         raise _not_prefix_error(len(messages) - 1, messages[-1]["role"], "the full rendering differs")
-    return full, mask
+    return full, _mark_closing_tokens(full, mask, set(closing_tokens(tokenizer).values()), eos_ids)
 
 
 def assistant_mask(tokenizer, messages, eos_ids, template_kwargs=None) -> tuple[list[int], list[int]]:
     """Assistant-token mask from `{% generation %}` markers when the template has them, else by the prefix method.
 
-    Either way a trained span ends with its end-of-turn token: marked tokens after it are unmarked.
+    Either way a trained span ends with its end-of-turn token: marked tokens after it are unmarked. For a template
+    whose assistant turns have no end-of-turn token (GLM), the closing token that directly follows a turn
+    (`closing_tokens`: the next `<|user|>` / `<|observation|>`) is marked with it.
     """
     if has_generation_markers(tokenizer.chat_template):
         out = tokenizer.apply_chat_template(
             messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **(template_kwargs or {})
         )
         ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-        return ids, _trim_spans_after_end_of_turn(ids, mask, eos_ids)
+        mask = _trim_spans_after_end_of_turn(ids, mask, eos_ids)
+        return ids, _mark_closing_tokens(ids, mask, set(closing_tokens(tokenizer).values()), eos_ids)
     return assistant_mask_by_prefix(tokenizer, messages, eos_ids, template_kwargs)
 
 
@@ -225,9 +319,12 @@ def tokenize_sft_example(
         if conversational:
             messages = example["messages"]
             if assistant_only_loss:
-                ids, out["assistant_masks"] = assistant_mask(tokenizer, messages, eos_ids, template_kwargs)
+                ids, masks = assistant_mask(tokenizer, messages, eos_ids, template_kwargs)
             else:
-                ids = render_ids(tokenizer, messages, template_kwargs)
+                ids, masks = render_ids(tokenizer, messages, template_kwargs), None
+            ids, masks = _close_final_turn(tokenizer, messages, ids, masks)
+            if masks is not None:
+                out["assistant_masks"] = masks
         else:
             ids = _with_eos(tokenizer(example[text_field])["input_ids"], eos_token_id)
         out["input_ids"] = ids
@@ -244,9 +341,12 @@ def tokenize_sft_example(
         )
         messages = _continue_final_message(prompt, completion) if continue_final else prompt + completion
         if assistant_only_loss:
-            ids, out["assistant_masks"] = assistant_mask(tokenizer, messages, eos_ids, template_kwargs)
+            ids, masks = assistant_mask(tokenizer, messages, eos_ids, template_kwargs)
         else:
-            ids = render_ids(tokenizer, messages, template_kwargs)
+            ids, masks = render_ids(tokenizer, messages, template_kwargs), None
+        ids, masks = _close_final_turn(tokenizer, messages, ids, masks)
+        if masks is not None:
+            out["assistant_masks"] = masks
         start = common_prefix_length(prompt_ids, ids)
         end = _trim_after_end_of_turn(ids, start, len(ids), eos_ids)
     else:
