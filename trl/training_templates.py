@@ -129,7 +129,11 @@ UNSUPPORTED: dict[str, str] = {
         "DeepSeek-R1-Distill's template cannot be made into a training template by edits: its generation prompt "
         "opens a '<think>\\n' block that its assistant turns never contain (so the generation prompt is not a prefix "
         "of any assistant turn), it drops the reasoning of every turn including the last, it renders a second "
-        "round of tool calls without its opening tokens, and it needs tool-call arguments as JSON strings"
+        "round of tool calls without its opening tokens (and a second round of results without theirs), it writes a stray "
+        "empty assistant turn after tool calls whose content is '', and it needs tool-call arguments as JSON strings. "
+        "A training template would have to invent text the vendor never renders (see docs/agents.md, "
+        "'DeepSeek-R1-Distill: refused, and why'): pass your own template with {% generation %} markers "
+        "(SFTConfig.chat_template_path) or train on prompt-completion data"
     ),
 }
 """Why a family's generated training template fails verification where it is known to, by family name: added to
