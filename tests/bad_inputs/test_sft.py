@@ -234,8 +234,9 @@ CASES = [
           r"template's end-of-turn token", TrainingWillNotLearnError),
     warn("template end of turn other than eos", _template(WRONG_END_OF_TURN, CONVERSATIONS, assistant_only_loss=True),
          r"ends assistant turns with \['<\|endoftext\|>'\]", then=_end_of_turn_trained),
-    error("not prefix-preserving template", _not_prefix_preserving,
-          r"not prefix-preserving at turn 2 \(role 'user'\).*Use a template with \{% generation %\} markers"),
+    error("not prefix-preserving template", _not_prefix_preserving,  # and no training template renders like it
+          r"could not make a training template that renders byte-identically.*Pass a template with "
+          r"\{% generation %\} markers"),
     # ---- options that do not fit the data ----
     error("assistant_only_loss on standard data", _build(PROMPT_COMPLETION, assistant_only_loss=True),
           r"`assistant_only_loss=True` needs conversational data \(messages with roles\); the train dataset is standard "

@@ -142,13 +142,21 @@ def closing_tokens(tokenizer) -> dict[str, int]:
         special = {inner.eos_token_id, *inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}
         probes = {"user": (_PROBE, {"role": "user", "content": "Hi"}), "tool": (_PROBE_TOOL, {"role": "tool",
                                                                                             "content": "22C"})}
+        try:  # the tokens that open an assistant turn: a generic turn opener (ChatML's <|im_start|>) is not a
+            # closing token, only a header of the next role that no assistant turn starts with (GLM's <|user|>)
+            prompt, before = render_ids(tokenizer, _PROBE[:1], add_generation_prompt=True), render_ids(tokenizer,
+                                                                                                  _PROBE[:1])
+            opener = set(prompt[len(before):]) if prompt[: len(before)] == before else set()
+        except Exception:  # noqa: BLE001 -- a template without a generation prompt
+            opener = set()
         for role, (turns, following) in probes.items():
             try:
                 head = render_ids(tokenizer, turns)
                 longer = render_ids(tokenizer, [*turns, following])
             except Exception:  # e.g. a template without tool calls
                 continue
-            if longer[: len(head)] == head and len(longer) > len(head) and longer[len(head)] in special:
+            if longer[: len(head)] == head and len(longer) > len(head) and longer[len(head)] in special \
+                    and longer[len(head)] not in opener:
                 found[role] = longer[len(head)]
     try:
         _CLOSING_CACHE[tokenizer] = (template, found)
