@@ -8,7 +8,9 @@ does not know, e.g. `--num_processes 8`) or `--accelerate_config` re-launch the 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +33,13 @@ COMMANDS = {
 }
 
 ACCELERATE_CONFIGS_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"
+
+# The options `trl <command> --help` lists first, when the command has them: what people set first.
+FIRST_OPTIONS = (
+    "model_name_or_path", "dataset_name", "output_dir", "num_train_epochs", "max_steps", "learning_rate",
+    "per_device_train_batch_size", "gradient_accumulation_steps", "use_peft", "lora_r", "reward_funcs",
+    "num_generations",
+)
 
 
 def _main_parser() -> argparse.ArgumentParser:
@@ -95,6 +104,86 @@ def _strip_option(args: list[str], option: str) -> list[str]:
     return kept
 
 
+def command_example(name: str) -> str:
+    """The first `trl <name> ...` command line of the script module's docstring, continuation lines joined.
+
+    Example:
+        ```python
+        >>> command_example("sft")
+        'trl sft --model_name_or_path Qwen/Qwen3-0.6B --dataset_name trl-lib/Capybara --output_dir Qwen3-0.6B-SFT'
+        ```
+    """
+    lines = (importlib.import_module(TRAINING_COMMANDS[name][0]).__doc__ or "").splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(f"trl {name} "):
+            example = line.strip()
+            for more in lines[i + 1:]:  # `\`-continued lines (a non-raw docstring has already joined them)
+                if not example.endswith("\\"):
+                    break
+                example = example[:-1] + more
+            return " ".join(example.split())
+    return f"trl {name} --config {name}.yaml"
+
+
+def format_command_help(parser: argparse.ArgumentParser, name: str) -> str:
+    """The help of `trl <name>`: a one-line example, the options people set first ([`FIRST_OPTIONS`]), then every
+    option grouped by the dataclass that defines it, then the parser's other groups (`--config`, the launcher).
+
+    Args:
+        parser (`argparse.ArgumentParser`): the command's parser (a `TrlParser` over its dataclasses).
+        name (`str`): the command, e.g. `"sft"`.
+
+    Example:
+        ```python
+        >>> print(format_command_help(importlib.import_module("trl.scripts.sft").make_parser(prog="trl sft"), "sft"))
+        Example: trl sft --model_name_or_path Qwen/Qwen3-0.6B --dataset_name trl-lib/Capybara --output_dir ...
+        ```
+    """
+    import dataclasses
+
+    by_dest = {action.dest: action for action in parser._actions if action.option_strings}
+    owner = {}  # dest -> dataclass
+    for dataclass_type in getattr(parser, "dataclass_types", ()):
+        for field in dataclasses.fields(dataclass_type):
+            owner.setdefault(field.name, dataclass_type)
+    formatter = parser._get_formatter()
+    formatter.add_usage(f"{parser.prog} [--config FILE] [OPTION ...]", [], [])
+    formatter.add_text(parser.description)
+
+    def section(title: str, description: str | None, actions: list) -> None:
+        formatter.start_section(title)
+        formatter.add_text(description)
+        formatter.add_arguments(actions)
+        formatter.end_section()
+
+    first = []
+    for dest in FIRST_OPTIONS:
+        if dest in by_dest:  # one flag spelling and the first sentence of the help: the full entry is below
+            action = copy.copy(by_dest[dest])
+            action.option_strings = action.option_strings[:1]
+            action.help = _first_sentence(action.help or "")
+            first.append(action)
+    section("most used options", "All options follow, grouped by the dataclass that defines them.", first)
+    for dataclass_type in getattr(parser, "dataclass_types", ()):
+        actions = [a for a in parser._actions if a.option_strings and owner.get(a.dest) is dataclass_type]
+        doc = (dataclass_type.__doc__ or "").strip()
+        section(f"{dataclass_type.__name__} options",
+                None if doc.startswith(dataclass_type.__name__ + "(") else _first_sentence(doc), actions)
+    for group in parser._action_groups:
+        actions = [a for a in group._group_actions if a.option_strings and a.dest not in owner]
+        if actions:
+            title = "other options" if group in (parser._optionals, parser._positionals) else group.title
+            section(title, group.description, actions)
+    # the example is one line, however wide the terminal: it is meant to be copied
+    return f"Example: {command_example(name)}\n\n{formatter.format_help()}"
+
+
+def _first_sentence(text: str) -> str:
+    text = " ".join(text.split())
+    end = re.search(r"(?<!e\.g)(?<!i\.e)\.\s", text + " ")
+    return text if end is None else text[: end.start() + 1]
+
+
 def run_training_command(name: str, argv: list[str]) -> None:
     """Parse `argv` for the training command `name`, then train in this process or through `accelerate launch`.
 
@@ -117,6 +206,7 @@ def run_training_command(name: str, argv: list[str]) -> None:
         help="Launch through `accelerate launch` with this config: single_gpu, multi_gpu, zero1, zero2, zero3, "
         "fsdp1, fsdp2, or a path to an accelerate config file.",
     )
+    parser.format_help = lambda: format_command_help(parser, name)
     *outputs, config_leftovers, cli_leftovers = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
     )
