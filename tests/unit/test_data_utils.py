@@ -279,11 +279,12 @@ class TestExtractPrompt:
 # ---------------------------------------------------------------- unpairing
 
 PAIRED = {"prompt": ["p0", "p1"], "chosen": ["c0", "c1"], "rejected": ["r0", "r1"], "id": [0, 1]}
+# as the reference: a map batch's chosen rows, then its rejected rows
 UNPAIRED = {
-    "prompt": ["p0", "p0", "p1", "p1"],
-    "completion": ["c0", "r0", "c1", "r1"],
-    "label": [True, False, True, False],
-    "id": [0, 0, 1, 1],
+    "prompt": ["p0", "p1", "p0", "p1"],
+    "completion": ["c0", "c1", "r0", "r1"],
+    "label": [True, True, False, False],
+    "id": [0, 1, 0, 1],
 }
 
 
@@ -300,7 +301,8 @@ class TestUnpair:
         unpaired = unpair_preference_dataset(dataset)
         assert isinstance(unpaired, DatasetDict)
         assert unpaired["train"].to_dict() == UNPAIRED
-        assert unpaired["test"].to_dict() == {key: values[2:] for key, values in UNPAIRED.items()}
+        assert unpaired["test"].to_dict() == {"prompt": ["p1", "p1"], "completion": ["c1", "r1"],
+                                              "label": [True, False], "id": [1, 1]}
 
     def test_iterable_dataset(self):
         unpaired = unpair_preference_dataset(Dataset.from_dict(PAIRED).to_iterable_dataset())

@@ -48,8 +48,14 @@ class DataCollatorForLanguageModeling:
         pad_token_id (`int`): id used to pad `input_ids`.
         completion_only_loss (`bool`, *optional*, defaults to `True`): use `completion_mask` when rows have one.
         padding_free (`bool`, *optional*, defaults to `False`): flatten the batch instead of padding.
+        return_position_ids (`bool`, *optional*, defaults to `True`): return `position_ids`. Rows that hold several
+            documents (padding-free or packed batches) need them to keep attention within each document, so `False`
+            is an error there; it only drops them from batches of single-document rows.
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
-        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`.
+        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`. Also accepted per call, as
+            `collator(examples, return_tensors="pt")`.
+
+    The fields are in the reference's order, so positional arguments mean the same thing.
 
     Example:
         ```python
@@ -63,12 +69,21 @@ class DataCollatorForLanguageModeling:
     pad_token_id: int
     completion_only_loss: bool = True
     padding_free: bool = False
+    return_position_ids: bool = True
     pad_to_multiple_of: int | None = None
     return_tensors: str = "pt"
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        if self.return_tensors != "pt":
-            raise ValueError(f"Only return_tensors='pt' is supported; got {self.return_tensors!r}.")
+    def __post_init__(self):
+        _check_return_tensors(self.return_tensors)
+        if self.padding_free and not self.return_position_ids:
+            raise ValueError(
+                "DataCollatorForLanguageModeling(padding_free=True, return_position_ids=False): a padding-free batch "
+                "is one row of concatenated sequences, and only its position_ids keep attention within each "
+                "sequence. Keep return_position_ids=True, or use padding_free=False."
+            )
+
+    def __call__(self, examples: list[dict], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
+        _check_return_tensors(return_tensors or self.return_tensors)
         ids = [list(e["input_ids"]) for e in examples]
         labels = [_labels(e, self.completion_only_loss) for e in examples]
         # Rows that hold several documents (packing, or padding-free) separate them by restarting `position_ids`, and
@@ -84,7 +99,7 @@ class DataCollatorForLanguageModeling:
                 start += length
             positions.append(row_positions)
         if self.padding_free:
-            ids, labels, positions = [sum(ids, [])], [sum(labels, [])], [sum(positions, [])]
+            ids, labels, positions = [_concat(ids)], [_concat(labels)], [_concat(positions)]
         width = max(len(row) for row in ids)
         if self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
@@ -97,7 +112,24 @@ class DataCollatorForLanguageModeling:
         }
         if not by_position:
             batch["attention_mask"] = _pad([[1] * len(row) for row in ids], width, 0)
+        if not self.return_position_ids:
+            if by_position:
+                raise ValueError(
+                    "DataCollatorForLanguageModeling(return_position_ids=False) got packed rows (a 'seq_lengths' "
+                    "column with several documents): only position_ids keep attention within each document. Keep "
+                    "return_position_ids=True for packed data."
+                )
+            del batch["position_ids"]
         return batch
+
+
+def _concat(rows: list[list[int]]) -> list[int]:
+    return [value for row in rows for value in row]
+
+
+def _check_return_tensors(return_tensors: str) -> None:
+    if return_tensors != "pt":
+        raise ValueError(f"Only return_tensors='pt' is supported; got {return_tensors!r} (the batches are PyTorch tensors).")
 
 
 def _pad(rows: list[list[int]], width: int, value: int) -> torch.Tensor:
@@ -164,6 +196,9 @@ class DataCollatorForPreference:
     """Collate preference rows (`prompt_ids`, `chosen_ids`, `rejected_ids`) into one batch of `2B` sequences:
     the `B` chosen sequences, then the `B` rejected ones, so a single forward scores both sides.
 
+    `prompt_ids` may be absent (reward modelling on full `chosen_ids`/`rejected_ids` sequences, as the reference's
+    reward collator takes them): each sequence is then its completion alone, all marked in `completion_mask`.
+
     Each sequence is `prompt + completion`, truncated to `max_length` before padding (`keep_start` cuts the end of the
     completion; `keep_end` cuts the start of the sequence), then right-padded. `completion_mask` marks completion
     tokens. Optional per-row columns are passed on as `(B,)` tensors: `ref_chosen_logps`, `ref_rejected_logps`
@@ -176,6 +211,7 @@ class DataCollatorForPreference:
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
         padding_free (`bool`, *optional*, defaults to `False`): concatenate the `2B` sequences into one row with
             `position_ids` and `sequence_index` instead of padding them (see `_flatten_prompt_completions`).
+        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`; also accepted per call.
 
     Example:
         ```python
@@ -191,10 +227,15 @@ class DataCollatorForPreference:
     truncation_mode: str = "keep_start"
     pad_to_multiple_of: int | None = None
     padding_free: bool = False
+    return_tensors: str = "pt"
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+    def __post_init__(self):
+        _check_return_tensors(self.return_tensors)
+
+    def __call__(self, examples: list[dict], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
+        _check_return_tensors(return_tensors or self.return_tensors)
         sequences = [
-            _prompt_completion(e["prompt_ids"], e[side], self.max_length, self.truncation_mode)
+            _prompt_completion(e.get("prompt_ids") or [], e[side], self.max_length, self.truncation_mode)
             for side in ("chosen_ids", "rejected_ids") for e in examples
         ]
         layout = _flatten_prompt_completions if self.padding_free else _pad_prompt_completions
@@ -220,6 +261,7 @@ class DataCollatorForUnpairedPreference:
         max_length (`int`, *optional*): truncation length of each sequence.
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
         kl_completions (`bool`, *optional*, defaults to `True`): also emit the `prompt + kl_completion` sequences.
+        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`; also accepted per call.
 
     Example:
         ```python
@@ -234,8 +276,13 @@ class DataCollatorForUnpairedPreference:
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
     kl_completions: bool = True
+    return_tensors: str = "pt"
 
-    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+    def __post_init__(self):
+        _check_return_tensors(self.return_tensors)
+
+    def __call__(self, examples: list[dict], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
+        _check_return_tensors(return_tensors or self.return_tensors)
         sides = ("completion_ids", "kl_completion_ids") if self.kl_completions else ("completion_ids",)
         sequences = [_prompt_completion(e["prompt_ids"], e[side], self.max_length) for side in sides for e in examples]
         batch = _pad_prompt_completions(sequences, self.pad_token_id, self.pad_to_multiple_of)

@@ -537,14 +537,14 @@ def get_dataset_column_names(ds: Any) -> list[str] | dict[str, list[str]]:
 
 
 def _unpair_batch(batch: dict[str, list], column_names: list[str]) -> dict[str, list]:
-    # Each pair becomes two consecutive rows (chosen, then rejected), so pairs stay together after unpairing.
+    # As the reference: a batch of B pairs becomes its B chosen rows, then its B rejected rows (in the same order).
     unpaired: dict[str, list] = {}
     for name in column_names:
         if name == "chosen":
-            unpaired["completion"] = [c for pair in zip(batch["chosen"], batch["rejected"]) for c in pair]
-            unpaired["label"] = [True, False] * len(batch["chosen"])
+            unpaired["completion"] = list(batch["chosen"]) + list(batch["rejected"])
+            unpaired["label"] = [True] * len(batch["chosen"]) + [False] * len(batch["rejected"])
         elif name != "rejected":
-            unpaired[name] = [value for value in batch[name] for _ in range(2)]
+            unpaired[name] = list(batch[name]) * 2
     return unpaired
 
 
@@ -554,9 +554,10 @@ def unpair_preference_dataset(
     r"""
     Turn a paired preference dataset into an unpaired one (e.g. for KTO).
 
-    Each `(prompt, chosen, rejected)` row becomes two consecutive rows: `(prompt, completion=chosen, label=True)` and
+    Each `(prompt, chosen, rejected)` row becomes two rows: `(prompt, completion=chosen, label=True)` and
     `(prompt, completion=rejected, label=False)`. Every other column is duplicated. The prompt may be implicit (no
-    `"prompt"` column).
+    `"prompt"` column). As in the reference, the rows are written per map batch (`batch_size` in `map`, 1,000 by
+    default): a batch of `B` pairs becomes its `B` chosen rows, then its `B` rejected rows, in the same order.
 
     Args:
         dataset (`Dataset`, `DatasetDict`, `IterableDataset` or `IterableDatasetDict`):

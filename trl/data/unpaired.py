@@ -6,15 +6,17 @@ Rows are `prompt`/`completion`/`label` (standard or conversational), or pre-toke
 pair becomes a desirable row and an undesirable row. Prompt and completion are tokenised with the SFT path
 (`tokenize_sft_example`), so a completion ends with its end-of-turn token, as in SFT and DPO.
 
-KL completions are paired here, once, in dataset order: row `i` gets the completion of row `(i + shift) mod n`
-(`kl_completion_ids`). `shift` is 1, or 2 for data that was paired (its rows come in same-prompt pairs, and the KL
-completion must answer another prompt). Pairing at preparation time rather than inside each batch keeps the estimate
-independent of the sampler and of the batch size, and makes the reference log-probs of KL completions cacheable.
+KL completions are paired here, once ([`kl_pairing`]): every row gets the completion of a row with a *different*
+prompt, whatever the row order (paired data unpaired here lists a batch's chosen rows, then its rejected rows, so the
+neighbour of a row may answer the same prompt). With distinct prompts, row `i` gets the completion of row `i + 1`.
+Pairing at preparation time rather than inside each batch keeps the estimate independent of the sampler and of the
+batch size, and makes the reference log-probs of KL completions cacheable.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 
 from .. import guards
 from .conversation import maybe_convert_dataset_to_chatml, unpair_preference_dataset
@@ -64,32 +66,89 @@ def _check_label(value, row: int, name: str) -> None:
         )
 
 
-def _rotate(values, shift: int) -> list:
-    """`values` rotated left by `shift`: element `i` is `values[(i + shift) mod n]`."""
-    values = list(values)
-    shift = shift % max(len(values), 1)
-    return values[shift:] + values[:shift]
+def kl_pairing(prompts: list) -> list[int]:
+    """For each row, the index of the row whose completion is its KL completion: always a row with a different
+    prompt, when the data has two prompts or more.
+
+    Rows are grouped by prompt (groups in order of first appearance, rows in dataset order within a group) and row `k`
+    of that order is paired with row `k + m` (cyclically), `m` being the size of the largest group. No row then meets
+    its own prompt, and the KL completions are the completions themselves, each used once, as the KTO paper asks
+    (the same outputs, paired with other prompts). With distinct prompts this is row `i + 1`. When one prompt holds
+    more than half of the rows, no such one-to-one pairing exists: its rows that would meet their own prompt take the
+    other prompts' completions in turn. With a single prompt, row `i` gets row `i + 1` (the only choice) and a warning
+    says so.
+
+    Args:
+        prompts (`list`): one hashable-or-list prompt per row (e.g. `prompt_ids`).
+
+    Returns:
+        `list[int]`: `partner[i]`, the row whose completion pairs with row `i`'s prompt.
+
+    Example:
+        ```python
+        >>> kl_pairing(["a", "b", "c"])
+        [1, 2, 0]
+        >>> kl_pairing(["a", "b", "a", "b"])  # unpaired data: chosen rows, then rejected rows
+        [1, 0, 3, 2]
+        ```
+    """
+    n = len(prompts)
+    group_of: dict = {}
+    groups = [group_of.setdefault(_key(p), len(group_of)) for p in prompts]
+    if n == 0:
+        return []
+    if len(group_of) == 1:
+        if n > 1:
+            warnings.warn(
+                f"All {n} rows share one prompt, so KTO's KL completions (another row's completion for the same "
+                "prompt) cannot come from a different prompt; the KL reference point is then estimated on matched "
+                "pairs. Use data with several prompts, or loss_type='apo_zero_unpaired' (no KL term).",
+                stacklevel=3,
+            )
+        return [(i + 1) % n for i in range(n)]
+    order = sorted(range(n), key=lambda i: (groups[i], i))
+    largest = max(Counter(groups).values())
+    partner = [0] * n
+    for k, row in enumerate(order):
+        partner[row] = order[(k + largest) % n]
+    clashes = [row for row in range(n) if groups[partner[row]] == groups[row]]
+    if clashes:  # only the group holding more than half of the rows can clash: lend it the others in turn
+        others = [row for row in order if groups[row] != groups[clashes[0]]]
+        for j, row in enumerate(clashes):
+            partner[row] = others[j % len(others)]
+    return partner
 
 
-def add_kl_completions(dataset, shift: int = 1):
-    """Add `kl_completion_ids`: row `i` gets the completion of row `(i + shift) mod n`.
+def _key(prompt):
+    return tuple(prompt) if isinstance(prompt, list) else prompt
+
+
+def _kl_columns(batch: dict) -> dict:
+    partner = kl_pairing(batch["prompt_ids"])
+    return {"kl_completion_ids": [batch["completion_ids"][j] for j in partner]}
+
+
+def add_kl_completions(dataset):
+    """Add `kl_completion_ids`: each row gets the completion of a row with another prompt ([`kl_pairing`]).
 
     A `datasets.Dataset` is paired over the whole dataset; an `IterableDataset` (no random access) within each chunk
     of 1,000 streamed rows.
 
     Example:
         ```python
-        >>> ds = add_kl_completions(Dataset.from_dict({"completion_ids": [[1], [2], [3]]}))
+        >>> ds = add_kl_completions(Dataset.from_dict({"prompt_ids": [[1], [2], [1], [2]],
+        ...                                            "completion_ids": [[5], [6], [7], [8]]}))
         >>> ds["kl_completion_ids"]
-        [[2], [3], [1]]
+        [[6], [5], [8], [7]]
         ```
     """
     from datasets import Dataset
 
     if isinstance(dataset, Dataset):
-        return dataset.add_column("kl_completion_ids", _rotate(dataset["completion_ids"], shift))
-    return dataset.map(lambda batch: {"kl_completion_ids": _rotate(batch["completion_ids"], shift)}, batched=True,
-                       batch_size=1000)
+        partner = kl_pairing(dataset["prompt_ids"])
+        completions = dataset["completion_ids"]
+        return dataset.add_column("kl_completion_ids", [completions[j] for j in partner])
+    return dataset.map(_kl_columns, batched=True, batch_size=1000)
 
 
 def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions, trainer: str, name: str = "train",
@@ -127,7 +186,6 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
     dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
     columns = list(dataset.column_names or _first_row(dataset).keys())
-    shift = 1
     if set(TOKENIZED_COLUMNS[1:]) <= set(columns):
         fmt = DatasetFormat("tokenized", False)
         if "prompt_ids" not in columns:
@@ -143,7 +201,6 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
                                   **map_kwargs)
             dataset = unpair_preference_dataset(dataset, num_proc=options.num_proc)
             columns = list(dataset.column_names or _first_row(dataset).keys())
-            shift = 2  # pair i is rows 2i, 2i+1 with the same prompt: skip to the next pair
         first = _first_row(dataset)
         if not {"prompt", "completion", "label"} <= set(columns):
             missing = sorted({"prompt", "completion", "label"} - set(columns))
@@ -170,7 +227,7 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
     if isinstance(dataset, Dataset):
         dataset = _check_rows(dataset, options, name, trainer)
     if kl_completions and "kl_completion_ids" not in (dataset.column_names or []):
-        dataset = add_kl_completions(dataset, shift)
+        dataset = add_kl_completions(dataset)
     return dataset, fmt
 
 

@@ -6,6 +6,7 @@ strings here, the same way. Only the standard library is imported at module leve
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -14,7 +15,22 @@ from typing import Any
 
 from .._dotted import import_dotted
 
-__all__ = ["accepted_forms", "builtin_reward_names", "resolve_reward_func", "resolve_reward_funcs"]
+__all__ = [
+    "CLI_FACTORY_DEFAULTS",
+    "accepted_forms",
+    "builtin_reward_names",
+    "resolve_reward_func",
+    "resolve_reward_funcs",
+]
+
+logger = logging.getLogger(__name__)
+
+# Factories that `--reward_funcs` accepts by name, built with the parameters the reference library's `trl grpo` uses
+# (its script registers `get_soft_overlong_punishment(max_completion_len=1280, soft_punish_cache=256)`), so command
+# lines written for it keep working. Other parameters: a module function, see `_factory_error`.
+CLI_FACTORY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "get_soft_overlong_punishment": {"max_completion_len": 1280, "soft_punish_cache": 256},
+}
 
 # `org/name` as the Hub spells a repository id; anything else that is not a folder here cannot be a model either
 _HUB_ID = re.compile(r"[A-Za-z0-9_][\w.-]*/[A-Za-z0-9_][\w.-]*")
@@ -125,6 +141,10 @@ def resolve_reward_funcs(names: list[str] | None, reward_model_name_or_path: str
     """Resolve the reward strings of `trl grpo`/`trl rloo` (`--reward_funcs`) into the trainer's `reward_funcs`, with
     [`resolve_reward_func`].
 
+    As in the reference library's command line, the factory `get_soft_overlong_punishment` is also accepted by name
+    and built with its parameters there: `max_completion_len=1280, soft_punish_cache=256` (see
+    `CLI_FACTORY_DEFAULTS`). For other parameters, give a dotted path to your own module function.
+
     Args:
         names (`list[str]`, *optional*): the reward function strings.
         reward_model_name_or_path (`str`, *optional*): a reward model, put first.
@@ -142,5 +162,13 @@ def resolve_reward_funcs(names: list[str] | None, reward_model_name_or_path: str
         ```
     """
     resolved: list[Any] = [reward_model_name_or_path] if reward_model_name_or_path else []
-    resolved.extend(resolve_reward_func(name, "reward_funcs") for name in names or [])
+    for name in names or []:
+        if name in CLI_FACTORY_DEFAULTS:
+            from trl import rewards
+
+            params = CLI_FACTORY_DEFAULTS[name]
+            logger.info("--reward_funcs %s: built with %s (the reference's command-line parameters).", name, params)
+            resolved.append(getattr(rewards, name)(**params))
+        else:
+            resolved.append(resolve_reward_func(name, "reward_funcs"))
     return resolved
