@@ -142,8 +142,8 @@ def is_chat_template_stop_token_trained(tokenizer: "ProcessingClass") -> bool:
             Tokenizer with a chat template.
 
     Returns:
-        `bool`: `True` if the end-of-turn token is trained; `False` if it is not, if the template writes none, or if
-        no assistant mask can be computed (no markers and not prefix-preserving).
+        `bool`: `True` if the end-of-turn token is trained; `False` if it is not, if the template writes none, if
+        no assistant mask can be computed (no markers and not prefix-preserving), or if the template raises.
 
     Example:
         ```python
@@ -157,7 +157,7 @@ def is_chat_template_stop_token_trained(tokenizer: "ProcessingClass") -> bool:
     try:
         ids, mask = assistant_mask(tokenizer, messages, {_inner_tokenizer(tokenizer).eos_token_id})
         position = end_of_turn_position(tokenizer, ids, messages)
-    except ValueError:
+    except Exception:  # noqa: BLE001 - a template that cannot render the probe (raises, bad Jinja) trains no stop token
         return False
     return position is not None and bool(mask[position])
 

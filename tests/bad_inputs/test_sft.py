@@ -123,6 +123,7 @@ def _trains_two_steps(rows, **kwargs):
 
 LONG_PROMPT = {"prompt": "sort: " + " ".join("qwertyuiopasdfghjklzxcvbnm") + "\nanswer:", "completion": " a"}
 LONG_PROMPT_ROWS = [PROMPT_COMPLETION[0], LONG_PROMPT, PROMPT_COMPLETION[1]]
+MOSTLY_LONG_PROMPT_ROWS = [LONG_PROMPT, LONG_PROMPT, PROMPT_COMPLETION[1]]
 LONG_PROMPT_TOKENS = len(tiny_tokenizer()(LONG_PROMPT["prompt"])["input_ids"])
 assert LONG_PROMPT_TOKENS > 16
 NONE_STANDARD = PROMPT_COMPLETION + [{"prompt": "sort: a\nanswer:", "completion": None}]
@@ -213,12 +214,18 @@ CASES = [
           r"Model './no/such/model' does not exist \(looked for .*; the current directory is ", FileNotFoundError),
     ok("ShareGPT human/gpt roles", _trains_two_steps(SHAREGPT), then=_sharegpt_roles),
     # ---- rows that would train nothing ----
-    error("prompt longer than max_length", _build(LONG_PROMPT_ROWS, max_length=16),
-          rf"1 of 3 train rows lose every trained token to truncation at max_length=16 \(e\.g\. rows \[1\]; the longest "
-          rf"prompt has {LONG_PROMPT_TOKENS} tokens\)\. Raise max_length above {LONG_PROMPT_TOKENS}.*guards=False",
+    # a few rows cut to nothing are dropped with a warning; most of them stop the run (issue 10)
+    warn("prompt longer than max_length in one row of three", _build(LONG_PROMPT_ROWS, max_length=16),
+         rf"1 of 3 train rows lose every trained token to truncation at max_length=16 \(e\.g\. rows \[1\]; the longest "
+         rf"prompt has {LONG_PROMPT_TOKENS} tokens\): they are dropped\. Raise max_length above {LONG_PROMPT_TOKENS}",
+         then=_long_prompt_kept_rows),
+    error("prompt longer than max_length in most rows", _build(MOSTLY_LONG_PROMPT_ROWS, max_length=16),
+          rf"2 of 3 train rows lose every trained token to truncation at max_length=16 \(e\.g\. rows \[0, 1\]; the "
+          rf"longest prompt has {LONG_PROMPT_TOKENS} tokens\)\. Raise max_length above {LONG_PROMPT_TOKENS}.*guards=False",
           TrainingWillNotLearnError),
-    warn("prompt longer than max_length, guards off", _build(LONG_PROMPT_ROWS, max_length=16, guards=False),
-         r"1 of 3 train rows lose every trained token to truncation at max_length=16", then=_long_prompt_kept_rows),
+    warn("prompt longer than max_length in most rows, guards off",
+         _build(MOSTLY_LONG_PROMPT_ROWS, max_length=16, guards=False),
+         r"2 of 3 train rows lose every trained token to truncation at max_length=16.*With guards=False they are dropped"),
     error("empty completion", _build([{"prompt": USER, "completion": ASSISTANT}, {"prompt": USER, "completion": []}]),
           r"1 of 2 train rows have no token that enters the loss \(e\.g\. rows \[1\]\).*Fix or filter those rows",
           TrainingWillNotLearnError),

@@ -424,10 +424,19 @@ def test_model_object_tokenizer_is_loaded_from_name_or_path(saved_reward_model):
     assert score(scorer).rewards.shape == (3, 2)
 
 
-def test_single_processing_class_serves_every_model():
+def test_single_processing_class_serves_the_one_model():
     tokenizer = tiny_tokenizer()
-    scorer = RewardScorer([seq_clf_model(0), length_reward, seq_clf_model(1)], reward_processing_classes=tokenizer)
-    assert scorer._funcs[0].tokenizer is tokenizer and scorer._funcs[2].tokenizer is tokenizer
+    scorer = RewardScorer([length_reward, seq_clf_model(0)], reward_processing_classes=tokenizer)
+    assert scorer._funcs[1].tokenizer is tokenizer
+
+
+def test_single_processing_class_for_two_models_raises():
+    """The counts differ: one tokenizer is not silently applied to two reward models (issue 10)."""
+    with pytest.raises(ValueError, match=r"single tokenizer but `reward_funcs` has 2 reward models \(positions \[0, 2\]\)"):
+        RewardScorer([seq_clf_model(0), length_reward, seq_clf_model(1)], reward_processing_classes=tiny_tokenizer())
+    tokenizer = tiny_tokenizer()
+    scorer = RewardScorer([seq_clf_model(0), length_reward, seq_clf_model(1)],
+                          reward_processing_classes=[tokenizer, None, tokenizer])
     assert scorer.names == ["Qwen3ForSequenceClassification", "length_reward", "Qwen3ForSequenceClassification_1"]
 
 

@@ -155,13 +155,16 @@ def prepare_sft_dataset(dataset, tokenizer, options: SFTDataOptions, formatting_
                 f"`formatting_func` must return one string per row; it returned {type(sample).__name__}. "
                 "Return the formatted text of the single example it receives."
             )
-        dataset = dataset.map(lambda row: {options.dataset_text_field: formatting_func(row)}, **map_kwargs)
-    dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
+        # the formatted text replaces every raw column, so the format is detected from it alone (a row with
+        # `chosen`/`rejected` formatted into text is language modelling, not preference data)
+        raw_columns = list(dataset.column_names or _first_row(dataset).keys())
+        dataset = dataset.map(lambda row: {options.dataset_text_field: formatting_func(row)},
+                              remove_columns=[c for c in raw_columns if c != options.dataset_text_field], **map_kwargs)
+    else:
+        dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)
     columns = list(dataset.column_names or _first_row(dataset).keys())
     first = _first_row(dataset)
     fmt = detect_format(columns, first, options.dataset_text_field)
-    if formatting_func is not None:  # the formatted text replaces messages or prompt/completion
-        fmt = type(fmt)("language_modeling", False)
     require_format(fmt, SFT_KINDS, "SFTTrainer", columns)
     check_example_types(first, fmt, options.dataset_text_field, row=0, name=name)
     if fmt.conversational and not getattr(tokenizer, "chat_template", None):
@@ -226,10 +229,19 @@ def _check_rows(dataset, tokenizer, options: SFTDataOptions, name: str, check_eo
     cut = [i for i, (n, k) in enumerate(zip(loss_tokens, kept)) if n > 0 and k == 0]
     guards.check_loss_masks(name, len(dataset), empty, options.guards)
     if cut:
+        # A few rows cut to nothing are dropped with a warning (the reference drops them silently); when most are,
+        # max_length is wrong for this data and the run stops (a warning with guards=False).
         prompt_tokens = dataset["_prompt_tokens"]
-        guards.check_truncation(
-            name, len(dataset), cut, max(prompt_tokens[i] for i in cut), options.max_length, options.guards
-        )
+        longest = max(prompt_tokens[i] for i in cut)
+        if 2 * len(cut) > len(dataset):
+            guards.check_truncation(name, len(dataset), cut, longest, options.max_length, options.guards)
+        else:
+            warnings.warn(
+                f"{len(cut)} of {len(dataset)} {name} rows lose every trained token to truncation at max_length="
+                f"{options.max_length} (e.g. rows {cut[:5]}; the longest prompt has {longest} tokens): they are "
+                f"dropped. Raise max_length above {longest} to keep them.",
+                stacklevel=3,
+            )
     keep = [i for i, k in enumerate(kept) if k > 0]
     if len(keep) < len(dataset):
         warnings.warn(f"Dropped {len(dataset) - len(keep)} of {len(dataset)} {name} rows with no loss token left.")

@@ -496,6 +496,19 @@ class TrlParser(HfArgumentParser):
         self.add_argument(
             "--config", type=str, default=None, help="YAML file whose keys set the defaults of these arguments."
         )
+        self._add_negative_flags(dataclass_types)
+
+    def _add_negative_flags(self, dataclass_types) -> None:
+        """`--no_<field>` for the `bool | None` fields whose `None` default means "on" (e.g. `gradient_checkpointing`):
+        HfArgumentParser adds it only for fields whose default is `True`, as the reference's are."""
+        for dataclass_type in dataclass_types:
+            for f in dataclasses.fields(dataclass_type):
+                if not f.init or f.default is not None or f.metadata.get("const") is not True:
+                    continue
+                flag = f"--no_{f.name}"
+                if flag not in self._option_string_actions and f"--{f.name}" in self._option_string_actions:
+                    self.add_argument(flag, action="store_false", dest=f.name, default=argparse.SUPPRESS,
+                                      help=f"Turn `{f.name}` off.")
 
     def parse_args_and_config(
         self,

@@ -105,9 +105,9 @@ class _BaseConfig(TrainingArguments):
             Log every X updates steps.
         gradient_checkpointing (`bool`, *optional*, defaults to `True`):
             Trade compute for memory by recomputing activations in the backward pass.
-        logging_nan_inf_filter (`bool`, *optional*, defaults to `False`):
-            transformers replaces NaN/inf losses in its logs by the running mean, which hides a diverged run; here the
-            real value is logged and the NaN guard stops the run.
+        logging_nan_inf_filter (`bool`, *optional*, defaults to `True`):
+            As in the reference: NaN/inf losses are left out of the logged running loss. The NaN guard reads every
+            step's raw loss, so a diverged run is still stopped (or warned about with `guards=False`).
         bf16 (`bool`, *optional*):
             Train in bf16 mixed precision. `None` means: on where the hardware supports it (a CUDA device with bf16),
             off otherwise, so that the defaults also run on a CPU-only machine. `fp16=True` turns it off.
@@ -130,8 +130,8 @@ class _BaseConfig(TrainingArguments):
         },
     )
     logging_nan_inf_filter: bool = field(
-        default=False,
-        metadata={"help": "Replace NaN/inf losses in the logs by the running mean (hides a diverged run; off here)."},
+        default=True,
+        metadata={"help": "Leave NaN/inf losses out of the logged loss (the NaN guard still reads every step's loss)."},
     )
     bf16: bool | None = field(
         default=None,

@@ -152,6 +152,14 @@ class _BaseTrainer(Trainer):
     # Our losses are already normalised by the token count of the whole optimiser step (trl.losses.reduce).
     loss_is_scaled_for_ga = True
 
+    _prepare_eval_fn: Callable | None = None  # set by `_prepare_eval_datasets`: how a raw eval dataset is prepared
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # pushed models carry the library and method tags (PreTrainedModel and PeftModel have `add_model_tags`)
+        if hasattr(self.model, "add_model_tags"):
+            self.model.add_model_tags(self._tag_names)
+
     def _init_metrics(self) -> None:
         self._metrics = _MetricsBuffer()
         self._num_tokens = {"train": 0, "eval": 0}  # since the last log, this process
@@ -193,6 +201,34 @@ class _BaseTrainer(Trainer):
     def _default_output_dir(model, suffix: str) -> str:
         name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
         return f"{Path(str(name).rstrip('/')).name or 'model'}-{suffix}"
+
+    # ---- dataset preparation -------------------------------------------------------------------------------------
+
+    def _prepare_eval_datasets(self, eval_dataset, prepare: Callable | None):
+        """Prepare the eval dataset (or each of a dict of them, named `eval[key]` in messages) with
+        `prepare(dataset, name) -> prepared`, and keep `prepare` so that `evaluate(eval_dataset=raw)` prepares a
+        dataset given only then the same way (cached by fingerprint, see `_prepared_eval`). `prepare=None`
+        (e.g. SFT's `skip_prepare_dataset`) leaves every dataset as it is."""
+        self._prepare_eval_fn = prepare
+        self._prepared_eval_cache = {}  # key of a raw dataset -> its prepared version
+        self._prepared_eval_keys = set()  # keys of the prepared datasets (evaluated as they are)
+        if eval_dataset is None or prepare is None:
+            return eval_dataset
+        if isinstance(eval_dataset, dict):
+            return {key: self._prepared_eval(ds, f"eval[{key}]") for key, ds in eval_dataset.items()}
+        return self._prepared_eval(eval_dataset, "eval")
+
+    def _prepared_eval(self, dataset, name: str):
+        """`dataset` prepared for evaluation: itself when this trainer prepared it, else prepared once per
+        fingerprint (a `datasets.Dataset`) or per object (a stream)."""
+        key = _dataset_key(dataset)
+        if key in self._prepared_eval_keys:
+            return dataset
+        if key not in self._prepared_eval_cache:
+            prepared = self._prepare_eval_fn(dataset, name)
+            self._prepared_eval_cache[key] = prepared
+            self._prepared_eval_keys.add(_dataset_key(prepared))
+        return self._prepared_eval_cache[key]
 
     # ---- reference model helpers (preference trainers) -----------------------------------------------------------
 
@@ -262,11 +298,15 @@ class _BaseTrainer(Trainer):
         def add(dataset, name):
             return self._with_ref_logps(dataset, name, score, columns, **cache_key_parts)
 
+        self._add_ref_columns = add  # for an eval dataset given only to `evaluate()`
+
         self.train_dataset = add(self.train_dataset, "train")
         if isinstance(self.eval_dataset, dict):
             self.eval_dataset = {k: add(v, f"eval[{k}]") for k, v in self.eval_dataset.items()}
         elif self.eval_dataset is not None:
             self.eval_dataset = add(self.eval_dataset, "eval")
+        # an explicit reference is dropped here; without one the initial policy is the reference until training starts
+        self._ref_dropped = self.ref_model is not None
         self.ref_model = None  # not needed any more: every row carries its reference log-probs
 
     @contextlib.contextmanager
@@ -317,9 +357,10 @@ class _BaseTrainer(Trainer):
                 "give all of them, or none (they are then computed)."
             )
         if not isinstance(dataset, Dataset):
-            raise TypeError(
+            raise ValueError(
                 f"`precompute_ref_log_probs=True` needs a `datasets.Dataset` (random access and a fingerprint); the "
-                f"{name} dataset is of type {type(dataset).__name__}. Turn precompute off for streamed data."
+                f"{name} dataset is of type {type(dataset).__name__} (a streamed dataset cannot be precomputed). Set "
+                "`precompute_ref_log_probs=False` for streamed data, or load the dataset without `streaming=True`."
             )
         source = self.ref_model if self.ref_model is not None else self.model
         key = reference.cache_key(
@@ -383,11 +424,36 @@ class _BaseTrainer(Trainer):
         return self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if eval_dataset is not None and self._prepare_eval_fn is not None:  # a raw dataset given only now
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {k: self._eval_ready(v, f"eval[{k}]") for k, v in eval_dataset.items()}
+            else:
+                eval_dataset = self._eval_ready(eval_dataset, "eval")
         if isinstance(eval_dataset if eval_dataset is not None else self.eval_dataset, dict):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)  # calls back once per dataset
         self._metric_prefix = f"{metric_key_prefix}_"  # e.g. "eval_a_" for a dict of eval datasets
         self._reset_eval_metrics()  # each evaluation reports its own numbers
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def _eval_ready(self, dataset, name: str):
+        """A dataset given to `evaluate()`, prepared as the constructor would, with its reference columns when they
+        are precomputed (possible before training only: afterwards the initial policy is gone)."""
+        dataset = self._prepared_eval(dataset, name)
+        add_ref = getattr(self, "_add_ref_columns", None)
+        if add_ref is not None:
+            key = ("ref", _dataset_key(dataset))
+            if key not in self._prepared_eval_cache:
+                adapters = self._ref_adapter is not None or self._use_adapters_as_ref
+                if not adapters and (self.state.global_step > 0 or self._ref_dropped):
+                    raise ValueError(
+                        f"The {name} dataset given to `evaluate()` has no reference log-probs, and with "
+                        "`precompute_ref_log_probs=True` the reference model is no longer kept (it was dropped "
+                        "after the constructor's pass, or the initial policy has been trained). Pass it as `eval_dataset` at construction, or turn precompute off."
+                    )
+                self._prepared_eval_cache[key] = add_ref(dataset, name)
+                self._prepared_eval_keys.add(_dataset_key(self._prepared_eval_cache[key]))
+            dataset = self._prepared_eval_cache[key]
+        return dataset
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix: str = "test"):
         try:
@@ -605,6 +671,12 @@ class _BaseTrainer(Trainer):
         )
         os.makedirs(output_dir, exist_ok=True)
         Path(output_dir, "README.md").write_text(card)
+
+
+def _dataset_key(dataset):
+    """What identifies a dataset for the eval-preparation cache: its fingerprint, or the object for a stream."""
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    return ("fingerprint", fingerprint) if fingerprint is not None else ("object", id(dataset))
 
 
 def _checkpoint_to_resume(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:

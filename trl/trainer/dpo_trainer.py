@@ -105,16 +105,11 @@ class DPOTrainer(_BaseTrainer):
         self._policy_request = {"router_aux_loss": self._aux_loss_coef > 0, "with_sum_sq": args.use_weighting}
 
         options = PreferenceDataOptions(max_length=args.max_length, num_proc=args.dataset_num_proc, guards=args.guards)
-        train_dataset, _ = prepare_preference_dataset(train_dataset, processing_class, options, "DPOTrainer",
-                                                      model=model)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                k: prepare_preference_dataset(v, processing_class, options, "DPOTrainer", f"eval[{k}]", model)[0]
-                for k, v in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = prepare_preference_dataset(eval_dataset, processing_class, options, "DPOTrainer", "eval",
-                                                      model)[0]
+        def prepare(dataset, name):
+            return prepare_preference_dataset(dataset, processing_class, options, "DPOTrainer", name, model)[0]
+
+        train_dataset = prepare(train_dataset, "train")
+        eval_dataset = self._prepare_eval_datasets(eval_dataset, prepare)
         if data_collator is None:
             data_collator = DataCollatorForPreference(
                 pad_token_id=processing_class.pad_token_id, max_length=args.max_length,

@@ -116,10 +116,7 @@ class KTOTrainer(_BaseTrainer):
                                             model)[0]
 
         train_dataset = prepare(train_dataset, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {k: prepare(v, f"eval[{k}]") for k, v in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = prepare(eval_dataset, "eval")
+        eval_dataset = self._prepare_eval_datasets(eval_dataset, prepare)
         if data_collator is None:
             data_collator = DataCollatorForUnpairedPreference(
                 pad_token_id=processing_class.pad_token_id, max_length=args.max_length,

@@ -99,7 +99,7 @@ class RewardScorer:
             One weight per reward function; defaults to all ones.
         reward_processing_classes (`PreTrainedTokenizerBase` or `list`, *optional*):
             The tokenizers of the reward models: a list aligned with `reward_funcs` (entries for callables must be
-            `None`; a tokenizer there is ignored with a warning), or a single tokenizer used for every reward model.
+            `None`; a tokenizer there is ignored with a warning), or a single tokenizer when there is one reward model.
             A missing one is loaded from the model's `_name_or_path`. A missing pad token falls back to eos.
         model_init_kwargs (`dict`, *optional*):
             Passed to `from_pretrained` for reward models given as `str` (e.g. `{"dtype": "bfloat16"}`).
@@ -364,7 +364,15 @@ def _align_processing_classes(reward_processing_classes: Any, funcs: list) -> li
     if reward_processing_classes is None:
         return [None] * len(funcs)
     if not isinstance(reward_processing_classes, (list, tuple)):
-        # One tokenizer for every reward model.
+        # One tokenizer for the one reward model. With several, applying it to all would silently score a model whose
+        # own tokenizer differs with the wrong ids (the reference raises on the count too).
+        models = [i for i, f in enumerate(funcs) if _is_model_spec(f)]
+        if len(models) > 1:
+            raise ValueError(
+                f"`reward_processing_classes` is a single tokenizer but `reward_funcs` has {len(models)} reward models "
+                f"(positions {models}); give a list with one entry per reward function (None for functions and for "
+                "models whose own tokenizer should be loaded), e.g. `[tok, None]`."
+            )
         return [reward_processing_classes if _is_model_spec(f) else None for f in funcs]
     if len(reward_processing_classes) != len(funcs):
         raise ValueError(

@@ -142,11 +142,9 @@ class RewardTrainer(_BaseTrainer):
             disable_dropout_in_model(model)
 
         train_dataset = self._prepare(train_dataset, processing_class, args, "train", model)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {k: self._prepare(v, processing_class, args, f"eval[{k}]", model)
-                            for k, v in eval_dataset.items()}
-        elif eval_dataset is not None:
-            eval_dataset = self._prepare(eval_dataset, processing_class, args, "eval", model)
+        eval_dataset = self._prepare_eval_datasets(
+            eval_dataset, lambda dataset, name: self._prepare(dataset, processing_class, args, name, model)
+        )
         if data_collator is None:  # no truncation: pairs longer than max_length were filtered out
             data_collator = DataCollatorForPreference(
                 pad_token_id=processing_class.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of

@@ -109,6 +109,12 @@ class SFTTrainer(_BaseTrainer):
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
         add_fused_lm_head(_causal_lm(model))
+        self._virtual_tokens = _num_virtual_tokens(model)
+        if self._virtual_tokens and (args.padding_free or args.packing):
+            raise ValueError(
+                "PEFT prompt tuning / P-tuning prepends virtual tokens to every sequence, which needs one sequence per "
+                "row: turn off `padding_free` and `packing`."
+            )
         self._aux_loss_coef = router_aux_loss_coef(_causal_lm(model), args.router_aux_loss_coef)
 
         skip_prepare = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset", False))
@@ -116,16 +122,11 @@ class SFTTrainer(_BaseTrainer):
         if not skip_prepare:
             train_dataset, self._dataset_format = self._prepare(train_dataset, processing_class, args, formatting_func,
                                                                 "train", args.packing, model)
-            if eval_dataset is not None:
-                if isinstance(eval_dataset, dict):
-                    eval_dataset = {
-                        key: self._prepare(ds, processing_class, args, formatting_func, f"eval[{key}]",
-                                           args.eval_packing, model)[0]
-                        for key, ds in eval_dataset.items()
-                    }
-                else:
-                    eval_dataset = self._prepare(eval_dataset, processing_class, args, formatting_func, "eval",
-                                                 args.eval_packing, model)[0]
+
+        def prepare_eval(dataset, name):
+            return self._prepare(dataset, processing_class, args, formatting_func, name, args.eval_packing, model)[0]
+
+        eval_dataset = self._prepare_eval_datasets(eval_dataset, None if skip_prepare else prepare_eval)
         if data_collator is None:
             data_collator = DataCollatorForLanguageModeling(
                 pad_token_id=processing_class.pad_token_id,
@@ -187,6 +188,9 @@ class SFTTrainer(_BaseTrainer):
         else:  # evaluation: the mean over this batch's tokens
             weight = token_weight(count_loss_tokens(labels).clamp(min=1))
         model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        if self._virtual_tokens:  # PEFT prompt tuning / P-tuning prepends virtual tokens, which are never targets
+            labels = torch.nn.functional.pad(labels, (self._virtual_tokens, 0), value=-100)
+            model_inputs.pop("position_ids", None)  # PEFT numbers the positions itself (it ignores them, warning)
         request = FusedHeadRequest(labels=labels, loss_fn=self._loss_fn, token_weight=weight,
                                    router_aux_loss=self._aux_loss_coef > 0)
         outputs = model(**model_inputs, fused_lm_head=request)
@@ -209,6 +213,17 @@ class SFTTrainer(_BaseTrainer):
 def _has_varlen_attention(model) -> bool:
     """Flash attention runs a flat batch as separate sequences (varlen); sdpa/eager pay for the full square."""
     return "flash" in str(getattr(_causal_lm(model).config, "_attn_implementation", "") or "")
+
+
+def _num_virtual_tokens(model) -> int:
+    """How many virtual tokens PEFT prepends to every sequence: prompt tuning and P-tuning put them in front of the
+    input embeddings (prefix tuning puts them in the attention cache instead, and LoRA adds none)."""
+    if not loading.is_peft_model(model):
+        return 0
+    config = model.active_peft_config
+    if not getattr(config, "is_prompt_learning", False) or config.peft_type == "PREFIX_TUNING":
+        return 0
+    return config.num_virtual_tokens
 
 
 def _causal_lm(model):
