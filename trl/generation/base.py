@@ -14,6 +14,9 @@ import torch
 from ..rollout import Rollout
 
 _SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "do_sample")
+# generation keys of beam search (transformers' GenerationConfig / vLLM's BeamSearchParams)
+_BEAM_KEYS = ("num_beams", "num_beam_groups", "early_stopping", "length_penalty", "diversity_penalty", "beam_width",
+              "constraints", "force_words_ids")
 
 
 @dataclass(frozen=True)
@@ -72,20 +75,32 @@ class SamplingConfig:
         )
 
     def with_overrides(self, generation_kwargs: dict[str, Any] | None) -> SamplingConfig:
-        """Apply `generation_kwargs` (`GRPOConfig.generation_kwargs`): known keys replace the fields above; unknown keys
-        are an error, not silently ignored (`max_new_tokens` too: the length limit is `max_completion_length`, which
-        the loss normalisation and the context check also read)."""
+        """Apply `generation_kwargs` (`GRPOConfig.generation_kwargs`): the keys sampling honours (`temperature`,
+        `top_p`, `top_k`, `min_p`, `repetition_penalty`, `do_sample`) replace the fields above; any other key is an
+        error naming those keys, not silently ignored: `max_new_tokens` (the length limit is `max_completion_length`,
+        which the loss normalisation and the context check also read) and beam-search keys (`num_beams`,
+        `early_stopping`, `length_penalty`, ...: RL needs completions sampled from the policy) included."""
         if not generation_kwargs:
             return self
+        if generation_kwargs.get("num_beams", None) == 1:  # one beam is plain decoding: nothing to refuse
+            generation_kwargs = {k: v for k, v in generation_kwargs.items() if k != "num_beams"}
         unknown = sorted(set(generation_kwargs) - set(_SAMPLING_KEYS))
+        if not unknown:
+            return dataclasses.replace(self, **generation_kwargs)
+        accepted = f"The keys sampling honours: {list(_SAMPLING_KEYS)}."
         if "max_new_tokens" in unknown:
-            raise ValueError("`generation_kwargs` cannot set `max_new_tokens`: set `max_completion_length` instead.")
-        if unknown:
+            raise ValueError("`generation_kwargs` cannot set `max_new_tokens`: set `max_completion_length` instead "
+                             f"(the loss normalisation and the context check read it too). {accepted}")
+        beam = [key for key in unknown if key in _BEAM_KEYS]
+        if beam:
             raise ValueError(
-                f"`generation_kwargs` has keys the transformers backend does not support: {unknown}. Supported: "
-                f"{list(_SAMPLING_KEYS)}."
+                f"`generation_kwargs` has beam-search keys {beam}: beam search does not apply to RL sampling. The "
+                "policy-gradient loss needs completions drawn from the policy itself (their sampled log-probs are the "
+                "old log-probs of the ratio), and a group of near-identical beams has no reward variance to learn "
+                f"from. Remove them; to decode greedily set `do_sample=False`. {accepted}"
             )
-        return dataclasses.replace(self, **generation_kwargs)
+        raise ValueError(f"`generation_kwargs` has keys the built-in generation backend cannot honour: {unknown}. "
+                         f"{accepted}")
 
 
 class GenerationBackend(Protocol):

@@ -6,6 +6,10 @@ from dataclasses import dataclass, field
 
 from .online_config import _OnlineConfig
 
+# loss types that weight each completion by its number of tokens (a token mean or sum over the batch)
+_LENGTH_WEIGHTED = ("bnpo", "dapo", "dr_grpo", "cispo")
+_VLLM_IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
 
 @dataclass
 class GRPOConfig(_OnlineConfig):
@@ -20,10 +24,20 @@ class GRPOConfig(_OnlineConfig):
         beta (`float`, *optional*, defaults to `0.0`): KL coefficient; 0 loads no reference model.
         importance_sampling_level (`str`, *optional*, defaults to `"token"`): `"token"`, or `"sequence"` for GSPO
             (https://huggingface.co/papers/2507.18071), where the ratio is the geometric mean over the sequence.
+            Combined with a length-weighted `loss_type` (`bnpo`, `dapo`, `dr_grpo`, `cispo`) it warns.
         delta (`float`, *optional*): cap of the unclipped ratio (two-sided clipping, INTELLECT-2).
         sapo_temperature_pos (`float`, *optional*, defaults to `1.0`), sapo_temperature_neg (`float`, *optional*,
             defaults to `1.05`): SAPO gate temperatures for positive / negative advantages.
         vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg (`float`, *optional*): VESPO weight shape.
+        off_policy_mask_threshold (`float`, *optional*): off-policy sequence masking (OPSM) of the DeepSeek-V3.2
+            technical report: a completion with a negative advantage whose mean per-token
+            `log π_old − log π_θ` over its loss tokens exceeds this δ is left out of the policy term (not of the KL
+            term). `π_old` is the policy that sampled it, so on-policy micro-batches are never masked. None: off.
+        cast_lm_head_to_fp32 (`bool`, *optional*, defaults to `False`): accepted for the reference's configs and has
+            no effect: the chunked LM head already computes the log-softmax of the policy and the reference in fp32.
+        vllm_importance_sampling_correction, vllm_importance_sampling_mode, vllm_importance_sampling_clip_max,
+        vllm_importance_sampling_clip_min, vllm_importance_sampling_cap (deprecated): the reference's correction
+            for vLLM's sampling distribution, parsed so its configs load; used only with `use_vllm=True`.
 
         > Rewards
 
@@ -74,8 +88,30 @@ class GRPOConfig(_OnlineConfig):
     vespo_k_neg: float = field(default=3.0, metadata={"help": "VESPO shape k for negative advantages."})
     vespo_lambda_neg: float = field(default=2.0, metadata={"help": "VESPO rate lambda for negative advantages."})
     cast_lm_head_to_fp32: bool = field(
-        default=False, metadata={"help": "Compute the LM head in fp32 (not available yet; the chunked head already "
-                                         "computes the log-softmax in fp32)."}
+        default=False, metadata={"help": "Accepted, no effect: the chunked LM head already computes the log-softmax "
+                                         "in fp32."}
+    )
+    off_policy_mask_threshold: float | None = field(
+        default=None, metadata={"help": "DeepSeek-V3.2 off-policy sequence masking: leave out of the policy loss "
+                                        "negative-advantage completions whose mean per-token log-ratio "
+                                        "log pi_old - log pi exceeds this (None: off)."}
+    )
+    # vLLM importance-sampling correction (parsed for the reference's configs; used only with use_vllm=True)
+    vllm_importance_sampling_correction: bool = field(
+        default=True, metadata={"help": "Correct for vLLM's sampling distribution (needs use_vllm)."}
+    )
+    vllm_importance_sampling_mode: str = field(
+        default="sequence_mask",
+        metadata={"help": "token_truncate, token_mask, sequence_truncate or sequence_mask (needs use_vllm)."},
+    )
+    vllm_importance_sampling_clip_max: float | None = field(
+        default=3.0, metadata={"help": "Upper bound of the vLLM importance weight (needs use_vllm)."}
+    )
+    vllm_importance_sampling_clip_min: float | None = field(
+        default=None, metadata={"help": "Lower bound of the vLLM importance weight (needs use_vllm)."}
+    )
+    vllm_importance_sampling_cap: float | None = field(
+        default=None, metadata={"help": "Deprecated name of vllm_importance_sampling_clip_max."}
     )
 
     # Rewards
@@ -123,9 +159,27 @@ class GRPOConfig(_OnlineConfig):
             warnings.warn(warning, stacklevel=2)
         if not 0.0 < self.top_entropy_quantile <= 1.0:
             raise ValueError(f"`top_entropy_quantile` must be in (0, 1]; got {self.top_entropy_quantile}.")
-        if self.cast_lm_head_to_fp32:
-            raise ValueError("`cast_lm_head_to_fp32` is not supported yet; the chunked LM head already computes the "
-                             "log-softmax in float32. Remove it.")
+        if self.importance_sampling_level == "sequence" and self.loss_type in _LENGTH_WEIGHTED:
+            import warnings
+
+            warnings.warn(
+                f"importance_sampling_level='sequence' with loss_type={self.loss_type!r}: the sequence-level ratio is "
+                f"one number per completion, but {self.loss_type!r} weights each completion by its token count, so "
+                "long completions count more than GSPO intends. GSPO uses a per-sequence mean: loss_type='grpo' (or "
+                "'luspo').", stacklevel=2,
+            )
+        if self.off_policy_mask_threshold is not None and self.off_policy_mask_threshold < 0:
+            raise ValueError(f"`off_policy_mask_threshold` must be >= 0 (a KL bound) or None; got "
+                             f"{self.off_policy_mask_threshold}.")
+        if self.vllm_importance_sampling_mode not in _VLLM_IS_MODES:
+            raise ValueError(f"`vllm_importance_sampling_mode` must be one of {list(_VLLM_IS_MODES)}; got "
+                             f"{self.vllm_importance_sampling_mode!r}.")
+        if self.vllm_importance_sampling_cap is not None:
+            import warnings
+
+            warnings.warn("`vllm_importance_sampling_cap` is deprecated: use `vllm_importance_sampling_clip_max`.",
+                          FutureWarning, stacklevel=2)
+            self.vllm_importance_sampling_clip_max = self.vllm_importance_sampling_cap
         if self.entropy_coef < 0 or self.entropy_coef_delta < 0:
             raise ValueError(f"`entropy_coef` and `entropy_coef_delta` must be >= 0; got {self.entropy_coef}, "
                              f"{self.entropy_coef_delta}.")

@@ -30,6 +30,37 @@ from .online import _OnlineTrainer
 ENTROPY_CTRL_FILE = "entropy_ctrl_state.json"
 
 
+def off_policy_sequence_mask(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
+                             mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Off-policy sequence masking (OPSM, DeepSeek-V3.2 technical report): which completions keep their policy term.
+
+    A completion is dropped when its advantage is negative **and** the policy has drifted from the one that sampled
+    it by more than `threshold`, measured as the mean over its loss tokens of `old_logps − logps` (a sample estimate
+    of `KL(π_old ‖ π_θ)`). Pushing down a stale negative sample mostly adds noise; positive ones are always kept.
+
+    Args:
+        logps (`torch.Tensor`): `(B, T)` log-probs under the current policy (used detached).
+        old_logps (`torch.Tensor`): `(B, T)` log-probs under the policy that sampled the completions.
+        advantages (`torch.Tensor`): `(B,)`.
+        mask (`torch.Tensor`): `(B, T)` 1 on loss tokens.
+        threshold (`float`): δ, the drift past which a negative-advantage completion is masked.
+
+    Returns:
+        `torch.Tensor`: `(B,)` bool, True for the completions whose policy term is kept.
+
+    Example:
+        ```python
+        >>> logps = torch.tensor([[-2.0, -2.0], [-2.0, -2.0], [-1.0, -1.0]])
+        >>> old = torch.tensor([[-1.0, -1.0], [-1.0, -1.0], [-1.0, -1.0]])  # rows 0-1 drifted by 1 nat per token
+        >>> off_policy_sequence_mask(logps, old, torch.tensor([1.0, -1.0, -1.0]), torch.ones(3, 2), threshold=0.5)
+        tensor([ True, False,  True])
+        ```
+    """
+    mask = mask.to(logps.dtype)
+    drift = ((old_logps - logps.detach()) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return (advantages >= 0) | (drift <= threshold)
+
+
 class GRPOTrainer(_OnlineTrainer):
     """Trainer for GRPO and its variants.
 
@@ -39,11 +70,19 @@ class GRPOTrainer(_OnlineTrainer):
             dotted paths, reward-model ids or folders, or callables `(prompts, completions, **columns)`; each returns
             one float (or None) per completion.
         args ([`GRPOConfig`], *optional*): configuration; defaults to `GRPOConfig(output_dir="<model>-GRPO")`.
-        train_dataset (`datasets.Dataset`, *optional*): prompts in a `prompt` column (text or messages); other
-            columns reach the reward functions as keyword arguments. May be omitted when an environment owns the data.
-        eval_dataset (`datasets.Dataset`, *optional*): prompts whose sampled completions are scored at evaluation.
+        train_dataset (`datasets.Dataset` or `datasets.IterableDataset`, *optional*): prompts in a `prompt` column
+            (text or messages); other columns reach the reward functions as keyword arguments. A streaming dataset is
+            read in its own order (`shuffle_dataset` does not apply; use `dataset.shuffle(buffer_size=...)`), its
+            prompts tokenised on the fly, and needs `max_steps`. May be omitted when an environment owns the data.
+        eval_dataset (`Dataset`, `IterableDataset`, or a dict / `DatasetDict` of them, *optional*): prompts whose
+            sampled completions are scored at evaluation; a dict is evaluated per entry under `eval_<name>_`.
+            Evaluation reports the reward metrics and `eval_loss`, defined as the negative mean total reward (the
+            policy loss on fresh samples carries no signal), so `load_best_model_at_end=True` works with the
+            default `metric_for_best_model="loss"` and keeps the checkpoint of highest eval reward.
         processing_class (*optional*): the tokenizer (loaded from the model when None; left padding).
-        reward_processing_classes (*optional*): tokenizers of model-based rewards.
+        reward_processing_classes (*optional*): tokenizers of model-based rewards (loaded from each reward model
+            when missing); after construction `trainer.reward_processing_classes` holds one entry per reward
+            function (None for callables), aligned with `trainer.reward_funcs`.
         callbacks, optimizers: as in `transformers.Trainer`.
         quantization_config (*optional*): merged into the model-init kwargs when `model` is a string.
         peft_config (`peft.PeftConfig`, *optional*): train a LoRA adapter; with `beta > 0` the reference is the model
@@ -127,9 +166,16 @@ class GRPOTrainer(_OnlineTrainer):
 
     def _loss(self, micro: Rollout, logps, entropy, mask):
         old_logps = self._old_logps_for_loss(micro, logps)
-        entropy_mask = None
+        entropy_mask = None  # the tokens whose policy term is kept (the KL term is never masked)
         if self.args.top_entropy_quantile < 1.0:
             entropy_mask = self._high_entropy_mask(entropy.detach(), mask)
+        if self.args.off_policy_mask_threshold is not None:
+            keep = off_policy_sequence_mask(logps, old_logps, micro.advantages, mask,
+                                            self.args.off_policy_mask_threshold)
+            self._metrics.add("train" if self.model.training else "eval", "off_policy_mask/masked_ratio",
+                              (~keep).sum().float(), keep.numel())
+            keep = keep.unsqueeze(-1).expand_as(mask)
+            entropy_mask = keep if entropy_mask is None else entropy_mask & keep
         token_losses, metrics = policy_loss(
             logps, old_logps, micro.advantages, mask, self._loss_params, ref_logps=micro.ref_logps,
             entropy_mask=entropy_mask,

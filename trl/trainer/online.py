@@ -3,7 +3,10 @@
 How a run is cut (see `_OnlineConfig` for the fields):
 - The sampler ([`RepeatSampler`]) yields each prompt `num_generations` times in a row, a whole generation batch at a
   time, and repeats that generation batch `steps_per_generation × num_iterations` times, so that the Trainer's
-  step count (one dataloader batch per micro-step) is right.
+  step count (one dataloader batch per micro-step) is right. A streaming (`IterableDataset`) train or eval set gets
+  the same layout from [`RepeatedGroups`] as it is read, its prompts tokenised on the fly (`max_steps` required).
+- Evaluation samples `num_generations_eval` completions per eval prompt and reports their reward metrics and
+  `eval_loss = −(mean total reward)`; a dict of eval datasets is evaluated one by one, under `eval_<name>_`.
 - `get_batch_samples` (called once per optimiser step for its accumulated micro-batches) turns the first copy of a
   generation batch into a [`Rollout`] and splits it into `steps_per_generation` micro-batches kept in a buffer; the
   next copies are served from the buffer. Counting the loss tokens of the step there, after generation, is what
@@ -35,6 +38,7 @@ from ..agents.multi_turn import check_tool_prompts, check_tool_turns, multi_turn
 from ..agents.rollouts import cut_mid_call
 from ..agents.tools import Toolbox, tool_metrics
 from ..chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
+from ..data.conversation import maybe_convert_to_chatml
 from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
@@ -42,9 +46,9 @@ from ..generation.transformers_backend import TransformersBackend
 from ..models import loading
 from ..rollout import Rollout, StepCounts
 from ..template_families import tool_call_family
-from .base_trainer import _BaseTrainer, as_config, causal_lm
+from .base_trainer import _BaseTrainer, as_config, causal_lm, configure_streaming
 from .fused_head import completion_logps, router_aux_loss_coef
-from .reward_scoring import RewardScorer
+from .reward_scoring import RewardScorer, _RewardModel
 
 _STATE_FILE = "online_state_{rank}.pt"
 # the share of truncated completions or of zero-variance groups above which a generation batch mostly teaches nothing
@@ -94,6 +98,94 @@ class RepeatSampler(Sampler[int]):
     def __len__(self) -> int:
         rows = self.num_rows if self.keep_last else self.num_rows // self.prompts_per_batch * self.prompts_per_batch
         return rows * self.num_generations * self.repeat_count
+
+
+class RepeatedGroups(torch.utils.data.IterableDataset):
+    """[`RepeatSampler`]'s layout for a streaming dataset: rows of `dataset` read in chunks of `prompts_per_batch`,
+    each chunk yielded `repeat_count` times with each row `num_generations` times in a row, so that a generation
+    batch holds whole groups (a last, partial chunk is dropped unless `keep_last`). The stream's own order is kept
+    (shuffle it with `dataset.shuffle(buffer_size=...)`).
+
+    Example:
+        ```python
+        >>> list(RepeatedGroups(["a", "b", "c"], num_generations=2, prompts_per_batch=2, repeat_count=2))
+        ['a', 'a', 'b', 'b', 'a', 'a', 'b', 'b']
+        ```
+    """
+
+    def __init__(self, dataset, num_generations: int, prompts_per_batch: int, repeat_count: int = 1,
+                 keep_last: bool = False):
+        self.dataset, self.num_generations, self.prompts_per_batch = dataset, num_generations, prompts_per_batch
+        self.repeat_count, self.keep_last = repeat_count, keep_last
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __iter__(self):
+        chunk = []
+        for row in self.dataset:
+            chunk.append(row)
+            if len(chunk) == self.prompts_per_batch:
+                yield from self._groups(chunk)
+                chunk = []
+        if chunk and self.keep_last:
+            yield from self._groups(chunk)
+
+    def _groups(self, chunk):
+        for _ in range(self.repeat_count):
+            for row in chunk:
+                for _ in range(self.num_generations):
+                    yield row
+
+
+def _is_streaming(dataset) -> bool:
+    from datasets import IterableDataset
+
+    return isinstance(dataset, IterableDataset)
+
+
+def _head(dataset, rows: int = 16) -> list[dict]:
+    """The first rows of a (streaming) dataset, for checks that must not read the whole stream."""
+    return list(dataset.take(rows)) if _is_streaming(dataset) else dataset
+
+
+def _columns(dataset) -> list[str]:
+    if _is_streaming(dataset):
+        head = _head(dataset, 1)
+        return list(head[0]) if head else []
+    return list(dataset.column_names)
+
+
+def _column(dataset, name: str) -> list:
+    return [row[name] for row in _head(dataset)] if _is_streaming(dataset) else dataset[name]
+
+
+def _prepare_prompts(dataset, tokenizer, trainer: str, name: str, chat_template_kwargs, model):
+    """`trl.data.prompts.prepare_prompt_dataset` for a map-style dataset; for a streaming one, the same checks on its
+    first rows and the prompts tokenised on the fly (`IterableDataset.map`), as the stream is read."""
+    if not _is_streaming(dataset):
+        return prepare_prompt_dataset(dataset, tokenizer, trainer, name, chat_template_kwargs, model=model)
+    from datasets import Dataset
+
+    head = _head(dataset)
+    if not head:
+        raise ValueError(f"The {name} dataset given to {trainer} is empty.")
+    _, conversational = prepare_prompt_dataset(
+        Dataset.from_list(head), tokenizer, trainer, name, chat_template_kwargs, model=model
+    )
+    if "prompt_ids" in head[0]:
+        return dataset, conversational
+
+    def add_ids(row):
+        if isinstance(row["prompt"], list) and row["prompt"] and "from" in row["prompt"][0]:  # ShareGPT messages
+            row = {**row, "prompt": maybe_convert_to_chatml({"prompt": row["prompt"]})["prompt"]}
+        ids = tokenize_prompt(row, tokenizer, conversational, chat_template_kwargs)
+        if not ids:
+            raise ValueError(f"A {name} prompt of the streaming dataset is empty after tokenisation: {row['prompt']!r}.")
+        return {"prompt": row["prompt"], "prompt_ids": ids}
+
+    return dataset.map(add_ids), conversational
 
 
 def batch_plan(args, num_processes: int, off_policy: bool) -> str:
@@ -185,8 +277,14 @@ class _OnlineTrainer(_BaseTrainer):
         model = self._setup_policy_and_reference(
             model, None, model_id, args, quantization_config, peft_config, need_reference=self._uses_reference(args)
         )
-        train_dataset, conversational = prepare_prompt_dataset(
-            train_dataset, processing_class, type(self).__name__, "train", self._template_kwargs, model=model
+        self._streaming = _is_streaming(train_dataset)
+        if self._streaming and (args.max_steps is None or args.max_steps <= 0):
+            raise ValueError(
+                f"{type(self).__name__} got a streaming train dataset (`IterableDataset`), which has no length: set "
+                f"`max_steps` (a positive number of optimiser steps; got {args.max_steps})."
+            )
+        train_dataset, conversational = _prepare_prompts(
+            train_dataset, processing_class, type(self).__name__, "train", self._template_kwargs, model
         )
         if self.toolbox is not None and not conversational:
             raise ValueError(
@@ -194,26 +292,22 @@ class _OnlineTrainer(_BaseTrainer):
                 "their results are turns of a conversation. Give the 'prompt' column as "
                 "[{'role': 'user', 'content': ...}]."
             )
+        # a streaming dataset is checked on its first rows only (reading it all would consume the stream)
         if self.toolbox is not None:
-            check_tool_prompts(train_dataset["prompt"])
+            check_tool_prompts(_column(train_dataset, "prompt"))
         if self.environments is not None:
-            columns = [c for c in train_dataset.column_names if c != "prompt_ids"]
-            routes = train_dataset[ENVIRONMENT_COLUMN] if ENVIRONMENT_COLUMN in columns else None
+            columns = [c for c in _columns(train_dataset) if c != "prompt_ids"]
+            routes = _column(train_dataset, ENVIRONMENT_COLUMN) if ENVIRONMENT_COLUMN in columns else None
             # environment-owned data: reset() gets no columns (the placeholder prompts are not passed)
             self.environments.check_dataset([] if self._environment_owned else columns, routes)
             reward_funcs = self._with_environment_rewards(reward_funcs)
-        self._check_prompts_fit(causal_lm(model), train_dataset, args)
-        self._check_enough_prompts(train_dataset, args)
+        if self._streaming:  # the first rows only: the stream is read once, during training
+            self._check_prompts_fit(causal_lm(model), {"prompt_ids": _column(train_dataset, "prompt_ids")}, args)
+        else:
+            self._check_prompts_fit(causal_lm(model), train_dataset, args)
+            self._check_enough_prompts(train_dataset, args)
         if eval_dataset is not None:
-            eval_dataset, _ = prepare_prompt_dataset(
-                eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model=model
-            )
-            if self.toolbox is not None and not isinstance(eval_dataset, dict):
-                check_tool_prompts(eval_dataset["prompt"])
-            if self.environments is not None and not isinstance(eval_dataset, dict):
-                columns = [c for c in eval_dataset.column_names if c != "prompt_ids"]
-                routes = eval_dataset[ENVIRONMENT_COLUMN] if ENVIRONMENT_COLUMN in columns else None
-                self.environments.check_dataset(columns, routes)
+            eval_dataset = self._prepare_eval_datasets(eval_dataset, processing_class, model)
         reward_weights = args.reward_weights
         if self.environments is not None:  # each environment reward has weight 1 and no tokenizer
             extra = len(self.environments.reward_funcs)
@@ -225,6 +319,13 @@ class _OnlineTrainer(_BaseTrainer):
             reward_funcs, reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
             trust_remote_code=args.trust_remote_code, trainer_name=type(self).__name__,
         )
+        # what callbacks read (the reference's attribute names): one entry per reward function, the tokenizer of
+        # each reward model (given or auto-loaded) and None for callables
+        scorer_funcs = self.reward_scorer._funcs
+        self.reward_funcs = [f.model if isinstance(f, _RewardModel) else f for f in scorer_funcs]
+        self.reward_processing_classes = [f.tokenizer if isinstance(f, _RewardModel) else None for f in scorer_funcs]
+        evals = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
+        configure_streaming(args, train_dataset, *evals)
         super().__init__(
             model=model, args=args, data_collator=_identity, train_dataset=train_dataset, eval_dataset=eval_dataset,
             processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
@@ -357,6 +458,22 @@ class _OnlineTrainer(_BaseTrainer):
                 f"{context} tokens. Lower max_completion_length, or filter/shorten prompts to at most {limit} tokens."
             )
 
+    def _prepare_eval_datasets(self, eval_dataset, processing_class, model):
+        """The eval dataset(s) with `prompt_ids`: one dataset (map-style or streaming), or a dict / `DatasetDict` of
+        them, each prepared on its own (each is evaluated under its own prefix, `eval_<name>_...`)."""
+        if isinstance(eval_dataset, Mapping):
+            return {name: self._prepare_eval_datasets(d, processing_class, model) for name, d in eval_dataset.items()}
+        eval_dataset, _ = _prepare_prompts(
+            eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model
+        )
+        if self.toolbox is not None:
+            check_tool_prompts(_column(eval_dataset, "prompt"))
+        if self.environments is not None:
+            columns = [c for c in _columns(eval_dataset) if c != "prompt_ids"]
+            routes = _column(eval_dataset, ENVIRONMENT_COLUMN) if ENVIRONMENT_COLUMN in columns else None
+            self.environments.check_dataset(columns, routes)
+        return eval_dataset
+
     @staticmethod
     def _check_enough_prompts(dataset, args) -> None:
         prompts_per_batch = args.generation_batch_size // args.num_generations
@@ -384,8 +501,14 @@ class _OnlineTrainer(_BaseTrainer):
 
     def get_train_dataloader(self):
         # one dataloader batch = this process's share of a generation batch (it is consumed as one micro-step)
+        dataset = self.train_dataset
+        if _is_streaming(dataset):  # the sampler's layout, built while the stream is read
+            dataset = RepeatedGroups(
+                dataset, self.args.num_generations, self.args.generation_batch_size // self.args.num_generations,
+                repeat_count=self.args.steps_per_generation * self.args.num_iterations,
+            )
         return self._get_dataloader(
-            dataset=self.train_dataset, description="Training",
+            dataset=dataset, description="Training",
             batch_size=self.args.per_device_train_batch_size * self.args.steps_per_generation,
             sampler_fn=self._get_train_sampler, is_training=True,
         )
@@ -944,23 +1067,28 @@ class _OnlineTrainer(_BaseTrainer):
         # evaluation samples from its own generator, so the training run does not depend on `eval_steps`
         self._eval_generator = torch.Generator(device=self.accelerator.device)
         self._eval_generator.manual_seed(self.args.seed + 7919 + self.accelerator.process_index)
-        if eval_dataset is not None and not isinstance(eval_dataset, (str, dict)):
-            if "prompt_ids" not in (eval_dataset.column_names or []):
-                eval_dataset, _ = prepare_prompt_dataset(
-                    eval_dataset, self.processing_class, type(self).__name__, "eval", self._template_kwargs,
-                    model=self.model,
-                )
+        prepared = getattr(eval_dataset, "column_names", None) and "prompt_ids" in eval_dataset.column_names
+        if eval_dataset is not None and not isinstance(eval_dataset, str) and not prepared:  # raw, given only now
+            eval_dataset = self._prepare_eval_datasets(eval_dataset, self.processing_class, self.model)
         return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Sample completions of the eval prompts (each row already repeated `num_generations_eval` times by the
-        sampler) and record their rewards and lengths; no loss."""
+        sampler) and record their rewards and lengths.
+
+        The reported `eval_loss` is the **negative mean total reward** (the weighted sum of the reward functions, as
+        `reward`) of the eval completions: a policy-gradient loss on fresh samples is zero in expectation and says
+        nothing about progress, while a lower `eval_loss` meaning a higher reward lets `load_best_model_at_end=True`
+        work with the default `metric_for_best_model="loss"`."""
         rollout = self._sample(inputs, getattr(self, "_eval_generator", None) or self._generator, mode="eval")
         try:
             scores = self._score(rollout)
         finally:
             self._release_environments(rollout)
-        self._record_rollout_metrics(rollout, self.accelerator.gather(rollout.rewards), scores, mode="eval")
+        all_rewards = self.accelerator.gather(rollout.rewards)
+        self._record_rollout_metrics(rollout, all_rewards, scores, mode="eval")
+        total = self._total_rewards(all_rewards)
+        self._metrics.add("eval", "loss", -total.sum(), total.numel())
         return None, None, None
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -972,6 +1100,9 @@ class _OnlineTrainer(_BaseTrainer):
 
         def sampler(d):  # every prompt n times in a row; the last, partial batch of prompts is kept
             return RepeatSampler(len(d), n, prompts, shuffle=False, keep_last=True)
+
+        if _is_streaming(dataset):
+            dataset = RepeatedGroups(dataset, n, prompts, keep_last=True)
 
         return self._get_dataloader(
             dataset=dataset, description="Evaluation", batch_size=self.args.per_device_eval_batch_size,

@@ -34,7 +34,8 @@ class _OnlineConfig(_BaseConfig):
         max_completion_length (`int`, *optional*, defaults to `512`): most tokens generated per completion.
         mask_truncated_completions (`bool`, *optional*, defaults to `False`): leave completions that hit
             `max_completion_length` out of the loss.
-        shuffle_dataset (`bool`, *optional*, defaults to `True`): shuffle the prompts.
+        shuffle_dataset (`bool`, *optional*, defaults to `True`): shuffle the prompts (a streaming dataset is read
+            in its own order: shuffle it with `dataset.shuffle(buffer_size=...)`).
         chat_template_kwargs (`dict`, *optional*): extra arguments of the chat template for conversational prompts.
 
         > Generation
@@ -47,8 +48,19 @@ class _OnlineConfig(_BaseConfig):
         top_k (`int`, *optional*, defaults to `0`), min_p (`float`, *optional*),
         repetition_penalty (`float`, *optional*, defaults to `1.0`): sampling parameters.
         generation_kwargs (`dict`, *optional*): overrides of the sampling parameters (`temperature`, `top_p`, `top_k`,
-            `min_p`, `repetition_penalty`, `do_sample`, `max_new_tokens`); other keys are an error.
-        use_vllm (`bool`, *optional*, defaults to `False`): generate with vLLM (not available yet in this version).
+            `min_p`, `repetition_penalty`, `do_sample`; `num_beams=1` is accepted). Other keys are an error naming
+            these: `max_new_tokens` (set `max_completion_length`) and beam-search keys (`num_beams > 1`,
+            `early_stopping`, `length_penalty`, ...) included, since RL needs completions sampled from the policy.
+        use_vllm (`bool`, *optional*, defaults to `False`): generate with vLLM (not available yet in this version;
+            `True` is an error).
+        vllm_mode, vllm_model_impl, vllm_enable_sleep_mode, vllm_structured_outputs_regex, vllm_server_base_url,
+        vllm_server_host, vllm_server_port, vllm_server_timeout, vllm_group_port, vllm_gpu_memory_utilization,
+        vllm_max_model_length, vllm_tensor_parallel_size: the reference's vLLM settings, with its defaults. They are
+            parsed so that configs and YAML files written for the reference load, and used only with `use_vllm=True`.
+        use_transformers_continuous_batching (`bool`, *optional*, defaults to `False`),
+        transformers_continuous_batching_config (`dict`, *optional*), use_transformers_paged (`bool`, *optional*,
+            defaults to `False`): the reference's other generation paths; not available (`True` is an error), the
+            built-in backend already drops finished completions from the batch.
 
         > Tools (multi-turn rollouts, docs/agents.md)
 
@@ -81,6 +93,8 @@ class _OnlineConfig(_BaseConfig):
             `output_dir/completions/completions_<step>.parquet`.
         num_completions_to_print (`int`, *optional*): rows of that table (all when None).
         log_unique_prompts (`bool`, *optional*, defaults to `False`): one row per prompt in the printed table.
+        log_multimodal (`bool`, *optional*, defaults to `True`): parsed for the reference's configs; no effect (the
+            online trainers take text prompts only).
 
         > Guards
 
@@ -129,9 +143,33 @@ class _OnlineConfig(_BaseConfig):
         default=None, metadata={"help": "Overrides of the sampling parameters (dict or JSON)."}
     )
     use_vllm: bool = field(default=False, metadata={"help": "Generate with vLLM (not available yet)."})
+    # vLLM (parsed so that configs written for the reference load; only `use_vllm=True` would need them)
+    vllm_mode: str = field(default="colocate", metadata={"help": "vLLM mode, 'colocate' or 'server' (needs use_vllm)."})
+    vllm_model_impl: str = field(default="vllm", metadata={"help": "vLLM model implementation (needs use_vllm)."})
+    vllm_enable_sleep_mode: bool = field(default=False, metadata={"help": "vLLM sleep mode (needs use_vllm)."})
+    vllm_structured_outputs_regex: str | None = field(
+        default=None, metadata={"help": "Regex for vLLM structured outputs (needs use_vllm)."}
+    )
+    vllm_server_base_url: str | None = field(default=None, metadata={"help": "vLLM server URL (needs use_vllm)."})
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "vLLM server host (needs use_vllm)."})
+    vllm_server_port: int = field(default=8000, metadata={"help": "vLLM server port (needs use_vllm)."})
+    vllm_server_timeout: float = field(default=240.0, metadata={"help": "vLLM server timeout (needs use_vllm)."})
+    vllm_group_port: int = field(default=51216, metadata={"help": "vLLM weight-sync NCCL port (needs use_vllm)."})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "GPU memory share of colocated vLLM (needs use_vllm)."}
+    )
+    vllm_max_model_length: int | None = field(default=None, metadata={"help": "vLLM context length (needs use_vllm)."})
+    vllm_tensor_parallel_size: int = field(default=1, metadata={"help": "vLLM tensor parallelism (needs use_vllm)."})
     use_transformers_continuous_batching: bool = field(
         default=False, metadata={"help": "transformers' continuous batching (not available; the built-in backend "
                                          "already drops finished completions from the batch)."}
+    )
+    transformers_continuous_batching_config: dict | str | None = field(
+        default=None, metadata={"help": "Settings of transformers' continuous batching (needs "
+                                        "use_transformers_continuous_batching, not available)."}
+    )
+    use_transformers_paged: bool = field(
+        default=False, metadata={"help": "Deprecated in the reference; paged generation is not available."}
     )
     cache_implementation: str | None = field(
         default=None, metadata={"help": "Not used by the built-in backend (it manages its own dynamic cache)."}
@@ -169,6 +207,9 @@ class _OnlineConfig(_BaseConfig):
     log_completions: bool = field(default=False, metadata={"help": "Print and save sampled completions."})
     num_completions_to_print: int | None = field(default=None, metadata={"help": "Rows of the completions table."})
     log_unique_prompts: bool = field(default=False, metadata={"help": "One row per prompt in the printed table."})
+    log_multimodal: bool = field(
+        default=True, metadata={"help": "Log the images of multimodal prompts (no effect: text models only)."}
+    )
     log_completions_hub_repo: str | None = field(
         default=None, metadata={"help": "Push the completion tables to a Hub dataset (not available: no network)."}
     )
@@ -185,7 +226,7 @@ class _OnlineConfig(_BaseConfig):
     def __post_init__(self):
         import json
 
-        for name in ("generation_kwargs", "chat_template_kwargs"):
+        for name in ("generation_kwargs", "chat_template_kwargs", "transformers_continuous_batching_config"):
             value = getattr(self, name)
             if isinstance(value, str):
                 try:
@@ -197,8 +238,11 @@ class _OnlineConfig(_BaseConfig):
                 "`use_vllm=True`: the vLLM backend is not available in this version; generation runs on the built-in "
                 "transformers backend. Remove `use_vllm`."
             )
+        if self.vllm_mode not in ("colocate", "server"):
+            raise ValueError(f"`vllm_mode` must be 'colocate' or 'server'; got {self.vllm_mode!r}.")
         unsupported = {
             "use_transformers_continuous_batching": self.use_transformers_continuous_batching,
+            "use_transformers_paged": self.use_transformers_paged,
             "log_completions_hub_repo": self.log_completions_hub_repo,
         }
         for name, value in unsupported.items():
