@@ -62,10 +62,11 @@ def test_trains_on_unpaired_and_paired_data(tmp_path, form, loss_type):
     model = tiny_model(seed=0, **SMALL)
     before = _params(model)
     trainer = KTOTrainer(model=model, args=_config(tmp_path, loss_type=loss_type),
-                         train_dataset=tiny_task_dataset(form, num_rows=8),
+                         # 2 pairs unpair to chosen, chosen, rejected, rejected: one batch of 4 holds both labels
+                         train_dataset=tiny_task_dataset(form, num_rows=8 if form == "unpaired_preference" else 2),
                          eval_dataset=tiny_task_dataset("unpaired_preference", "test", num_rows=4),
                          processing_class=tiny_tokenizer())
-    assert len(trainer.train_dataset) == (8 if form == "unpaired_preference" else 16)  # pairs were unpaired
+    assert len(trainer.train_dataset) == (8 if form == "unpaired_preference" else 4)  # pairs were unpaired
     ref_before = _params(trainer.ref_model)
     trainer.train()
     logs = [log for log in trainer.state.log_history if "loss" in log]
@@ -172,18 +173,19 @@ def test_precomputed_reference_is_cached_and_reused(tmp_path, monkeypatch):
     assert math.isfinite(logs[-1]["loss"])
 
 
-def test_kl_completion_of_row_i_is_the_completion_of_row_i_plus_1(tmp_path):
+def test_kl_completion_comes_from_another_prompt(tmp_path):
     tokenizer = tiny_tokenizer()
     options = PreferenceDataOptions(max_length=64)
     unpaired, _ = prepare_unpaired_dataset(tiny_task_dataset("unpaired_preference", num_rows=5), tokenizer, options,
                                            "KTOTrainer")
     completions, kl = unpaired["completion_ids"], unpaired["kl_completion_ids"]
     assert kl == [completions[(i + 1) % 5] for i in range(5)]
-    # paired data: rows 2k and 2k+1 share a prompt, so the KL completion comes from the next pair
+    # paired data: chosen rows first, then rejected; rows k and k+3 share a prompt, so the KL completion of a row is
+    # the next prompt's completion with the same label, never its own prompt's
     paired, _ = prepare_unpaired_dataset(tiny_task_dataset("preference", num_rows=3), tokenizer, options, "KTOTrainer")
     completions, kl, labels = paired["completion_ids"], paired["kl_completion_ids"], paired["label"]
-    assert labels == [True, False] * 3
-    assert kl == [completions[(i + 2) % 6] for i in range(6)]
+    assert labels == [True] * 3 + [False] * 3
+    assert kl == [completions[(i + 1) % 3 + 3 * (i // 3)] for i in range(6)]
     # the KL sequence of a row is its own prompt followed by the KL completion
     batch = DataCollatorForUnpairedPreference(pad_token_id=0)([unpaired[0]])
     prompt = unpaired[0]["prompt_ids"]

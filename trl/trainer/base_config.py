@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 import numbers
 from dataclasses import dataclass, field
@@ -117,6 +119,11 @@ class _BaseConfig(TrainingArguments):
             Allow custom modelling code from the Hub, for the model and the processing class.
         router_aux_loss_coef (`float`, *optional*):
             Weight of the MoE load-balancing loss. `None` uses the model config's value; `0.0` disables it.
+        run_report (`bool`, *optional*, defaults to `True`):
+            Beyond the reference: at each save and at the end of training, write `output_dir/report/` (the log
+            history as JSON, plots of the key metrics when matplotlib is installed, sampled completions of online
+            trainers as HTML) and print a short end-of-run summary (`trl.trainer.callbacks.ReportCallback`). The
+            default can be set with the `TRL_RUN_REPORT` environment variable (`0` turns it off).
     """
 
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
@@ -150,6 +157,11 @@ class _BaseConfig(TrainingArguments):
     router_aux_loss_coef: float | None = field(
         default=None,
         metadata={"help": "MoE load-balancing loss weight. None: the model config's value; 0.0 disables it."},
+    )
+    run_report: bool = field(
+        default_factory=lambda: os.environ.get("TRL_RUN_REPORT", "1") != "0",
+        metadata={"help": "Write output_dir/report/ (log history, plots, sampled completions) at each save and at the "
+                          "end, and print an end-of-run summary. Default from TRL_RUN_REPORT (0: off)."},
     )
 
     def __post_init__(self):

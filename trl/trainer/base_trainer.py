@@ -25,7 +25,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .. import checkpoints, guards
 from ..losses.reduce import count_loss_tokens
 from ..models import loading, reference
-from .callbacks import SyncRefModelCallback
+from .callbacks import ReportCallback, SyncRefModelCallback
 from .fused_head import add_fused_lm_head
 from .utils import disable_dropout_in_model
 
@@ -593,6 +593,9 @@ class _BaseTrainer(Trainer):
         # of the model and generation configs (see `loading.restore_pad_ids`), in checkpoints and after training
         self._pad_ids = loading.pad_ids(self.model)
         guards.check_generation_config_pad(self.model)
+        if getattr(self.args, "run_report", False) or any(
+                isinstance(c, ReportCallback) for c in self.callback_handler.callbacks):
+            ReportCallback.attach(self)  # the run report (output_dir/report/) and the end-of-run summary
         self._start_step_watch()
         self._check_optimizer_memory()
         try:

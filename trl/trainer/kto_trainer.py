@@ -8,8 +8,8 @@ The KL reference point (our design; it differs from the reference implementation
 "KL completions": prompt `x_i` paired with the completion of another row. The reference implementation builds them by
 rotating completions within each per-device batch, so the estimate depends on the batch composition and requires
 sequential sampling and a per-device batch size above 1. Here the pairing is made once, when the dataset is
-prepared: row `i` gets the completion of row `(i + 1) mod n` in dataset order (of row `(i + 2) mod n` for paired data
-that was unpaired here, whose rows come in same-prompt pairs), in a `kl_completion_ids` column. So
+prepared: every row gets the completion of a row with a different prompt (`trl.data.unpaired.kl_pairing`; with
+distinct prompts, row `(i + 1) mod n`), in a `kl_completion_ids` column. So
 - any sampler and any `per_device_train_batch_size` (even 1) work: the pairing no longer constrains them;
 - the reference log-probs of KL completions can be precomputed and cached like those of the completions.
 Per micro-batch, `z = max(0, mean(log π(y'|x) − log π_ref(y'|x)))` over its KL completions, gathered from all
