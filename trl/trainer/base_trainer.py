@@ -424,7 +424,8 @@ class _BaseTrainer(Trainer):
         return self.accelerator.num_processes if self.args.average_tokens_across_devices else 1
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        if eval_dataset is not None and self._prepare_eval_fn is not None:  # a raw dataset given only now
+        # a raw dataset given only now (a string is the name of one of the eval datasets given at construction)
+        if eval_dataset is not None and not isinstance(eval_dataset, str) and self._prepare_eval_fn is not None:
             if isinstance(eval_dataset, dict):
                 eval_dataset = {k: self._eval_ready(v, f"eval[{k}]") for k, v in eval_dataset.items()}
             else:
