@@ -252,6 +252,24 @@ def test_padding_free_equals_padded(tmp_path, ld_alpha):
         torch.testing.assert_close(grads_flat[name], grads[name], rtol=1e-4, atol=1e-6)
 
 
+def test_num_tokens_counts_no_padding(tmp_path):
+    """Padded and padding-free batches (this one padded to a multiple of 64) log the same real-token count."""
+    counts = {}
+    for name, extra in {"padded": {}, "flat": {"padding_free": True, "pad_to_multiple_of": 64}}.items():
+        args = _config(tmp_path / name, max_steps=1, per_device_train_batch_size=4, **extra)
+        trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), ref_model=tiny_model(seed=1, **SMALL), args=args,
+                             train_dataset=tiny_task_dataset("preference", num_rows=4),
+                             processing_class=tiny_tokenizer())
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.train()
+        counts[name] = trainer.state.log_history[0]["num_tokens"]
+        if name == "padded":
+            real = int(batch["attention_mask"].sum())
+        else:
+            assert batch["input_ids"].numel() > real  # the flat row does end in padding
+    assert counts == {"padded": real, "flat": real}
+
+
 def test_precompute_runs_at_the_training_precision(tmp_path, monkeypatch):
     """Under bf16 autocast the cached reference equals the policy at step 0, so the first rewards are exactly 0."""
     monkeypatch.setenv("TRL_CACHE_DIR", str(tmp_path / "cache"))

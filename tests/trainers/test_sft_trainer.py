@@ -257,6 +257,21 @@ def test_pretokenized_rows_are_truncated_and_packed(tmp_path):
     assert len(trainer.train_dataset) == 3
 
 
+@pytest.mark.parametrize("overrides", [{"packing": True}, {"packing": True, "padding_free": True, "pad_to_multiple_of": 32},
+                                       {"padding_free": True, "pad_to_multiple_of": 16}],
+                         ids=["packed", "packed-padding_free", "padding_free-multiple"])
+def test_num_tokens_counts_real_tokens_not_padding(tmp_path, overrides):
+    # Six documents (45 tokens) with max_length 16: bfd packs them as 10+6, 9+7, 8+5, so the padded batch is 3 x 16 =
+    # 48 tokens of which 3 are padding; one step sees every row, and num_tokens must be the 45 real tokens.
+    lengths = (10, 9, 8, 7, 6, 5)
+    rows = Dataset.from_list([{"input_ids": list(range(5, 5 + n))} for n in lengths])
+    trainer, _ = _train(tmp_path, rows, max_length=16, max_steps=1, per_device_train_batch_size=8, **overrides)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["input_ids"].numel() > sum(lengths)  # the batch does hold padding
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert logs[-1]["num_tokens"] == sum(lengths)
+
+
 def test_moe_aux_loss_is_added_and_logged(tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -62,7 +62,7 @@ def test_trainers_still_reject_factory_names():
 def test_language_modeling_collator_fields_in_the_reference_order():
     fields = [f.name for f in dataclasses.fields(DataCollatorForLanguageModeling)]
     assert fields == ["pad_token_id", "completion_only_loss", "padding_free", "return_position_ids",
-                      "pad_to_multiple_of", "return_tensors"]
+                      "pad_to_multiple_of", "return_tensors", "return_token_counts"]  # ours comes last
     rows = [{"input_ids": [1, 2, 3]}, {"input_ids": [4]}]
     positional = DataCollatorForLanguageModeling(0, True, False, False, 4)(rows)  # the reference's positions
     assert "position_ids" not in positional and positional["input_ids"].shape == (2, 4)

@@ -54,8 +54,13 @@ class DataCollatorForLanguageModeling:
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
         return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`. Also accepted per call, as
             `collator(examples, return_tensors="pt")`.
+        return_token_counts (`bool`, *optional*, defaults to `False`): also return `token_counts`, a `(rows,)` tensor
+            of the real (non-padding) tokens in each row. Batches of packed or padding-free rows carry no
+            `attention_mask`, so this is the only way to tell padding from a real pad/eos token; the trainers use it
+            to log `num_tokens` without padding. Off by default, since a plain `model(**batch)` would not accept it.
 
-    The fields are in the reference's order, so positional arguments mean the same thing.
+    The fields are in the reference's order, so positional arguments mean the same thing (`return_token_counts` is
+    ours and comes last).
 
     Example:
         ```python
@@ -72,6 +77,7 @@ class DataCollatorForLanguageModeling:
     return_position_ids: bool = True
     pad_to_multiple_of: int | None = None
     return_tensors: str = "pt"
+    return_token_counts: bool = False
 
     def __post_init__(self):
         _check_return_tensors(self.return_tensors)
@@ -112,6 +118,8 @@ class DataCollatorForLanguageModeling:
         }
         if not by_position:
             batch["attention_mask"] = _pad([[1] * len(row) for row in ids], width, 0)
+        if self.return_token_counts:
+            batch["token_counts"] = torch.tensor([len(row) for row in ids], dtype=torch.long)
         if not self.return_position_ids:
             if by_position:
                 raise ValueError(

@@ -493,8 +493,19 @@ class _BaseTrainer(Trainer):
         super().log(logs, start_time)
 
     def _record_tokens(self, mode: str, inputs: dict) -> None:
-        mask = inputs.get("attention_mask")
-        self._num_tokens[mode] = self._num_tokens[mode] + (mask.sum() if mask is not None else inputs["input_ids"].numel())
+        """Add the batch's real tokens to `num_tokens`: padding is never counted. Padded batches say which tokens are
+        real in `attention_mask`; packed and padding-free batches have none, and say it in `token_counts` (SFT's
+        collator) or `sequence_index` (-1 on padding, the preference collators). Only a batch with none of these (a
+        custom collator) is counted whole."""
+        if inputs.get("attention_mask") is not None:
+            count = inputs["attention_mask"].sum()
+        elif inputs.get("token_counts") is not None:
+            count = inputs["token_counts"].sum()
+        elif inputs.get("sequence_index") is not None:
+            count = (inputs["sequence_index"] >= 0).sum()
+        else:
+            count = inputs["input_ids"].numel()
+        self._num_tokens[mode] = self._num_tokens[mode] + count
 
     def _pop_num_tokens(self, mode: str) -> float:
         """Input tokens seen, over all processes: cumulative over the run in training (continued from the last logged

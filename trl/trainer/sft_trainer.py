@@ -133,6 +133,7 @@ class SFTTrainer(_BaseTrainer):
                 completion_only_loss=args.completion_only_loss is not False,
                 padding_free=args.padding_free or (args.packing and _has_varlen_attention(model)),
                 pad_to_multiple_of=args.pad_to_multiple_of,
+                return_token_counts=True,
             )
         elif args.padding_free:
             raise ValueError("`padding_free=True` needs the default collator; got a custom `data_collator`.")
@@ -180,6 +181,7 @@ class SFTTrainer(_BaseTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.compute_loss_func is not None:
+            inputs = {k: v for k, v in inputs.items() if k != "token_counts"}  # ours, not a model input
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         mode = "train" if model.training else "eval"
         labels = inputs["labels"]
