@@ -1,26 +1,84 @@
 """Checks that stop a run which would learn nothing, and say how to fix it (docs/design.md §4).
 
 Each check either raises `TrainingWillNotLearnError` (when the config's `guards` is on, the default) or warns. The
-messages say what was found, in numbers, and what to change.
+messages say what was found, in numbers, and what to change. Each guard has a name ([`GUARDS`]): the config's
+`ignore_guards` turns single guards into warnings, `guards=False` all of them.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import torch
+
+# name -> what the guard stops (the names `ignore_guards` accepts)
+GUARDS = {
+    "loss_masks": "rows with no token that enters the loss (SFT)",
+    "truncation": "most rows lose every trained token to truncation at max_length (SFT)",
+    "eos_trained": "no row trains the end-of-turn token (SFT)",
+    "identical_pairs": "preference pairs with identical chosen and rejected completions (DPO, reward)",
+    "prompts_fit": "most rows have a prompt that fills max_length (DPO, KTO)",
+    "finite_loss": "a NaN/inf training loss",
+    "gradient_flows": "an exactly zero gradient with a non-zero loss for several steps",
+    "optimizer_memory": "gradients and optimiser states that cannot fit in the device's free memory",
+    "no_reward": "a generation batch in which every reward is NaN/None (online trainers)",
+    "no_signal": "generation batches in a row with no group that teaches anything (online trainers)",
+    "step_loss_tokens": "an optimiser step with no completion token in the loss (online trainers)",
+}
 
 
 class TrainingWillNotLearnError(ValueError):
     """Raised when a run, as configured, would silently learn nothing or learn the wrong thing."""
 
 
-def report(problem: str, fix: str, enforce: bool) -> None:
-    """Raise (`enforce=True`) or warn with `problem` and `fix`, plus how to opt out."""
+@dataclass(frozen=True)
+class Policy:
+    """Which guards stop the run: all of them when `enabled` (the config's `guards`), except those named in `ignore`
+    (the config's `ignore_guards`), which only warn. Truthy as `enabled`, so it stands wherever a bool did.
+
+    Example:
+        ```python
+        >>> policy = Policy(ignore=frozenset({"prompts_fit"}))
+        >>> policy.enforces("prompts_fit"), policy.enforces("finite_loss")
+        (False, True)
+        ```
+    """
+
+    enabled: bool = True
+    ignore: frozenset[str] = field(default_factory=frozenset)
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def enforces(self, name: str | None) -> bool:
+        return self.enabled and name not in self.ignore
+
+
+def policy(args) -> Policy:
+    """The guard policy of a trainer config (`guards`, `ignore_guards`; either may be absent)."""
+    return Policy(bool(getattr(args, "guards", True)), frozenset(getattr(args, "ignore_guards", None) or ()))
+
+
+def check_guard_names(names) -> None:
+    """Every name must be one of [`GUARDS`]; the error lists them."""
+    unknown = [name for name in names or () if name not in GUARDS]
+    if unknown:
+        listed = "; ".join(f"{name}: {what}" for name, what in GUARDS.items())
+        raise ValueError(f"Unknown guard name(s) in `ignore_guards`: {unknown}. The guards are: {listed}.")
+
+
+def report(problem: str, fix: str, enforce: bool | Policy, name: str | None = None) -> None:
+    """Raise or warn with `problem` and `fix`, plus how to opt out. `enforce` is a bool or a [`Policy`], which is
+    asked about the guard `name` (one of [`GUARDS`])."""
     message = f"{problem} {fix}"
-    if enforce:
-        raise TrainingWillNotLearnError(f"{message} (To train anyway, set `guards=False`.)")
+    stop = enforce.enforces(name) if isinstance(enforce, Policy) else bool(enforce)
+    if stop:
+        opt_out = f"set `ignore_guards=[{name!r}]` (this check only) or `guards=False`" if name else "set `guards=False`"
+        raise TrainingWillNotLearnError(f"{message} (To train anyway, {opt_out}.)")
+    if name and isinstance(enforce, Policy) and enforce.enabled:
+        message += f" (Only a warning: {name!r} is in ignore_guards.)"
     warnings.warn(message, stacklevel=3)
 
 
@@ -40,6 +98,7 @@ def check_loss_masks(name: str, n_rows: int, empty_rows: list[int], enforce: boo
         "Fix or filter those rows, or check completion_only_loss / assistant_only_loss. With guards=False they are "
         "dropped.",
         enforce,
+        "loss_masks",
     )
 
 
@@ -52,6 +111,7 @@ def check_truncation(name: str, n_rows: int, cut_rows: list[int], longest_prompt
         f"(e.g. rows {cut_rows[:5]}; the longest prompt has {longest_prompt} tokens).",
         f"Raise max_length above {longest_prompt}, or filter those rows. With guards=False they are dropped.",
         enforce,
+        "truncation",
     )
 
 
@@ -64,6 +124,7 @@ def check_eos_trained(name: str, n_rows: int, rows_without_eos: int, eos_token: 
             "Use a chat template whose assistant turn ends with the eos token (or set SFTConfig.eos_token to the "
             "template's end-of-turn token), or raise max_length.",
             enforce,
+            "eos_trained",
         )
 
 
@@ -93,6 +154,7 @@ def check_finite_loss(loss: float, step: int, enforce: bool, since_last_log: boo
             "Lower the learning rate, check the data for empty or corrupt rows, or train in float32 / bf16 instead "
             "of fp16.",
             enforce,
+            "finite_loss",
         )
 
 
@@ -109,6 +171,7 @@ def check_gradient_flows(zero_steps: int, patience: int, enforce: bool, step: in
         "and that some tokens enter the loss; a gradient that collapses to zero later in a run usually means the "
         "learning rate is too high (the model saturated): lower it.",
         enforce,
+        "gradient_flows",
     )
 
 
@@ -215,21 +278,38 @@ def check_optimizer_memory(trainable: int, trainable_bytes: int, states: int, fr
         "Train fewer parameters (peft_config=LoraConfig(...)), use an 8-bit or factored optimiser (optim="
         "'adamw_bnb_8bit' / 'adafactor'), or shard the states over several devices (FSDP, DeepSpeed ZeRO).",
         enforce,
+        "optimizer_memory",
     )
 
 
-def check_prompts_fit(name: str, prompts: list[list[int]], max_length: int | None, enforce: bool, verb: str) -> list[int]:
+def check_prompts_fit(
+    name: str, prompts: list[list[int]], max_length: int | None, enforce: bool | Policy, verb: str
+) -> list[int]:
     """Rows whose prompt alone fills `max_length`: no completion token would be left to `verb` (compare, score).
-    Returns those rows (dropped by the caller when `enforce` is off)."""
+
+    As for SFT rows cut to nothing: when some rows are affected they are dropped with a warning (the reference drops
+    them silently); when most are (more than half), `max_length` is wrong for this data and the run stops (a warning
+    with `guards=False` or `"prompts_fit"` in `ignore_guards`). Returns those rows, for the caller to drop.
+
+    Example:
+        ```python
+        >>> check_prompts_fit("train", [[1] * 9, [1] * 3, [1] * 4], 8, enforce=True, verb="compare")  # warns: 1 of 3
+        [0]
+        ```
+    """
     if max_length is None:
         return []
     no_room = [i for i, p in enumerate(prompts) if len(p) >= max_length]
-    if no_room:
-        report(
-            f"{len(no_room)} of {len(prompts)} {name} rows have a prompt of at least max_length={max_length} tokens "
-            f"(e.g. rows {no_room[:5]}, longest {max(len(prompts[i]) for i in no_room)}): no completion token would be "
-            f"left to {verb}.",
-            "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
-            enforce,
-        )
+    if not no_room:
+        return []
+    longest = max(len(prompts[i]) for i in no_room)
+    problem = (
+        f"{len(no_room)} of {len(prompts)} {name} rows have a prompt of at least max_length={max_length} tokens "
+        f"(e.g. rows {no_room[:5]}, longest {longest}): no completion token would be left to {verb}."
+    )
+    if 2 * len(no_room) > len(prompts):
+        report(problem, "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
+               enforce, "prompts_fit")
+    else:
+        warnings.warn(f"{problem} They are dropped; raise max_length above {longest} to keep them.", stacklevel=3)
     return no_room

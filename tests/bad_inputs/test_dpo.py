@@ -48,6 +48,13 @@ def _one_pair_left(env, outcome):
     assert len(outcome.value.train_dataset) == 1
 
 
+def _pairs_left(n):
+    def then(env, outcome):
+        assert len(outcome.value.train_dataset) == n
+    return then
+
+
+LONG_PAIR = {"prompt": "word " * 40, "chosen": " yes", "rejected": " no"}
 IDENTICAL = [{"prompt": "q", "chosen": " same", "rejected": " same"}, {"prompt": "q", "chosen": " yes", "rejected": " no"}]
 
 CASES = [
@@ -69,8 +76,22 @@ CASES = [
     error("identical chosen and rejected", build(IDENTICAL), r"identical chosen and rejected", TrainingWillNotLearnError),
     warn("identical chosen and rejected, guards off", build(IDENTICAL, guards=False), r"identical chosen and rejected",
          then=_one_pair_left),
-    error("prompt fills max_length", build([{"prompt": "word " * 40, "chosen": " yes", "rejected": " no"}], max_length=16),
-          r"prompt of at least max_length=16", TrainingWillNotLearnError),
+    error("prompt fills max_length", build([LONG_PAIR], max_length=16), r"prompt of at least max_length=16",
+          TrainingWillNotLearnError),
+    # a few such rows are dropped with a warning naming how many; most of them stop the run (guards=False: a warning)
+    warn("prompt fills max_length in some rows", build([LONG_PAIR, *PAIRS], max_length=16),
+         r"1 of 3 train rows have a prompt of at least max_length=16 tokens \(e\.g\. rows \[0\].*They are dropped",
+         then=_pairs_left(2)),
+    error("prompt fills max_length in most rows", build([LONG_PAIR, LONG_PAIR, PAIRS[0]], max_length=16),
+          r"2 of 3 train rows have a prompt of at least max_length=16", TrainingWillNotLearnError),
+    warn("prompt fills max_length in most rows, guards off", build([LONG_PAIR, LONG_PAIR, PAIRS[0]], max_length=16,
+                                                                   guards=False),
+         r"2 of 3 train rows have a prompt of at least max_length=16", then=_pairs_left(1)),
+    warn("prompt fills max_length in most rows, guard ignored by name",
+         build([LONG_PAIR, LONG_PAIR, PAIRS[0]], max_length=16, ignore_guards=["prompts_fit"]),
+         r"2 of 3 train rows .*'prompts_fit' is in ignore_guards", then=_pairs_left(1)),
+    error("ignore_guards with an unknown name", build(PAIRS, ignore_guards=["prompt_fits"]),
+          r"Unknown guard name\(s\) in `ignore_guards`: \['prompt_fits'\]\. The guards are: .*prompts_fit"),
     error("partial reference columns", _partial_reference_columns, r"ref_rejected_logps"),
     ok("ShareGPT human/gpt roles", trains_one_step(SHAREGPT), then=sharegpt_roles_renamed),
     # ---- the models ----

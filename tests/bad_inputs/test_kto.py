@@ -7,6 +7,7 @@ from datasets import Dataset
 
 from trl import KTOConfig, KTOTrainer
 from trl.data.tiny import tiny_task_dataset
+from trl.guards import TrainingWillNotLearnError
 from trl.models.tiny import tiny_model
 
 from ..trainers.sft_one_step import SMALL
@@ -52,8 +53,29 @@ def _undesirable_side_not_logged(env, outcome):
     assert "rewards/rejected" not in outcome.value.state.log_history[0]  # no undesirable row: the side is not logged
 
 
+LONG_ROW = {"prompt": "word " * 40, "completion": " yes", "label": True}
+
+
+def _rows_left(n):
+    def then(env, outcome):
+        assert len(outcome.value.train_dataset) == n
+    return then
+
+
 CASES = [
     # ---- the dataset ----
+    # rows whose prompt fills max_length: a few are dropped with a warning, most stop the run (guards=False: a warning)
+    error("prompt fills max_length in most rows", build([LONG_ROW, LONG_ROW, ROWS[0]], max_length=16),
+          r"2 of 3 train rows have a prompt of at least max_length=16", TrainingWillNotLearnError),
+    warn("prompt fills max_length in some rows", build([LONG_ROW, *ROWS], max_length=16),
+         r"1 of 3 train rows have a prompt of at least max_length=16 tokens \(e\.g\. rows \[0\].*They are dropped",
+         then=_rows_left(2)),
+    warn("prompt fills max_length in most rows, guards off",
+         build([LONG_ROW, LONG_ROW, *ROWS], max_length=16, guards=False), r"2 of 4 train rows .*max_length=16",
+         then=_rows_left(2)),
+    warn("prompt fills max_length in most rows, guard ignored by name",
+         build([LONG_ROW, LONG_ROW, ROWS[0]], max_length=16, ignore_guards=["prompts_fit"]),
+         r"2 of 3 train rows .*'prompts_fit' is in ignore_guards", then=_rows_left(1)),
     error("missing label", lambda env: env.build(tiny_task_dataset("conversational_prompt_completion", num_rows=2)),
           r"missing \['label'\]"),
     error("image column", build([{**ROWS[0], "image": None}]),

@@ -55,3 +55,35 @@ def test_optimizer_memory_is_not_judged_for_another_optimizer(tmp_path, monkeypa
     monkeypatch.setattr(base_trainer, "_PREFLIGHT_DEVICE_TYPES", ("cpu",))
     monkeypatch.setattr(base_trainer, "_cuda_free_bytes", lambda device: 0)
     trainer.train()  # SGD keeps no state: the AdamW estimate does not apply
+
+
+def test_a_guard_ignored_by_name_only_warns():
+    from trl.guards import GUARDS, Policy, check_finite_loss
+
+    ignored = Policy(ignore=frozenset({"finite_loss"}))
+    with pytest.warns(UserWarning, match=r"loss is nan at step 7.*'finite_loss' is in ignore_guards"):
+        check_finite_loss(float("nan"), 7, ignored)
+    # other guards still stop, and the error names both ways out
+    with pytest.raises(TrainingWillNotLearnError, match=r"ignore_guards=\['optimizer_memory'\]\` \(this check only\) or "
+                                                        r"`guards=False`"):
+        check_optimizer_memory(10**9, 4 * 10**9, 2, 8 * 2**30, ignored)
+    with pytest.raises(TrainingWillNotLearnError):
+        check_finite_loss(float("nan"), 7, Policy())
+    with pytest.warns(UserWarning, match="loss is nan"):
+        check_finite_loss(float("nan"), 7, Policy(enabled=False))
+    assert not Policy(enabled=False) and Policy() and "finite_loss" in GUARDS
+
+
+def test_ignore_guards_config_field(tmp_path):
+    from trl import SFTConfig
+    from trl.guards import GUARDS, policy
+
+    args = SFTConfig(output_dir=str(tmp_path), ignore_guards=["finite_loss"], report_to="none")
+    assert not policy(args).enforces("finite_loss") and policy(args).enforces("loss_masks")
+    assert SFTConfig(output_dir=str(tmp_path), ignore_guards="finite_loss,eos_trained").ignore_guards == [
+        "finite_loss", "eos_trained"]
+    with pytest.raises(ValueError, match=r"Unknown guard name\(s\) in `ignore_guards`: \['finite'\]\. The guards are: "
+                                         r"loss_masks: .*step_loss_tokens: "):
+        SFTConfig(output_dir=str(tmp_path), ignore_guards=["finite"])
+    help_text = dict((f.name, f) for f in __import__("dataclasses").fields(SFTConfig))["ignore_guards"].metadata["help"]
+    assert all(name in help_text for name in GUARDS)

@@ -146,6 +146,7 @@ def _check_pairs(dataset, options: PreferenceDataOptions, name: str):
             f"(e.g. rows {identical[:5]}): they carry no preference.",
             "Remove them from the dataset. With guards=False they are dropped.",
             options.guards,
+            "identical_pairs",
         )
     no_room = guards.check_prompts_fit(name, prompts, options.max_length, options.guards, "compare")
     empty = [i for i, (c, r) in enumerate(zip(chosen, rejected)) if not c or not r]

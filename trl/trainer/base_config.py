@@ -11,6 +11,9 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from ..guards import GUARDS as _GUARD_NAMES
+from ..guards import check_guard_names
+
 
 def bf16_supported() -> bool:
     """Whether this machine can train in bf16 (a CUDA device with bf16 support)."""
@@ -124,6 +127,12 @@ class _BaseConfig(TrainingArguments):
             history as JSON, plots of the key metrics when matplotlib is installed, sampled completions of online
             trainers as HTML) and print a short end-of-run summary (`trl.trainer.callbacks.ReportCallback`). The
             default can be set with the `TRL_RUN_REPORT` environment variable (`0` turns it off).
+        ignore_guards (`list[str]`, *optional*, defaults to `[]`):
+            Guards (`trl.guards`) that only warn instead of stopping the run, by name; `guards=False` turns all of
+            them into warnings. The names: `loss_masks`, `truncation`, `eos_trained` (SFT data), `identical_pairs`
+            (DPO / reward pairs), `prompts_fit` (DPO / KTO prompts that fill `max_length`), `finite_loss`,
+            `gradient_flows`, `optimizer_memory` (every trainer), `no_reward`, `no_signal`, `step_loss_tokens`
+            (online trainers). See `trl.guards.GUARDS`.
     """
 
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
@@ -163,9 +172,18 @@ class _BaseConfig(TrainingArguments):
         metadata={"help": "Write output_dir/report/ (log history, plots, sampled completions) at each save and at the "
                           "end, and print an end-of-run summary. Default from TRL_RUN_REPORT (0: off)."},
     )
+    ignore_guards: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Guards that only warn instead of stopping the run (guards=False: all of them): "
+                          + ", ".join(_GUARD_NAMES) + "."},
+    )
 
     def __post_init__(self):
         _check_run_does_something(self)
+        if isinstance(self.ignore_guards, str):  # one name, or a comma-separated list (YAML / environment)
+            self.ignore_guards = [name.strip() for name in self.ignore_guards.split(",") if name.strip()]
+        self.ignore_guards = list(self.ignore_guards or [])
+        check_guard_names(self.ignore_guards)
         # Activation checkpointing is on by default. transformers>=5.20 renamed the field `activation_checkpointing` and
         # warns on the old one, which is still the TRL name: the value goes to whichever name this transformers reads.
         if hasattr(self, "activation_checkpointing"):

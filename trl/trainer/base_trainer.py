@@ -487,9 +487,9 @@ class _BaseTrainer(Trainer):
         prefix = prefix if mode == "eval" else ""
         logs.update({f"{prefix}{k}": v for k, v in metrics.items()})
         if mode == "train" and "loss" in logs:
-            guards.check_finite_loss(logs["loss"], self.state.global_step, getattr(self.args, "guards", True))
+            guards.check_finite_loss(logs["loss"], self.state.global_step, guards.policy(self.args))
             if self._step_watch is not None:
-                self._step_watch.check(getattr(self.args, "guards", True))
+                self._step_watch.check(guards.policy(self.args))
         super().log(logs, start_time)
 
     def _record_tokens(self, mode: str, inputs: dict) -> None:
@@ -530,7 +530,7 @@ class _BaseTrainer(Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         if self.state.global_step < 3:  # the first steps are checked at once; later ones at every log
-            guards.check_finite_loss(float(loss), self.state.global_step + 1, getattr(self.args, "guards", True))
+            guards.check_finite_loss(float(loss), self.state.global_step + 1, guards.policy(self.args))
         if self._step_watch is not None:  # None outside `train()` (a hand-written loop)
             self._step_watch.record_loss(loss)
         if (self._watch_gradients and not _TRAINER_REPORTS_GRAD_NORM
@@ -549,7 +549,7 @@ class _BaseTrainer(Trainer):
     def _record_gradient(self, norm) -> None:
         if hasattr(norm, "full_tensor"):  # FSDP2 returns the norm as a DTensor; the flags stay plain tensors
             norm = norm.full_tensor()
-        self._step_watch.record_gradient(norm, self.state.global_step + 1, getattr(self.args, "guards", True))
+        self._step_watch.record_gradient(norm, self.state.global_step + 1, guards.policy(self.args))
 
     def _start_step_watch(self) -> None:
         """At the start of `train()`: NaN/inf losses and zero-gradient streaks are watched at every optimiser step
@@ -655,7 +655,7 @@ class _BaseTrainer(Trainer):
         for device, params in by_device.items():
             guards.check_optimizer_memory(
                 sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params), 2,
-                _cuda_free_bytes(device), getattr(self.args, "guards", True),
+                _cuda_free_bytes(device), guards.policy(self.args),
             )
 
     def _save(self, output_dir: str | None = None, state_dict=None):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import guards
 from ..data.collators import DataCollatorForPreference
 from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
 from ..losses.dpo import (
@@ -104,7 +105,9 @@ class DPOTrainer(_BaseTrainer):
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
         self._policy_request = {"router_aux_loss": self._aux_loss_coef > 0, "with_sum_sq": args.use_weighting}
 
-        options = PreferenceDataOptions(max_length=args.max_length, num_proc=args.dataset_num_proc, guards=args.guards)
+        options = PreferenceDataOptions(
+            max_length=args.max_length, num_proc=args.dataset_num_proc, guards=guards.policy(args)
+        )
         def prepare(dataset, name):
             return prepare_preference_dataset(dataset, processing_class, options, "DPOTrainer", name, model)[0]
 

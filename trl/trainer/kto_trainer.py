@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import guards
 from ..data.collators import DataCollatorForUnpairedPreference
 from ..data.preference import PreferenceDataOptions
 from ..data.unpaired import prepare_unpaired_dataset
@@ -109,7 +110,9 @@ class KTOTrainer(_BaseTrainer):
 
         self._with_kl = args.loss_type == "kto"  # apo_zero_unpaired has no KL term: no KL completions to score
         self._ref_columns = ("ref_logps", "ref_KL_logps") if self._with_kl else ("ref_logps",)
-        options = PreferenceDataOptions(max_length=args.max_length, num_proc=args.dataset_num_proc, guards=args.guards)
+        options = PreferenceDataOptions(
+            max_length=args.max_length, num_proc=args.dataset_num_proc, guards=guards.policy(args)
+        )
 
         def prepare(dataset, name):
             return prepare_unpaired_dataset(dataset, processing_class, options, "KTOTrainer", name, self._with_kl,

@@ -882,7 +882,7 @@ class _OnlineTrainer(_BaseTrainer):
         """
         from ..advantages import group_reward_stats
 
-        g, patience, enforce = self.args.num_generations, self.args.guard_patience, self.args.guards
+        g, patience, enforce = self.args.num_generations, self.args.guard_patience, guards.policy(self.args)
         weighted = self.reward_scorer.weights.to(all_rewards.device) != 0
         nans = int(self.accelerator.gather(torch.tensor([nan_count], device=self.accelerator.device)).sum())
         if nans and bool(torch.isnan(all_rewards[:, weighted]).all()):
@@ -892,6 +892,7 @@ class _OnlineTrainer(_BaseTrainer):
                 "A NaN usually comes from a bug in the reward (0/0, log(0), NaN inputs or a NaN model output): fix it, "
                 "and return None only for completions that should stay unscored.",
                 enforce,
+                "no_reward",
             )
         truncated = float(self.accelerator.gather(rollout.is_truncated.float()).mean())
         _, zero_std_groups = group_reward_stats(self._total_rewards(all_rewards), g)  # (N_all / G,)
@@ -927,7 +928,7 @@ class _OnlineTrainer(_BaseTrainer):
                            + (" (truncated completions are masked by mask_truncated_completions=True)" if masked else "")
                            + ", so nothing is learned.")
                 fix = f"{length_fix} {reward_fix}"
-            guards.report(problem, f"{fix} guards=False only warns.", enforce)
+            guards.report(problem, f"{fix} guards=False only warns.", enforce, "no_signal")
             return
         if self._guard_counts["truncated"] >= patience:
             # the run still learns, so it goes on; it is said at every batch, since the rewards judge unfinished answers
@@ -959,7 +960,8 @@ class _OnlineTrainer(_BaseTrainer):
                    if getattr(self.args, "mask_truncated_completions", False) else "."),
                 "Raise max_completion_length or turn mask_truncated_completions off. With guards=False such a step has "
                 "a zero loss (the optimiser still steps: weight decay and momentum apply).",
-                self.args.guards,
+                guards.policy(self.args),
+                "step_loss_tokens",
             )
 
     def _remember_completions(self, rollout: Rollout, scores, advantages: torch.Tensor) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .. import guards
 from ..data.collators import DataCollatorForPreference
 from ..data.formats import check_dataset
 from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
@@ -174,7 +175,9 @@ class RewardTrainer(_BaseTrainer):
         dataset = _rename_legacy_columns(dataset, name)
         # max_length=None: the preference path would reject prompts of max_length tokens; here whole pairs are
         # filtered by their full length instead.
-        options = PreferenceDataOptions(max_length=None, num_proc=args.dataset_num_proc, guards=args.guards)
+        options = PreferenceDataOptions(
+            max_length=None, num_proc=args.dataset_num_proc, guards=guards.policy(args)
+        )
         dataset, _ = prepare_preference_dataset(dataset, tokenizer, options, "RewardTrainer", name, model)
         return filter_long_pairs(dataset, args.max_length, name)
 

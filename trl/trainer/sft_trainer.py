@@ -19,6 +19,7 @@ from collections.abc import Callable
 import torch
 from transformers import TrainingArguments  # noqa: F401  (documented argument type)
 
+from .. import guards
 from ..data.collators import DataCollatorForLanguageModeling
 from ..data.prepare import SFTDataOptions, prepare_sft_dataset
 from ..losses.reduce import count_loss_tokens, token_weight
@@ -169,7 +170,7 @@ class SFTTrainer(_BaseTrainer):
             shuffle_dataset=args.shuffle_dataset,
             num_proc=args.dataset_num_proc,
             seed=args.seed,
-            guards=args.guards,
+            guards=guards.policy(args),
         )
         return prepare_sft_dataset(dataset, tokenizer, options, formatting_func, name, model)
 
