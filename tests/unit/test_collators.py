@@ -204,3 +204,23 @@ def test_sft_trainer_outputs_of_padding_free_batch_match_padded(tmp_path):
     with torch.no_grad():
         _, outputs = trainer.compute_loss(trainer.model, batch, return_outputs=True)
     torch.testing.assert_close(outputs.logits.float().log_softmax(-1)[0], expected, rtol=0, atol=1e-5)
+
+
+def test_reward_collator_takes_the_reference_positional_order():
+    # the reference's reward collator is (pad_token_id, pad_to_multiple_of, return_tensors); DPO's has max_length second
+    from trl.data.collators import DataCollatorForPreference as PairCollator
+    from trl.data.collators import RewardDataCollatorForPreference
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    assert DataCollatorForPreference is RewardDataCollatorForPreference
+    rows = [{"chosen_ids": [1, 2, 3], "rejected_ids": [4, 5], "margin": 0.5}, {"chosen_ids": [6], "rejected_ids": [7]}]
+    rows[1]["margin"] = 1.0
+    batch = DataCollatorForPreference(9, 4, "pt")(rows)
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 9], [6, 9, 9, 9], [4, 5, 9, 9], [7, 9, 9, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0]]
+    assert batch["margin"].tolist() == [0.5, 1.0]
+    # the same batch as the shared pair collator without truncation (it is composed, not copied)
+    expected = PairCollator(9, pad_to_multiple_of=4)(rows)
+    assert all(torch.equal(batch[key], expected[key]) for key in expected)
+    with pytest.raises(ValueError, match="return_tensors"):
+        DataCollatorForPreference(9, None, "np")

@@ -255,6 +255,43 @@ class DataCollatorForPreference:
 
 
 @dataclass
+class RewardDataCollatorForPreference:
+    """The reward trainer's collator, with the reference's signature `(pad_token_id, pad_to_multiple_of,
+    return_tensors)`: [`DataCollatorForPreference`] (whose second field is DPO's `max_length`) without truncation
+    (the reward trainer filters out pairs longer than `max_length` instead). Exposed as
+    `trl.trainer.reward_trainer.DataCollatorForPreference`.
+
+    Rows hold `chosen_ids` and `rejected_ids` (full sequences; `prompt_ids`, when present, is put in front) and an
+    optional `margin`; the batch holds the `B` chosen sequences, then the `B` rejected ones.
+
+    Args:
+        pad_token_id (`int`): id used to pad `input_ids`.
+        pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`; also accepted per call.
+
+    Example:
+        ```python
+        >>> collator = RewardDataCollatorForPreference(0, 4)
+        >>> collator([{"chosen_ids": [1, 2, 3], "rejected_ids": [4, 5], "margin": 0.5}])["input_ids"].tolist()
+        [[1, 2, 3, 0], [4, 5, 0, 0]]
+        ```
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+
+    def __post_init__(self):
+        _check_return_tensors(self.return_tensors)
+
+    def __call__(self, examples: list[dict], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
+        collate = DataCollatorForPreference(
+            self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of, return_tensors=self.return_tensors
+        )
+        return collate(examples, return_tensors)
+
+
+@dataclass
 class DataCollatorForUnpairedPreference:
     """Collate unpaired preference rows (`prompt_ids`, `completion_ids`, `label`, and `kl_completion_ids` for KTO's KL
     term) into one batch: the `B` sequences `prompt + completion`, then, with `kl_completions`, the `B` sequences

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from .. import guards
-from ..data.collators import DataCollatorForPreference
+from ..data.collators import RewardDataCollatorForPreference as DataCollatorForPreference
 from ..data.formats import check_dataset
 from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
 from ..losses.reduce import token_weight
@@ -29,7 +29,7 @@ from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .reward_config import RewardConfig
 from .utils import disable_dropout_in_model
 
-__all__ = ["RewardTrainer"]
+__all__ = ["DataCollatorForPreference", "RewardTrainer"]
 
 # Pre-tokenised columns of older TRL versions -> the names used here.
 LEGACY_COLUMNS = {"chosen_input_ids": "chosen_ids", "rejected_input_ids": "rejected_ids"}
