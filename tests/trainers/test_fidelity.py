@@ -33,8 +33,8 @@ PAIRS = [
 
 
 def _args(tmp_path, config_cls, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=len(PAIRS),
-                  report_to="none", save_strategy="no", max_length=128, seed=0, gradient_checkpointing=False)
+    values = {"output_dir": str(tmp_path / "out"), "max_steps": 1, "per_device_train_batch_size": len(PAIRS),
+              "report_to": "none", "save_strategy": "no", "max_length": 128, "seed": 0, "gradient_checkpointing": False}
     values.update(overrides)
     return config_cls(**values)
 
