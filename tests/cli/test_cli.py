@@ -40,6 +40,21 @@ def test_trl_sft_help_shows_every_option_group():
         assert flag in result.stdout, flag
 
 
+@pytest.mark.parametrize("command", sorted(TRAINING_COMMANDS))
+def test_script_run_directly_shows_the_command_help(command):
+    # `python trl/scripts/<command>.py --help` is `trl <command> --help` but for the program name and the launcher
+    # group (only the `trl` command launches)
+    from trl.cli import format_command_help
+
+    script = Path(trl.__file__).parent / "scripts" / f"{command}.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"Example: trl {command} ")
+    assert "most used options:" in result.stdout and "launcher:" not in result.stdout
+    parser = __import__(TRAINING_COMMANDS[command][0], fromlist=["make_parser"]).make_parser(prog=f"{command}.py")
+    assert result.stdout.strip() == format_command_help(parser, command).strip()
+
+
 def test_trl_env_reports_versions():
     from importlib.metadata import version
 

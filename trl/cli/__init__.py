@@ -206,7 +206,6 @@ def run_training_command(name: str, argv: list[str]) -> None:
         help="Launch through `accelerate launch` with this config: single_gpu, multi_gpu, zero1, zero2, zero3, "
         "fsdp1, fsdp2, or a path to an accelerate config file.",
     )
-    parser.format_help = lambda: format_command_help(parser, name)
     *outputs, config_leftovers, cli_leftovers = parser.parse_args_and_config(
         argv, return_remaining_strings=True, separate_remaining_strings=True
     )

@@ -957,13 +957,19 @@ def command_parser(
     script_args_class: type[ScriptArguments] = ScriptArguments,
 ) -> TrlParser:
     """The parser of `trl <name>`: `(script_args_class, config_class, ModelConfig, DatasetMixtureConfig)`, standalone
-    or as a subcommand of `subparsers` (created with `parser_class=TrlParser`)."""
+    or as a subcommand of `subparsers` (created with `parser_class=TrlParser`). Its `--help` is the command's help
+    (`trl.cli.format_command_help`: an example, the most used options, then every option by dataclass), whether it
+    is reached through `trl <name>` or by running the script directly."""
+    from trl.cli import format_command_help
     from trl.trainer.model_config import ModelConfig
 
     dataclass_types = (script_args_class, config_class, ModelConfig, DatasetMixtureConfig)
     if subparsers is not None:
         kwargs = {"prog": prog} if prog else {}
-        return subparsers.add_parser(
+        parser = subparsers.add_parser(
             name, help=description, description=description, dataclass_types=dataclass_types, **kwargs
         )
-    return TrlParser(dataclass_types, prog=prog, description=description)
+    else:
+        parser = TrlParser(dataclass_types, prog=prog, description=description)
+    parser.format_help = lambda: format_command_help(parser, name)
+    return parser
