@@ -89,7 +89,8 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
     `prompt_ids`/`chosen_ids`/`rejected_ids`) into token ids, with checks.
 
     Rows whose prompt alone fills `max_length` and rows whose chosen and rejected completions are identical teach
-    nothing: they are reported (an error with guards on, else a warning) and dropped. A malformed row (a `None`
+    nothing: they are dropped with a warning, except that identical pairs, or prompts that fill `max_length` in most
+    rows, stop the run (with guards on, see `trl.guards`). A malformed row (a `None`
     value, a message without content) is an error naming the row and the column; `model` is named in messages.
 
     Returns:

@@ -155,8 +155,8 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
                              kl_completions: bool = True, model=None):
     """Turn unpaired (or paired, which is unpaired here) preference data into token ids, with checks.
 
-    Rows whose prompt alone fills `max_length` teach nothing: they are reported (an error with guards on, else a
-    warning) and dropped. Rows with an empty completion are an error, and so is a malformed row (a `None` value, a
+    Rows whose prompt alone fills `max_length` teach nothing: they are dropped with a warning, and stop the run when
+    they are most rows (with guards on, see `trl.guards`). Rows with an empty completion are an error, and so is a malformed row (a `None` value, a
     message without content), named by its index in the dataset as given (paired rows before unpairing). Data with only desirable or only undesirable
     rows trains, but the missing side is reported in a warning.
 
