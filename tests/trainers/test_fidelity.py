@@ -1,7 +1,8 @@
 """Fidelity table: the first-step loss of each offline trainer and loss type on a fixed tiny model and batch, pinned to
 an independent naive implementation written here.
 
-The naive side tokenises the raw rows itself (standard-format data: prompt, then prompt + completion + eos), runs
+The naive side tokenises the raw rows itself (standard rows: prompt, then prompt + completion + eos; conversational
+rows: the tokenizer's chat template, the completion being the full rendering minus the prompt's), runs
 float64 copies of the models on each sequence alone (no padding, full logits), and applies the textbook formula of
 each loss (API.md §2). It never calls `trl.losses` or a trainer's scoring code, so a drift in tokenisation, masking,
 log-prob gathering, reduction or a loss formula fails exactly one row. The trainer side is `trainer.compute_loss` on
@@ -9,6 +10,7 @@ the first batch of `get_train_dataloader()`, with the whole dataset in that batc
 """
 
 import copy
+import functools
 import math
 
 import pytest
@@ -30,6 +32,15 @@ PAIRS = [
     {"prompt": "sort: d c\nanswer:", "chosen": " c d", "rejected": " d d c"},
     {"prompt": "copy: e f g\nanswer:", "chosen": " e f g", "rejected": " e g"},
 ]
+
+
+def _chat(row: dict) -> dict:
+    return {"prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"].strip()}],
+            "rejected": [{"role": "assistant", "content": row["rejected"].strip()}]}
+
+
+DATA = {"standard": PAIRS, "conversational": [_chat(row) for row in PAIRS]}
 
 
 def _args(tmp_path, config_cls, **overrides):
@@ -54,10 +65,16 @@ def _ids(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def _prompt_completion_ids(tok, prompt: str, completion: str) -> tuple[list[int], list[int]]:
-    """prompt ids and completion ids, the completion being the full rendering (with eos) minus the prompt's."""
-    prompt_ids = _ids(tok, prompt)
-    full = _ids(tok, prompt + completion + tok.eos_token)
+def _prompt_completion_ids(tok, prompt, completion) -> tuple[list[int], list[int]]:
+    """prompt ids and completion ids, the completion being the full rendering minus the prompt's: text + eos for
+    standard rows; for conversations, the chat template's whole rendering (text after the end-of-turn token
+    included) minus the prompt's rendering with the generation prompt."""
+    if isinstance(prompt, list):
+        prompt_ids = _ids(tok, tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
+        full = _ids(tok, tok.apply_chat_template(prompt + completion, tokenize=False))
+    else:
+        prompt_ids = _ids(tok, prompt)
+        full = _ids(tok, prompt + completion + tok.eos_token)
     assert full[: len(prompt_ids)] == prompt_ids
     return prompt_ids, full[len(prompt_ids):]
 
@@ -158,12 +175,12 @@ DPO_TYPES = ["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_p
              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
 
 
-@pytest.fixture(scope="module")
-def dpo_sums():
+@functools.cache
+def _dpo_sums(form: str) -> dict:
     tok = tiny_tokenizer()
     policy64, ref64 = _f64(tiny_model(seed=0, **SMALL)), _f64(tiny_model(seed=1, **SMALL))
     sums = {k: [] for k in ("pc", "pr", "rc", "rr", "lc", "lr")}
-    for row in PAIRS:
+    for row in DATA[form]:
         for side, (p_key, r_key, l_key) in (("chosen", ("pc", "rc", "lc")), ("rejected", ("pr", "rr", "lr"))):
             prompt_ids, completion_ids = _prompt_completion_ids(tok, row["prompt"], row[side])
             sums[p_key].append(float(_token_logps(policy64, prompt_ids, completion_ids).sum()))
@@ -172,13 +189,13 @@ def dpo_sums():
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in sums.items()}
 
 
-@pytest.mark.parametrize("loss_type", DPO_TYPES)
-def test_dpo(tmp_path, dpo_sums, loss_type):
+@pytest.mark.parametrize("form, loss_type", [("standard", t) for t in DPO_TYPES] + [("conversational", "sigmoid")])
+def test_dpo(tmp_path, form, loss_type):
     eps = 0.1 if loss_type == "robust" else 0.0
-    expected = _naive_dpo(loss_type, dpo_sums, eps=eps)
+    expected = _naive_dpo(loss_type, _dpo_sums(form), eps=eps)
     args = _args(tmp_path, DPOConfig, loss_type=loss_type, beta=BETA, label_smoothing=eps)
     trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), ref_model=tiny_model(seed=1, **SMALL), args=args,
-                         train_dataset=Dataset.from_list(PAIRS), processing_class=tiny_tokenizer())
+                         train_dataset=Dataset.from_list(DATA[form]), processing_class=tiny_tokenizer())
     assert _trainer_loss(trainer) == pytest.approx(expected, rel=RTOL)
 
 
@@ -186,17 +203,20 @@ def test_dpo(tmp_path, dpo_sums, loss_type):
 # KTO: unpaired rows; `kto`'s KL term uses the mismatched completions the data pipeline assigned to each row.
 
 
-UNPAIRED = [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
-            for p in PAIRS for side in ("chosen", "rejected")]
+def _unpaired(form: str) -> list[dict]:
+    return [{"prompt": p["prompt"], "completion": p[side], "label": side == "chosen"}
+            for p in DATA[form] for side in ("chosen", "rejected")]
 
 
-@pytest.mark.parametrize("loss_type", ["kto", "apo_zero_unpaired"])
-def test_kto(tmp_path, loss_type):
+@pytest.mark.parametrize("form, loss_type", [("standard", "kto"), ("standard", "apo_zero_unpaired"),
+                                             ("conversational", "kto")])
+def test_kto(tmp_path, form, loss_type):
     tok = tiny_tokenizer()
-    args = _args(tmp_path, KTOConfig, loss_type=loss_type, beta=BETA, per_device_train_batch_size=len(UNPAIRED),
+    unpaired = _unpaired(form)
+    args = _args(tmp_path, KTOConfig, loss_type=loss_type, beta=BETA, per_device_train_batch_size=len(unpaired),
                  desirable_weight=1.0, undesirable_weight=1.0)
     trainer = KTOTrainer(model=tiny_model(seed=0, **SMALL), ref_model=tiny_model(seed=1, **SMALL), args=args,
-                         train_dataset=Dataset.from_list(UNPAIRED), processing_class=tok)
+                         train_dataset=Dataset.from_list(unpaired), processing_class=tok)
     policy64, ref64 = _f64(tiny_model(seed=0, **SMALL)), _f64(tiny_model(seed=1, **SMALL))
 
     def logratio(prompt_ids, completion_ids):
@@ -208,7 +228,7 @@ def test_kto(tmp_path, loss_type):
         prepared = trainer.train_dataset
         kl = max(sum(logratio(r["prompt_ids"], r["kl_completion_ids"]) for r in prepared) / len(prepared), 0.0)
     losses = []
-    for row in UNPAIRED:
+    for row in unpaired:
         h = logratio(*_prompt_completion_ids(tok, row["prompt"], row["completion"]))
         if row["label"]:
             losses.append(1 - 1 / (1 + math.exp(-BETA * (h - kl))))
@@ -222,7 +242,8 @@ def test_kto(tmp_path, loss_type):
 # Reward: each side scored at its final token.
 
 
-def test_reward(tmp_path):
+@pytest.mark.parametrize("form", ["standard", "conversational"])
+def test_reward(tmp_path, form):
     from transformers import AutoModelForSequenceClassification
 
     from trl import RewardConfig, RewardTrainer
@@ -235,15 +256,16 @@ def test_reward(tmp_path):
         model.score.weight.normal_(std=1.0)
     model64 = _f64(model)
 
-    def score(text: str) -> float:
-        ids = torch.tensor([_ids(tok, text + tok.eos_token)])
+    def score(prompt, completion) -> float:  # at the final token of the full rendering
+        prompt_ids, completion_ids = _prompt_completion_ids(tok, prompt, completion)
         with torch.no_grad():
-            hidden = model64.model(input_ids=ids).last_hidden_state[0, -1]
+            hidden = model64.model(input_ids=torch.tensor([prompt_ids + completion_ids])).last_hidden_state[0, -1]
             return float(model64.score(hidden.double()))
 
-    margins = torch.tensor([score(r["prompt"] + r["chosen"]) - score(r["prompt"] + r["rejected"]) for r in PAIRS],
+    rows = DATA[form]
+    margins = torch.tensor([score(r["prompt"], r["chosen"]) - score(r["prompt"], r["rejected"]) for r in rows],
                            dtype=torch.float64)
     expected = float(-F.logsigmoid(margins).mean())
-    trainer = RewardTrainer(model=model, args=_args(tmp_path, RewardConfig), train_dataset=Dataset.from_list(PAIRS),
+    trainer = RewardTrainer(model=model, args=_args(tmp_path, RewardConfig), train_dataset=Dataset.from_list(rows),
                             processing_class=tok)
     assert _trainer_loss(trainer) == pytest.approx(expected, rel=RTOL)

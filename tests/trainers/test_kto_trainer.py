@@ -191,7 +191,8 @@ def test_kl_completion_comes_from_another_prompt(tmp_path):
     prompt = unpaired[0]["prompt_ids"]
     kl_ids = batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist()
     assert kl_ids == prompt + unpaired[1]["completion_ids"]
-    assert tokenizer.decode(unpaired[0]["completion_ids"]).endswith("<|im_end|>")
+    # a completion is the full rendering minus the prompt's, ChatML's "\n" after <|im_end|> included (the reference's)
+    assert tokenizer.decode(unpaired[0]["completion_ids"]).endswith("<|im_end|>\n")
 
 
 def test_moe_aux_loss_is_added_and_logged(tmp_path):

@@ -40,6 +40,10 @@ def seq_clf_model(seed=0, **overrides):
         return AutoModelForSequenceClassification.from_config(config)
 
 
+# Standard rows are scored as RewardTrainer tokenises them: prompt + completion + eos.
+TEXTS = [p + c + "<|im_end|>" for p, c in zip(PROMPTS, COMPLETIONS)]
+
+
 @torch.no_grad()
 def manual_scores(model, texts, add_special_tokens=True):
     """One unpadded forward per text: the reward is the score head on the last token."""
@@ -332,7 +336,7 @@ def test_mix_of_sync_async_and_model():
     rewards = score(scorer).rewards
     torch.testing.assert_close(rewards[:, 0], torch.tensor([6.0, 17.0, 6.0]), **TOL)
     assert rewards[:, 1].tolist() == [-1.0] * 3
-    expected = manual_scores(model, [p + c for p, c in zip(PROMPTS, COMPLETIONS)])
+    expected = manual_scores(model, TEXTS)
     torch.testing.assert_close(rewards[:, 2], expected, **TOL)
     assert rewards[:, 2].std() > 0  # a random head still tells the texts apart
 
@@ -341,7 +345,7 @@ def test_standard_text_is_prompt_plus_completion_right_padded():
     model = seq_clf_model()
     seen = record_inputs(model)
     score(RewardScorer(model, reward_processing_classes=tiny_tokenizer()))
-    assert decoded_rows(seen) == [p + c for p, c in zip(PROMPTS, COMPLETIONS)]
+    assert decoded_rows(seen) == TEXTS
     input_ids, attention_mask = seen[0]
     lengths = attention_mask.sum(1)
     assert attention_mask.shape[0] == 3 and len(seen) == 1  # one batch
@@ -371,7 +375,7 @@ def test_model_pad_id_differing_from_tokenizer_pad_is_respected():
     # or the model would read its score at the last padding position.
     model = seq_clf_model(pad_token_id=2)
     rewards = score(RewardScorer(model, reward_processing_classes=tiny_tokenizer())).rewards
-    expected = manual_scores(model, [p + c for p, c in zip(PROMPTS, COMPLETIONS)])
+    expected = manual_scores(model, TEXTS)
     torch.testing.assert_close(rewards[:, 0], expected, **TOL)
 
 
@@ -404,7 +408,7 @@ def test_reward_model_from_a_local_path(saved_reward_model):
     assert loaded.dtype == torch.float32 and not loaded.training
     assert not any(p.requires_grad for p in loaded.parameters())
     rewards = score(scorer).rewards
-    torch.testing.assert_close(rewards[:, 0], manual_scores(model, [p + c for p, c in zip(PROMPTS, COMPLETIONS)]),
+    torch.testing.assert_close(rewards[:, 0], manual_scores(model, TEXTS),
                                **TOL)
 
 

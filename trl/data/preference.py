@@ -1,8 +1,9 @@
 """Dataset preparation for preference trainers (DPO, reward modelling): prompt, chosen and rejected token ids.
 
-Each side is tokenised with the SFT path (`tokenize_sft_example`), so masks and eos handling are the same
+Each side is tokenised with the SFT path (`tokenize_sft_example`), so rendering and eos handling are the same
 everywhere: the prompt is the longest token prefix shared by the rendered prompt and both full sequences, and each
-completion ends with its end-of-turn token (template text after it, such as ChatML's "\\n", is dropped).
+completion is the rest of its full rendering, as in the reference: template text after the end-of-turn token (such
+as ChatML's "\\n") is kept, so a reward model is scored at the rendering's final token.
 """
 
 from __future__ import annotations
@@ -55,14 +56,11 @@ def tokenize_preference_example(row: dict, tokenizer, *, conversational: bool, e
             example, tokenizer, kind="prompt_completion", conversational=conversational,
             eos_token_id=tokenizer.eos_token_id, eos_ids=eos_ids,
         )
-    (c_start, c_end), (r_start, r_end) = _completion_span(sides["chosen"]), _completion_span(sides["rejected"])
+    (c_start, _), (r_start, _) = _completion_span(sides["chosen"]), _completion_span(sides["rejected"])
     chosen, rejected = sides["chosen"]["input_ids"], sides["rejected"]["input_ids"]
     prompt_len = min(c_start, r_start, common_prefix_length(chosen, rejected))
-    return {
-        "prompt_ids": chosen[:prompt_len],
-        "chosen_ids": chosen[prompt_len:c_end],
-        "rejected_ids": rejected[prompt_len:r_end],
-    }
+    # A completion is the full rendering minus the prompt, template text after the end-of-turn token included.
+    return {"prompt_ids": chosen[:prompt_len], "chosen_ids": chosen[prompt_len:], "rejected_ids": rejected[prompt_len:]}
 
 
 def check_pair(row: dict, index: int, *, fmt: DatasetFormat, name: str) -> dict:

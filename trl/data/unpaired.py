@@ -4,7 +4,8 @@ the mismatched "KL completion" of each row.
 Rows are `prompt`/`completion`/`label` (standard or conversational), or pre-tokenised `prompt_ids`/`completion_ids`/
 `label`. Paired preference data (`prompt`/`chosen`/`rejected`, explicit or implicit prompt) is unpaired first: each
 pair becomes a desirable row and an undesirable row. Prompt and completion are tokenised with the SFT path
-(`tokenize_sft_example`), so a completion ends with its end-of-turn token, as in SFT and DPO.
+(`tokenize_sft_example`), and a completion is the rest of the full rendering after the prompt, template text after
+the end-of-turn token (ChatML's "\\n") included, as in DPO and the reference.
 
 KL completions are paired here, once ([`kl_pairing`]): every row gets the completion of a row with a *different*
 prompt, whatever the row order (paired data unpaired here lists a batch's chosen rows, then its rejected rows, so the
@@ -46,8 +47,8 @@ def tokenize_unpaired_example(row: dict, tokenizer, *, conversational: bool, eos
         example, tokenizer, kind="prompt_completion", conversational=conversational,
         eos_token_id=tokenizer.eos_token_id, eos_ids=eos_ids,
     )
-    start, end = _completion_span(out)
-    return {"prompt_ids": out["input_ids"][:start], "completion_ids": out["input_ids"][start:end],
+    start, _ = _completion_span(out)  # the completion is the full rendering minus the prompt, as in paired data
+    return {"prompt_ids": out["input_ids"][:start], "completion_ids": out["input_ids"][start:],
             "label": bool(row["label"])}
 
 

@@ -8,8 +8,10 @@ pure functions in `trl.losses.dpo`. Deviations from the reference implementation
 - log-probs come from the last hidden states chunk by chunk, never from `(B, T, V)` logits (`trl.ops`);
 - with `precompute_ref_log_probs` and no explicit `ref_model`, the reference log-probs are those of the initial
   policy, computed before training with the policy itself: no reference model is ever built, and the values are
-  cached on disk, keyed by model and dataset fingerprints;
-- a completion ends with its end-of-turn token: template text after it (ChatML's "\\n") is not scored.
+  cached on disk, keyed by model and dataset fingerprints.
+
+Tokens as the reference: a completion is the full rendering minus the prompt rendering (`trl.data.preference`), so
+template text after the end-of-turn token (ChatML's "\\n") is scored.
 """
 
 from __future__ import annotations

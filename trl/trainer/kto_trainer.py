@@ -21,8 +21,10 @@ Other deviations from the reference implementation:
 - the loss is a mean over the rows of the whole optimiser step (all accumulation steps and ranks), so gradient
   accumulation does not change the gradient (`trl.losses.reduce`);
 - the reference is shared with DPO: an explicit `ref_model`, the policy with its adapters disabled (PEFT), the initial
-  policy in a precompute pass whose results are cached on disk, or an independent frozen copy;
-- a completion ends with its end-of-turn token: template text after it (ChatML's "\\n") is not scored.
+  policy in a precompute pass whose results are cached on disk, or an independent frozen copy.
+
+Tokens as the reference: a completion is the full rendering minus the prompt rendering (`trl.data.unpaired`), so
+template text after the end-of-turn token (ChatML's "\\n") is scored.
 """
 
 from __future__ import annotations

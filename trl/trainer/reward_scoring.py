@@ -521,28 +521,49 @@ def _check_inputs(n: int, completions: list, completion_ids: list, columns: dict
 
 @torch.no_grad()
 def _score_with_model(reward_model: _RewardModel, prompts: list, completions: list) -> list[float]:
-    """`logits[:, 0]` of the reward model on prompt + completion, all rows in one right-padded batch."""
+    """`logits[:, 0]` of the reward model on prompt + completion, all rows in one right-padded batch.
+
+    Each row is tokenised exactly as `RewardTrainer` tokenises a chosen or rejected side (`reward_input_ids`), so a
+    reward model trained here is scored on the same token sequences it was trained on: the full chat rendering (the
+    template text after the end-of-turn token included) for conversational rows, `prompt + completion + eos` for text.
+    """
     model, tokenizer = reward_model.model, reward_model.tokenizer
     conversational = is_conversational({"prompt": prompts[0], "completion": completions[0]})
-    if conversational:
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"The data is conversational but the tokenizer of reward model {type(model).__name__} has no chat "
-                "template; pass one with a template in `reward_processing_classes`."
-            )
-        texts = [tokenizer.apply_chat_template(_messages(p) + _messages(c, "assistant"), tokenize=False)
-                 for p, c in zip(prompts, completions)]
-    else:
-        texts = [p + c for p, c in zip(prompts, completions)]
-    # The chat template already writes any special tokens (e.g. BOS); plain text gets the tokenizer's usual ones.
-    batch = tokenizer(texts, padding=True, padding_side="right", add_special_tokens=not conversational,
-                      return_tensors="pt")
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+    if conversational and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The data is conversational but the tokenizer of reward model {type(model).__name__} has no chat "
+            "template; pass one with a template in `reward_processing_classes`."
+        )
+    rows = [reward_input_ids(tokenizer, p, c, conversational) for p, c in zip(prompts, completions)]
+    width = max(len(ids) for ids in rows)
     # The model finds each row's last real token by its own pad id, which may differ from the tokenizer's.
-    input_ids = input_ids.masked_fill(attention_mask == 0, model.config.get_text_config().pad_token_id)
+    pad_id = model.config.get_text_config().pad_token_id
+    input_ids = torch.tensor([ids + [pad_id] * (width - len(ids)) for ids in rows])
+    attention_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
     device = next(model.parameters()).device
     logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
     return logits[:, 0].float().cpu().tolist()
+
+
+def reward_input_ids(tokenizer, prompt: Any, completion: Any, conversational: bool) -> list[int]:
+    """The token ids a reward model scores for one prompt + completion: the sequence `RewardTrainer` trains on (its
+    dataset preparation tokenises each side with the same `tokenize_sft_example` call).
+
+    Example:
+        ```python
+        >>> tok.decode(reward_input_ids(tok, [{"role": "user", "content": "Hi"}], "Hello", conversational=True))
+        '<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>\\n'
+        ```
+    """
+    from ..data.tokenize import end_of_turn_ids, tokenize_sft_example
+
+    if conversational:
+        example = {"prompt": _messages(prompt), "completion": _messages(completion, "assistant")}
+    else:
+        example = {"prompt": prompt, "completion": completion}
+    out = tokenize_sft_example(example, tokenizer, kind="prompt_completion", conversational=conversational,
+                               eos_token_id=tokenizer.eos_token_id, eos_ids=end_of_turn_ids(tokenizer))
+    return list(out["input_ids"])
 
 
 def _first_rows(rows: list[int], limit: int = 5) -> str:

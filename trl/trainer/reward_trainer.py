@@ -8,7 +8,11 @@ Deviations from the reference implementation:
   accumulation does not change the gradient (`trl.losses.reduce`);
 - chosen and rejected sequences go through the model in one forward of `2B` rows;
 - `min_reward`/`max_reward` are per-micro-batch extremes averaged over the logging window (see `compute_loss`);
-- the data path is the one DPO uses (`trl.data.preference`): each completion ends with its end-of-turn token.
+- the data path is the one DPO uses (`trl.data.preference`).
+
+Tokens as the reference: each side is the full rendering of prompt + completion (template text after the
+end-of-turn token, ChatML's "\\n", included), so the reward is read at that rendering's final token; GRPO scores a
+reward model on the same ids (`reward_scoring.reward_input_ids`).
 """
 
 from __future__ import annotations
