@@ -127,6 +127,12 @@ class _BaseConfig(TrainingArguments):
             history as JSON, plots of the key metrics when matplotlib is installed, sampled completions of online
             trainers as HTML) and print a short end-of-run summary (`trl.trainer.callbacks.ReportCallback`). The
             default can be set with the `TRL_RUN_REPORT` environment variable (`0` turns it off).
+        pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`):
+            Pad each batch to a multiple of this. `"auto"` means no extra padding.
+        guards (`bool`, *optional*, defaults to `True`):
+            Stop, with an explanation, a run that would learn nothing (each trainer's checks are in `trl/guards.py`:
+            empty loss masks, an end-of-turn token never trained, pairs with identical sides, a NaN/inf loss, no
+            gradient signal in online batches, ...). Set to `False` to only warn.
         ignore_guards (`list[str]`, *optional*, defaults to `[]`):
             Guards (`trl.guards`) that only warn instead of stopping the run, by name; `guards=False` turns all of
             them into warnings. The names: `loss_masks`, `truncation`, `eos_trained` (SFT data), `identical_pairs`
@@ -172,6 +178,10 @@ class _BaseConfig(TrainingArguments):
         metadata={"help": "Write output_dir/report/ (log history, plots, sampled completions) at each save and at the "
                           "end, and print an end-of-run summary. Default from TRL_RUN_REPORT (0: off)."},
     )
+    pad_to_multiple_of: int | str | None = field(
+        default="auto", metadata={"help": "Pad each batch to a multiple of this; 'auto' means no extra padding."}
+    )
+    guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (set False to only warn)."})
     ignore_guards: list[str] = field(
         default_factory=list,
         metadata={"help": "Guards that only warn instead of stopping the run (guards=False: all of them): "

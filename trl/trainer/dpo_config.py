@@ -30,7 +30,6 @@ class DPOConfig(_BaseConfig):
             Concatenate the chosen and rejected sequences of a batch into one row (no padding tokens); each sequence
             attends only to itself (sdpa/eager build the block-diagonal mask from `position_ids`, flash attention uses
             varlen kernels). Pays off with flash attention; with sdpa/eager attention costs grow with the whole row.
-        pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`): `"auto"` means no extra padding.
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
             Compute the reference log-probs once before training and cache them on disk (keyed by the model's and the
             dataset's fingerprints); a later run with the same model and data reads the cache and never builds a
@@ -61,7 +60,6 @@ class DPOConfig(_BaseConfig):
         > Other
 
         activation_offloading (`bool`, *optional*, defaults to `False`): offload activations to the CPU.
-        guards (`bool`, *optional*, defaults to `True`): stop runs that would learn nothing (set False to warn).
     """
 
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
@@ -74,7 +72,6 @@ class DPOConfig(_BaseConfig):
     max_length: int | None = field(default=1024, metadata={"help": "Maximum tokens of prompt + completion."})
     truncation_mode: str = field(default="keep_start", metadata={"help": "keep_start or keep_end (deprecated)."})
     padding_free: bool = field(default=False, metadata={"help": "One flat row per batch instead of padding."})
-    pad_to_multiple_of: int | str | None = field(default="auto", metadata={"help": "'auto': no extra padding."})
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute reference log-probs once before training and cache them."}
     )
@@ -106,7 +103,6 @@ class DPOConfig(_BaseConfig):
 
     # Other
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to the CPU."})
-    guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (False: only warn)."})
     pad_token: str | None = field(default=None, metadata={"help": "Deprecated: set the tokenizer's pad token."})
 
     def __post_init__(self):

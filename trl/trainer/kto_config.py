@@ -24,7 +24,6 @@ class KTOConfig(_BaseConfig):
         dataset_num_proc (`int`, *optional*): processes for dataset preparation.
         max_length (`int` or `None`, *optional*, defaults to `1024`):
             Maximum tokens of prompt + completion; longer sequences are truncated from the right.
-        pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`): `"auto"` means no extra padding.
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
             Compute the reference log-probs of every completion and KL completion (`ref_logps`, `ref_KL_logps`) once
             before training and cache them on disk (keyed by the model's and the dataset's fingerprints); a later run
@@ -53,7 +52,6 @@ class KTOConfig(_BaseConfig):
         > Other
 
         activation_offloading (`bool`, *optional*, defaults to `False`): offload activations to the CPU.
-        guards (`bool`, *optional*, defaults to `True`): stop runs that would learn nothing (set False to warn).
 
     Example:
         ```python
@@ -78,7 +76,6 @@ class KTOConfig(_BaseConfig):
     # Data
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes for dataset preparation."})
     max_length: int | None = field(default=1024, metadata={"help": "Maximum tokens of prompt + completion."})
-    pad_to_multiple_of: int | str | None = field(default="auto", metadata={"help": "'auto': no extra padding."})
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute reference log-probs once before training and cache them."}
     )
@@ -99,7 +96,6 @@ class KTOConfig(_BaseConfig):
 
     # Other
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to the CPU."})
-    guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (False: only warn)."})
 
     def __post_init__(self):
         if self.loss_type not in KTO_LOSSES:

@@ -98,7 +98,6 @@ class _OnlineConfig(_BaseConfig):
 
         > Guards
 
-        guards (`bool`, *optional*, defaults to `True`): stop runs that would learn nothing (False: only warn).
         guard_patience (`int`, *optional*, defaults to `10`): generation batches in a row with no gradient signal
             left (zero reward variance in every group, or every loss token masked) before the guard stops the run.
             Every completion truncated while the rewards still vary is warned about at each batch from this one on.
@@ -122,7 +121,6 @@ class _OnlineConfig(_BaseConfig):
         default=False, metadata={"help": "Leave completions that hit max_completion_length out of the loss."}
     )
     shuffle_dataset: bool | None = field(default=True, metadata={"help": "Shuffle the prompts."})
-    pad_to_multiple_of: int | str | None = field(default="auto", metadata={"help": "'auto': no extra padding."})
     chat_template_kwargs: dict | str | None = field(
         default=None, metadata={"help": "Extra chat-template arguments for conversational prompts (dict or JSON)."}
     )
@@ -215,7 +213,6 @@ class _OnlineConfig(_BaseConfig):
     )
 
     # Guards
-    guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (False: only warn)."})
     guard_patience: int = field(
         default=10,
         metadata={"help": "Generation batches in a row with no gradient signal left (zero reward variance in every "

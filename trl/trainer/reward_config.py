@@ -32,8 +32,6 @@ class RewardConfig(_BaseConfig):
             Maximum tokens of a full sequence (prompt + chosen, prompt + rejected). Pairs where either side is longer
             are **filtered out**, not truncated (a truncated sequence would be scored on text that does not hold the
             difference between the two sides). `None` keeps every pair.
-        pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`):
-            Pad each batch to a multiple of this. `"auto"` means no extra padding.
 
         > Training
 
@@ -42,9 +40,6 @@ class RewardConfig(_BaseConfig):
             (https://huggingface.co/papers/2312.09244); `0.01` is a good value. `None` disables it.
         activation_offloading (`bool`, *optional*, defaults to `False`):
             Offload activations to the CPU during the forward pass.
-        guards (`bool`, *optional*, defaults to `True`):
-            Stop, with an explanation, a run that would learn nothing (pairs with identical sides, NaN/inf loss). Set
-            to `False` to only warn.
         pad_token (`str`, *optional*):
             Deprecated: the tokenizer's pad token. Set it on the tokenizer instead.
 
@@ -73,9 +68,6 @@ class RewardConfig(_BaseConfig):
         default=1024,
         metadata={"help": "Maximum tokens of prompt + chosen / prompt + rejected; longer pairs are filtered out."},
     )
-    pad_to_multiple_of: int | str | None = field(
-        default="auto", metadata={"help": "Pad each batch to a multiple of this; 'auto' means no extra padding."}
-    )
 
     # Training
     center_rewards_coefficient: float | None = field(
@@ -83,7 +75,6 @@ class RewardConfig(_BaseConfig):
         metadata={"help": "Weight of mean((r_chosen + r_rejected)^2), which centres the rewards (0.01 recommended)."},
     )
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to the CPU."})
-    guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (set False to only warn)."})
     pad_token: str | None = field(default=None, metadata={"help": "Deprecated: set the tokenizer's pad token."})
 
     def __post_init__(self):

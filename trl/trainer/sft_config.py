@@ -52,8 +52,6 @@ class SFTConfig(_BaseConfig):
             kernels). Packed batches are flattened automatically under flash attention; with sdpa/eager they keep one
             row per packed block (documents are still separated by `position_ids`), since a flat row would make
             attention quadratic in the whole batch.
-        pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`):
-            Pad each batch to a multiple of this. `"auto"` means no extra padding.
         eval_packing (`bool`, *optional*):
             Pack the eval dataset. Defaults to `packing`.
 
@@ -68,9 +66,6 @@ class SFTConfig(_BaseConfig):
             each token's loss is weighted by its detached probability).
         activation_offloading (`bool`, *optional*, defaults to `False`):
             Offload activations to the CPU during the forward pass.
-        guards (`bool`, *optional*, defaults to `True`):
-            Stop, with an explanation, a run that would learn nothing (empty loss masks, an end-of-turn token never
-            trained, NaN/inf loss). Set to `False` to only warn.
     """
 
     learning_rate: float = field(default=2e-5, metadata={"help": "Initial AdamW learning rate."})
@@ -102,9 +97,6 @@ class SFTConfig(_BaseConfig):
     padding_free: bool = field(
         default=False, metadata={"help": "Flatten each batch into one row with position_ids (no padding)."}
     )
-    pad_to_multiple_of: int | str | None = field(
-        default="auto", metadata={"help": "Pad each batch to a multiple of this; 'auto' means no extra padding."}
-    )
     eval_packing: bool | None = field(default=None, metadata={"nargs": "?", "const": True, "help": "Pack the eval dataset (default: packing)."})
 
     # Training
@@ -114,9 +106,6 @@ class SFTConfig(_BaseConfig):
     assistant_only_loss: bool = field(default=False, metadata={"help": "Loss on assistant turns only."})
     loss_type: str = field(default="nll", metadata={"help": "nll or dft (chunked_nll: deprecated alias of nll)."})
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to the CPU."})
-    guards: bool = field(
-        default=True, metadata={"help": "Stop runs that would learn nothing (set False to only warn)."}
-    )
     pad_token: str | None = field(default=None, metadata={"help": "Deprecated: set the tokenizer's pad token."})
 
     def __post_init__(self):
