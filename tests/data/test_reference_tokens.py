@@ -7,7 +7,7 @@ from datasets import Dataset
 from trl.data.preference import PreferenceDataOptions, prepare_preference_dataset
 from trl.data.unpaired import prepare_unpaired_dataset
 from trl.models.tiny import tiny_tokenizer
-from trl.trainer.reward_scoring import reward_input_ids
+from trl.rewards.scoring import reward_input_ids
 
 OPTIONS = PreferenceDataOptions(max_length=256)
 

@@ -22,7 +22,7 @@ from trl.agents import (
     tool_metrics,
     tool_schemas,
 )
-from trl.trainer.reward_scoring import RewardScorer
+from trl.rewards.scoring import RewardScorer
 
 SLEEP = 0.2  # seconds a "slow" tool takes
 # Two slow calls run concurrently should take ~SLEEP; in sequence they would take 2 * SLEEP or more. The bound leaves

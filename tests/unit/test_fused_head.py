@@ -6,7 +6,7 @@ import inspect
 import torch
 
 from trl.models.tiny import tiny_model
-from trl.trainer.fused_head import FusedHeadRequest, add_fused_lm_head
+from trl.ops.fused_head import FusedHeadRequest, add_fused_lm_head
 
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,

@@ -248,7 +248,7 @@ def test_max_batch_size_chunks_keep_the_order(max_batch_size):
 def test_fused_head_and_peft_models_generate_like_the_plain_model():
     from peft import LoraConfig, get_peft_model
 
-    from trl.trainer.fused_head import add_fused_lm_head
+    from trl.ops.fused_head import add_fused_lm_head
 
     model = _model()
     sampling = _sampling(temperature=0.8, top_p=0.95, eos_token_ids=(_early_eos(model),))

@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from trl.models.tiny import tiny_config, tiny_model, tiny_tokenizer
-from trl.trainer.reward_scoring import RewardScorer, RewardScores
+from trl.rewards.scoring import RewardScorer, RewardScores
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 
@@ -595,7 +595,7 @@ def test_nan_rows_are_listed_up_to_five():
 
 
 def test_nan_from_a_reward_model_is_named(monkeypatch):
-    from trl.trainer import reward_scoring
+    from trl.rewards import scoring as reward_scoring
 
     monkeypatch.setattr(reward_scoring, "_score_with_model", lambda model, prompts, completions: [0.5, math.nan, 0.1])
     scorer = RewardScorer([seq_clf_model()], reward_processing_classes=tiny_tokenizer())

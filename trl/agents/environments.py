@@ -10,7 +10,7 @@ An `environment_factory` is a class (or any zero-argument callable returning a n
   Google-style docstring, as for standalone tools (`trl.agents.tools`). A rollout calls the methods of its own
   instance, one call at a time;
 - optionally `get_reward()` (sync or async): the reward of the finished rollout. [`EnvironmentPool.reward_funcs`]
-  turns it into a reward function named after the class, for `trl.trainer.reward_scoring.RewardScorer` (weight 1).
+  turns it into a reward function named after the class, for `trl.rewards.scoring.RewardScorer` (weight 1).
 
 [`EnvironmentPool`] builds one instance of each factory at construction (so a factory that cannot be built, or a
 method that cannot be a tool, is an error then, not mid-run) and reuses idle instances: a rollout's instance returns

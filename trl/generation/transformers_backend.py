@@ -49,7 +49,7 @@ class TransformersBackend:
 
     Args:
         model (`PreTrainedModel`): the causal LM; may be wrapped by PEFT (LoRA-style adapters) or DDP, and its
-            `forward` may be patched by `trl.trainer.fused_head.add_fused_lm_head`.
+            `forward` may be patched by `trl.ops.fused_head.add_fused_lm_head`.
         max_batch_size (`int`, *optional*): most sequences decoded at once; the prompts are processed in chunks
             (a memory bound). `None` decodes all `len(prompt_ids) * n` sequences together.
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from transformers.utils import ModelOutput
 
-from ..ops import chunked_token_stats, fused_token_loss, logit_transform_from_config
+from .logprobs import chunked_token_stats, fused_token_loss, logit_transform_from_config
 
 
 @dataclass

@@ -39,7 +39,7 @@ import torch
 from .._event_loop import event_loop
 from ..data.conversation import is_conversational
 from ..models import loading
-from ..rewards._resolve import accepted_forms, resolve_reward_func
+from ._resolve import accepted_forms, resolve_reward_func
 
 __all__ = ["RewardScorer", "RewardScores"]
 

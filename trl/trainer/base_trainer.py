@@ -25,9 +25,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .. import checkpoints, guards
 from ..losses.reduce import count_loss_tokens
 from ..models import loading, reference
+from ..models.utils import causal_lm, disable_dropout_in_model
+from ..ops.fused_head import add_fused_lm_head
 from .callbacks import ReportCallback, SyncRefModelCallback
-from .fused_head import add_fused_lm_head
-from .utils import disable_dropout_in_model
 
 
 def as_config(args, config_class, default_output_dir: str):
@@ -765,8 +765,3 @@ def _gradient_abs_sum(model, accelerator) -> torch.Tensor:
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (FSDP2, tensor parallelism); any other tensor as it is."""
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-def causal_lm(model):
-    """The `PreTrainedModel` with the LM head inside a possible PEFT wrapper."""
-    return model.get_base_model() if loading.is_peft_model(model) else model

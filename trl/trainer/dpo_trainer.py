@@ -32,9 +32,10 @@ from ..losses.dpo import (
 )
 from ..losses.reduce import token_weight
 from ..models import loading
-from .base_trainer import _BaseTrainer, as_config, causal_lm, configure_streaming
+from ..models.utils import causal_lm
+from ..ops.fused_head import completion_logps, router_aux_loss_coef
+from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .dpo_config import DPOConfig
-from .fused_head import completion_logps, router_aux_loss_coef
 
 __all__ = ["DPOTrainer", "DataCollatorForPreference"]
 

@@ -38,8 +38,9 @@ from ..data.unpaired import prepare_unpaired_dataset
 from ..losses.kto import kto_kl, kto_loss
 from ..losses.reduce import token_weight
 from ..models import loading
-from .base_trainer import _BaseTrainer, as_config, causal_lm, configure_streaming
-from .fused_head import CompletionLogps, completion_logps, router_aux_loss_coef
+from ..models.utils import causal_lm
+from ..ops.fused_head import CompletionLogps, completion_logps, router_aux_loss_coef
+from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .kto_config import KTOConfig
 
 __all__ = ["DataCollatorForUnpairedPreference", "KTOTrainer"]

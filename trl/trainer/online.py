@@ -44,11 +44,12 @@ from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
 from ..generation.transformers_backend import TransformersBackend
 from ..models import loading
+from ..models.utils import causal_lm
+from ..ops.fused_head import completion_logps, router_aux_loss_coef
+from ..rewards.scoring import RewardScorer, _RewardModel
 from ..rollout import Rollout, StepCounts
 from ..template_families import tool_call_family
-from .base_trainer import _BaseTrainer, as_config, causal_lm, configure_streaming
-from .fused_head import completion_logps, router_aux_loss_coef
-from .reward_scoring import RewardScorer, _RewardModel
+from .base_trainer import _BaseTrainer, as_config, configure_streaming
 
 _STATE_FILE = "online_state_{rank}.pt"
 # the share of truncated completions or of zero-variance groups above which a generation batch mostly teaches nothing

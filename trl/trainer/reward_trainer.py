@@ -12,7 +12,7 @@ Deviations from the reference implementation:
 
 Tokens as the reference: each side is the full rendering of prompt + completion (template text after the
 end-of-turn token, ChatML's "\\n", included), so the reward is read at that rendering's final token; GRPO scores a
-reward model on the same ids (`reward_scoring.reward_input_ids`).
+reward model on the same ids (`rewards.scoring.reward_input_ids`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
 from ..losses.reduce import token_weight
 from ..losses.reward import bradley_terry_loss
 from ..models import loading
+from ..models.utils import disable_dropout_in_model
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .reward_config import RewardConfig
-from .utils import disable_dropout_in_model
 
 __all__ = ["DataCollatorForPreference", "RewardTrainer"]
 

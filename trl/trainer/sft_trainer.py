@@ -25,8 +25,9 @@ from ..data.prepare import SFTDataOptions, prepare_sft_dataset
 from ..losses.reduce import count_loss_tokens, token_weight
 from ..losses.sft import SFT_LOSSES
 from ..models import loading
+from ..models.utils import causal_lm
+from ..ops.fused_head import FusedHeadRequest, add_fused_lm_head, router_aux_loss_coef
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
-from .fused_head import FusedHeadRequest, add_fused_lm_head, router_aux_loss_coef
 from .sft_config import SFTConfig
 
 
@@ -109,14 +110,14 @@ class SFTTrainer(_BaseTrainer):
         loading.prepare_tokenizer(processing_class, model, args.eos_token)
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
-        add_fused_lm_head(_causal_lm(model))
+        add_fused_lm_head(causal_lm(model))
         self._virtual_tokens = _num_virtual_tokens(model)
         if self._virtual_tokens and (args.padding_free or args.packing):
             raise ValueError(
                 "PEFT prompt tuning / P-tuning prepends virtual tokens to every sequence, which needs one sequence per "
                 "row: turn off `padding_free` and `packing`."
             )
-        self._aux_loss_coef = router_aux_loss_coef(_causal_lm(model), args.router_aux_loss_coef)
+        self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
 
         skip_prepare = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset", False))
         self._dataset_format = None
@@ -215,7 +216,7 @@ class SFTTrainer(_BaseTrainer):
 
 def _has_varlen_attention(model) -> bool:
     """Flash attention runs a flat batch as separate sequences (varlen); sdpa/eager pay for the full square."""
-    return "flash" in str(getattr(_causal_lm(model).config, "_attn_implementation", "") or "")
+    return "flash" in str(getattr(causal_lm(model).config, "_attn_implementation", "") or "")
 
 
 def _num_virtual_tokens(model) -> int:
@@ -227,8 +228,3 @@ def _num_virtual_tokens(model) -> int:
     if not getattr(config, "is_prompt_learning", False) or config.peft_type == "PREFIX_TUNING":
         return 0
     return config.num_virtual_tokens
-
-
-def _causal_lm(model):
-    """The `PreTrainedModel` with the LM head inside a possible PEFT wrapper."""
-    return model.get_base_model() if loading.is_peft_model(model) else model
