@@ -93,3 +93,22 @@ def test_reward_model_scoring_renders_as_reward_training():
             assert trained == prompt_ids + completions[side]
     # a string completion next to a conversational prompt is one assistant message, as the scorer receives it
     assert reward_input_ids(tok, CHAT_ROW["prompt"], "a b c", True) == _ids(tok, CHAT_PROMPT + "a b c<|im_end|>\n")
+
+
+def test_reward_model_scoring_uses_the_rows_tools_as_reward_training_does():
+    """A row's `tools` column changes the rendering (the tools list in the system turn): reward training renders with
+    it, so GRPO's scoring of that row must too."""
+    from trl.chat_template_utils import chatml_training_chat_template
+
+    tok = tiny_tokenizer()
+    tok.chat_template = chatml_training_chat_template
+    schema = {"type": "function", "function": {"name": "lookup", "description": "Look a key up.",
+                                               "parameters": {"type": "object", "properties": {}}}}
+    row = {**CHAT_ROW, "tools": [schema]}
+    options = PreferenceDataOptions(max_length=1024)  # the tools list makes the prompt ~275 tokens
+    prepared, _ = prepare_preference_dataset(Dataset.from_list([row]), tok, options, "RewardTrainer")
+    trained = prepared[0]["prompt_ids"] + prepared[0]["chosen_ids"]
+    assert '"name": "lookup"' in tok.decode(trained)
+    scored = reward_input_ids(tok, row["prompt"], row["chosen"], True, {"tools": [schema]})
+    assert scored == trained
+    assert reward_input_ids(tok, row["prompt"], row["chosen"], True) != trained  # without the row's tools: not it

@@ -597,7 +597,7 @@ def test_nan_rows_are_listed_up_to_five():
 def test_nan_from_a_reward_model_is_named(monkeypatch):
     from trl.rewards import scoring as reward_scoring
 
-    monkeypatch.setattr(reward_scoring, "_score_with_model", lambda model, prompts, completions: [0.5, math.nan, 0.1])
+    monkeypatch.setattr(reward_scoring, "_score_with_model", lambda model, prompts, completions, columns=None: [0.5, math.nan, 0.1])
     scorer = RewardScorer([seq_clf_model()], reward_processing_classes=tiny_tokenizer())
     with pytest.warns(UserWarning, match=r"'Qwen3ForSequenceClassification' \(reward_funcs\[0\]\) returned NaN for 1 of "
                                          r"3 completions \(rows \[1\]\)"):

@@ -238,7 +238,7 @@ class RewardScorer:
                     pending[i] = self._start_async(i, kwargs)
             for i, func in enumerate(self._funcs):
                 if isinstance(func, _RewardModel):
-                    results[i] = _score_with_model(func, prompts, completions)
+                    results[i] = _score_with_model(func, prompts, completions, columns)
                 elif not self._is_async[i]:
                     results[i] = self._validated(i, self._call_sync(i, kwargs), n)
             for i, future in pending.items():
@@ -520,12 +520,14 @@ def _check_inputs(n: int, completions: list, completion_ids: list, columns: dict
 
 
 @torch.no_grad()
-def _score_with_model(reward_model: _RewardModel, prompts: list, completions: list) -> list[float]:
+def _score_with_model(reward_model: _RewardModel, prompts: list, completions: list,
+                      columns: dict | None = None) -> list[float]:
     """`logits[:, 0]` of the reward model on prompt + completion, all rows in one right-padded batch.
 
     Each row is tokenised exactly as `RewardTrainer` tokenises a chosen or rejected side (`reward_input_ids`), so a
     reward model trained here is scored on the same token sequences it was trained on: the full chat rendering (the
-    template text after the end-of-turn token included) for conversational rows, `prompt + completion + eos` for text.
+    template text after the end-of-turn token included, with the row's own `tools` and `chat_template_kwargs`
+    columns when the dataset has them) for conversational rows, `prompt + completion + eos` for text.
     """
     model, tokenizer = reward_model.model, reward_model.tokenizer
     conversational = is_conversational({"prompt": prompts[0], "completion": completions[0]})
@@ -534,7 +536,9 @@ def _score_with_model(reward_model: _RewardModel, prompts: list, completions: li
             f"The data is conversational but the tokenizer of reward model {type(model).__name__} has no chat "
             "template; pass one with a template in `reward_processing_classes`."
         )
-    rows = [reward_input_ids(tokenizer, p, c, conversational) for p, c in zip(prompts, completions)]
+    options = {k: (columns or {})[k] for k in ("tools", "chat_template_kwargs") if k in (columns or {})}
+    rows = [reward_input_ids(tokenizer, p, c, conversational, {k: v[i] for k, v in options.items()})
+            for i, (p, c) in enumerate(zip(prompts, completions))]
     width = max(len(ids) for ids in rows)
     # The model finds each row's last real token by its own pad id, which may differ from the tokenizer's.
     pad_id = model.config.get_text_config().pad_token_id
@@ -545,9 +549,11 @@ def _score_with_model(reward_model: _RewardModel, prompts: list, completions: li
     return logits[:, 0].float().cpu().tolist()
 
 
-def reward_input_ids(tokenizer, prompt: Any, completion: Any, conversational: bool) -> list[int]:
+def reward_input_ids(tokenizer, prompt: Any, completion: Any, conversational: bool,
+                     template_options: dict | None = None) -> list[int]:
     """The token ids a reward model scores for one prompt + completion: the sequence `RewardTrainer` trains on (its
-    dataset preparation tokenises each side with the same `tokenize_sft_example` call).
+    dataset preparation tokenises each side with the same `tokenize_sft_example` call). `template_options` holds the
+    row's `tools` and `chat_template_kwargs` columns, as a dataset row would.
 
     Example:
         ```python
@@ -558,7 +564,8 @@ def reward_input_ids(tokenizer, prompt: Any, completion: Any, conversational: bo
     from ..data.tokenize import end_of_turn_ids, tokenize_sft_example
 
     if conversational:
-        example = {"prompt": _messages(prompt), "completion": _messages(completion, "assistant")}
+        example = {"prompt": _messages(prompt), "completion": _messages(completion, "assistant"),
+                   **(template_options or {})}
     else:
         example = {"prompt": prompt, "completion": completion}
     out = tokenize_sft_example(example, tokenizer, kind="prompt_completion", conversational=conversational,
