@@ -6,7 +6,13 @@ Each configuration runs in its own process (peak memory is its own):
     python benchmarks/bench_online.py                  # CPU: tiny Qwen3 (4 layers, hidden 256, vocab 448), fp32
     python benchmarks/bench_online.py --device cuda    # GPU: Qwen2.5-0.5B-shaped random model, bf16
     python benchmarks/bench_online.py --only grpo generate --steps 5
-    python benchmarks/bench_online.py --shape sft-cpu --prompts 1   # docs/design.md's CPU shape, 8 completions a step
+    python benchmarks/bench_online.py --shape sft-cpu --prompts 1   # bench_sft.py's 7M shape, 8 completions a step
+    python benchmarks/bench_online.py --shape ref-cpu --repeats 3   # the reference library's measured shape (issue 9)
+
+`--shape ref-cpu` is the shape the reference library (TRL 1.16) was measured on (docs/design.md, "Performance
+targets"): a 7.2M-parameter Qwen3 (hidden 256, 4 layers, 4 / 2 kv heads, head_dim 64, intermediate 768, vocab 8000,
+untied), fp32, batch 8 = 2 prompts x `num_generations=4`, prompts of 27-63 tokens (uniform, random ids), 64
+completion tokens, temperature 1, completions that never end; 5 timed steps after 1 warm-up step by default.
 
 Workload per step: `prompts x num_generations` completions of exactly `completion_len` tokens (the end-of-sequence
 check is switched off so that every run generates the same number of tokens; CPU 8 x 8 x 64, GPU 8 x 8 x 256 =
@@ -39,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sft import CPU_SHAPE as SFT_CPU_SHAPE
-from bench_sft import PeakRSS, load_average, run_configs
+from bench_sft import REF_CPU_SHAPE, PeakRSS, load_average, run_configs
 
 CONFIGS = ("grpo", "grpo-beta", "rloo", "generate")
 CPU_SHAPE = {"arch": "qwen3"}  # the bundled tiny config: 4 layers, hidden 256, vocab 448
@@ -54,6 +60,8 @@ def _model(cuda: bool, shape: str = "tiny"):
 
     if not cuda and shape == "tiny":
         return tiny_model("qwen3", seed=0)
+    if not cuda and shape == "ref-cpu":
+        return tiny_model("qwen3", seed=0, **REF_CPU_SHAPE)
     if not cuda:  # the 7M-parameter shape of bench_sft.py / docs/design.md's CPU figures (vocab 32768)
         return tiny_model("qwen3", seed=0, **SFT_CPU_SHAPE)
     config = AutoConfig.for_model("qwen2", pad_token_id=3, eos_token_id=2, **GPU_SHAPE)
@@ -61,9 +69,26 @@ def _model(cuda: bool, shape: str = "tiny"):
     return AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa").cuda()
 
 
-def _prompts(n: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+def _prompts(n: int, length: tuple[int, int], vocab: int, seed: int = 0) -> list[list[int]]:
+    """`n` random prompts, lengths uniform in `length` (inclusive `(min, max)`), ids in `[4, vocab)`."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(4, vocab, (n, length), generator=generator).tolist()
+    if length[0] == length[1]:
+        return torch.randint(4, vocab, (n, length[0]), generator=generator).tolist()
+    sizes = torch.randint(length[0], length[1] + 1, (n,), generator=generator).tolist()
+    return [torch.randint(4, vocab, (k,), generator=generator).tolist() for k in sizes]
+
+
+def _lengths(spec: str) -> tuple[int, int]:
+    low, _, high = spec.partition("-")
+    return int(low), int(high or low)
+
+
+def _tokens_per_step(prompts: list[list[int]], cli) -> float:
+    """Mean prompt + completion tokens of a timed step (prompts are consumed in order, `cli.prompts` a step, each
+    repeated `num_generations` times; every completion is `completion_len` tokens)."""
+    timed = prompts[cli.warmup * cli.prompts : (cli.warmup + cli.steps) * cli.prompts]
+    per_completion = sum(len(p) for p in timed) / len(timed) + cli.completion_len
+    return cli.prompts * cli.num_generations * per_completion
 
 
 def _token_reward(completion_ids, **kwargs):
@@ -83,8 +108,9 @@ def run_one(name: str, cli) -> dict:
     vocab = min(model.config.vocab_size, len(tokenizer))
     prompts = _prompts(cli.prompts * (cli.steps + cli.warmup), cli.prompt_len, vocab)
     completions = cli.prompts * cli.num_generations
+    tokens_per_step = _tokens_per_step(prompts, cli)
     if name == "generate":
-        return _run_generate(model, prompts, cli, completions)
+        return _run_generate(model, prompts, cli, completions, tokens_per_step)
     # pre-tokenised prompts (`prompt_ids`): generation starts from exactly these random ids
     dataset = Dataset.from_list([{"prompt_ids": p} for p in prompts])
     common = dict(
@@ -115,13 +141,13 @@ def run_one(name: str, cli) -> dict:
     return {
         "config": name, "step_s": step, "gen_s": gen, "logps_s": logps, "score_s": score,
         "train_s": step - gen - logps - score, "completions_per_s": completions / step,
-        "tokens_per_s": completions * (cli.prompt_len + cli.completion_len) / step,
+        "tokens_per_s": tokens_per_step / step, "tokens_per_step": tokens_per_step,
         "gen_tokens_per_s": completions * cli.completion_len / gen,
         "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else (rss.peak - rss.before) / 2**20,
     }
 
 
-def _run_generate(model, prompts, cli, completions) -> dict:
+def _run_generate(model, prompts, cli, completions, tokens_per_step) -> dict:
     cuda = cli.device == "cuda"
     model.eval()
     times = []
@@ -130,11 +156,15 @@ def _run_generate(model, prompts, cli, completions) -> dict:
     with PeakRSS() as rss, torch.no_grad():
         for step in range(cli.steps + cli.warmup):
             batch = prompts[step * cli.prompts : (step + 1) * cli.prompts]
-            ids = torch.tensor([p for p in batch for _ in range(cli.num_generations)], device=model.device)
+            width = max(len(p) for p in batch)  # left-padded with 3 (the pad id) when prompt lengths vary
+            rows = [[3] * (width - len(p)) + p for p in batch for _ in range(cli.num_generations)]
+            ids = torch.tensor(rows, device=model.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch
+                                 for _ in range(cli.num_generations)], device=model.device)
             if cuda:
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True,
                                  max_new_tokens=cli.completion_len, min_new_tokens=cli.completion_len,
                                  pad_token_id=3, eos_token_id=None)
             if cuda:
@@ -145,7 +175,7 @@ def _run_generate(model, prompts, cli, completions) -> dict:
     return {
         "config": "generate", "step_s": gen, "gen_s": gen, "logps_s": 0.0, "score_s": 0.0, "train_s": 0.0,
         "completions_per_s": completions / gen, "gen_tokens_per_s": completions * cli.completion_len / gen,
-        "tokens_per_s": completions * (cli.prompt_len + cli.completion_len) / gen,
+        "tokens_per_s": tokens_per_step / gen, "tokens_per_step": tokens_per_step,
         "peak_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else (rss.peak - rss.before) / 2**20,
     }
 
@@ -154,22 +184,30 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="+", choices=CONFIGS, help="configurations to run (default: all)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default 3; ref-cpu 5)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    parser.add_argument("--num_generations", type=int, default=8)
-    parser.add_argument("--prompt_len", type=int, default=None, help="tokens per prompt (CPU 32, GPU 128)")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per step (default 8; ref-cpu 2)")
+    parser.add_argument("--num_generations", type=int, default=None, help="default 8; ref-cpu 4")
+    parser.add_argument("--prompt_len", type=_lengths, default=None,
+                        help="tokens per prompt, N or 'min-max' (CPU 32, GPU 128, ref-cpu 27-63)")
     parser.add_argument("--completion_len", type=int, default=None, help="tokens per completion (CPU 64, GPU 256)")
     parser.add_argument("--gradient_checkpointing", action="store_true")
-    parser.add_argument("--shape", choices=["tiny", "sft-cpu"], default="tiny",
-                        help="CPU model: the bundled tiny config, or bench_sft.py's 7M shape (vocab 32768)")
+    parser.add_argument("--shape", choices=["tiny", "sft-cpu", "ref-cpu"], default="tiny",
+                        help="CPU model: the bundled tiny config, bench_sft.py's 7M shape (vocab 32768), or the "
+                             "reference library's measured shape (7.2M Qwen3, vocab 8000, untied; see above)")
     parser.add_argument("--json")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     cuda = cli.device == "cuda"
-    cli.prompt_len = cli.prompt_len or (128 if cuda else 32)
+    if cuda and cli.shape == "ref-cpu":
+        parser.error("--shape ref-cpu is a CPU shape")
+    ref = cli.shape == "ref-cpu"
+    cli.steps = cli.steps or (5 if ref else 3)
+    cli.prompts = cli.prompts or (2 if ref else 8)
+    cli.num_generations = cli.num_generations or (4 if ref else 8)
+    cli.prompt_len = cli.prompt_len or ((128, 128) if cuda else ((27, 63) if ref else (32, 32)))
     cli.completion_len = cli.completion_len or (256 if cuda else 64)
     if cli._child:
         print(json.dumps(run_one(cli.only[0], cli)))
@@ -178,7 +216,7 @@ def main():
     def child_argv(name):
         argv = [sys.executable, __file__, "--_child", "--only", name, "--device", cli.device, "--steps",
                 str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--prompts",
-                str(cli.prompts), "--num_generations", str(cli.num_generations), "--prompt_len", str(cli.prompt_len),
+                str(cli.prompts), "--num_generations", str(cli.num_generations), "--prompt_len", "-".join(map(str, cli.prompt_len)),
                 "--completion_len", str(cli.completion_len), "--shape", cli.shape]
         return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
 
@@ -189,7 +227,7 @@ def main():
               flush=True)
 
     print(f"device={cli.device} shape={cli.shape if not cuda else '0.5b'} threads={cli.threads if not cuda else '-'} {cli.prompts} prompts x "
-          f"{cli.num_generations} generations x {cli.completion_len} tokens (prompt {cli.prompt_len}) "
+          f"{cli.num_generations} generations x {cli.completion_len} tokens (prompt {'-'.join(map(str, sorted(set(cli.prompt_len))))}) "
           f"steps={cli.steps} (+{cli.warmup} warm-up) | {load_average()}")
     print(f"{'config':10} {'step (s)':>8} {'gen':>7} {'logps':>7} {'score':>7} {'train':>7} {'compl/s':>8} "
           f"{'tok/s':>8} {'gen tok/s':>10} {'peak MiB':>9}", flush=True)

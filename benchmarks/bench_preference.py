@@ -9,6 +9,7 @@ peak memory, in the format of `bench_sft.py`:
     python benchmarks/bench_preference.py                # CPU: tiny Qwen3 (4 layers, hidden 128, vocab 32768), fp32
     python benchmarks/bench_preference.py --device cuda  # GPU: Qwen2.5-0.5B-shaped random model, bf16, 8 pairs x 1024
     python benchmarks/bench_preference.py --only dpo-ref-model dpo-naive --steps 6 --repeats 3
+    python benchmarks/bench_preference.py --shape ref-cpu --only dpo-ref-model reward kto-ref-model --repeats 3
 
 Configurations (per-device batch: 8 pairs for DPO and Reward, 8 rows for KTO):
 - `dpo-ref-model`: sigmoid DPO, the reference (a frozen copy of the policy) forwarded at every step;
@@ -46,7 +47,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sft import CPU_SHAPE, GPU_SHAPE, PeakRSS, _Timer, _Tok, load_average, run_configs, summarise_steps
+from bench_sft import CPU_SHAPE, GPU_SHAPE, REF_CPU_SHAPE, PeakRSS, _Timer, _Tok, load_average, run_configs, summarise_steps
 
 
 CONFIGS = {
@@ -184,7 +185,7 @@ def run_one(name: str, cli) -> dict:
     cuda = cli.device == "cuda"
     if not cuda:
         torch.set_num_threads(cli.threads)
-    shape = GPU_SHAPE if cuda else CPU_SHAPE
+    shape = GPU_SHAPE if cuda else (REF_CPU_SHAPE if cli.shape == "ref-cpu" else CPU_SHAPE)
     config = CONFIGS[name]
     cache = tempfile.mkdtemp(prefix="bench_pref_cache_")
     os.environ["TRL_CACHE_DIR"] = cache  # a cold cache: the precompute pass always runs
@@ -272,13 +273,19 @@ def main():
     parser.add_argument("--completion_len", type=_lengths, default=None, help="'min-max' tokens of each completion")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--shape", choices=["default", "ref-cpu"], default="default",
+                        help="CPU model and data: the default, or the reference library's measured shape (7.2M Qwen3, "
+                             "vocab 8000, untied; prompts 27-63, completions 160-210 tokens unless given)")
     parser.add_argument("--json", help="also write every result (medians, per-step times, RSS details) to this file")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     cuda = cli.device == "cuda"
     # GPU: every sequence is 512 prompt + 512 completion tokens (8 pairs x 1024); CPU: random lengths, <= 256.
-    cli.prompt_len = cli.prompt_len or ((512, 512) if cuda else (16, 64))
-    cli.completion_len = cli.completion_len or ((512, 512) if cuda else (16, 192))
+    if cuda and cli.shape != "default":
+        parser.error("--shape ref-cpu is a CPU shape")
+    ref = cli.shape == "ref-cpu"  # ~230-token sequences: prompt 27-63 + completion 160-210
+    cli.prompt_len = cli.prompt_len or ((512, 512) if cuda else ((27, 63) if ref else (16, 64)))
+    cli.completion_len = cli.completion_len or ((512, 512) if cuda else ((160, 210) if ref else (16, 192)))
     cli.steps = cli.steps or (10 if cuda else 3)
     if cli._child:
         print(json.dumps(run_one(cli.only[0], cli)))
@@ -289,7 +296,7 @@ def main():
         argv = [sys.executable, __file__, "--_child", "--only", name, "--device", cli.device, "--steps",
                 str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--batch_size",
                 str(cli.batch_size), "--prompt_len", "-".join(map(str, cli.prompt_len)), "--completion_len",
-                "-".join(map(str, cli.completion_len)), "--attn", cli.attn]
+                "-".join(map(str, cli.completion_len)), "--attn", cli.attn, "--shape", cli.shape]
         return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
 
     def print_row(r):
@@ -298,7 +305,7 @@ def main():
               f"{r['peak_mib']:9.1f} {r['rss_peak_mib']:8.0f} {pre}", flush=True)
 
     lengths = "-".join(map(str, cli.prompt_len)), "-".join(map(str, cli.completion_len))
-    print(f"device={cli.device} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
+    print(f"device={cli.device} shape={cli.shape} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
           f"prompt={lengths[0]} completion={lengths[1]} steps={cli.steps} (+{cli.warmup} warm-up) "
           f"repeats={cli.repeats} gradient_checkpointing={cli.gradient_checkpointing} | {load_average()}")
     print(f"{'config':16} {'tokens/s':>10} {'step (s)':>9} {'tokens/step':>12} {'peak MiB':>9} {'RSS MiB':>8} "

@@ -7,6 +7,7 @@ does not move them; `--repeats N` runs each configuration N times and prints the
     python benchmarks/bench_sft.py                 # CPU: tiny Qwen3 (4 layers, hidden 128, vocab 32768), fp32
     python benchmarks/bench_sft.py --device cuda   # GPU: Qwen2.5-0.5B-shaped random model, bf16, 8 x 2048 packed
     python benchmarks/bench_sft.py --only ours-padded --steps 10
+    python benchmarks/bench_sft.py --shape ref-cpu --repeats 3   # the reference library's measured CPU shape (issue 9)
     python benchmarks/bench_sft.py --repeats 3 --json sft.json  # medians of 3 runs; every figure in sft.json
 
 Peak memory: on CPU, the largest resident set size (RSS) of the process during `trainer.train()` minus its RSS just
@@ -38,6 +39,10 @@ import torch
 
 CPU_SHAPE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=32, vocab_size=32768)
+# `--shape ref-cpu`: the shape the reference library (TRL 1.16) was measured on (docs/design.md "Performance targets",
+# issue 9): a 7.2M-parameter Qwen3, untied, vocab 8000; SFT rows of ~230 tokens (200-260), prompts of 27-63 tokens.
+REF_CPU_SHAPE = dict(hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=4,
+                     num_key_value_heads=2, head_dim=64, vocab_size=8000, tie_word_embeddings=False)
 GPU_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                  num_key_value_heads=2, head_dim=64, vocab_size=151936, tie_word_embeddings=True)
 CONFIGS = {
@@ -220,7 +225,7 @@ def run_one(name: str, cli) -> dict:
     cuda = cli.device == "cuda"
     if not cuda:
         torch.set_num_threads(cli.threads)
-    shape = GPU_SHAPE if cuda else CPU_SHAPE
+    shape = GPU_SHAPE if cuda else (REF_CPU_SHAPE if cli.shape == "ref-cpu" else CPU_SHAPE)
     config = CONFIGS[name]
     model = tiny_model("qwen3", seed=0, **shape)
     if cuda:
@@ -318,12 +323,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration (the median is printed)")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--shape", choices=["default", "ref-cpu"], default="default",
+                        help="CPU model and data: the default (hidden 128, vocab 32768, rows of 64-512 tokens) or the "
+                             "reference library's measured shape (7.2M Qwen3, vocab 8000, untied, rows of 200-260)")
     parser.add_argument("--json", help="also write every result (medians, per-step times, RSS details) to this file")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     cuda = cli.device == "cuda"
+    if cuda and cli.shape != "default":
+        parser.error("--shape ref-cpu is a CPU shape")
     cli.batch_size = 8
-    cli.min_len, cli.max_len = (256, 2048) if cuda else (64, 512)
+    cli.min_len, cli.max_len = (256, 2048) if cuda else ((200, 260) if cli.shape == "ref-cpu" else (64, 512))
     cli.steps = cli.steps or (10 if cuda else 6)
     if cli._child:
         print(json.dumps(run_one(cli.only, cli)))
@@ -332,14 +342,15 @@ def main():
 
     def child_argv(name):
         argv = [sys.executable, __file__, "--_child", "--only", name, "--device", cli.device, "--steps",
-                str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--attn", cli.attn]
+                str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--attn", cli.attn,
+                "--shape", cli.shape]
         return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
 
     def print_row(r):
         print(f"{r['config']:14} {r['tokens_per_s']:10.0f} {r['step_time_s']:9.3f} {r['tokens_per_step']:12.0f} "
               f"{r['peak_mib']:9.1f}", flush=True)
 
-    print(f"device={cli.device} attn={cli.attn} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
+    print(f"device={cli.device} shape={cli.shape} attn={cli.attn} threads={cli.threads if not cuda else '-'} batch={cli.batch_size} "
           f"lengths={cli.min_len}-{cli.max_len} steps={cli.steps} (+{cli.warmup} warm-up) repeats={cli.repeats} "
           f"gradient_checkpointing={cli.gradient_checkpointing} | {load_average()}")
     print(f"{'config':14} {'tokens/s':>10} {'step (s)':>9} {'tokens/step':>12} {'peak MiB':>9}", flush=True)
