@@ -790,7 +790,9 @@ def _inner_tokenizer(processing_class):
     return getattr(processing_class, "tokenizer", processing_class)
 
 
-def _end_of_turn_ids(tokenizer, family: Family) -> set[int]:
+def family_end_of_turn_ids(tokenizer, family: Family) -> set[int]:
+    """eos and the ids of the family's end-of-turn tokens that this tokenizer has (as single tokens)."""
+    tokenizer = _inner_tokenizer(tokenizer)
     ids = {tokenizer.eos_token_id} - {None}
     for token in family.end_of_turn:
         token_id = tokenizer.convert_tokens_to_ids(token)  # no vocab copy: this runs once per generated turn
@@ -821,7 +823,7 @@ def decode_turn(
     family = family or detect_family(processing_class) or CHATML
     tokenizer = _inner_tokenizer(processing_class)
     ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
-    if ids and ids[-1] in _end_of_turn_ids(tokenizer, family):
+    if ids and ids[-1] in family_end_of_turn_ids(tokenizer, family):
         ids = ids[:-1]
     text = tokenizer.decode(ids, skip_special_tokens=False)
     if prefix is not None:

@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..data.conversation import common_prefix_length
+from ..data.tokenize import special_token_ids
 from ..rollout import Rollout
-from ..template_families import detect_family, parse_tool_turn, render_tool_messages
+from ..template_families import detect_family, family_end_of_turn_ids, parse_tool_turn, render_tool_messages
 from .tools import DEFAULT_TOOL_TIMEOUT, Toolbox, execute_tool_calls
 
 __all__ = ["Continuation", "MultiTurnResult", "check_tool_prompts", "check_tool_turns", "multi_turn_rollout",
@@ -146,8 +147,7 @@ def _tool_turn(tokenizer, conversation: list[dict], tool_messages: list[dict], e
     before = _render(tokenizer, conversation, template_kwargs)
     after = _render(tokenizer, conversation + tool_messages, template_kwargs, add_generation_prompt=True)
     start = common_prefix_length(_render(tokenizer, conversation[:-1], template_kwargs), before)
-    inner = getattr(tokenizer, "tokenizer", tokenizer)  # an end of turn is a special token, never one of the text
-    eos = (eos & {*inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}) or eos
+    eos = (eos & special_token_ids(tokenizer)) or eos  # an end of turn is a special token, never one of the text
     # the end of turn is in the turn as both renderings write it, or is the first token the tool turn adds (GLM)
     common = common_prefix_length(before, after)
     end = next((i for i in range(start, min(common + 1, len(after))) if after[i] in eos), None)
@@ -187,10 +187,7 @@ def tool_turn_end_ids(tokenizer, template_kwargs: dict | None = None) -> set[int
     family = detect_family(tokenizer)
     if family is None:
         return set()
-    inner = getattr(tokenizer, "tokenizer", tokenizer)
-    ids = [inner.convert_tokens_to_ids(token) for token in family.end_of_turn]
-    candidates = {i for i, token in zip(ids, family.end_of_turn) if isinstance(i, int)
-                  and inner.convert_ids_to_tokens(i) == token} | ({inner.eos_token_id} - {None})
+    candidates = family_end_of_turn_ids(tokenizer, family)
     try:
         token, _ = _tool_turn(tokenizer, list(_TOOL_TURNS[:2]), list(_TOOL_TURNS[2:]), candidates, template_kwargs)
     except Exception:  # noqa: BLE001 - a template that cannot render the probe: check_tool_turns says why

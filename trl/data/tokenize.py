@@ -66,14 +66,19 @@ def render_ids(tokenizer, messages: list[dict], template_kwargs: dict | None = N
     return list(out["input_ids"])
 
 
+def special_token_ids(tokenizer) -> set[int]:
+    """eos and every special or added token of the (inner) tokenizer: the tokens a chat template can end a turn with."""
+    inner = getattr(tokenizer, "tokenizer", tokenizer)
+    return {inner.eos_token_id, *inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}
+
+
 def end_of_turn_position(tokenizer, ids: list[int], messages: list[dict]) -> int | None:
     """Position in `ids` (the rendering of `messages`) of the token that ends the final assistant turn: the first eos
     or special/added token after the assistant content, which ends where the rendering with
     `continue_final_message=True` stops being a prefix of the full rendering."""
     open_ids = render_ids(tokenizer, messages, continue_final_message=True)
     start = common_prefix_length(open_ids, ids)
-    inner = getattr(tokenizer, "tokenizer", tokenizer)
-    stop_ids = {inner.eos_token_id, *inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}
+    stop_ids = special_token_ids(tokenizer)
     return next((i for i in range(start, len(ids)) if ids[i] in stop_ids), None)
 
 
@@ -138,8 +143,7 @@ def closing_tokens(tokenizer) -> dict[str, int]:
     found: dict[str, int] = {}
     full, position = _probe_end_of_turn(tokenizer)
     if full and position is None:
-        inner = getattr(tokenizer, "tokenizer", tokenizer)
-        special = {inner.eos_token_id, *inner.all_special_ids, *getattr(inner, "added_tokens_decoder", {})}
+        special = special_token_ids(tokenizer)
         probes = {"user": (_PROBE, {"role": "user", "content": "Hi"}), "tool": (_PROBE_TOOL, {"role": "tool",
                                                                                             "content": "22C"})}
         try:  # the tokens that open an assistant turn: a generic turn opener (ChatML's <|im_start|>) is not a
