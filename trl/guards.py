@@ -102,16 +102,27 @@ def check_loss_masks(name: str, n_rows: int, empty_rows: list[int], enforce: boo
     )
 
 
+def _drop_or_stop(affected: int, n_rows: int, problem: str, fix: str, dropped: str, enforce, name: str) -> None:
+    """The rule for rows a limit leaves with nothing to learn from: when some are, they are dropped with the warning
+    `dropped` (the reference drops them silently); when most are (more than half), the limit is wrong for this data
+    and the run stops ([`report`]: a warning with `guards=False` or `name` in `ignore_guards`)."""
+    if 2 * affected > n_rows:
+        report(problem, fix, enforce, name)
+    else:
+        warnings.warn(dropped, stacklevel=4)
+
+
 def check_truncation(name: str, n_rows: int, cut_rows: list[int], longest_prompt: int, max_length: int, enforce: bool):
-    """Rows whose every loss token lies beyond `max_length` (typically a prompt longer than the limit)."""
+    """Rows whose every loss token lies beyond `max_length` (typically a prompt longer than the limit): dropped with a
+    warning when some are, the run stopped when most are (`_drop_or_stop`). The caller drops them."""
     if not cut_rows:
         return
-    report(
-        f"{len(cut_rows)} of {n_rows} {name} rows lose every trained token to truncation at max_length={max_length} "
-        f"(e.g. rows {cut_rows[:5]}; the longest prompt has {longest_prompt} tokens).",
+    cut = (f"{len(cut_rows)} of {n_rows} {name} rows lose every trained token to truncation at max_length={max_length} "
+           f"(e.g. rows {cut_rows[:5]}; the longest prompt has {longest_prompt} tokens)")
+    _drop_or_stop(
+        len(cut_rows), n_rows, f"{cut}.",
         f"Raise max_length above {longest_prompt}, or filter those rows. With guards=False they are dropped.",
-        enforce,
-        "truncation",
+        f"{cut}: they are dropped. Raise max_length above {longest_prompt} to keep them.", enforce, "truncation",
     )
 
 
@@ -307,9 +318,7 @@ def check_prompts_fit(
         f"{len(no_room)} of {len(prompts)} {name} rows have a prompt of at least max_length={max_length} tokens "
         f"(e.g. rows {no_room[:5]}, longest {longest}): no completion token would be left to {verb}."
     )
-    if 2 * len(no_room) > len(prompts):
-        report(problem, "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
-               enforce, "prompts_fit")
-    else:
-        warnings.warn(f"{problem} They are dropped; raise max_length above {longest} to keep them.", stacklevel=3)
+    _drop_or_stop(len(no_room), len(prompts), problem,
+                  "Raise max_length or shorten/filter those prompts. With guards=False they are dropped.",
+                  f"{problem} They are dropped; raise max_length above {longest} to keep them.", enforce, "prompts_fit")
     return no_room

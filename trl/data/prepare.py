@@ -228,20 +228,10 @@ def _check_rows(dataset, tokenizer, options: SFTDataOptions, name: str, check_eo
     empty = [i for i, n in enumerate(loss_tokens) if n == 0]
     cut = [i for i, (n, k) in enumerate(zip(loss_tokens, kept)) if n > 0 and k == 0]
     guards.check_loss_masks(name, len(dataset), empty, options.guards)
-    if cut:
-        # A few rows cut to nothing are dropped with a warning (the reference drops them silently); when most are,
-        # max_length is wrong for this data and the run stops (a warning with guards=False).
+    if cut:  # a few are dropped with a warning, most stop the run (trl.guards.check_truncation)
         prompt_tokens = dataset["_prompt_tokens"]
         longest = max(prompt_tokens[i] for i in cut)
-        if 2 * len(cut) > len(dataset):
-            guards.check_truncation(name, len(dataset), cut, longest, options.max_length, options.guards)
-        else:
-            warnings.warn(
-                f"{len(cut)} of {len(dataset)} {name} rows lose every trained token to truncation at max_length="
-                f"{options.max_length} (e.g. rows {cut[:5]}; the longest prompt has {longest} tokens): they are "
-                f"dropped. Raise max_length above {longest} to keep them.",
-                stacklevel=3,
-            )
+        guards.check_truncation(name, len(dataset), cut, longest, options.max_length, options.guards)
     keep = [i for i, k in enumerate(kept) if k > 0]
     if len(keep) < len(dataset):
         warnings.warn(f"Dropped {len(dataset) - len(keep)} of {len(dataset)} {name} rows with no loss token left.")
