@@ -36,6 +36,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .chat_template_utils import _render_text as _render
+
 __all__ = ["CONVERSATIONS", "FAMILY_EDITS", "UNSUPPORTED", "TemplateEdit", "same_up_to_closing", "training_template",
            "verify_training_template", "wrap_turn_by_turn"]
 
@@ -331,10 +333,6 @@ CONVERSATIONS: list[tuple[str, list[dict], dict]] = [
     ], {"enable_thinking": False}),
 ]
 """Probe conversations on which a training template is verified against the original template."""
-
-
-def _render(tokenizer, messages, template=None, **kwargs) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template, **kwargs)
 
 
 def _cut_after_end_of_turn(text: str, end_of_turn: tuple[str, ...]) -> str:
