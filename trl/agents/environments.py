@@ -137,6 +137,11 @@ class EnvironmentPool:
         classes = list(dict.fromkeys(kind.cls for kind in self._kinds.values()))
         self.reward_funcs = [_reward_function(cls) for cls in classes if callable(getattr(cls, "get_reward", None))]
 
+    @property
+    def tool_names(self) -> list[str]:
+        """Every tool some rollout may be offered: the standalone tools and every environment's methods, sorted."""
+        return sorted({name for kind in self._kinds.values() for name in kind.toolbox.names})
+
     def check_dataset(self, column_names: Sequence[str], environment_names: Sequence[str] | None = None) -> None:
         """Check a dataset against the environments before training: the `environment` column of a dict of factories
         and its values, and that every `reset` accepts the columns.

@@ -42,8 +42,9 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
     """Check that `dataset` has a `prompt` column of consistent type and add `prompt_ids`.
 
     Args:
-        dataset (`datasets.Dataset`): rows with a `prompt` (text or messages) and any other columns; or pre-tokenised
-            rows with `prompt_ids` (lists of ints), used as they are (`prompt` is then decoded from them if absent).
+        dataset (`datasets.Dataset` or `datasets.IterableDataset`): rows with a `prompt` (text or messages) and any
+            other columns; or pre-tokenised rows with `prompt_ids` (lists of ints), used as they are (`prompt` is then
+            decoded from them if absent). A streaming dataset is checked on its first rows and tokenised as it is read.
         tokenizer: the policy's tokenizer (needs a chat template for conversational prompts).
         trainer (`str`): the trainer's name, for messages.
         model (`PreTrainedModel`, *optional*): the policy, named in messages.
@@ -56,14 +57,15 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
             prompt or a message without content (naming the row), a conversational prompt without a chat template,
             an empty prompt.
     """
-    from datasets import Dataset
+    from datasets import Dataset, IterableDataset
 
+    if isinstance(dataset, IterableDataset):
+        return _prepare_streaming(dataset, tokenizer, trainer, name, chat_template_kwargs, model)
     check_dataset(dataset, trainer, name, model, tokenizer)
     if not isinstance(dataset, Dataset):
         raise TypeError(
-            f"{trainer} needs a map-style `datasets.Dataset` as its {name} dataset (each prompt is sampled "
-            f"num_generations times, in whole groups); got {type(dataset).__name__}. Streaming datasets are not "
-            "supported by online trainers yet: load the prompts into a `Dataset` (e.g. `Dataset.from_list`)."
+            f"{trainer} needs a `datasets.Dataset` or `datasets.IterableDataset` as its {name} dataset; got "
+            f"{type(dataset).__name__}. Load the prompts into a `Dataset` (e.g. `Dataset.from_list`)."
         )
     columns = list(dataset.column_names)
     if "prompt_ids" in columns:  # pre-tokenised prompts: generation starts from exactly these ids
@@ -97,6 +99,38 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
     if empty:
         raise ValueError(f"{len(empty)} {name} prompts are empty after tokenisation (e.g. rows {empty[:5]}).")
     return dataset, fmt.conversational
+
+
+def first_rows(dataset, rows: int = 16):
+    """The first rows of a streaming dataset (a list), for checks that must not read the whole stream; a map-style
+    dataset as it is."""
+    from datasets import IterableDataset
+
+    return list(dataset.take(rows)) if isinstance(dataset, IterableDataset) else dataset
+
+
+def _prepare_streaming(dataset, tokenizer, trainer: str, name: str, chat_template_kwargs, model):
+    """[`prepare_prompt_dataset`] for a streaming dataset: the same checks on its first rows, and the prompts
+    tokenised on the fly (`IterableDataset.map`), as the stream is read."""
+    from datasets import Dataset
+
+    head = first_rows(dataset)
+    if not head:
+        raise ValueError(f"The {name} dataset given to {trainer} is empty.")
+    _, conversational = prepare_prompt_dataset(Dataset.from_list(head), tokenizer, trainer, name, chat_template_kwargs,
+                                               model=model)
+    if "prompt_ids" in head[0]:
+        return dataset, conversational
+
+    def add_ids(row):
+        if isinstance(row["prompt"], list) and row["prompt"] and "from" in row["prompt"][0]:  # ShareGPT messages
+            row = {**row, "prompt": maybe_convert_to_chatml({"prompt": row["prompt"]})["prompt"]}
+        ids = tokenize_prompt(row, tokenizer, conversational, chat_template_kwargs)
+        if not ids:
+            raise ValueError(f"A {name} prompt of the streaming dataset is empty after tokenisation: {row['prompt']!r}.")
+        return {"prompt": row["prompt"], "prompt_ids": ids}
+
+    return dataset.map(add_ids), conversational
 
 
 def _check_prompt_ids(dataset, tokenizer, trainer: str, name: str):

@@ -38,8 +38,7 @@ from ..agents.multi_turn import check_tool_prompts, check_tool_turns, multi_turn
 from ..agents.rollouts import cut_mid_call
 from ..agents.tools import Toolbox, tool_metrics
 from ..chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
-from ..data.conversation import maybe_convert_to_chatml
-from ..data.prompts import prepare_prompt_dataset, tokenize_prompt
+from ..data.prompts import first_rows, prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..generation.base import SamplingConfig
 from ..generation.transformers_backend import TransformersBackend
@@ -146,47 +145,15 @@ def _is_streaming(dataset) -> bool:
     return isinstance(dataset, IterableDataset)
 
 
-def _head(dataset, rows: int = 16) -> list[dict]:
-    """The first rows of a (streaming) dataset, for checks that must not read the whole stream."""
-    return list(dataset.take(rows)) if _is_streaming(dataset) else dataset
-
-
 def _columns(dataset) -> list[str]:
     if _is_streaming(dataset):
-        head = _head(dataset, 1)
+        head = first_rows(dataset, 1)
         return list(head[0]) if head else []
     return list(dataset.column_names)
 
 
 def _column(dataset, name: str) -> list:
-    return [row[name] for row in _head(dataset)] if _is_streaming(dataset) else dataset[name]
-
-
-def _prepare_prompts(dataset, tokenizer, trainer: str, name: str, chat_template_kwargs, model):
-    """`trl.data.prompts.prepare_prompt_dataset` for a map-style dataset; for a streaming one, the same checks on its
-    first rows and the prompts tokenised on the fly (`IterableDataset.map`), as the stream is read."""
-    if not _is_streaming(dataset):
-        return prepare_prompt_dataset(dataset, tokenizer, trainer, name, chat_template_kwargs, model=model)
-    from datasets import Dataset
-
-    head = _head(dataset)
-    if not head:
-        raise ValueError(f"The {name} dataset given to {trainer} is empty.")
-    _, conversational = prepare_prompt_dataset(
-        Dataset.from_list(head), tokenizer, trainer, name, chat_template_kwargs, model=model
-    )
-    if "prompt_ids" in head[0]:
-        return dataset, conversational
-
-    def add_ids(row):
-        if isinstance(row["prompt"], list) and row["prompt"] and "from" in row["prompt"][0]:  # ShareGPT messages
-            row = {**row, "prompt": maybe_convert_to_chatml({"prompt": row["prompt"]})["prompt"]}
-        ids = tokenize_prompt(row, tokenizer, conversational, chat_template_kwargs)
-        if not ids:
-            raise ValueError(f"A {name} prompt of the streaming dataset is empty after tokenisation: {row['prompt']!r}.")
-        return {"prompt": row["prompt"], "prompt_ids": ids}
-
-    return dataset.map(add_ids), conversational
+    return [row[name] for row in first_rows(dataset)] if _is_streaming(dataset) else dataset[name]
 
 
 def batch_plan(args, num_processes: int, off_policy: bool) -> str:
@@ -284,8 +251,8 @@ class _OnlineTrainer(_BaseTrainer):
                 f"{type(self).__name__} got a streaming train dataset (`IterableDataset`), which has no length: set "
                 f"`max_steps` (a positive number of optimiser steps; got {args.max_steps})."
             )
-        train_dataset, conversational = _prepare_prompts(
-            train_dataset, processing_class, type(self).__name__, "train", self._template_kwargs, model
+        train_dataset, conversational = prepare_prompt_dataset(
+            train_dataset, processing_class, type(self).__name__, "train", self._template_kwargs, model=model
         )
         if self.toolbox is not None and not conversational:
             raise ValueError(
@@ -464,8 +431,8 @@ class _OnlineTrainer(_BaseTrainer):
         them, each prepared on its own (each is evaluated under its own prefix, `eval_<name>_...`)."""
         if isinstance(eval_dataset, Mapping):
             return {name: self._prepare_eval_datasets(d, processing_class, model) for name, d in eval_dataset.items()}
-        eval_dataset, _ = _prepare_prompts(
-            eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model
+        eval_dataset, _ = prepare_prompt_dataset(
+            eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model=model
         )
         if self.toolbox is not None:
             check_tool_prompts(_column(eval_dataset, "prompt"))
@@ -713,7 +680,7 @@ class _OnlineTrainer(_BaseTrainer):
     def _all_tool_names(toolbox, environments) -> list[str]:
         """Every tool a rollout may be offered: the standalone tools and every environment's methods."""
         if environments is not None:
-            return sorted({name for kind in environments._kinds.values() for name in kind.toolbox.names})
+            return environments.tool_names
         return toolbox.names if toolbox is not None else []
 
     def _release_environments(self, rollout: Rollout) -> None:
