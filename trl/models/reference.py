@@ -26,6 +26,85 @@ def independent_copy(model: torch.nn.Module) -> torch.nn.Module:
     return freeze(copy.deepcopy(model))
 
 
+# Where the decoder layers of common architectures live; `{layer}` is the layer index.
+LAYER_PATTERNS = (
+    "model.layers.{layer}",
+    "model.language_model.layers.{layer}",
+    "transformer.h.{layer}",
+    "model.decoder.layers.{layer}",
+    "gpt_neox.layers.{layer}",
+    "transformer.blocks.{layer}",
+    "base_model.model.model.layers.{layer}",
+)
+
+
+def shared_copy(model: torch.nn.Module, num_shared_layers: int | None = None, pattern: str | None = None):
+    """A frozen, eval-mode copy of `model` whose first `num_shared_layers` layers (and everything before them, such as
+    the embeddings) are the policy's own parameters, shared by reference, so they cost no memory twice.
+
+    The shared parameters are frozen in `model` too: a reference must not move, so those layers stop training. The
+    layers after them, the final norm and the head are independent copies. Without `num_shared_layers` this is
+    [`independent_copy`].
+
+    Args:
+        model (`torch.nn.Module`): the policy.
+        num_shared_layers (`int`, *optional*): how many leading layers to share (at least 1, fewer than the layers the
+            model has).
+        pattern (`str`, *optional*): the parameter-name prefix of a layer, with `{layer}` for its index (e.g.
+            `"model.layers.{layer}"`); by default the first of `LAYER_PATTERNS` that matches the model.
+
+    Example:
+        ```python
+        >>> from trl.models.tiny import tiny_model
+        >>> policy = tiny_model()
+        >>> ref = shared_copy(policy, num_shared_layers=2)
+        >>> ref.model.layers[0].mlp.up_proj.weight is policy.model.layers[0].mlp.up_proj.weight
+        True
+        ```
+    """
+    if num_shared_layers is None:
+        return independent_copy(model)
+    try:
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+    except ImportError:  # older transformers
+        from transformers.integrations import is_deepspeed_zero3_enabled
+    if is_deepspeed_zero3_enabled():
+        raise ValueError(
+            "Sharing layers with the reference does not work under DeepSpeed ZeRO-3 (the parameters are sharded and "
+            "cannot be deep-copied). Use `num_shared_layers=None` with `prepare_deepspeed`, or ZeRO-1/2."
+        )
+    names = [name for name, _ in model.named_parameters()]
+    if pattern is None:
+        pattern = next((p for p in LAYER_PATTERNS if any(n.startswith(p.format(layer=0) + ".") for n in names)), None)
+        if pattern is None:
+            raise ValueError(
+                f"Could not find the layers of {type(model).__name__} (tried {list(LAYER_PATTERNS)}). Pass "
+                "`pattern`, the name prefix of a layer with `{layer}` for its index, e.g. 'model.layers.{layer}'."
+            )
+    if "{layer}" not in pattern:
+        raise ValueError(f"`pattern` must contain '{{layer}}' for the layer index; got {pattern!r}.")
+    num_layers = 0
+    while any(n.startswith(pattern.format(layer=num_layers) + ".") for n in names):
+        num_layers += 1
+    if not 1 <= num_shared_layers < max(num_layers, 1) or num_layers == 0:
+        raise ValueError(
+            f"`num_shared_layers` must be between 1 and {num_layers - 1} (the model has {num_layers} layers matching "
+            f"{pattern!r}); got {num_shared_layers}. Use `num_shared_layers=None` for an independent copy."
+        )
+    first_unshared = pattern.format(layer=num_shared_layers) + "."
+    cut = next(i for i, n in enumerate(names) if n.startswith(first_unshared))
+    shared = {id(param) for name, param in model.named_parameters() if name in set(names[:cut])}
+
+    ref = copy.deepcopy(model)
+    # every name of a shared tensor, tied duplicates included (a tied head shares the embeddings it is tied to)
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in shared:
+            module_name, _, param_name = name.rpartition(".")
+            ref.get_submodule(module_name)._parameters[param_name] = param
+            param.requires_grad_(False)
+    return freeze(ref)
+
+
 def model_fingerprint(model: torch.nn.Module, samples_per_tensor: int = 256, exclude_adapters: bool = False) -> str:
     """A short hash that changes when the model's architecture or weights change.
 
