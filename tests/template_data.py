@@ -217,6 +217,27 @@ def gemma3_tokenizer():
     return family_tokenizer(real_chat_template("gemma3"), (*GEMMA_TOKENS, "<start_of_image>"), "<bos>", "<eos>")
 
 
+NEMOTRON3_TOKENS = ("<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+
+
+def llama3_3_tokenizer():
+    """Llama 3.3 (meta-llama/Llama-3.3-70B-Instruct, the Llama 3.1 tool format with `builtin_tools`): bos
+    `<|begin_of_text|>`, eos `<|eot_id|>`."""
+    return family_tokenizer(real_chat_template("llama3_3"), LLAMA3_SPECIAL_TOKENS, "<|begin_of_text|>", "<|eot_id|>")
+
+
+def nemotron3_tokenizer():
+    """Nemotron 3 (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16): ChatML, eos `<|im_end|>`, no bos in the template,
+    XML-style `<tool_call><function=...>` calls."""
+    return family_tokenizer(real_chat_template("nemotron3"), NEMOTRON3_TOKENS, eos="<|im_end|>")
+
+
+def command_r_plus_tokenizer():
+    """Command R+ (CohereForAI/c4ai-command-r-plus, its `tool_use` template): bos `<BOS_TOKEN>`, eos
+    `<|END_OF_TURN_TOKEN|>`."""
+    return family_tokenizer(real_chat_template("command_r_plus"), COHERE_TOKENS, "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>")
+
+
 REAL_TOKENIZERS = {
     "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
@@ -229,5 +250,8 @@ REAL_TOKENIZERS = {
     "phi3_5": phi3_5_tokenizer,
     "cohere2": cohere2_tokenizer,
     "lfm2_5": lfm2_5_tokenizer,
+    "llama3_3": llama3_3_tokenizer,
+    "nemotron3": nemotron3_tokenizer,
+    "command_r_plus": command_r_plus_tokenizer,
 }
 """Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""

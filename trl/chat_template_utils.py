@@ -37,7 +37,7 @@ _WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Current weather of a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city."}}, "required": ["city"]},
     },
 }
 _MULTI_TURN = [
@@ -162,12 +162,29 @@ def is_chat_template_stop_token_trained(tokenizer: "ProcessingClass") -> bool:
     return position is not None and bool(mask[position])
 
 
+def _render_tool_probe(tokenizer: "ProcessingClass", messages: list[dict]) -> str:
+    """Render a probe conversation with tool calls: without a tool list first, then, for templates that need one
+    (Command R+'s `tool_use` template iterates over `tools`), with the `get_weather` tool listed. Raises the error of
+    the first attempt when both fail."""
+    from .template_families import render_tool_messages
+
+    try:
+        return render_tool_messages(tokenizer, messages)  # retried with JSON-string arguments (DeepSeek)
+    except Exception as error:
+        try:
+            return render_tool_messages(tokenizer, messages, tools=[_WEATHER_TOOL])
+        except Exception:  # noqa: BLE001 - report the first error
+            raise error from None
+
+
 def supports_tool_calling(tokenizer: "ProcessingClass") -> bool:
     """Whether the chat template renders tool calls and tool results.
 
     Renders user → assistant with a `get_weather(city="Paris")` tool call → tool result `"22C"`, and checks that
     the tool name, the argument key, the argument value and the tool result all appear in the text. A template that
-    raises on dict arguments is retried with the arguments as a JSON string (DeepSeek's templates concatenate them).
+    raises on dict arguments is retried with the arguments as a JSON string (DeepSeek's templates concatenate them),
+    and one that raises without a tool list is retried with the `get_weather` tool listed (the argument value and the
+    result, which the list does not contain, still have to appear).
 
     Args:
         tokenizer (`PreTrainedTokenizerBase` or `ProcessorMixin`):
@@ -184,10 +201,8 @@ def supports_tool_calling(tokenizer: "ProcessingClass") -> bool:
         False
         ```
     """
-    from .template_families import render_tool_messages
-
     try:
-        text = render_tool_messages(tokenizer, _TOOL_TURNS)  # retried with JSON-string arguments (DeepSeek)
+        text = _render_tool_probe(tokenizer, _TOOL_TURNS)
     except Exception:
         return False
     return all(piece in text for piece in ("get_weather", "city", "Paris", "22C"))

@@ -18,7 +18,9 @@ Families, in detection order (the first whose `recognize` accepts the template w
 | `deepseek` | `<｜Assistant｜>` (V3, R1, R1 distills) | `<｜tool▁call▁begin｜>function<｜tool▁sep｜>name` + fenced JSON (V3.1's form too) | `<think>...</think>` |
 | `glm4_moe` | `<arg_key>` and `<|assistant|>` | `<tool_call>name` + `<arg_key>`/`<arg_value>` pairs | `<think>...</think>` |
 | `cohere2` | `<|START_ACTION|>` and `<|CHATBOT_TOKEN|>` | JSON list of `{"tool_name", "parameters"}` in `<|START_ACTION|>` | `<|START_THINKING|>` |
+| `command_r` | `<|CHATBOT_TOKEN|>` and `Action:` (Command R / R+) | `Action:` + ```json list of `{"tool_name", "parameters"}` | none |
 | `lfm2` | `<|tool_call_start|>` | Python-style `[f(a=1)]` (parsed with `ast`, never evaluated) | `<think>...</think>` |
+| `nemotron3` | `<|im_start|>`, `<function=` and `<think>` | `<tool_call><function=name><parameter=k>v</parameter>...` | `<think>...</think>` |
 | `qwen3` | `<|im_start|>` and `<think>` | `<tool_call>\\n{"name", "arguments"}\\n</tool_call>`, several a turn | `<think>...</think>` |
 | `chatml` | `<|im_start|>` (Qwen2.5, our ChatML templates) | same as `qwen3` | kept in `content` |
 | `llama3` | `<|start_header_id|>` and `<|eot_id|>` | the whole turn is `{"name", "parameters"}` JSON | none |
@@ -588,6 +590,107 @@ def parse_harmony(text: str, strict: bool = True):
     return "\n".join(part for part in content if part).strip(), calls, errors
 
 
+_XML_FUNCTION = re.compile(r"\A\s*<function=([^>\n]*)>(.*)</function>\s*\Z", re.DOTALL)
+_XML_PARAMETER = re.compile(r"\s*<parameter=([^>\n]*)>\n?(.*?)\n?</parameter>", re.DOTALL)
+
+
+def parse_xml_function_calls(text: str, strict: bool = True):
+    """Parse XML-style calls (Nemotron 3): `<tool_call>\\n<function=name>\\n<parameter=k>\\nv\\n</parameter>\\n...`
+    `</function>\\n</tool_call>`, several a turn.
+
+    A value is JSON-decoded when it is valid JSON (the template writes objects and lists with `tojson`, numbers as
+    text), otherwise it is the string as written (strings are written raw, so a string that looks like JSON, e.g.
+    `"3"`, comes back decoded; Python's `True`/`None`, as the template writes booleans and null, stay strings).
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_xml_function_calls
+        >>> parse_xml_function_calls("<tool_call>\\n<function=f>\\n<parameter=n>\\n2\\n</parameter>\\n</function>\\n</tool_call>")
+        ('', [{'type': 'function', 'function': {'name': 'f', 'arguments': {'n': 2}}}], [])
+        ```
+    """
+    _, blocks, errors = _blocks(text, "<tool_call>", "</tool_call>")
+    content, calls = [], []
+    position = 0
+    for number, (start, end, body) in enumerate(blocks, 1):
+        content.append(text[position:start])
+        call, error = _xml_function_call(body)
+        if error is None:
+            calls.append(call)
+        else:
+            errors.append(f"tool call {number}: {error}")
+            content.append(text[start:end])
+        position = end
+    content.append(text[position:])
+    return "".join(content).strip(), calls, errors
+
+
+def _xml_function_call(body: str) -> tuple[dict | None, str | None]:
+    match = _XML_FUNCTION.match(body)
+    if match is None:
+        return None, f"expected <function=name>...</function> inside <tool_call>, got {_snippet(body)}"
+    name, rest = match.group(1).strip(), match.group(2)
+    if not name:
+        return None, f"the call has no function name: {_snippet(body)}"
+    arguments, position = {}, 0
+    for parameter in _XML_PARAMETER.finditer(rest):
+        if parameter.start() != position:
+            break
+        key, value = parameter.group(1).strip(), parameter.group(2)
+        try:
+            arguments[key] = json.loads(value)
+        except json.JSONDecodeError:
+            arguments[key] = value
+        position = parameter.end()
+    if rest[position:].strip():
+        return None, f"{name}: expected <parameter=k>v</parameter> blocks, got {_snippet(rest[position:])}"
+    return _function_call(name, arguments), None
+
+
+_COMMAND_R_ACTION = re.compile(r"Action:\s*```(?:json)?\s*\n?(.*?)```", re.DOTALL)
+
+
+def parse_command_r_tool_calls(text: str, strict: bool = True):
+    """Parse a Command R / R+ turn (the `tool_use` template): content, then `Action:` and a ```json block holding a
+    list of `{"tool_name", "parameters"}` objects. The text before `Action:` is the content; an `Action:` without a
+    closed ```json block holding a JSON list of such objects is an error and stays in the content.
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_command_r_tool_calls
+        >>> parse_command_r_tool_calls('Action:\\n```json\\n[{"tool_name": "now", "parameters": {}}]```')
+        ('', [{'type': 'function', 'function': {'name': 'now', 'arguments': {}}}], [])
+        ```
+    """
+    at = text.find("Action:")
+    if at < 0:
+        return text.strip(), [], []
+    head, action = text[:at], text[at:]
+    match = _COMMAND_R_ACTION.match(action)
+    if match is None:
+        return text.strip(), [], [f"tool call 1: 'Action:' without a closed ```json block: {_snippet(action)}"]
+    try:
+        items = json.loads(match.group(1))
+    except json.JSONDecodeError as error:
+        return text.strip(), [], [f"tool call 1: invalid JSON ({error.msg} at character {error.pos}) in "
+                                  f"{_snippet(match.group(1))}"]
+    if not isinstance(items, list):
+        items = [items]
+    calls, errors = [], []
+    for number, item in enumerate(items, 1):
+        if not isinstance(item, dict) or not isinstance(item.get("tool_name"), str) or not item["tool_name"]:
+            errors.append(f'tool call {number}: expected {{"tool_name": ..., "parameters": {{...}}}}, got '
+                          f"{_snippet(json.dumps(item))}")
+            continue
+        arguments, error = _arguments(item["tool_name"], item.get("parameters"), strict)
+        if error is None:
+            calls.append(_function_call(item["tool_name"], arguments))
+        else:
+            errors.append(f"tool call {number}: {error}")
+    content = head + action[match.end():] if not errors else text
+    return content.strip(), calls, errors
+
+
 COHERE_ACTION = ("<|START_ACTION|>", "<|END_ACTION|>")
 COHERE_RESPONSE = ("<|START_RESPONSE|>", "<|END_RESPONSE|>")
 
@@ -689,6 +792,23 @@ COHERE2 = Family(
     call_format='<|START_ACTION|>[{"tool_call_id": "0", "tool_name": <name>, "parameters": <JSON object>}]<|END_ACTION|>',
     reasoning_tags=("<|START_THINKING|>", "<|END_THINKING|>"),
 )
+COMMAND_R = Family(
+    name="command_r",
+    recognize=lambda template: "<|CHATBOT_TOKEN|>" in template and "Action:" in template,
+    assistant_header="<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
+    end_of_turn=("<|END_OF_TURN_TOKEN|>",),
+    parse_tool_calls=parse_command_r_tool_calls,
+    call_format='Action:\\n```json\\n[{"tool_name": <name>, "parameters": <JSON object>}]```',
+)
+NEMOTRON3 = Family(
+    name="nemotron3",
+    recognize=lambda template: "<|im_start|>" in template and "<function=" in template and "<think>" in template,
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn=("<|im_end|>",),
+    parse_tool_calls=parse_xml_function_calls,
+    call_format="<tool_call>\\n<function=<name>>\\n<parameter=key>\\nvalue\\n</parameter>\\n</function>\\n</tool_call>",
+    reasoning_tags=("<think>", "</think>"),
+)
 LFM2 = Family(
     name="lfm2",
     recognize=lambda template: "<|tool_call_start|>" in template,
@@ -740,9 +860,9 @@ PHI3 = Family(
     call_format="no tool calls (the template does not render them)",
 )
 
-FAMILIES: tuple[Family, ...] = (GPT_OSS, DEEPSEEK, GLM4_MOE, COHERE2, LFM2, QWEN3, CHATML, LLAMA3, GEMMA, PHI3)
-"""Known families in detection order: more specific families come before the ones they extend (LFM2 and Qwen3
-templates are ChatML too; GLM's `<|assistant|>` is Phi-3's)."""
+FAMILIES: tuple[Family, ...] = (GPT_OSS, DEEPSEEK, GLM4_MOE, COHERE2, COMMAND_R, LFM2, NEMOTRON3, QWEN3, CHATML, LLAMA3, GEMMA, PHI3)
+"""Known families in detection order: more specific families come before the ones they extend (LFM2, Nemotron 3 and
+Qwen3 templates are ChatML too; Command R7B's template has Command R's `Action:` text too; GLM's `<|assistant|>` is Phi-3's)."""
 
 
 def _template_of(processing_class_or_template) -> str | None:
@@ -949,7 +1069,7 @@ def tool_call_family(processing_class: ProcessingClass) -> Family:
         'chatml'
         ```
     """
-    from .chat_template_utils import _TOOL_TURNS, _WEATHER_CALL, supports_tool_calling
+    from .chat_template_utils import _TOOL_TURNS, _WEATHER_CALL, _render_tool_probe, supports_tool_calling
 
     name = getattr(processing_class, "name_or_path", None) or type(processing_class).__name__
     fix = _FIX.format(families=", ".join(family.name for family in FAMILIES))
@@ -958,7 +1078,7 @@ def tool_call_family(processing_class: ProcessingClass) -> Family:
             f"The chat template of the tokenizer {name!r} does not render tool calls and tool results, so tools "
             f"(`tools`, or an environment's methods) cannot be offered to the model. {fix}"
         )
-    rendered = render_tool_messages(processing_class, _TOOL_TURNS[:2])
+    rendered = _render_tool_probe(processing_class, _TOOL_TURNS[:2])
     family = detect_family(processing_class)
     if family is None:
         at = rendered.find(_WEATHER_CALL["function"]["name"])

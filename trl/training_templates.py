@@ -253,7 +253,7 @@ _WEATHER_TOOL = {
     "function": {
         "name": "get_weather",
         "description": "Current weather of a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city."}}, "required": ["city"]},
     },
 }
 _NOW_TOOL = {

@@ -59,7 +59,11 @@ def call(name, arguments):
 
 
 def tool(name, properties):
-    parameters = {"type": "object", "properties": {k: {"type": v} for k, v in properties.items()}}
+    # every parameter has a description, and objects their values' type: Command R+'s template requires them
+    parameters = {"type": "object", "properties": {
+        k: {"type": v, "description": f"The {k}.", **({"additionalProperties": {"type": "string"}} if v == "object" else {})}
+        for k, v in properties.items()
+    }}
     return {
         "type": "function",
         "function": {"name": name, "description": f"The {name} tool.", "parameters": parameters},
@@ -121,9 +125,11 @@ def test_detect_family_reads_processing_classes():
     )  # named templates
     assert detect_family(processor) is QWEN3
     assert detect_family(None) is None
-    # more specific families come first: lfm2 and qwen3 templates are ChatML too, glm4_moe's <|assistant|> is phi3's
+    # more specific families come first: lfm2, nemotron3 and qwen3 templates are ChatML too, cohere2's has
+    # command_r's Action:, glm4_moe's <|assistant|> is phi3's
     assert [family.name for family in FAMILIES] == [
-        "gpt_oss", "deepseek", "glm4_moe", "cohere2", "lfm2", "qwen3", "chatml", "llama3", "gemma", "phi3"
+        "gpt_oss", "deepseek", "glm4_moe", "cohere2", "command_r", "lfm2", "nemotron3", "qwen3", "chatml", "llama3",
+        "gemma", "phi3",
     ]
 
 
@@ -443,8 +449,12 @@ REAL_FAMILIES = {
     "phi3_5": "phi3",
     "cohere2": "cohere2",
     "lfm2_5": "lfm2",
+    "llama3_3": "llama3",
+    "nemotron3": "nemotron3",
+    "command_r_plus": "command_r",
 }
-REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5"]
+REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5",
+                      "llama3_3", "nemotron3", "command_r_plus"]
 REAL_ALL_TOKENIZERS = REAL_TOKENIZERS
 
 
@@ -540,6 +550,22 @@ REAL_ROUND_TRIPS = {
         (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
         (message("It is 22C.", "Easy.", reasoning_key="thinking"), message("It is 22C.", "Easy.")),
     ],
+    "llama3_3": [
+        (message("", calls=[WEATHER]),) * 2,
+        (message("", calls=[NESTED]),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
+    "nemotron3": [
+        (message("", "Need the weather.", [WEATHER]),) * 2,
+        (message("Both.", calls=[WEATHER, NESTED]),) * 2,
+        (message("It is 22C.", "Easy."),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
+    "command_r_plus": [
+        (message("", calls=[WEATHER]),) * 2,
+        (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
     "gemma2": [(message("It is 22C."),) * 2],
     "gemma3": [(message("It is 22C."),) * 2],
     "phi3_5": [(message("It is 22C."),) * 2],
@@ -554,6 +580,10 @@ def generated_ids(tokenizer, family, name, rendered_message):
     tools = {"tools": TOOLS} if name in REAL_TOOL_FAMILIES else {}
     prompt = render_tool_messages(tokenizer, [USER], **tools)
     full = render_tool_messages(tokenizer, [USER, rendered_message], **tools)
+    if family.name == "command_r":  # Command R+ ends every conversation with its instruction to write 'Action:'
+        closing = prompt[prompt.rindex("<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Write 'Action:'"):]
+        assert full.endswith(closing)
+        prompt, full = prompt[: -len(closing)], full[: -len(closing)]
     if not full.startswith(prompt) and prompt.endswith(tokenizer.eos_token):  # Phi-3 ends a conversation with eos
         prompt = prompt[: -len(tokenizer.eos_token)]
     assert full.startswith(prompt)
