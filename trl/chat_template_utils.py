@@ -351,7 +351,16 @@ def get_training_chat_template(processing_class: "ProcessingClass") -> str | Non
     """
     from .training_templates import UNSUPPORTED, training_template, verify_training_template
 
-    prefix_preserving = is_chat_template_prefix_preserving(processing_class)
+    try:
+        prefix_preserving = is_chat_template_prefix_preserving(processing_class)
+    except Exception as error:  # noqa: BLE001 - the template's own error, reported with the family's reason
+        family = detect_family(processing_class)
+        known = f" {UNSUPPORTED[family.name]}." if family is not None and family.name in UNSUPPORTED else ""
+        raise ValueError(
+            "get_training_chat_template cannot render a plain user/assistant conversation with this chat template "
+            f"({type(error).__name__}: {error}).{known} Pass a template with {{% generation %}} markers through "
+            "SFTConfig(chat_template_path=...)."
+        ) from error
     if has_generation_markers(processing_class) and prefix_preserving:
         return None
     advice = (

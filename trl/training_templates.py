@@ -25,7 +25,7 @@ Consequences, checked by `verify_training_template` on the `CONVERSATIONS` probe
 - The deliberate differences: earlier assistant turns keep their reasoning / analysis / empty think block (GPT-OSS:
   and end with `<|return|>`); Phi-3.5 and Cohere 2 leave out their closing text.
 - The generation markers mark exactly the tokens the turn-by-turn prefix method of `trl.data.tokenize` marks.
-- Families in `UNSUPPORTED` (DeepSeek-R1-Distill) are refused with the reason.
+- Families in `UNSUPPORTED` (DeepSeek-R1-Distill, Nemotron 3, Command R+) are refused with the reason.
 
 The cost is a few renderings of the original per assistant turn (quadratic in the number of turns), which is
 negligible next to training.
@@ -136,6 +136,21 @@ UNSUPPORTED: dict[str, str] = {
         "A training template would have to invent text the vendor never renders (see docs/agents.md, "
         "'DeepSeek-R1-Distill: refused, and why'): pass your own template with {% generation %} markers "
         "(SFTConfig.chat_template_path) or train on prompt-completion data"
+    ),
+    "nemotron3": (
+        "Nemotron 3's template (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B) has no rendering of an assistant turn "
+        "without reasoning that follows its generation prompt: with thinking on (its default) the generation prompt "
+        "is '<|im_start|>assistant\\n<think>\\n', but such a turn is rendered as '<think></think>' + content, so "
+        "the generation prompt is not a prefix of it (with enable_thinking=False it is '<think></think>', which is "
+        "not a prefix of a turn with reasoning, '<think>\\n...\\n</think>\\n'); a training template would have to "
+        "pick one of the two for every turn, which the original never does (see docs/agents.md, 'Nemotron 3 and "
+        "Command R+: refused, and why')"
+    ),
+    "command_r": (
+        "Command R+'s tool_use template (CohereForAI/c4ai-command-r-plus) cannot render a conversation without a "
+        "tool list (it iterates over `tools`), writes its instruction to answer with 'Action:' as a system turn after "
+        "the last message only (so no conversation is a prefix of its continuation), and ends a tool-calling turn "
+        "without <|END_OF_TURN_TOKEN|> (see docs/agents.md, 'Nemotron 3 and Command R+: refused, and why')"
     ),
 }
 """Why a family's generated training template fails verification where it is known to, by family name: added to

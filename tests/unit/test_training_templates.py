@@ -48,6 +48,7 @@ FAMILY_TOKENIZERS = [
     ("real-gemma2", "gemma2_tokenizer", "gemma", True),
     ("real-gemma3", "gemma3_tokenizer", "gemma", True),
     ("real-phi3_5", "phi3_5_tokenizer", "phi3", False),
+    ("real-llama3_3", "llama3_3_tokenizer", "llama3", True),
 ]
 CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
          if hasattr(template_data, builder)]
@@ -130,6 +131,35 @@ def test_deepseek_r1_distill_is_refused_with_the_reason():
     tokenizer = template_data.deepseek_r1_distill_tokenizer()
     with pytest.raises(ValueError, match=r"'deepseek'.*generation prompt opens a '<think>\\n' block"):
         get_training_chat_template(processing_class=tokenizer)
+
+
+def test_nemotron3_is_refused_with_the_reason():
+    tokenizer = template_data.nemotron3_tokenizer()
+    with pytest.raises(ValueError, match=r"'nemotron3'.*generation prompt is not a prefix of it"):
+        get_training_chat_template(processing_class=tokenizer)
+    # the reason, checked on the original: a turn without reasoning does not follow the thinking generation prompt
+    user, answer = {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}
+    prompt = _render(tokenizer, [user], add_generation_prompt=True)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    assert not _render(tokenizer, [user, answer]).startswith(prompt)
+    assert _render(tokenizer, [user, answer]).endswith("<|im_start|>assistant\n<think></think>Hello.<|im_end|>\n")
+
+
+def test_command_r_plus_is_refused_with_the_reason():
+    tokenizer = template_data.command_r_plus_tokenizer()
+    with pytest.raises(ValueError, match=r"cannot render a plain user/assistant conversation.*Command R\+'s tool_use"):
+        get_training_chat_template(processing_class=tokenizer)
+    # with a tool list it renders, but its closing instruction follows the last message only
+    tools = {"tools": [template_data_tool()]}
+    user, answer = {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}
+    short = _render(tokenizer, [user], **tools)
+    assert short.endswith("if it takes no parameters\n    }\n]```<|END_OF_TURN_TOKEN|>")
+    assert not _render(tokenizer, [user, answer], **tools).startswith(short)
+
+
+def template_data_tool():
+    return {"type": "function", "function": {"name": "get_weather", "description": "Weather.", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "description": "The city."}}, "required": ["city"]}}}
 
 
 @pytest.mark.parametrize("builder, family, prefix", CASES)
@@ -269,7 +299,8 @@ def test_glm_turns_are_closed_by_the_next_header():
     assert out["input_ids"][-1] == observation and out["completion_mask"][-1] == 1
 
 
-@pytest.mark.parametrize("name", [n for n in template_data.REAL_TOKENIZERS if n != "glm4_moe"])
+# (Command R+'s tool_use template cannot render the tool-less probe conversations at all)
+@pytest.mark.parametrize("name", [n for n in template_data.REAL_TOKENIZERS if n not in ("glm4_moe", "command_r_plus")])
 def test_closing_tokens_only_for_templates_without_end_of_turn(name):
     """Every other template ends its assistant turns with a token of its own: nothing is added or appended."""
     from trl.data.tokenize import closing_tokens, tokenize_sft_example
