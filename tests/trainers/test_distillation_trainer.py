@@ -1,0 +1,216 @@
+"""DistillationTrainer on tiny random models: a few CPU steps; the student moves, the teacher does not, the documented
+metrics are logged; the loss of a step equals a naive float64 full-logits divergence; resume; PEFT; bad inputs."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+
+from trl.data.tiny import tiny_task_dataset
+from trl.models.tiny import save_tiny_model, tiny_model, tiny_tokenizer
+from trl.rollout import StepCounts
+from trl.trainer.distillation_config import DistillationConfig
+from trl.trainer.distillation_trainer import DistillationTrainer
+
+from .sft_one_step import SMALL
+
+METRICS = {
+    "loss", "num_tokens", "entropy", "step_time", "completions/mean_length", "completions/min_length",
+    "completions/max_length", "completions/clipped_ratio",
+}
+TEACHER = dict(num_hidden_layers=2)  # the bundled config with 2 layers: wider than the student, same vocabulary
+
+
+def _config(tmp_path, **overrides):
+    values = {
+        "output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 4,
+        "max_completion_length": 8, "learning_rate": 1e-2, "logging_steps": 1, "report_to": "none",
+        "save_strategy": "no", "seed": 0, "gradient_checkpointing": False, "guards": False,
+    }
+    values.update(overrides)
+    return DistillationConfig(**values)
+
+
+def _prompts(num_rows=16, form="prompt_only"):
+    return tiny_task_dataset(form, "train", num_rows=num_rows)
+
+
+def _trainer(tmp_path, teacher=None, dataset=None, student=None, **overrides):
+    return DistillationTrainer(
+        model=student if student is not None else tiny_model(seed=0, **SMALL),
+        teacher_model=teacher if teacher is not None else tiny_model(seed=1, **TEACHER),
+        args=_config(tmp_path, **overrides), train_dataset=dataset if dataset is not None else _prompts(),
+        processing_class=tiny_tokenizer(),
+    )
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _moved(before, model):
+    return any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+
+
+def _logged(trainer):
+    return [log for log in trainer.state.log_history if "loss" in log]
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.0, 0.5])
+def test_trains_the_student_keeps_the_teacher_and_logs_the_documented_metrics(tmp_path, beta):
+    teacher = tiny_model(seed=1, **TEACHER)
+    trainer = _trainer(tmp_path, teacher=teacher, beta=beta, temperature=0.9)
+    student_before, teacher_before = _params(trainer.model), _params(teacher)
+    trainer.train()
+    logs = _logged(trainer)
+    assert len(logs) == 2 and all(math.isfinite(log["loss"]) and log["loss"] > 0 for log in logs)
+    assert METRICS <= set(logs[0])
+    assert logs[-1]["num_tokens"] > logs[0]["num_tokens"] > 0
+    assert _moved(student_before, trainer.model)
+    assert not _moved(teacher_before, teacher) and not teacher.training
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert trainer.ref_model is None and trainer.reward_funcs == []
+
+
+def _naive_loss(trainer, rollout, beta, temperature):
+    """Token mean over the completion tokens of the divergence of full float64 logits of both models."""
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+    attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    width = rollout.prompt_ids.shape[1]
+
+    def logps(model):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits.double()
+        return torch.log_softmax(logits[:, width - 1 : -1] / temperature, -1)
+
+    s, t = logps(trainer.model), logps(trainer.teacher_model)
+    p, q = s.exp(), t.exp()
+    if beta == 1.0:
+        per_token = (p * (s - t)).sum(-1)
+    elif beta == 0.0:
+        per_token = (q * (t - s)).sum(-1)
+    else:
+        m = (beta * q + (1 - beta) * p).log()
+        per_token = beta * (q * (t - m)).sum(-1) + (1 - beta) * (p * (s - m)).sum(-1)
+    mask = rollout.completion_mask.double()
+    return (per_token * mask).sum() / mask.sum()
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3])
+def test_the_loss_is_the_naive_full_logits_divergence(tmp_path, beta):
+    trainer = _trainer(tmp_path, beta=beta, temperature=0.7)
+    rollout = trainer._make_rollout([trainer.train_dataset[i] for i in range(4)])
+    tokens = rollout.completion_mask.sum()
+    rollout.step_counts = StepCounts(tokens=tokens.double(), sequences=torch.tensor(4.0), micro_batches=1)
+    loss = trainer.compute_loss(trainer.model, rollout)
+    assert rollout.completion_mask.sum() > 0
+    assert loss.item() == pytest.approx(_naive_loss(trainer, rollout, beta, 0.7).item(), rel=1e-5)
+
+
+def test_teacher_loaded_from_a_folder_with_init_kwargs_and_from_the_config(tmp_path):
+    path = save_tiny_model(tmp_path / "teacher", seed=1, **TEACHER)
+    trainer = DistillationTrainer(
+        model=tiny_model(seed=0, **SMALL), teacher_model=str(path), train_dataset=_prompts(),
+        args=_config(tmp_path, teacher_model_init_kwargs='{"dtype": "bfloat16"}', max_steps=1),
+        processing_class=tiny_tokenizer(),
+    )
+    assert next(trainer.teacher_model.parameters()).dtype == torch.bfloat16
+    trainer.train()
+    assert math.isfinite(_logged(trainer)[0]["loss"])
+    from_config = DistillationTrainer(
+        model=tiny_model(seed=0, **SMALL), train_dataset=_prompts(), processing_class=tiny_tokenizer(),
+        args=_config(tmp_path, teacher_model_name_or_path=str(path)),
+    )
+    assert from_config.teacher_model.config.num_hidden_layers == 2
+
+
+def test_evaluation_reports_the_divergence_as_eval_loss(tmp_path):
+    trainer = DistillationTrainer(
+        model=tiny_model(seed=0, **SMALL), teacher_model=tiny_model(seed=1, **TEACHER), train_dataset=_prompts(),
+        eval_dataset=tiny_task_dataset("prompt_only", "test", num_rows=6), processing_class=tiny_tokenizer(),
+        args=_config(tmp_path, per_device_eval_batch_size=4),
+    )
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"]) and metrics["eval_loss"] > 0
+    assert {"eval_entropy", "eval_completions/mean_length"} <= set(metrics)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    """Stop after step 1 (in the middle of a generation batch used for two steps) and resume: steps 2 and 3 log the
+    same losses as the run that was never stopped (buffer, sampling generator and RNG states are saved)."""
+    def run(resume=None):
+        trainer = _trainer(tmp_path, output_dir=str(tmp_path / "run"), max_steps=3, per_device_train_batch_size=2,
+                           steps_per_generation=2, save_strategy="steps", save_steps=1)
+        trainer.train(resume_from_checkpoint=resume)
+        return {log["step"]: log["loss"] for log in _logged(trainer)}
+
+    full = run()
+    resumed = run(resume=str(tmp_path / "run" / "checkpoint-1"))
+    assert {2, 3} <= set(resumed)
+    for step in (2, 3):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-7)
+
+
+def test_peft_student(tmp_path):
+    peft = pytest.importorskip("peft")
+    trainer = DistillationTrainer(
+        model=tiny_model(seed=0, **SMALL), teacher_model=tiny_model(seed=1, **TEACHER), train_dataset=_prompts(),
+        args=_config(tmp_path), processing_class=tiny_tokenizer(),
+        peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+    )
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" in n}
+    frozen = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_" not in n}
+    trainer.train()
+    assert lora and any(not torch.equal(lora[n], p) for n, p in trainer.model.named_parameters() if n in lora)
+    assert all(torch.equal(frozen[n], p) for n, p in trainer.model.named_parameters() if n in frozen)
+    assert math.isfinite(_logged(trainer)[-1]["loss"])
+
+
+def test_untied_student_and_standard_text_prompts(tmp_path):
+    rows = [{"prompt": f"reverse: {' '.join('abcdefgh'[i:i + 3])}\nanswer:"} for i in range(6)] * 2
+    student = tiny_model(seed=0, tie_word_embeddings=False, **SMALL)
+    trainer = _trainer(tmp_path, student=student, dataset=Dataset.from_list(rows))
+    head = student.lm_head.weight.detach().clone()
+    trainer.train()
+    assert not torch.equal(head, student.lm_head.weight)
+
+
+# ---- bad inputs ----------------------------------------------------------------------------------------------------
+
+
+def test_teacher_with_another_vocabulary_names_both_sizes(tmp_path):
+    with pytest.raises(ValueError, match=r"teacher's vocabulary \(512 LM-head rows.*student's \(448\)"):
+        _trainer(tmp_path, teacher=tiny_model(seed=1, vocab_size=512, **TEACHER))
+
+
+def test_missing_prompt_column(tmp_path):
+    with pytest.raises(ValueError, match="prompt"):
+        _trainer(tmp_path, dataset=Dataset.from_list([{"question": "hi"}] * 8))
+
+
+@pytest.mark.parametrize("beta", [-0.1, 1.5])
+def test_beta_outside_zero_one(tmp_path, beta):
+    with pytest.raises(ValueError, match=rf"`beta` must be in \[0, 1\].*{beta}"):
+        _config(tmp_path, beta=beta)
+
+
+def test_no_teacher_and_teacher_is_the_student(tmp_path):
+    with pytest.raises(ValueError, match="needs a teacher"):
+        DistillationTrainer(model=tiny_model(seed=0, **SMALL), args=_config(tmp_path), train_dataset=_prompts(),
+                            processing_class=tiny_tokenizer())
+    student = tiny_model(seed=0, **SMALL)
+    with pytest.raises(ValueError, match="student object itself"):
+        DistillationTrainer(model=student, teacher_model=student, args=_config(tmp_path), train_dataset=_prompts(),
+                            processing_class=tiny_tokenizer())
+
+
+def test_config_has_no_num_generations_or_lmbda(tmp_path):
+    for name in ("num_generations", "lmbda"):
+        with pytest.raises(TypeError, match=name):
+            _config(tmp_path, **{name: 2})
+    config = DistillationConfig(output_dir=str(tmp_path))
+    defaults = (config.beta, config.temperature, config.learning_rate, config.max_completion_length,
+                config.disable_dropout, config.remove_unused_columns, config.num_generations)
+    assert defaults == (1.0, 1.0, 1e-6, 512, False, False, 1)
