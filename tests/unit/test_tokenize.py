@@ -293,17 +293,18 @@ class TestPromptCompletion:
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nsort: c a b<|im_end|>\n"
             "<|im_start|>assistant\na b c<|im_end|>\n"
         )
-        # The completion starts right after the generation prompt and ends with <|im_end|>, without the "\n".
-        assert trained_spans(tokenizer, ids, mask) == ["a b c<|im_end|>"]
+        # The completion starts right after the generation prompt and, as in the reference (the full rendering
+        # minus the prompt's), keeps the template's "\n" after <|im_end|>.
+        assert trained_spans(tokenizer, ids, mask) == ["a b c<|im_end|>\n"]
         assert tokenizer.decode(ids[: mask.index(1)]).endswith("<|im_start|>assistant\n")
-        assert mask[-1] == 0
+        assert mask[-1] == 1
         assert out["prompt_is_prefix"] == 1
 
     def test_conversational_multi_turn_prompt_with_assistant_only_loss(self, tokenizer):
         example = {"prompt": [SYSTEM, USER_1, ASSISTANT_1, USER_2], "completion": [ASSISTANT_2]}
         out = sft(example, tokenizer, kind="prompt_completion", conversational=True, assistant_only_loss=True)
         assert tokenizer.decode(out["input_ids"]) == CHATML_TEXT
-        assert trained_spans(tokenizer, out["input_ids"], out["completion_mask"]) == ["a b c<|im_end|>"]
+        assert trained_spans(tokenizer, out["input_ids"], out["completion_mask"]) == ["a b c<|im_end|>\n"]
         # The assistant mask also covers the prompt's assistant turn; the loss uses both masks together.
         assert trained_spans(tokenizer, out["input_ids"], out["assistant_masks"]) == [
             "Hello! How can I help?<|im_end|>", "a b c<|im_end|>"
@@ -332,8 +333,8 @@ class TestPromptCompletion:
         assert tokenizer.decode(ids) == (
             "<|im_start|>user\nsort: c a b<|im_end|>\n<|im_start|>assistant\nThe answer is a b c<|im_end|>\n"
         )
-        # Only the continuation and its end-of-turn: neither the prefill nor a second assistant header.
-        assert trained_spans(tokenizer, ids, mask) == [" a b c<|im_end|>"]
+        # Only the continuation and its end of turn: neither the prefill nor a second assistant header.
+        assert trained_spans(tokenizer, ids, mask) == [" a b c<|im_end|>\n"]
 
     def test_prompt_ending_with_assistant_turn_under_assistant_only_loss(self, tokenizer):
         prefill = {"role": "assistant", "content": "The answer is"}
@@ -354,7 +355,7 @@ class TestTemplateArguments:
             "<|im_start|>system\nTools: get_weather<|im_end|>\n<|im_start|>user\nsort: c a b<|im_end|>\n"
             "<|im_start|>assistant\na b c<|im_end|>\n"
         )
-        assert trained_spans(tokenizer, out["input_ids"], out["completion_mask"]) == ["a b c<|im_end|>"]
+        assert trained_spans(tokenizer, out["input_ids"], out["completion_mask"]) == ["a b c<|im_end|>\n"]
 
     def test_tools_and_kwargs_with_assistant_only_loss(self, tokenizer):
         tokenizer.chat_template = TOOLS_AND_KWARGS
@@ -374,7 +375,7 @@ class TestTemplateArguments:
         example = {"prompt": [USER_2], "completion": [ASSISTANT_2], "chat_template_kwargs": {"greeting": "Welcome"}}
         out = sft(example, tokenizer, kind="prompt_completion", conversational=True)
         assert tokenizer.decode(out["input_ids"]).startswith("<|im_start|>system\nWelcome<|im_end|>\n<|im_start|>user")
-        assert trained_spans(tokenizer, out["input_ids"], out["completion_mask"]) == ["a b c<|im_end|>"]
+        assert trained_spans(tokenizer, out["input_ids"], out["completion_mask"]) == ["a b c<|im_end|>\n"]
 
     @pytest.mark.parametrize("tools", [None, [], "[]"])
     def test_no_tools(self, tokenizer, tools):

@@ -359,8 +359,9 @@ def tokenize_sft_example(
         ids, masks = _close_final_turn(tokenizer, messages, ids, masks)
         if masks is not None:
             out["assistant_masks"] = masks
-        start = common_prefix_length(prompt_ids, ids)
-        end = _trim_after_end_of_turn(ids, start, len(ids), eos_ids)
+        # As the reference: the completion is the full rendering minus the prompt's, so template text after the
+        # end-of-turn token (ChatML's "\n") is trained too; `assistant_masks`, when asked for, still stop at it.
+        start, end = common_prefix_length(prompt_ids, ids), len(ids)
     else:
         prompt_ids = tokenizer(example["prompt"])["input_ids"]
         ids = _with_eos(tokenizer(example["prompt"] + example["completion"])["input_ids"], eos_token_id)
