@@ -682,3 +682,33 @@ def test_malformed_call_keeps_valid_ones_and_never_evaluates():
     tokenizer = lfm2_5_tokenizer()
     ids = tokenize(tokenizer, "<|tool_call_start|>[f(1)]<|tool_call_end|><|im_end|>")
     assert parse_response(tokenizer, ids) == {"role": "assistant", "content": "<|tool_call_start|>[f(1)]<|tool_call_end|>"}
+
+
+# -- GPT-OSS: two calls in one assistant turn --------------------------------------------------------------------------
+
+TIME = call("get_time", {})
+
+
+def test_gpt_oss_two_calls_parse_but_the_real_template_renders_the_first_only():
+    tokenizer = REAL_ALL_TOKENIZERS["gpt_oss"]()
+    # harmony writes one call per message; a generation that goes on past the first <|call|> parses to both calls
+    text = (
+        '<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>'
+        "<|start|>assistant<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{}<|call|>"
+    )
+    ids = tokenize(tokenizer, text)
+    assert parse_tool_turn(tokenizer, ids) == ToolTurn(message("", calls=[WEATHER, TIME]), [])
+    assert parse_response(tokenizer, ids) == message("", calls=[WEATHER, TIME])
+    # the vendor's template renders message.tool_calls[0] only ("We assume max 1 tool call per message") and names
+    # every following tool result after that call
+    two = [USER, message("", calls=[WEATHER, TIME]), {"role": "tool", "content": "22C"}, {"role": "tool", "content": "12:00"}]
+    rendered = tokenizer.apply_chat_template(two, tokenize=False)
+    assert "get_time" not in rendered.split("<|start|>user")[-1]
+    assert rendered.count("<|start|>functions.get_weather to=assistant") == 2
+    # the same calls as two assistant messages, one call each (what a harmony model generates, as <|call|> stops
+    # generation), render both calls with their own results
+    one_each = [USER, message("", calls=[WEATHER]), {"role": "tool", "content": "22C"}, message("", calls=[TIME]),
+                {"role": "tool", "content": "12:00"}, message("22C at noon.")]
+    rendered = tokenizer.apply_chat_template(one_each, tokenize=False)
+    assert "<|start|>assistant to=functions.get_time<|channel|>commentary json<|message|>{}<|call|>" in rendered
+    assert "<|start|>functions.get_time to=assistant<|channel|>commentary<|message|>\"12:00\"<|end|>" in rendered

@@ -405,3 +405,30 @@ def test_sft_assistant_only_loss_on_qwen3_reasoning(tmp_path, builder):
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert any(not torch.equal(p.detach(), before[n]) for n, p in model.named_parameters() if n in before)
+
+
+def test_gpt_oss_two_calls_as_one_call_per_message():
+    """Harmony's two calls of one round, written as two assistant messages with one call each (the vendor template
+    renders only the first call of a message): the training template renders them byte-identically and appends only."""
+    original, training = _tokenizers("gpt_oss_tokenizer")
+    weather = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    time = {"type": "function", "function": {"name": "get_time", "arguments": {}}}
+    messages = [
+        {"role": "user", "content": "Weather and time?"},
+        {"role": "assistant", "content": "", "tool_calls": [weather]}, {"role": "tool", "content": "22C"},
+        {"role": "assistant", "content": "", "tool_calls": [time]}, {"role": "tool", "content": "12:00"},
+        {"role": "assistant", "content": "22C at noon."},
+    ]
+    assert _render(training, messages) == _render(original, messages)
+    previous = ""
+    for k in range(1, len(messages) + 1):
+        current = _render(training, messages[:k])
+        assert current.startswith(previous), k
+        previous = current
+    out = training.apply_chat_template(messages, return_dict=True, return_assistant_tokens_mask=True)
+    trained = training.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m])
+    assert trained == (
+        ' to=functions.get_weather<|channel|>commentary json<|message|>{"city": "Paris"}<|call|>'
+        " to=functions.get_time<|channel|>commentary json<|message|>{}<|call|>"
+        + "<|channel|>final<|message|>22C at noon.<|return|>"
+    )
