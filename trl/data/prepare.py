@@ -12,6 +12,7 @@ from .. import guards
 from .conversation import maybe_convert_dataset_to_chatml
 from .formats import check_dataset, check_example_types, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example, truncate
+from .vision import text_block_row
 
 SFT_KINDS = ("language_modeling", "prompt_completion", "tokenized")
 TOKEN_COLUMNS = ("input_ids", "labels", "completion_mask", "assistant_masks")
@@ -96,6 +97,8 @@ def _loss_mask(row: dict, completion_only_loss: bool) -> list[int]:
 def _tokenize_and_measure(row: dict, index: int, tokenizer, fmt, options: SFTDataOptions, completion_only_loss: bool,
                           eos_ids, name: str):
     check_example_types(row, fmt, options.dataset_text_field, row=index, name=name)
+    if fmt.conversational:  # content blocks: joined for a template that expects strings; image blocks refused
+        row = text_block_row(row, tokenizer, row_index=index, name=name)
     if fmt.kind != "tokenized":
         row = tokenize_sft_example(
             row, tokenizer, kind=fmt.kind, conversational=fmt.conversational,

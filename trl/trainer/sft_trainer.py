@@ -20,8 +20,10 @@ import torch
 from transformers import TrainingArguments  # noqa: F401  (documented argument type)
 
 from .. import guards
+from ..data import vision
 from ..data.collators import DataCollatorForLanguageModeling
 from ..data.prepare import SFTDataOptions, prepare_sft_dataset
+from ..data.vision import DataCollatorForVisionLanguageModeling  # noqa: F401  (the reference's import location)
 from ..losses.reduce import count_loss_tokens, token_weight
 from ..losses.sft import SFT_LOSSES
 from ..models import loading
@@ -98,6 +100,11 @@ class SFTTrainer(_BaseTrainer):
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
+        self._is_vlm = vision.is_processor(processing_class)
+        self._model_input_names = vision.model_input_names(causal_lm(model)) if self._is_vlm else None
+        if self._is_vlm:
+            vision.check_vision_config(args, "SFTTrainer", chat_template_path=args.chat_template_path)
+        tokenizer = processing_class.tokenizer if self._is_vlm else processing_class
         if args.chat_template_path is not None:
             model, processing_class, added_tokens = loading.apply_chat_template_path(
                 model, processing_class, args.chat_template_path
@@ -106,8 +113,8 @@ class SFTTrainer(_BaseTrainer):
                 tied = bool(getattr(model.config, "tie_word_embeddings", False))
                 loading.train_new_tokens(peft_config, added_tokens, tied_embeddings=tied)
         if args.pad_token is not None:  # deprecated, still honoured
-            processing_class.pad_token = args.pad_token
-        loading.prepare_tokenizer(processing_class, model, args.eos_token)
+            tokenizer.pad_token = args.pad_token
+        loading.prepare_tokenizer(tokenizer, model, args.eos_token)
         if peft_config is not None:
             model = loading.wrap_peft(model, peft_config)
         add_fused_lm_head(causal_lm(model))
@@ -121,6 +128,11 @@ class SFTTrainer(_BaseTrainer):
 
         skip_prepare = bool((args.dataset_kwargs or {}).get("skip_prepare_dataset", False))
         self._dataset_format = None
+        if self._is_vlm:  # rendered and processed on the fly by DataCollatorForVisionLanguageModeling
+            skip_prepare = True
+            if data_collator is None:
+                data_collator = vision.vision_sft_collator(processing_class, args, return_token_counts=True)
+            vision.check_vision_datasets(train_dataset, eval_dataset, data_collator, "SFTTrainer")
         if not skip_prepare:
             train_dataset, self._dataset_format = self._prepare(train_dataset, processing_class, args, formatting_func,
                                                                 "train", args.packing, model)
@@ -180,6 +192,8 @@ class SFTTrainer(_BaseTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = ["input_ids", "labels", "completion_mask", "assistant_masks", "seq_lengths"]
+            if self._is_vlm:  # the collator renders the raw rows
+                self._signature_columns += list(vision.RAW_COLUMNS) + [self.args.dataset_text_field]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.compute_loss_func is not None:
@@ -192,6 +206,8 @@ class SFTTrainer(_BaseTrainer):
         else:  # evaluation: the mean over this batch's tokens
             weight = token_weight(count_loss_tokens(labels).clamp(min=1))
         model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        if self._is_vlm:  # plus the processor's image tensors the model takes (pixel_values, image_grid_thw, ...)
+            model_inputs = vision.vision_model_inputs(self._model_input_names, inputs)
         if self._virtual_tokens:  # PEFT prompt tuning / P-tuning prepends virtual tokens, which are never targets
             labels = torch.nn.functional.pad(labels, (self._virtual_tokens, 0), value=-100)
             model_inputs.pop("position_ids", None)  # PEFT numbers the positions itself (it ignores them, warning)
