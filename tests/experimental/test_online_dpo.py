@@ -1,0 +1,115 @@
+"""OnlineDPOTrainer on the tiny model: trains with reward functions or a judge (finite loss, weights move, reference
+frozen, documented metrics); the first loss is DPO's ln 2; pairs stay whole; bad inputs fail at construction."""
+
+import math
+
+import pytest
+
+from trl.data.tiny import tiny_task_dataset
+from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+from trl.experimental.online_dpo.online_dpo_trainer import judge_reward
+from trl.models.tiny import tiny_tokenizer
+
+from .helpers import changed, logged, params, small_model
+
+METRICS = {"objective/kl", "objective/entropy", "objective/non_score_reward", "objective/scores",
+           "objective/scores_margin", "objective/rlhf_reward", "rewards/chosen", "rewards/rejected",
+           "rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected", "val/contain_eos_token", "beta",
+           "completions/mean_length", "reward", "entropy", "num_tokens"}
+
+
+def vowels(completions, **kwargs):
+    texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+    return [float(sum(ch in "aeiou" for ch in text)) for text in texts]
+
+
+def _args(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=8, max_new_tokens=8,
+                  learning_rate=1e-2, logging_steps=1, report_to="none", save_strategy="no", seed=0,
+                  gradient_checkpointing=False, guards=False)
+    values.update(overrides)
+    return OnlineDPOConfig(**values)
+
+
+def _prompts(n=16):
+    return tiny_task_dataset("prompt_only", "train", num_rows=n)
+
+
+def test_trains_with_reward_functions(tmp_path):
+    model = small_model()
+    before = params(model)
+    trainer = OnlineDPOTrainer(model=model, reward_funcs=vowels, args=_args(tmp_path, missing_eos_penalty=1.0),
+                               train_dataset=_prompts(), processing_class=tiny_tokenizer())
+    ref_before = params(trainer.ref_model)
+    trainer.train()
+    logs = logged(trainer)
+    assert logs and all(math.isfinite(log["loss"]) for log in logs)
+    assert METRICS <= set(logs[0]), METRICS - set(logs[0])
+    # before the first update the policy is the reference: every implicit reward is 0 and the loss is ln 2
+    assert logs[0]["loss"] == pytest.approx(math.log(2), rel=1e-5)
+    assert logs[0]["objective/kl"] == pytest.approx(0.0, abs=1e-5)
+    assert logs[0]["objective/scores_margin"] >= 0  # the chosen completion never scores lower
+    assert changed(trainer.model, before), "the policy did not move"
+    assert not changed(trainer.ref_model, ref_before), "the reference moved"
+    assert logs[-1]["rewards/margins"] > 0  # after an update, the policy prefers what it was shown as chosen
+
+
+def test_micro_batches_hold_whole_pairs(tmp_path):
+    trainer = OnlineDPOTrainer(model=small_model(), reward_funcs=vowels,
+                               args=_args(tmp_path, gradient_accumulation_steps=2, per_device_train_batch_size=4),
+                               train_dataset=_prompts(), processing_class=tiny_tokenizer())
+    batches, _ = trainer.get_batch_samples(iter(trainer.get_train_dataloader()), 2, trainer.accelerator.device)
+    for micro in batches:
+        assert micro.prompts[0::2] == micro.prompts[1::2]
+        assert (micro.advantages.view(-1, 2).sum(-1) == 0).all()  # one chosen (+1), one rejected (-1) per pair
+
+
+def test_trains_with_a_judge_and_an_explicit_reference(tmp_path):
+    calls = []
+
+    class Shorter:
+        def judge(self, prompts, completions):
+            calls.append(len(completions))
+            return [int(len(b) < len(a)) for a, b in completions]
+
+    ref = small_model(seed=1)
+    ref_before = params(ref)
+    trainer = OnlineDPOTrainer(model=small_model(), ref_model=ref, judge=Shorter(), args=_args(tmp_path, beta=[0.1, 0.2]),
+                               train_dataset=_prompts(), processing_class=tiny_tokenizer())
+    trainer.train()
+    logs = logged(trainer)
+    assert calls and all(math.isfinite(log["loss"]) for log in logs)
+    assert logs[0]["beta"] == pytest.approx(0.1)
+    assert trainer.accelerator.unwrap_model(trainer.ref_model) is ref and not changed(ref, ref_before)
+
+
+def test_judge_reward():
+    fn = judge_reward(lambda prompts, pairs: [int(len(b) < len(a)) for a, b in pairs])
+    assert fn(prompts=["p", "p", "q", "q"], completions=["long answer", "s", "a", "bb"]) == [0.0, 1.0, 1.0, 0.0]
+    bad = judge_reward(lambda prompts, pairs: [2])
+    with pytest.raises(ValueError, match=r"0 or 1"):
+        bad(prompts=["p", "p"], completions=["a", "b"])
+    with pytest.raises(TypeError, match=r"judge"):
+        judge_reward(42)
+
+
+def test_bad_inputs(tmp_path):
+    tok = tiny_tokenizer()
+    with pytest.raises(ValueError, match=r"num_generations` must be 2; got 4"):
+        _args(tmp_path, num_generations=4)
+    with pytest.raises(ValueError, match=r"must be even.*got 3"):
+        _args(tmp_path, per_device_train_batch_size=3)
+    with pytest.raises(ValueError, match=r"Unknown Online DPO loss_type 'hinge'"):
+        _args(tmp_path, loss_type="hinge")
+    with pytest.raises(ValueError, match=r"`beta` must be a positive number"):
+        _args(tmp_path, beta=[0.1, -1.0])
+    with pytest.raises(ValueError, match=r"needs `reward_funcs`.*judge"):
+        OnlineDPOTrainer(model=small_model(), args=_args(tmp_path), train_dataset=_prompts(), processing_class=tok)
+    with pytest.raises(ValueError, match=r"not both"):
+        OnlineDPOTrainer(model=small_model(), reward_funcs=vowels, judge=lambda p, c: [0], args=_args(tmp_path),
+                         train_dataset=_prompts(), processing_class=tok)
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match=r"prompt"):
+        OnlineDPOTrainer(model=small_model(), reward_funcs=vowels, args=_args(tmp_path),
+                         train_dataset=Dataset.from_list([{"question": "hi"}] * 8), processing_class=tok)
