@@ -200,3 +200,27 @@ def test_vlm_rejects_packing_and_padding_free(tmp_path, setting):
     with pytest.raises(ValueError, match=name):
         SFTTrainer(model=model, processing_class=processor, args=_config(tmp_path, **setting),
                    train_dataset=Dataset.from_list(_messages_rows(2)))
+
+
+def test_vlm_from_a_local_folder_loads_its_processor(tmp_path):
+    from trl.models.tiny_vlm import save_tiny_vlm
+
+    path = save_tiny_vlm(tmp_path / "tiny-llava", "llava")
+    trainer = SFTTrainer(model=str(path), args=_config(tmp_path, max_steps=1),
+                         train_dataset=Dataset.from_list(_messages_rows(4)))
+    assert type(trainer.processing_class).__name__ == "LlavaProcessor"
+    trainer.train()
+    assert torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+
+
+@pytest.mark.parametrize("style", TINY_VLM_STYLES)
+def test_rows_without_images_and_standard_text(style):
+    _, processor = tiny_vlm(style)
+    rows = _messages_rows(1) + [{"messages": [{"role": "user", "content": "No picture here"},
+                                              {"role": "assistant", "content": "fine"}], "images": []}]
+    batch = DataCollatorForVisionLanguageModeling(processor)(rows)
+    assert "No picture here" in _labelled(batch, processor, 1)
+    placeholder = "<|vision_start|><|image_pad|><|vision_end|>" if style == "qwen2_vl" else processor.image_token
+    batch = DataCollatorForVisionLanguageModeling(processor)([{"text": placeholder + "A red square.",
+                                                              "image": _image("red")}])
+    assert _labelled(batch, processor) == "A red square.<|im_end|>"  # eos appended, image tokens untrained

@@ -576,3 +576,31 @@ def vision_model_inputs(names: set[str] | None, inputs: dict) -> dict:
     them all): the ids, the attention mask and the processor's image tensors (`pixel_values`, `image_grid_thw`,
     `pixel_attention_mask`, ...); `mm_token_type_ids` only for a model whose forward names it."""
     return {k: v for k, v in inputs.items() if k not in _NOT_MODEL_INPUTS and (names is None or k in names)}
+
+
+def load_processor_for(model, model_id: str | None, args):
+    """The processor saved with a vision-language model (one whose config has a `vision_config`), or None for any
+    other model, whose tokenizer the trainers load as before (`trl.models.loading.load_processing_class`)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "vision_config", None) is None:
+        return None
+    from transformers import AutoProcessor
+
+    from ..models.loading import check_local_path, explain_hub_failure
+
+    source = model_id or getattr(config, "_name_or_path", None)
+    if not source:
+        raise ValueError("`processing_class` is required when `model` is an object with no `_name_or_path`.")
+    revision = (args.model_init_kwargs or {}).get("revision")
+    kwargs = {"trust_remote_code": args.trust_remote_code, **({"revision": revision} if revision else {})}
+    check_local_path(source, "Model")
+    with explain_hub_failure(source, "Model"):
+        processor = AutoProcessor.from_pretrained(source, **kwargs)
+    if not is_processor(processor):
+        raise ValueError(
+            f"{type(model).__name__} ({source!r}) is a vision-language model, but its processor could not be loaded: "
+            f"AutoProcessor gave a {type(processor).__name__} (a text tokenizer), which would train on text alone. "
+            "Check that the folder holds the processor's files (processor_config.json) and that its dependencies are "
+            "installed (e.g. torchvision for a processor with a video processor), or pass `processing_class=`."
+        )
+    return processor

@@ -99,6 +99,8 @@ class SFTTrainer(_BaseTrainer):
 
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
+        if processing_class is None:  # a vision-language model's processor, else its tokenizer
+            processing_class = vision.load_processor_for(model, model_id, args)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
         self._is_vlm = vision.is_processor(processing_class)
         self._model_input_names = vision.model_input_names(causal_lm(model)) if self._is_vlm else None
