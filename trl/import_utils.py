@@ -255,18 +255,23 @@ def is_weave_available() -> bool:
     return is_package_available("weave")
 
 
-# package -> (check, pip command) for `require`
+# import name -> the install command of `require`'s message (an extra of this package where pyproject.toml has one)
 _INSTALL_HINTS = {
     "rich": "pip install rich` (or `pip install trl[rich]`",
     "peft": "pip install peft` (or `pip install trl[peft]`",
     "weave": "pip install weave` (or `pip install trl[weave]`",
     "math_verify": "pip install math-verify` (or `pip install trl[math-verify]`",
-    "deepspeed": "pip install deepspeed` (or `pip install trl[deepspeed]`",
-    "liger_kernel": "pip install liger-kernel` (or `pip install trl[liger]`",
-    "bitsandbytes": "pip install bitsandbytes` (or `pip install trl[quantization]`",
-    "vllm": "pip install vllm` (or `pip install trl[vllm]`",
     "matplotlib": "pip install matplotlib` (or `pip install trl[report]`",
     "openenv": "pip install openenv-core` (or `pip install trl[openenv]`",
+    "deepspeed": 'pip install "deepspeed>=0.18.6"',
+    "liger_kernel": 'pip install "liger-kernel>=0.8.2"',
+    "bitsandbytes": 'pip install "bitsandbytes>=0.45.1"',
+    "vllm": 'pip install "vllm>=0.22,<=0.31"',
+    "comet": "pip install comet-ml",
+    "flash_attn": "pip install flash-attn",
+    "llm_blender": "pip install llm-blender",
+    "latex2sympy2_extended": "pip install latex2sympy2-extended",
+    "openreward": 'pip install "openreward>=0.1.109"',
 }
 
 

@@ -156,6 +156,28 @@ def test_log_completions_applies_the_chat_template_to_conversational_prompts(tmp
     assert "<|im_start|>assistant" in callback._prompts[0] and "sort:" in callback._prompts[0]
 
 
+def test_prompts_from_each_kind_of_eval_rows(tmp_path):
+    from trl import DPOConfig, DPOTrainer
+    from trl.data.prompts import tokenize_prompt
+    from trl.trainer.callbacks import _eval_prompt_ids
+
+    tokenizer = tiny_tokenizer()
+    raw = tiny_task_dataset("preference", "test", num_rows=2)
+    expected = [tokenize_prompt(row, tokenizer, True) for row in raw]
+    # a `prompt` column as the user gave it
+    holder = types.SimpleNamespace(eval_dataset=raw, processing_class=tokenizer)
+    assert _eval_prompt_ids(holder, None, "x") == expected
+    # DPO's prepared rows (`prompt_ids`)
+    trainer = DPOTrainer(model=tiny_model(seed=0, **SMALL), processing_class=tokenizer,
+                         args=DPOConfig(output_dir=str(tmp_path), report_to="none", max_steps=1),
+                         train_dataset=tiny_task_dataset("preference", "train", num_rows=4), eval_dataset=raw)
+    assert "prompt" not in trainer.eval_dataset.column_names
+    assert LogCompletionsCallback(trainer)._prompt_ids == expected
+    # SFT's prepared prompt-completion rows (the tokens before the completion mask)
+    sft = _sft(tmp_path, eval_form="conversational_prompt_completion")
+    assert LogCompletionsCallback(sft, num_prompts=2)._prompt_ids == expected
+
+
 def test_log_completions_needs_an_eval_dataset_with_prompts(tmp_path):
     with pytest.raises(ValueError, match="needs an eval dataset"):
         LogCompletionsCallback(_sft(tmp_path, eval_form=None))
@@ -167,10 +189,13 @@ def test_log_completions_needs_an_eval_dataset_with_prompts(tmp_path):
 
 
 def test_group_metrics():
-    logs = {"loss": 1.0, "rewards/chosen": 0.5, "completions/mean_length": 3.0, "rewards/margins": 0.1, "epoch": 1}
+    logs = {"loss": 1.0, "rewards/chosen": 0.5, "completions/mean_length": 3.0, "rewards/margins": 0.1, "epoch": 1,
+            "eval_loss": 2.0, "eval_rewards/chosen": 0.2}
     assert _group_metrics(logs) == {"metrics": {"loss": 1.0, "epoch": 1},
                                     "rewards": {"chosen": 0.5, "margins": 0.1},
-                                    "completions": {"mean_length": 3.0}}
+                                    "completions": {"mean_length": 3.0},
+                                    "eval": {"loss": 2.0},
+                                    "eval_rewards": {"chosen": 0.2}}
 
 
 def test_rich_progress_shows_the_grouped_metrics(tmp_path):
@@ -184,7 +209,10 @@ def test_rich_progress_shows_the_grouped_metrics(tmp_path):
     trainer.log({"rewards/chosen": 0.25, "completions/mean_length": 7.0})  # what a preference/online trainer logs
     trainer.train()
     out = buffer.getvalue()
-    for text in ("train", "metrics", "loss", "rewards", "chosen", "completions", "mean_length", "eval_loss", "2/2"):
+    last_panel = out[out.rindex("╭"):]
+    assert any("rewards" in line and "chosen" in line and "0.25" in line for line in last_panel.splitlines())
+    assert any("completions" in line and "mean_length" in line for line in last_panel.splitlines())
+    for text in ("train", "metrics", "loss", "rewards", "chosen", "completions", "mean_length", "eval ", "2/2"):
         assert text in out, text
 
 

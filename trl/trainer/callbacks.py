@@ -347,12 +347,13 @@ class LogCompletionsCallback(TrainerCallback):
 
 def _group_metrics(logs: dict) -> dict[str, dict[str, object]]:
     """Split logged values into sections by their prefix before the first `/` (`rewards/...`, `completions/...`);
-    everything without a prefix goes to "metrics". Each section keeps the logged order.
+    values without one go to "metrics", or to "eval" for evaluation values (`eval_loss`). Each section keeps the
+    logged order.
 
     Example:
         ```python
-        >>> _group_metrics({"loss": 1.0, "rewards/margins": 0.5, "eval_rewards/chosen": 0.1})
-        {'metrics': {'loss': 1.0}, 'rewards': {'margins': 0.5}, 'eval_rewards': {'chosen': 0.1}}
+        >>> _group_metrics({"loss": 1.0, "rewards/margins": 0.5, "eval_loss": 2.0, "eval_rewards/chosen": 0.1})
+        {'metrics': {'loss': 1.0}, 'rewards': {'margins': 0.5}, 'eval': {'loss': 2.0}, 'eval_rewards': {'chosen': 0.1}}
         ```
     """
     groups: dict[str, dict[str, object]] = {"metrics": {}}
@@ -360,6 +361,8 @@ def _group_metrics(logs: dict) -> dict[str, dict[str, object]]:
         section, _, name = key.partition("/")
         if name:
             groups.setdefault(section, {})[name] = value
+        elif key.startswith("eval_"):
+            groups.setdefault("eval", {})[key[len("eval_"):]] = value
         else:
             groups["metrics"][key] = value
     return {k: v for k, v in groups.items() if v}
