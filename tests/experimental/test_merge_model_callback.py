@@ -1,0 +1,66 @@
+"""MergeModelCallback: the linear merge against hand-computed weights; merging at checkpoints during training; a clear
+error for the mergekit-only methods when mergekit is missing."""
+
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from trl.data.tiny import tiny_task_dataset
+from trl.experimental.merge_model_callback import MergeConfig, MergeModelCallback, linear_merge, merge_models
+from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+from trl.models.tiny import save_tiny_model
+
+from .helpers import SMALL, common_args
+
+
+def _state(path):
+    return {k: v.float() for k, v in AutoModelForCausalLM.from_pretrained(path).state_dict().items()}
+
+
+def test_linear_merge_hand_computed(tmp_path):
+    a = save_tiny_model(tmp_path / "a", seed=0, **SMALL)
+    b = save_tiny_model(tmp_path / "b", seed=1, **SMALL)
+    out = linear_merge(str(a), str(b), str(tmp_path / "m"), 0.3, 0.9, normalize=True, dtype="float32")
+    sa, sb, sm = _state(a), _state(b), _state(out)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    # normalised: (0.3·a + 0.9·b) / 1.2 = 0.25·a + 0.75·b
+    torch.testing.assert_close(sm[name], 0.25 * sa[name] + 0.75 * sb[name], rtol=1e-6, atol=1e-7)
+    assert all(torch.allclose(sm[k], 0.25 * sa[k] + 0.75 * sb[k], atol=1e-6) for k in sa)
+    assert os.path.exists(os.path.join(out, "tokenizer_config.json"))
+    config = MergeConfig("linear")
+    config.policy_model_path, config.target_model_path = str(a), str(b)
+    config.normalize, config.policy_model_weight, config.target_model_weight = 0.0, 1.0, 1.0
+    config.dtype = "float32"
+    summed = _state(merge_models(config.create(), str(tmp_path / "s")))  # not normalised: a + b
+    torch.testing.assert_close(summed[name], sa[name] + sb[name], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"Unknown merge method 'avg'"):
+        MergeConfig("avg")
+
+
+def test_merges_checkpoints_during_training(tmp_path):
+    start = save_tiny_model(tmp_path / "start", seed=0, **SMALL)
+    target = save_tiny_model(tmp_path / "target", seed=3, **SMALL)
+    config = MergeConfig("linear")
+    config.target_model_path, config.dtype = str(target), "float32"
+    args = ORPOConfig(**common_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=1, max_length=64,
+                                    max_prompt_length=32))
+    trainer = ORPOTrainer(model=str(start), args=args, train_dataset=tiny_task_dataset("preference", num_rows=8),
+                          callbacks=[MergeModelCallback(config, merge_at_every_checkpoint=True)])
+    trainer.train()
+    for step in (1, 2):
+        checkpoint = tmp_path / "out" / f"checkpoint-{step}"
+        merged, policy, other = _state(checkpoint / "merged"), _state(checkpoint), _state(target)
+        assert all(torch.allclose(merged[k], 0.5 * policy[k] + 0.5 * other[k], atol=1e-6) for k in policy)
+    assert not torch.equal(_state(tmp_path / "out" / "checkpoint-2")["model.norm.weight"], other["model.norm.weight"])
+
+
+def test_mergekit_methods_need_mergekit(monkeypatch):
+    import trl.import_utils as iu
+
+    monkeypatch.setattr(iu, "is_mergekit_available", lambda: False)
+    with pytest.raises(ImportError, match=r"pip install mergekit"):
+        MergeModelCallback(MergeConfig("ties"))
+    with pytest.raises(ImportError, match=r"'slerp' merge needs mergekit"):
+        merge_models(MergeConfig("slerp").create(), "/tmp/never")
