@@ -10,8 +10,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, TrainerControl, TrainerState
 
-from trl import BEMACallback, LogCompletionsCallback, RichProgressCallback, SFTConfig, SFTTrainer, WeaveCallback
-from trl import import_utils
+from trl import (
+    BEMACallback,
+    LogCompletionsCallback,
+    RichProgressCallback,
+    SFTConfig,
+    SFTTrainer,
+    WeaveCallback,
+    import_utils,
+)
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
 from trl.trainer.callbacks import _group_metrics
@@ -301,5 +308,5 @@ def test_weave_logs_predictions_and_scores(monkeypatch, tmp_path, with_scorers):
 def test_weave_rejects_a_scorer_that_is_not_callable(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "weave", _FakeWeave())
     monkeypatch.setattr(import_utils, "is_weave_available", lambda: True)
-    with pytest.raises(ValueError, match="Scorer 'x' must be a callable"):
+    with pytest.raises(TypeError, match="Scorer 'x' must be a callable"):
         WeaveCallback(_sft(tmp_path), scorers={"x": 1.0})

@@ -165,7 +165,7 @@ def _eval_prompt_ids(trainer, num_prompts: int | None, who: str) -> list[list[in
         raise ValueError(f"{who} needs an eval dataset with a `prompt` column; the trainer has none. Pass "
                          "`eval_dataset=` to the trainer.")
     if isinstance(dataset, dict):
-        raise ValueError(f"{who} needs one eval dataset; the trainer has several ({sorted(dataset)}). Give the trainer "
+        raise TypeError(f"{who} needs one eval dataset; the trainer has several ({sorted(dataset)}). Give the trainer "
                          "a single `eval_dataset`, or make a trainer per dataset.")
     columns = list(getattr(dataset, "column_names", None) or [])
     if not columns:
@@ -693,7 +693,7 @@ def _weave_client(weave):
             return None
     try:
         return get_client()
-    except Exception:  # no client yet: weave raises rather than returning None in some versions
+    except Exception:  # noqa: BLE001 -- no client yet: some weave versions raise instead of returning None
         return None
 
 
@@ -721,7 +721,8 @@ class WeaveCallback(TrainerCallback):
 
     Raises:
         `ImportError`: `weave` is not installed.
-        `ValueError`: no eval dataset with prompts, or a scorer that is not callable.
+        `ValueError`: no eval dataset with prompts.
+        `TypeError`: a scorer that is not callable.
 
     Example:
         ```python
@@ -741,7 +742,7 @@ class WeaveCallback(TrainerCallback):
         scorers = dict(scorers or {})
         for name, scorer in scorers.items():
             if not callable(scorer):
-                raise ValueError(f"Scorer {name!r} must be a callable `(prompt, completion) -> float`; got "
+                raise TypeError(f"Scorer {name!r} must be a callable `(prompt, completion) -> float`; got "
                                  f"{type(scorer).__name__}.")
         self.trainer = trainer
         self.project_name = project_name
