@@ -423,65 +423,206 @@ class DataCollatorForVisionLanguageModeling:
     def __call__(self, examples: list[dict], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
         _check_return_tensors(return_tensors or self.return_tensors)
         rows = [self.tokenize_row(e, i) for i, e in enumerate(examples)]
-        # one processor call on every row: each family's own batching of the pixel tensors
-        texts = [row["text"] for row in rows]
-        has_images = any(row["images"] for row in rows)
-        images = [row["images"] for row in rows] if has_images else None
-        if has_images and any(not row["images"] for row in rows):
-            images = [row["images"] for row in rows]  # rows without images get an empty list
-        batch = self.processor(text=texts, images=images, return_mm_token_type_ids=True, add_special_tokens=False,
-                               padding=True, return_tensors="pt")
-        real = batch["attention_mask"].bool()
-        ids, labels, types = [], [], []
-        block_tokens = image_block_token_ids(self.processor)
-        for i, (example, row) in enumerate(zip(examples, rows)):
-            row_ids = row["input_ids"]
-            processed = batch["input_ids"][i][real[i]].tolist()
-            if row["ends_with_eos"] and processed + [self.processor.tokenizer.eos_token_id] == row_ids:
-                processed = row_ids
-            if processed != row_ids:
-                raise ValueError(
-                    f"{_row_name(example, i)}: the processor tokenises the rendered row differently in a batch "
-                    f"({len(processed)} tokens) than turn by turn ({len(row_ids)} tokens), so its loss mask cannot be "
-                    "placed. Please report this processor."
-                )
-            mm = batch["mm_token_type_ids"][i][real[i]].tolist() if "mm_token_type_ids" in batch else [0] * len(row_ids)
-            mm = mm + [0] * (len(row_ids) - len(mm))
-            image = [int(m != 0 or t in block_tokens) for t, m in zip(row_ids, mm)]
-            row_labels = [t if k and not im else IGNORE_INDEX for t, k, im in zip(row_ids, row["keep"], image)]
-            if self.max_length is not None and len(row_ids) > self.max_length:
-                last_image = max((p for p, im in enumerate(image) if im), default=-1)
-                if last_image >= self.max_length:
-                    raise ValueError(
-                        f"{_row_name(example, i)} has {len(row_ids)} tokens and its image tokens run to position "
-                        f"{last_image}, past max_length={self.max_length}: truncating would cut an image's tokens "
-                        f"(its pixel values would have no tokens left). Raise `max_length` to at least "
-                        f"{last_image + 1} (better: the longest row's length), or shrink the images with the "
-                        "processor's image-size settings (e.g. `max_pixels` / `size`)."
-                    )
-                row_ids, row_labels, mm = (row_ids[: self.max_length], row_labels[: self.max_length],
-                                           mm[: self.max_length])
-            ids.append(row_ids)
-            labels.append(row_labels)
-            types.append(mm)
-        width = max(len(r) for r in ids)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        pad_id = self.processor.tokenizer.pad_token_id
-        pad_id = pad_id if pad_id is not None else self.processor.tokenizer.eos_token_id
-        out = {
-            "input_ids": _pad(ids, width, pad_id),
-            "attention_mask": _pad([[1] * len(r) for r in ids], width, 0),
-            "labels": _pad(labels, width, IGNORE_INDEX),
-        }
-        if "mm_token_type_ids" in batch:
-            out["mm_token_type_ids"] = _pad(types, width, 0)
-        for key, value in batch.items():
-            if key not in _TOKEN_KEYS:
-                out[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+        names = [_row_name(e, i) for i, e in enumerate(examples)]
+        ids, image_flags, images = process_rows(self.processor, rows, names, self.max_length)
+        labels = [[t if k and not im else IGNORE_INDEX for t, k, im in zip(row_ids, row["keep"], flags)]
+                  for row_ids, row, flags in zip(ids, rows, image_flags)]
+        out = _pad_batch(ids, self.processor, self.pad_to_multiple_of, images, image_flags)
+        out["labels"] = _pad(labels, out["input_ids"].shape[1], IGNORE_INDEX)
         if self.return_token_counts:
             out["token_counts"] = torch.tensor([len(r) for r in ids], dtype=torch.long)
         return out
+
+
+def process_rows(processor, rows: list[dict], names: list[str], max_length: int | None):
+    """Process the rendered texts of tokenised rows (`tokenize_row`'s output) in one processor call, check that it
+    gives each row's ids, and truncate to `max_length` (keep_start), never through an image's tokens.
+
+    Returns:
+        `(ids, image_flags, batch)`: per row its (truncated) ids and 0/1 flags of its image tokens, and the processor's
+        batch (its image tensors batched the family's way).
+    """
+    texts = [row["text"] for row in rows]
+    images = [row["images"] for row in rows] if any(row["images"] for row in rows) else None
+    batch = processor(text=texts, images=images, return_mm_token_type_ids=True, add_special_tokens=False,
+                      padding=True, return_tensors="pt")
+    real = batch["attention_mask"].bool()
+    block_tokens = image_block_token_ids(processor)
+    eos = processor.tokenizer.eos_token_id
+    all_ids, all_flags = [], []
+    for i, (row, name) in enumerate(zip(rows, names)):
+        row_ids = row["input_ids"]
+        processed = batch["input_ids"][i][real[i]].tolist()
+        if row["ends_with_eos"] and processed + [eos] == row_ids:
+            processed = row_ids
+        if processed != row_ids:
+            raise ValueError(
+                f"{name}: the processor tokenises the rendered row differently in a batch ({len(processed)} tokens) "
+                f"than turn by turn ({len(row_ids)} tokens), so its loss mask cannot be placed. Please report this "
+                "processor."
+            )
+        mm = batch["mm_token_type_ids"][i][real[i]].tolist() if "mm_token_type_ids" in batch else []
+        mm = mm + [0] * (len(row_ids) - len(mm))
+        flags = [int(m != 0 or t in block_tokens) for t, m in zip(row_ids, mm)]
+        if max_length is not None and len(row_ids) > max_length:
+            last_image = max((p for p, f in enumerate(flags) if f), default=-1)
+            if last_image >= max_length:
+                raise ValueError(
+                    f"{name} has {len(row_ids)} tokens and its image tokens run to position {last_image}, past "
+                    f"max_length={max_length}: truncating would cut an image's tokens (its pixel values would have "
+                    f"no tokens left). Raise `max_length` to at least {last_image + 1} (better: the longest row's "
+                    "length), or shrink the images with the processor's image-size settings (e.g. `max_pixels` / "
+                    "`size`)."
+                )
+            row_ids, flags = row_ids[:max_length], flags[:max_length]
+        all_ids.append(row_ids)
+        all_flags.append(flags)
+    return all_ids, all_flags, batch
+
+
+def _pad_batch(ids: list[list[int]], processor, pad_to_multiple_of: int | None, batch, image_flags) -> dict:
+    """Right-padded `input_ids` and `attention_mask`, the processor's image tensors, and `mm_token_type_ids` (1 on
+    image tokens) when the processor returns them."""
+    width = max(len(r) for r in ids)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    pad_id = processor.tokenizer.pad_token_id
+    pad_id = pad_id if pad_id is not None else processor.tokenizer.eos_token_id
+    out = {"input_ids": _pad(ids, width, pad_id), "attention_mask": _pad([[1] * len(r) for r in ids], width, 0)}
+    if "mm_token_type_ids" in batch:
+        real = batch["attention_mask"].bool()
+        types = [batch["mm_token_type_ids"][i][real[i]].tolist()[: len(r)] for i, r in enumerate(ids)]
+        out["mm_token_type_ids"] = _pad(types, width, 0)
+    for key, value in batch.items():
+        if key not in _TOKEN_KEYS:
+            out[key] = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    return out
+
+
+def _side_rows(collator: DataCollatorForVisionLanguageModeling, example: dict, sides: tuple[str, ...], position: int):
+    """The prompt-completion rows `prompt + <side>` of a preference row, tokenised (`tokenize_row`)."""
+    from .conversation import extract_prompt
+
+    if "prompt" not in example:  # an implicit prompt: the shared start of chosen and rejected
+        example = {**example, **extract_prompt(example)}
+    rows = []
+    for side in sides:
+        row = {k: v for k, v in example.items() if k in ("prompt", "images", "image", "tools", "chat_template_kwargs",
+                                                          "_row_index")}
+        row["completion"] = example[side]
+        rows.append(collator.tokenize_row(row, position))
+    return rows
+
+
+@dataclass
+class DataCollatorForVisionPreference:
+    """Collate raw vision preference rows (`images`/`image` + `prompt`/`chosen`/`rejected`, or `chosen`/`rejected`
+    with an implicit prompt; standard or conversational) into one batch of `2B` sequences: the `B` chosen sequences,
+    then the `B` rejected ones, each `prompt + completion` with its images, so a single forward scores both sides.
+
+    Each side is rendered and tokenised as an SFT prompt-completion row (`DataCollatorForVisionLanguageModeling`);
+    `completion_mask` marks its completion tokens (never an image token). Truncation to `max_length` (keep_start)
+    never cuts an image's tokens: such a row is an error naming it.
+
+    Args:
+        processor (`ProcessorMixin`): the model's processor.
+        max_length (`int`, *optional*): truncation length of each sequence.
+        pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`.
+
+    Example:
+        ```python
+        >>> collator = DataCollatorForVisionPreference(processor)
+        >>> batch = collator([{"prompt": [{"role": "user", "content": "Colour?"}],
+        ...                    "chosen": [{"role": "assistant", "content": "red"}],
+        ...                    "rejected": [{"role": "assistant", "content": "blue"}], "images": [red_image]}])
+        >>> batch["input_ids"].shape[0]  # chosen, then rejected
+        2
+        ```
+    """
+
+    processor: Any
+    max_length: int | None = None
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+    sides: tuple[str, ...] = ("chosen", "rejected")
+    _sft: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        _check_return_tensors(self.return_tensors)
+        self._sft = DataCollatorForVisionLanguageModeling(self.processor, completion_only_loss=True)
+
+    def __call__(self, examples: list[dict], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
+        _check_return_tensors(return_tensors or self.return_tensors)
+        per_example = [_side_rows(self._sft, e, self.sides, i) for i, e in enumerate(examples)]
+        rows = [sides[k] for k in range(len(self.sides)) for sides in per_example]
+        names = [f"{_row_name(e, i)}, {side}" for side in self.sides for i, e in enumerate(examples)]
+        ids, image_flags, images = process_rows(self.processor, rows, names, self.max_length)
+        masks = [[int(bool(k) and not im) for k, im in zip(row["keep"], flags)]
+                 for row, flags in zip(rows, image_flags)]
+        out = _pad_batch(ids, self.processor, self.pad_to_multiple_of, images, image_flags)
+        out["completion_mask"] = _pad(masks, out["input_ids"].shape[1], 0)
+        for key in ("ref_chosen_logps", "ref_rejected_logps"):
+            if key in examples[0]:
+                out[key] = torch.tensor([float(e[key]) for e in examples])
+        return out
+
+
+@dataclass
+class DataCollatorForVisionUnpairedPreference:
+    """Collate raw unpaired vision preference rows (`images`/`image` + `prompt`/`completion`/`label`) for KTO: the `B`
+    sequences `prompt + completion`, then, with `kl_completions`, the `B` mismatched sequences `prompt_i +
+    completion_{i-1}` (each with row `i`'s images) that estimate KTO's KL term, so a single forward scores both.
+    `completion_mask` marks completion tokens (never an image token); `label` is a `(B,)` bool tensor.
+
+    Args:
+        processor (`ProcessorMixin`): the model's processor.
+        max_length (`int`, *optional*): truncation length of each sequence (never through an image's tokens).
+        pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
+        kl_completions (`bool`, *optional*, defaults to `True`): also emit the mismatched sequences.
+        return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`.
+
+    Example:
+        ```python
+        >>> collator = DataCollatorForVisionUnpairedPreference(processor)
+        >>> batch = collator(rows)  # 2B sequences: matched, then mismatched
+        ```
+    """
+
+    processor: Any
+    max_length: int | None = None
+    pad_to_multiple_of: int | None = None
+    kl_completions: bool = True
+    return_tensors: str = "pt"
+    _sft: Any = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        _check_return_tensors(self.return_tensors)
+        self._sft = DataCollatorForVisionLanguageModeling(self.processor, completion_only_loss=True)
+
+    def __call__(self, examples: list[dict], return_tensors: str | None = None) -> dict[str, torch.Tensor]:
+        _check_return_tensors(return_tensors or self.return_tensors)
+        rows = [_side_rows(self._sft, e, ("completion",), i)[0] for i, e in enumerate(examples)]
+        names = [_row_name(e, i) for i, e in enumerate(examples)]
+        if self.kl_completions:  # prompt i with the completion of row i-1 (row 0 takes the last one)
+            shifted = [{**e, "completion": examples[i - 1]["completion"]} for i, e in enumerate(examples)]
+            rows += [_side_rows(self._sft, e, ("completion",), i)[0] for i, e in enumerate(shifted)]
+            names += [f"{name}, KL completion" for name in names]
+        ids, image_flags, images = process_rows(self.processor, rows, names, self.max_length)
+        masks = [[int(bool(k) and not im) for k, im in zip(row["keep"], flags)]
+                 for row, flags in zip(rows, image_flags)]
+        out = _pad_batch(ids, self.processor, self.pad_to_multiple_of, images, image_flags)
+        out["completion_mask"] = _pad(masks, out["input_ids"].shape[1], 0)
+        out["label"] = torch.tensor([bool(e["label"]) for e in examples])
+        return out
+
+
+def image_inputs(names: set[str] | None, batch: dict) -> dict:
+    """The processor's image tensors of a batch that the model's forward takes (everything but the token-aligned
+    entries the trainers pass themselves)."""
+    skip = {"input_ids", "attention_mask", "completion_mask", "label", "ref_chosen_logps", "ref_rejected_logps",
+            "ref_logps", "ref_KL_logps", "position_ids", "token_counts", "labels"}
+    return {k: v for k, v in batch.items() if k not in skip and (names is None or k in names)}
 
 
 RAW_COLUMNS = ("messages", "prompt", "completion", "chosen", "rejected", "label", "image", "images", "tools",
@@ -522,6 +663,17 @@ def model_input_names(model) -> set[str] | None:
     except (TypeError, ValueError):
         return None
     return {name for name, p in parameters.items() if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def check_vision_preference_config(args, trainer: str) -> None:
+    """The preference-trainer settings a vision-language run cannot honour (DPO, KTO), refused with the fix."""
+    check_vision_config(args, trainer)
+    if getattr(args, "precompute_ref_log_probs", False):
+        raise ValueError(
+            f"{trainer}: `precompute_ref_log_probs=True` is not supported for vision-language models (the rows are "
+            "processed on the fly, with their images, so there is no tokenised dataset to cache reference log-probs "
+            "for). Set `precompute_ref_log_probs=False`."
+        )
 
 
 def vision_sft_collator(processor, args, return_token_counts: bool = False) -> DataCollatorForVisionLanguageModeling:

@@ -16,11 +16,15 @@ template text after the end-of-turn token (ChatML's "\\n") is scored.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import guards
+from ..data import vision
 from ..data.collators import DataCollatorForPreference
 from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
+from ..data.vision import DataCollatorForVisionPreference
 from ..losses.dpo import (
     DPOLossParams,
     PreferenceLogps,
@@ -37,7 +41,7 @@ from ..ops.fused_head import completion_logps, router_aux_loss_coef
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .dpo_config import DPOConfig
 
-__all__ = ["DPOTrainer", "DataCollatorForPreference"]
+__all__ = ["DPOTrainer", "DataCollatorForPreference", "DataCollatorForVisionPreference"]
 
 
 _FLAT_KEYS = ("position_ids", "sequence_index", "num_sequences", "max_sequence_length")
@@ -100,8 +104,14 @@ class DPOTrainer(_BaseTrainer):
             raise ValueError("DPOTrainer needs a `train_dataset` of preference pairs.")
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
+        if processing_class is None:  # a vision-language model's processor, else its tokenizer
+            processing_class = vision.load_processor_for(model, model_id, args)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
-        loading.prepare_tokenizer(processing_class, model)
+        self._is_vlm = vision.is_processor(processing_class)
+        if self._is_vlm:
+            vision.check_vision_preference_config(args, "DPOTrainer")
+        loading.prepare_tokenizer(processing_class.tokenizer if self._is_vlm else processing_class, model)
+        self._model_input_names = vision.model_input_names(causal_lm(model)) if self._is_vlm else None
         # The reference: an explicit model, the adapter-free policy, the initial policy (precompute) or a copy.
         model = self._setup_policy_and_reference(model, ref_model, model_id, args, quantization_config, peft_config)
         # The MoE load-balancing loss (policy only); with WPO, the aligned weights need log Σ_v π(v)² per token.
@@ -114,7 +124,13 @@ class DPOTrainer(_BaseTrainer):
         def prepare(dataset, name):
             return prepare_preference_dataset(dataset, processing_class, options, "DPOTrainer", name, model)[0]
 
-        train_dataset = prepare(train_dataset, "train")
+        if self._is_vlm:  # rendered and processed on the fly by DataCollatorForVisionPreference
+            data_collator = data_collator or DataCollatorForVisionPreference(
+                processing_class, max_length=args.max_length, pad_to_multiple_of=args.pad_to_multiple_of)
+            vision.check_vision_datasets(train_dataset, eval_dataset, data_collator, "DPOTrainer")
+            prepare = None
+        else:
+            train_dataset = prepare(train_dataset, "train")
         eval_dataset = self._prepare_eval_datasets(eval_dataset, prepare)
         if data_collator is None:
             data_collator = DataCollatorForPreference(
@@ -154,6 +170,8 @@ class DPOTrainer(_BaseTrainer):
             self._signature_columns = [
                 "prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps"
             ]
+            if self._is_vlm:  # the collator renders the raw rows
+                self._signature_columns += list(vision.RAW_COLUMNS)
 
     def _count_loss_items(self, batch: dict) -> int:
         return batch.get("num_sequences", batch["input_ids"].shape[0]) // 2  # the loss is a mean over pairs
@@ -162,6 +180,8 @@ class DPOTrainer(_BaseTrainer):
         """Forward `[chosen; rejected]` once and sum each completion's token log-probs. `request`: other
         [`FusedHeadRequest`] fields (the policy asks for the MoE aux loss and the WPO statistics)."""
         layout = {k: batch[k] for k in _FLAT_KEYS} if "sequence_index" in batch else None
+        if self._is_vlm:  # the processor's image tensors go with the ids
+            model = functools.partial(model, **vision.image_inputs(self._model_input_names, batch))
         scored = completion_logps(
             model, batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"], layout, **request
         )

@@ -1,0 +1,97 @@
+"""DPO and KTO on vision preference data with the three tiny VLM styles (trl/models/tiny_vlm.py,
+trl/data/vision.py): trains a few steps, the reference stays put, the images reach the loss, the collators mask
+image tokens and the loss equals a naive full-logits reference."""
+
+import pytest
+import torch
+from datasets import Dataset
+
+pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+from trl.models.tiny_vlm import TINY_VLM_STYLES, tiny_vlm  # noqa: E402
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference  # noqa: E402
+
+COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "yellow": (255, 255, 0)}
+NAMES = list(COLOURS)
+
+
+def _preference_rows(n=8, size=(28, 28)):
+    return [{"prompt": [{"role": "user", "content": "What colour is this?"}],
+             "chosen": [{"role": "assistant", "content": NAMES[i % 4]}],
+             "rejected": [{"role": "assistant", "content": NAMES[(i + 1) % 4]}],
+             "images": [Image.new("RGB", size, COLOURS[NAMES[i % 4]])]} for i in range(n)]
+
+
+def _dpo_config(tmp_path, **overrides):
+    values = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
+                  logging_steps=1, report_to="none", save_strategy="no", max_length=128, seed=0)
+    values.update(overrides)
+    return DPOConfig(**values)
+
+
+@pytest.mark.parametrize("style", TINY_VLM_STYLES)
+def test_dpo_vlm_trains(tmp_path, style):
+    model, processor = tiny_vlm(style)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = DPOTrainer(model=model, processing_class=processor, args=_dpo_config(tmp_path),
+                         train_dataset=Dataset.from_list(_preference_rows()))
+    ref_before = {n: p.detach().clone() for n, p in trainer.ref_model.named_parameters()}
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 3 and all(torch.isfinite(torch.tensor([log["loss"] for log in logs])))
+    assert {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+            "logps/rejected", "entropy", "num_tokens"} <= set(logs[0])
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert any(n.startswith("lm_head") for n in moved)
+    assert [n for n in moved if "vision" in n or "visual" in n or "projector" in n or "connector" in n]
+    assert all(torch.equal(p, ref_before[n]) for n, p in trainer.ref_model.named_parameters())
+
+
+@pytest.mark.parametrize("style", TINY_VLM_STYLES)
+def test_vision_preference_collator_masks(style):
+    _, processor = tiny_vlm(style)
+    batch = DataCollatorForVisionPreference(processor)(_preference_rows(2))
+    assert batch["input_ids"].shape[0] == 4
+    decode = processor.tokenizer.decode
+    sides = [decode(batch["input_ids"][i][batch["completion_mask"][i].bool()]) for i in range(4)]
+    assert [s.split("<|im_end|>")[0] for s in sides] == ["red", "blue", "blue", "green"]  # chosen, then rejected
+    assert not (batch["completion_mask"].bool() & (batch["input_ids"] == processor.image_token_id)).any()
+
+
+@pytest.mark.parametrize("style", TINY_VLM_STYLES)
+def test_dpo_vlm_loss_equals_a_naive_full_logits_reference(tmp_path, style):
+    model, processor = tiny_vlm(style)
+    model = model.double()
+    rows = _preference_rows(2, size=(56, 28))
+    trainer = DPOTrainer(model=model, processing_class=processor, args=_dpo_config(tmp_path, beta=0.5),
+                         train_dataset=Dataset.from_list(_preference_rows(4)))
+    with torch.no_grad():  # a different policy than the reference, so the loss is not log 2
+        for p in trainer.model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    batch = trainer.data_collator(rows)
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in batch.items()}
+    model.eval()
+    with torch.no_grad():
+        ours = trainer.compute_loss(model, dict(batch))
+
+        def sequence_logps(m):
+            inputs = {k: v for k, v in batch.items() if k != "completion_mask"}
+            if style != "qwen2_vl":
+                inputs.pop("mm_token_type_ids")
+            logps = torch.log_softmax(m(**inputs).logits[:, :-1], -1)
+            token = logps.gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+            return (token * batch["completion_mask"][:, 1:]).sum(-1)
+
+        policy, ref = sequence_logps(model), sequence_logps(trainer.ref_model)
+    margin = (policy[:2] - ref[:2]) - (policy[2:] - ref[2:])
+    reference = -torch.nn.functional.logsigmoid(0.5 * margin).mean()
+    torch.testing.assert_close(ours, reference, rtol=1e-7, atol=1e-7)  # float64 models
+
+
+def test_dpo_vlm_rejects_precompute(tmp_path):
+    model, processor = tiny_vlm("llava")
+    with pytest.raises(ValueError, match="precompute_ref_log_probs"):
+        DPOTrainer(model=model, processing_class=processor, args=_dpo_config(tmp_path, precompute_ref_log_probs=True),
+                   train_dataset=Dataset.from_list(_preference_rows(2)))
