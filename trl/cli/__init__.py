@@ -25,6 +25,10 @@ TRAINING_COMMANDS = {
     "grpo": ("trl.scripts.grpo", "Group Relative Policy Optimization (GRPO) on prompts scored by reward functions."),
     "rloo": ("trl.scripts.rloo", "REINFORCE Leave-One-Out (RLOO) on prompts scored by reward functions."),
     "reward": ("trl.scripts.reward", "Reward modelling on preference pairs (Bradley-Terry)."),
+    "distillation": (
+        "trl.scripts.distillation",
+        "On-policy distillation: the student samples, the teacher's distributions teach (generalized JSD).",
+    ),
 }
 
 # Other subcommands: name -> (module, help). The module defines `main(argv)`.
@@ -192,7 +196,7 @@ def run_training_command(name: str, argv: list[str]) -> None:
         >>> run_training_command("sft", ["--config", "sft.yaml", "--accelerate_config", "zero2"])
         ```
     """
-    from trl.scripts.utils import check_launch_leftovers
+    from trl.cli.parser import check_launch_leftovers
 
     module = importlib.import_module(TRAINING_COMMANDS[name][0])
     parser = module.make_parser(prog=f"trl {name}")
