@@ -147,3 +147,20 @@ def test_selective_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="GradientCheckpointingLayer"):
         enable_selective_activation_checkpointing(torch.nn.Linear(2, 2))
+
+
+def test_deepspeed_config_of_a_frozen_model():
+    from trl.models.helpers import _inference_deepspeed_config
+
+    model = _tiny()  # hidden_size 256
+    train = {"zero_optimization": {"stage": 2, "overlap_comm": True}, "optimizer": {"type": "AdamW"},
+             "scheduler": {"type": "WarmupLR"}, "train_micro_batch_size_per_gpu": "auto",
+             "gradient_accumulation_steps": "auto", "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"}}
+    config = _inference_deepspeed_config(train, model, "bf16")
+    assert config == {"zero_optimization": {"stage": 0}, "train_micro_batch_size_per_gpu": 1,
+                      "bf16": {"enabled": True}, "fp16": {"enabled": False}}
+    assert train["optimizer"] == {"type": "AdamW"}  # the policy's config is not touched
+    zero3 = _inference_deepspeed_config({"zero_optimization": {"stage": 3, "reduce_bucket_size": "auto"}}, model, "no")
+    assert zero3["zero_optimization"] == {"stage": 3, "reduce_bucket_size": 256 * 256,
+                                          "stage3_param_persistence_threshold": 2560,
+                                          "stage3_prefetch_bucket_size": int(0.9 * 256 * 256)}

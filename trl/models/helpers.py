@@ -101,6 +101,42 @@ def unwrap_model_for_generation(model: torch.nn.Module, accelerator, gather_deep
         yield unwrapped
 
 
+def _inference_deepspeed_config(train_config: dict, model: torch.nn.Module, mixed_precision: str) -> dict:
+    """The DeepSpeed config for a frozen model, from the policy's: no optimizer or scheduler; ZeRO-3 kept (with the
+    bucket sizes that "auto" would give, from the model's hidden size), any other stage turned into 0 (ZeRO-1/2 shard
+    only optimizer state and gradients, which a frozen model has none of); "auto" batch sizes and precisions resolved.
+
+    Example:
+        ```python
+        >>> _inference_deepspeed_config({"zero_optimization": {"stage": 2}, "optimizer": {}}, model, "bf16")
+        {'zero_optimization': {'stage': 0}}
+        ```
+    """
+    config = copy.deepcopy(train_config)
+    stage = int(config.get("zero_optimization", {}).get("stage", 0))
+    for key in ("optimizer", "scheduler"):
+        config.pop(key, None)
+    if stage != 3:
+        config["zero_optimization"] = {"stage": 0}
+    elif getattr(model, "config", None) is not None:
+        hidden = getattr(model.config, "hidden_size", None) or max(getattr(model.config, "hidden_sizes", [0]) or [0])
+        zero = config.setdefault("zero_optimization", {})
+        if hidden and zero.get("reduce_bucket_size") == "auto":  # "auto" is resolved by transformers only for the policy
+            zero["reduce_bucket_size"] = hidden * hidden
+            zero["stage3_param_persistence_threshold"] = 10 * hidden
+            zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden * hidden)
+    if config.get("train_micro_batch_size_per_gpu") == "auto":
+        config["train_micro_batch_size_per_gpu"] = 1
+    for key in ("train_batch_size", "gradient_accumulation_steps"):
+        if config.get(key) == "auto":
+            config.pop(key)
+    for precision in ("bf16", "fp16"):  # "auto" follows the accelerator's mixed precision, as for the policy
+        section = config.get(precision)
+        if isinstance(section, dict) and section.get("enabled") == "auto":
+            section["enabled"] = mixed_precision == precision
+    return config
+
+
 def prepare_deepspeed(model: torch.nn.Module, accelerator):
     """Place a frozen model (reference, teacher, reward model) for inference next to a DeepSpeed-trained policy.
 
@@ -126,23 +162,8 @@ def prepare_deepspeed(model: torch.nn.Module, accelerator):
         return freeze(accelerator.prepare_model(freeze(model), evaluation_mode=True))
     import deepspeed
 
-    config = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
-    for key in ("optimizer", "scheduler"):
-        config.pop(key, None)
-    if stage != 3:
-        config["zero_optimization"] = {"stage": 0}
-    elif getattr(model, "config", None) is not None:
-        hidden = getattr(model.config, "hidden_size", None) or max(getattr(model.config, "hidden_sizes", [0]) or [0])
-        zero = config.setdefault("zero_optimization", {})
-        if hidden and zero.get("reduce_bucket_size") == "auto":  # "auto" is resolved by transformers only for the policy
-            zero["reduce_bucket_size"] = hidden * hidden
-            zero["stage3_param_persistence_threshold"] = 10 * hidden
-            zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden * hidden)
-    if config.get("train_micro_batch_size_per_gpu") == "auto":
-        config["train_micro_batch_size_per_gpu"] = 1
-    for key in ("train_batch_size", "gradient_accumulation_steps"):
-        if config.get(key) == "auto":
-            config.pop(key)
+    config = _inference_deepspeed_config(accelerator.state.deepspeed_plugin.deepspeed_config, model,
+                                         accelerator.mixed_precision)
     engine, *_ = deepspeed.initialize(model=freeze(model), config=config)
     engine.eval()
     return engine
