@@ -19,7 +19,7 @@ METRICS = {
     "loss", "num_tokens", "entropy", "step_time", "completions/mean_length", "completions/min_length",
     "completions/max_length", "completions/clipped_ratio",
 }
-TEACHER = dict(num_hidden_layers=2)  # the bundled config with 2 layers: wider than the student, same vocabulary
+TEACHER = {"num_hidden_layers": 2}  # the bundled config with 2 layers: wider than the student, same vocabulary
 
 
 def _config(tmp_path, **overrides):
@@ -73,8 +73,8 @@ def test_trains_the_student_keeps_the_teacher_and_logs_the_documented_metrics(tm
     assert trainer.ref_model is None and trainer.reward_funcs == []
 
 
-def _naive_loss(trainer, rollout, beta, temperature):
-    """Token mean over the completion tokens of the divergence of full float64 logits of both models."""
+def _naive_loss(trainer, rollout, beta, temperature, mask=None):
+    """Token mean over the completion tokens (`mask`) of the divergence of full float64 logits of both models."""
     ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
     attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -94,7 +94,7 @@ def _naive_loss(trainer, rollout, beta, temperature):
     else:
         m = (beta * q + (1 - beta) * p).log()
         per_token = beta * (q * (t - m)).sum(-1) + (1 - beta) * (p * (s - m)).sum(-1)
-    mask = rollout.completion_mask.double()
+    mask = (rollout.completion_mask if mask is None else mask).double()
     return (per_token * mask).sum() / mask.sum()
 
 
@@ -107,6 +107,29 @@ def test_the_loss_is_the_naive_full_logits_divergence(tmp_path, beta):
     loss = trainer.compute_loss(trainer.model, rollout)
     assert rollout.completion_mask.sum() > 0
     assert loss.item() == pytest.approx(_naive_loss(trainer, rollout, beta, 0.7).item(), rel=1e-5)
+
+
+def test_tool_results_stay_out_of_the_loss(tmp_path, monkeypatch):
+    """With tools the rollouts are multi-turn (the online core's tool loop); the loss averages the divergence over the
+    tokens the student generated, not over the tool results, and the tool metrics are logged."""
+    from .test_grpo_tools import Calculator, Scripted, _questions, _tool_tokenizer
+
+    tokenizer = _tool_tokenizer()
+    trainer = DistillationTrainer(
+        model=tiny_model(seed=0, **SMALL), teacher_model=tiny_model(seed=1, **TEACHER), train_dataset=_questions(),
+        args=_config(tmp_path, max_completion_length=256, max_steps=1), processing_class=tokenizer,
+        tools=Calculator().tools(),
+    )
+    monkeypatch.setattr(trainer.backend, "generate", Scripted(tokenizer))  # each rollout: a call, then an answer
+    rollout = trainer._make_rollout([trainer.train_dataset[i] for i in range(4)])
+    assert rollout.tool_mask is not None and bool((rollout.tool_mask[rollout.completion_mask.bool()] == 0).any())
+    mask = rollout.completion_mask * rollout.tool_mask
+    rollout.step_counts = StepCounts(tokens=mask.sum().double(), sequences=torch.tensor(4.0), micro_batches=1)
+    loss = trainer.compute_loss(trainer.model, rollout)
+    assert loss.item() == pytest.approx(_naive_loss(trainer, rollout, 1.0, 1.0, mask).item(), rel=1e-5)
+    assert loss.item() != pytest.approx(_naive_loss(trainer, rollout, 1.0, 1.0).item(), rel=1e-3)
+    trainer.train()
+    assert _logged(trainer)[0]["tools/call_frequency"] > 0
 
 
 def test_teacher_loaded_from_a_folder_with_init_kwargs_and_from_the_config(tmp_path):
