@@ -29,10 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ops import MB, PeakMemory  # noqa: E402
+from bench_ops import MB, PeakMemory
 
-from trl.ops.divergence import chunked_divergence, naive_divergence  # noqa: E402
-from trl.ops.logprobs import default_chunk_size  # noqa: E402
+from trl.ops.divergence import chunked_divergence, naive_divergence
+from trl.ops.logprobs import default_chunk_size
 
 
 def make_inputs(n, hs, ht, v, device, dtype, seed=0):
@@ -73,7 +73,7 @@ def main():
     rows = [default_rows if r == "default" else int(r) for r in args.rows.split(",")]
     methods = [("naive", None)] + [(f"chunked@{r}" + (" (default)" if r == default_rows else ""), r) for r in rows]
     inputs = make_inputs(n, hs, ht, v, device, dtype)
-    load = open("/proc/loadavg").read().split()[0] if Path("/proc/loadavg").exists() else "?"
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else "?"
     print(f"N={n} Hs={hs} Ht={ht} V={v} {args.dtype} on {device}, {torch.get_num_threads()} thread(s), load {load}; "
           f"one (N, V) float32 logits tensor = {n * v * 4 / MB:.0f} MB")
     print(f"{'beta':>5} {'method':<24} {'peak MB':>9} {'ms (median)':>12} {'|sum - naive|':>14}")
