@@ -157,6 +157,36 @@ def test_log_completions_writes_the_cumulative_table(tmp_path):
     assert len(callback.table) == 4
 
 
+def _completions_run(output_dir, num_prompts=3):
+    """One SFT step with a learning rate too small to change a float32 weight, so that one process and two (which see
+    other batches) generate from the same weights; completions logged at step 1."""
+    trainer = _sft(output_dir, eval_form="prompt_completion", max_steps=1, learning_rate=1e-12,
+                   per_device_train_batch_size=2, gradient_checkpointing=False)
+    trainer.add_callback(LogCompletionsCallback(trainer, GenerationConfig(max_new_tokens=5, do_sample=False),
+                                                num_prompts=num_prompts, freq=1))
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.slow  # two more interpreters: ~50 s on a loaded 2-core machine
+def test_log_completions_over_two_processes_equal_one_process(tmp_path):
+    """3 prompts over 2 gloo processes (one gets the last prompt twice, dropped after gathering): the same table."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    single = _completions_run(tmp_path / "single")
+    expected = (tmp_path / "single" / "out" / "completions.csv").read_text()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.unit.test_callbacks", str(tmp_path / "ddp")]
+    result = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "ddp" / "out" / "completions.csv").read_text() == expected
+    assert len(single.callback_handler.callbacks[-1].table) == 3
+
+
 def test_log_completions_applies_the_chat_template_to_conversational_prompts(tmp_path):
     trainer = _sft(tmp_path, eval_form="conversational_prompt_completion")
     callback = LogCompletionsCallback(trainer, num_prompts=1)
@@ -310,3 +340,17 @@ def test_weave_rejects_a_scorer_that_is_not_callable(monkeypatch, tmp_path):
     monkeypatch.setattr(import_utils, "is_weave_available", lambda: True)
     with pytest.raises(TypeError, match="Scorer 'x' must be a callable"):
         WeaveCallback(_sft(tmp_path), scorers={"x": 1.0})
+
+
+if __name__ == "__main__":  # the 2-process half of test_log_completions_over_two_processes_equal_one_process
+    import os
+    from pathlib import Path
+
+    from trl.scripts.utils import close_processes
+
+    trainer = _completions_run(Path(sys.argv[1]))
+    assert trainer.accelerator.num_processes == 2
+    close_processes(trainer)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown of the gloo group (see tests/trainers/sft_one_step.py)

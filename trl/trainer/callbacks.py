@@ -199,7 +199,7 @@ def _eval_prompt_ids(trainer, num_prompts: int | None, who: str) -> list[list[in
 def _generate(trainer, prompt_ids: list[list[int]], generation_config=None) -> list[str]:
     """Completions (decoded, without special tokens) of `prompt_ids`, generated in batches of
     `per_device_eval_batch_size`, left-padded, greedy unless `generation_config` says otherwise. The prompts are split
-    across processes and the completions gathered, so every process returns all of them, in order."""
+    evenly across processes and the completions gathered, so every process returns all of them, in order."""
     from accelerate.utils import gather_object
 
     from ..models.helpers import unwrap_model_for_generation
@@ -209,7 +209,9 @@ def _generate(trainer, prompt_ids: list[list[int]], generation_config=None) -> l
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch_size = max(1, trainer.args.per_device_eval_batch_size)
     completions: list[str] = []
-    with accelerator.split_between_processes(prompt_ids) as local:
+    # Every process gets as many prompts (the last one repeated to fill up, dropped after gathering): under ZeRO-3 and
+    # FSDP each generation step is a collective, so all processes must run the same number of batches.
+    with accelerator.split_between_processes(prompt_ids, apply_padding=True) as local:
         model = trainer.model_wrapped if getattr(trainer, "model_wrapped", None) is not None else trainer.model
         with unwrap_model_for_generation(model, accelerator) as unwrapped:
             was_training = unwrapped.training
@@ -226,7 +228,9 @@ def _generate(trainer, prompt_ids: list[list[int]], generation_config=None) -> l
                     completions += tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
             finally:
                 unwrapped.train(was_training)
-    return gather_object(completions) if accelerator.num_processes > 1 else completions
+    if accelerator.num_processes > 1:
+        completions = gather_object(completions)
+    return completions[: len(prompt_ids)]
 
 
 def _generation_config(model, generation_config, pad_id: int, args):
