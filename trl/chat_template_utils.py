@@ -90,7 +90,8 @@ def is_chat_template_prefix_preserving(tokenizer: "ProcessingClass") -> bool:
     reasoning) is rendered one turn at a time, and every rendering's token ids, as well as every generation prompt,
     must be a prefix of the next rendering. If the template renders a tool conversation (user, assistant with a tool
     call, tool), that conversation must pass the same check; templates that raise on it are judged on the first one
-    only. Prefix-preserving templates get exact assistant masks from our prefix method without `{% generation %}`
+    only. A template that cannot render without a tool list (Command R+'s `tool_use`) is rendered with one.
+    Prefix-preserving templates get exact assistant masks from our prefix method without `{% generation %}`
     markers.
 
     Args:
@@ -112,16 +113,25 @@ def is_chat_template_prefix_preserving(tokenizer: "ProcessingClass") -> bool:
         ```
     """
     eos_ids = {_inner_tokenizer(tokenizer).eos_token_id}
+    kwargs = None
     try:
-        assistant_mask_by_prefix(tokenizer, _MULTI_TURN, eos_ids)
+        render_ids(tokenizer, _MULTI_TURN)
+    except Exception as error:  # templates that need a tool list (Command R+'s tool_use) get one
+        try:
+            render_ids(tokenizer, _MULTI_TURN, {"tools": [_WEATHER_TOOL]})
+        except Exception:  # noqa: BLE001 - the template's own first error
+            raise error from None
+        kwargs = {"tools": [_WEATHER_TOOL]}
+    try:
+        assistant_mask_by_prefix(tokenizer, _MULTI_TURN, eos_ids, kwargs)
     except ValueError:
         return False
     try:
-        render_ids(tokenizer, _TOOL_TURNS)
+        render_ids(tokenizer, _TOOL_TURNS, kwargs)
     except Exception:  # the template has no tool role or no tool calls (jinja raises all sorts of errors)
         return True
     try:
-        assistant_mask_by_prefix(tokenizer, _TOOL_TURNS, eos_ids)
+        assistant_mask_by_prefix(tokenizer, _TOOL_TURNS, eos_ids, kwargs)
     except ValueError:
         return False
     except Exception:  # a partial tool conversation the template refuses to render

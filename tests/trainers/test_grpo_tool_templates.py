@@ -143,6 +143,13 @@ REAL = {
     "deepseek_r1_distill": {"answer": "It is 12.<｜end▁of▁sentence｜>",
                             "tool_turn": "<｜Assistant｜><｜end▁of▁sentence｜><｜tool▁outputs▁begin｜>"
                                          "<｜tool▁output▁begin｜>12<｜tool▁output▁end｜><｜tool▁outputs▁end｜>"},
+    "llama3_3": {"answer": "It is 12.<|eot_id|>",
+                 "tool_turn": '<|start_header_id|>ipython<|end_header_id|>\n\n"12"<|eot_id|>'
+                              "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+    # Nemotron 3: the generation prompt opens <think>; the answer after the tool turn closes it
+    "nemotron3": {"reasoning": "Multiply.", "answer": "Done.\n</think>\nIt is 12.<|im_end|>",
+                  "tool_turn": "\n<|im_start|>user\n<tool_response>\n12\n</tool_response>\n<|im_end|>\n"
+                               "<|im_start|>assistant\n<think>\n"},
     # harmony: the calling turn ends with <|call|>; <|end|> only closes its analysis message
     "gpt_oss": {"reasoning": "Multiply.", "answer": "<|channel|>final<|message|>It is 12.<|return|>",
                 "tool_turn": '<|start|>functions.multiply to=assistant<|channel|>commentary<|message|>"12"<|end|>'
