@@ -95,3 +95,57 @@ def test_dpo_vlm_rejects_precompute(tmp_path):
     with pytest.raises(ValueError, match="precompute_ref_log_probs"):
         DPOTrainer(model=model, processing_class=processor, args=_dpo_config(tmp_path, precompute_ref_log_probs=True),
                    train_dataset=Dataset.from_list(_preference_rows(2)))
+
+
+# ---- KTO ----------------------------------------------------------------------------------------------------------------
+
+
+def _unpaired_rows(n=8):
+    return [{"prompt": [{"role": "user", "content": "What colour is this?"}],
+             "completion": [{"role": "assistant", "content": NAMES[(i // 2 + i % 2) % 4]}], "label": i % 2 == 0,
+             "images": [Image.new("RGB", (28, 28), COLOURS[NAMES[(i // 2) % 4]])]} for i in range(n)]
+
+
+@pytest.mark.parametrize("style", TINY_VLM_STYLES)
+def test_kto_vlm_trains(tmp_path, style):
+    from trl import KTOConfig, KTOTrainer
+
+    model, processor = tiny_vlm(style)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = KTOConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
+                     logging_steps=1, report_to="none", save_strategy="no", max_length=128, seed=0)
+    trainer = KTOTrainer(model=model, processing_class=processor, args=args,
+                         train_dataset=Dataset.from_list(_unpaired_rows()))
+    ref_before = {n: p.detach().clone() for n, p in trainer.ref_model.named_parameters()}
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 3 and all(torch.isfinite(torch.tensor([log["loss"] for log in logs])))
+    assert {"kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "entropy", "num_tokens"} <= set(logs[0])
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])]
+    assert [n for n in moved if "vision" in n or "visual" in n or "projector" in n or "connector" in n]
+    assert all(torch.equal(p, ref_before[n]) for n, p in trainer.ref_model.named_parameters())
+
+
+def test_vision_unpaired_collator_pairs_kl_completions_within_the_batch():
+    from trl.trainer.kto_trainer import DataCollatorForVisionUnpairedPreference
+
+    _, processor = tiny_vlm("qwen2_vl")
+    rows = _unpaired_rows(3)
+    batch = DataCollatorForVisionUnpairedPreference(processor)(rows)
+    decode = processor.tokenizer.decode
+    completions = [decode(batch["input_ids"][i][batch["completion_mask"][i].bool()]).split("<|im_end|>")[0]
+                   for i in range(6)]
+    own = [r["completion"][0]["content"] for r in rows]
+    assert completions == own + [own[-1], own[0], own[1]]  # prompt i with the completion of row i-1
+    assert batch["label"].tolist() == [True, False, True]
+    assert batch["image_grid_thw"].shape[0] == 6  # each sequence keeps its own row's image
+
+
+def test_kto_vlm_refuses_paired_rows(tmp_path):
+    from trl import KTOConfig, KTOTrainer
+
+    model, processor = tiny_vlm("llava")
+    args = KTOConfig(output_dir=str(tmp_path / "out"), report_to="none")
+    with pytest.raises(ValueError, match="unpair_preference_dataset"):
+        KTOTrainer(model=model, processing_class=processor, args=args,
+                   train_dataset=Dataset.from_list(_preference_rows(2)))

@@ -692,9 +692,10 @@ def _first_row(dataset) -> dict:
     raise ValueError("The dataset is empty: there is nothing to train on.")
 
 
-def check_vision_datasets(train_dataset, eval_dataset, collator, trainer: str) -> None:
+def check_vision_datasets(train_dataset, eval_dataset, collator, trainer: str, unpaired: bool = False) -> None:
     """Check the datasets of a vision-language run at construction: each is a `Dataset`/`IterableDataset`, and its
-    first row collates (format, images, placeholders, `max_length`), so a bad setup fails now, not at step one."""
+    first row collates (format, images, placeholders, `max_length`), so a bad setup fails now, not at step one.
+    `unpaired` (KTO): paired rows are refused (they are unpaired automatically only for text)."""
     from .formats import _check_dataset_type
 
     datasets = {"train": train_dataset}
@@ -707,6 +708,11 @@ def check_vision_datasets(train_dataset, eval_dataset, collator, trainer: str) -
         if getattr(dataset, "_format_type", None) == "custom":
             continue  # a `with_transform` dataset: its rows are only known through the transform
         row = _first_row(dataset)
+        if unpaired and {"chosen", "rejected"} <= set(row):
+            raise ValueError(
+                f"{trainer} takes unpaired vision rows (prompt/completion/label with images); the {name} dataset is "
+                "paired (chosen/rejected). Unpair it first: `trl.data_utils.unpair_preference_dataset(dataset)`."
+            )
         try:
             batch = collator([row])
         except (ValueError, TypeError) as error:

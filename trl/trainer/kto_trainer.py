@@ -29,12 +29,16 @@ template text after the end-of-turn token (ChatML's "\\n") is scored.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import guards
+from ..data import vision
 from ..data.collators import DataCollatorForUnpairedPreference
 from ..data.preference import PreferenceDataOptions
 from ..data.unpaired import prepare_unpaired_dataset
+from ..data.vision import DataCollatorForVisionUnpairedPreference
 from ..losses.kto import kto_kl, kto_loss
 from ..losses.reduce import token_weight
 from ..models import loading
@@ -43,7 +47,7 @@ from ..ops.fused_head import CompletionLogps, completion_logps, router_aux_loss_
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .kto_config import KTOConfig
 
-__all__ = ["DataCollatorForUnpairedPreference", "KTOTrainer"]
+__all__ = ["DataCollatorForUnpairedPreference", "DataCollatorForVisionUnpairedPreference", "KTOTrainer"]
 
 
 class KTOTrainer(_BaseTrainer):
@@ -105,8 +109,14 @@ class KTOTrainer(_BaseTrainer):
             raise ValueError("KTOTrainer needs a `train_dataset` of completions labelled desirable or undesirable.")
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
+        if processing_class is None:  # a vision-language model's processor, else its tokenizer
+            processing_class = vision.load_processor_for(model, model_id, args)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
-        loading.prepare_tokenizer(processing_class, model)
+        self._is_vlm = vision.is_processor(processing_class)  # rows rendered on the fly (trl.data.vision)
+        if self._is_vlm:
+            vision.check_vision_preference_config(args, "KTOTrainer")
+        loading.prepare_tokenizer(processing_class.tokenizer if self._is_vlm else processing_class, model)
+        self._model_input_names = vision.model_input_names(causal_lm(model)) if self._is_vlm else None
         # The reference: an explicit model, the adapter-free policy, the initial policy (precompute) or a copy.
         model = self._setup_policy_and_reference(model, ref_model, model_id, args, quantization_config, peft_config)
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)  # policy only
@@ -121,7 +131,13 @@ class KTOTrainer(_BaseTrainer):
             return prepare_unpaired_dataset(dataset, processing_class, options, "KTOTrainer", name, self._with_kl,
                                             model)[0]
 
-        train_dataset = prepare(train_dataset, "train")
+        if self._is_vlm:  # KL completions: the completion of the previous row of the batch, as the reference
+            data_collator = data_collator or DataCollatorForVisionUnpairedPreference(
+                processing_class, args.max_length, args.pad_to_multiple_of, kl_completions=self._with_kl)
+            vision.check_vision_datasets(train_dataset, eval_dataset, data_collator, "KTOTrainer", unpaired=True)
+            prepare = None
+        else:
+            train_dataset = prepare(train_dataset, "train")
         eval_dataset = self._prepare_eval_datasets(eval_dataset, prepare)
         if data_collator is None:
             data_collator = DataCollatorForUnpairedPreference(
@@ -150,6 +166,8 @@ class KTOTrainer(_BaseTrainer):
         """One forward over `[completions; KL completions]`: `(B,)` completion log-probs, `(B,)` KL-completion
         log-probs (None without the KL term) and the per-token scores. `request`: other [`FusedHeadRequest`] fields
         (the policy asks for the MoE aux loss)."""
+        if self._is_vlm:  # the processor's image tensors go with the ids
+            model = functools.partial(model, **vision.image_inputs(self._model_input_names, batch))
         scored = completion_logps(
             model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"], **request
         )
@@ -175,6 +193,8 @@ class KTOTrainer(_BaseTrainer):
     def _set_signature_columns_if_needed(self):
         if self._signature_columns is None:
             self._signature_columns = ["prompt_ids", "completion_ids", "kl_completion_ids", "label", *self._ref_columns]
+            if self._is_vlm:  # the collator renders the raw rows
+                self._signature_columns += list(vision.RAW_COLUMNS)
 
     def _count_loss_items(self, batch: dict) -> int:
         return batch["label"].shape[0]  # the loss is a mean over rows
