@@ -220,6 +220,15 @@ def test_log_completions_needs_an_eval_dataset_with_prompts(tmp_path):
         LogCompletionsCallback(_sft(tmp_path, eval_form=None))
     with pytest.raises(ValueError, match=r"needs eval rows with a prompt.*\['input_ids'"):
         LogCompletionsCallback(_sft(tmp_path, eval_form="text"))
+    with pytest.raises(ValueError, match=r"not packed.*'seq_lengths'"):
+        LogCompletionsCallback(_sft(tmp_path, eval_form="prompt_completion", packing=True))
+    empty = types.SimpleNamespace(eval_dataset=tiny_task_dataset("prompt_completion", "test", num_rows=0),
+                                  processing_class=tiny_tokenizer())
+    with pytest.raises(ValueError, match="the eval dataset is empty"):
+        LogCompletionsCallback(empty)
+    several = types.SimpleNamespace(eval_dataset={"a": empty.eval_dataset}, processing_class=tiny_tokenizer())
+    with pytest.raises(TypeError, match=r"needs one eval dataset; the trainer has several \(\['a'\]\)"):
+        LogCompletionsCallback(several)
 
 
 # ---------------------------------------------------------------- RichProgressCallback

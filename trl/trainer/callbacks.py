@@ -167,6 +167,8 @@ def _eval_prompt_ids(trainer, num_prompts: int | None, who: str) -> list[list[in
     if isinstance(dataset, dict):
         raise TypeError(f"{who} needs one eval dataset; the trainer has several ({sorted(dataset)}). Give the trainer "
                          "a single `eval_dataset`, or make a trainer per dataset.")
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"{who} needs eval prompts; the eval dataset is empty.")
     columns = list(getattr(dataset, "column_names", None) or [])
     if not columns:
         raise ValueError(f"{who} needs an eval dataset with named columns (a `datasets.Dataset`); got "
@@ -177,12 +179,12 @@ def _eval_prompt_ids(trainer, num_prompts: int | None, who: str) -> list[list[in
     if "prompt" in columns:
         from ..data.prompts import tokenize_prompt
 
-        prompts = dataset["prompt"]
-        conversational = bool(prompts) and isinstance(prompts[0], list)
-        return [tokenize_prompt({"prompt": p}, tokenizer, conversational) for p in prompts]
+        conversational = isinstance(dataset[0]["prompt"], list)
+        # whole rows: per-row chat-template arguments (e.g. `tools`) apply as in training
+        return [tokenize_prompt(row, tokenizer, conversational) for row in dataset]
     if "prompt_ids" in columns:
         return [list(ids) for ids in dataset["prompt_ids"]]
-    if {"input_ids", "completion_mask"} <= set(columns):
+    if {"input_ids", "completion_mask"} <= set(columns) and "seq_lengths" not in columns:  # not packed rows
         prompts = []
         for ids, mask in zip(dataset["input_ids"], dataset["completion_mask"]):
             start = next((i for i, m in enumerate(mask) if m), len(ids))
@@ -190,8 +192,8 @@ def _eval_prompt_ids(trainer, num_prompts: int | None, who: str) -> list[list[in
         if all(prompts):
             return prompts
     raise ValueError(
-        f"{who} needs eval rows with a prompt: a `prompt` column (prompt-completion, preference or prompt-only data); "
-        f"the eval dataset has columns {columns}. Use an eval dataset in one of those formats."
+        f"{who} needs eval rows with a prompt: a `prompt` column (prompt-completion, preference or prompt-only data, "
+        f"not packed); the eval dataset has columns {columns}. Use an eval dataset in one of those formats."
     )
 
 
