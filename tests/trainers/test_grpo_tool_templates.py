@@ -253,3 +253,64 @@ def test_gpt_oss_sampling_stops_at_call_not_at_end(tmp_path):
         processing_class=tokenizer, tools=Calculator().tools()[:1])
     eos = set(trainer.sampling.eos_token_ids)
     assert tokenizer.convert_tokens_to_ids("<|call|>") in eos and tokenizer.convert_tokens_to_ids("<|end|>") not in eos
+
+
+class TwoCallScript(RealScript):
+    """GPT-OSS: even samples call multiply(3, 4), then, after its result, multiply(12, 2) (harmony writes one call
+    per message and generation stops at <|call|>, so two calls of a round are two generated turns), then answer."""
+
+    def __init__(self, tokenizer, first, second, answer):
+        super().__init__(tokenizer, first, answer)
+        self.second = self.ids_of(tokenizer, second)
+
+    def __call__(self, prompt_ids, n, sampling, generator=None):
+        prompts, completions = [], []
+        for prompt in prompt_ids:
+            results = self.tokenizer.decode(prompt).count("<|start|>functions.multiply to=assistant")
+            for k in range(n):
+                prompts.append(list(prompt))
+                # (identical prompts may come as one prompt with n samples: the k % 2 split is for the question only)
+                turn = self.second if results == 1 else self.answer if k % 2 or results >= 2 else self.call
+                completions.append(turn[: sampling.max_completion_length])
+        eos = set(sampling.eos_token_ids)
+        return Rollout.from_lists(prompts, completions, pad_token_id=sampling.pad_token_id,
+                                  is_truncated=[c[-1] not in eos for c in completions],
+                                  sampling_logps=[[-0.5] * len(c) for c in completions])
+
+
+def test_gpt_oss_two_calls_in_a_round(tmp_path, monkeypatch):
+    """Two calls of one round with GPT-OSS's real template: each is its own generated turn ending with <|call|>, its
+    result is rendered after it (named after its own call), and the generated ids are kept as generated."""
+    style, tokenizer = REAL["gpt_oss"], REAL_TOKENIZERS["gpt_oss"]()
+    calculator = Calculator()
+    trainer = GRPOTrainer(model=tiny_model(seed=0, **{**SMALL, "max_position_embeddings": 8192}), reward_funcs=lambda
+        completions, **kw: [float(len(c)) for c in completions], args=_config(tmp_path, max_completion_length=320),
+        train_dataset=_questions(), processing_class=tokenizer, tools=calculator.tools()[:1])
+    first = _rendered_call(trainer, style)
+    second = ' to=functions.multiply<|channel|>commentary json<|message|>{"a": 12, "b": 2}<|call|>'
+    script = TwoCallScript(trainer.processing_class, first, second, style["answer"])
+    monkeypatch.setattr(trainer.backend, "generate", script)
+    rows = [trainer.train_dataset[i] for i in (0, 1) for _ in range(4)]
+    rollout = trainer._sample(rows, trainer._generator, mode="train")
+
+    ids_of = script.ids_of
+    tool_1, tool_2 = (ids_of(tokenizer, f'<|start|>functions.multiply to=assistant<|channel|>commentary<|message|>"{r}"'
+                                        "<|end|><|start|>assistant") for r in (12, 24))
+    assert sorted(calculator.calls) == [(3, 4)] * 4 + [(12, 2)] * 4
+    for i in range(0, 8, 2):
+        n = int(rollout.completion_lengths[i])
+        ids, mask = rollout.completion_ids[i, :n].tolist(), rollout.tool_mask[i, :n].tolist()
+        assert ids == first + tool_1 + script.second + tool_2 + script.answer, tokenizer.decode(ids)
+        assert mask == ([1] * len(first) + [0] * len(tool_1) + [1] * len(script.second) + [0] * len(tool_2)
+                        + [1] * len(script.answer))
+        messages = rollout.completions[i]
+        assert [m["role"] for m in messages] == ["assistant", "tool", "assistant", "tool", "assistant"]
+        assert messages[0]["tool_calls"][0]["function"] == {"name": "multiply", "arguments": {"a": 3, "b": 4}}
+        assert messages[2]["tool_calls"][0]["function"] == {"name": "multiply", "arguments": {"a": 12, "b": 2}}
+        assert messages[3]["content"] == "24" and messages[4]["content"] == "It is 12."
+
+    before = _params(trainer.model)
+    trainer.train()
+    assert _moved(before, trainer.model)
+    for log in _logged(trainer):
+        assert torch.isfinite(torch.tensor(log["loss"]))
