@@ -243,11 +243,11 @@ class _ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
                 stacklevel=3,
             )
         pin = use_pin_memory and torch.cuda.is_available()
-        parameters = {id(p) for p in model.parameters()}
+        self._model = model
+        self._parameter_storages: set[int] = set()
 
         def pack(tensor: torch.Tensor):
-            if (self._paused or tensor.device.type == "cpu" or id(tensor) in parameters
-                    or tensor.numel() * tensor.element_size() < min_offload_size):
+            if not self._should_offload(tensor, min_offload_size):
                 return tensor
             host = torch.empty(tensor.shape, dtype=tensor.dtype, layout=tensor.layout, pin_memory=pin)
             host.copy_(tensor, non_blocking=pin)
@@ -260,6 +260,23 @@ class _ActivationOffload(torch.autograd.graph.saved_tensors_hooks):
             return host.to(device, non_blocking=pin)
 
         super().__init__(pack, unpack)
+
+    # tensors on these devices already live in host memory
+    _host_device_types = ("cpu",)
+
+    def _should_offload(self, tensor: torch.Tensor, min_offload_size: int) -> bool:
+        return not (
+            self._paused
+            or tensor.device.type in self._host_device_types
+            or tensor.numel() * tensor.element_size() < min_offload_size
+            # a weight (or a view of one, such as the transpose a linear layer saves) stays alive anyway
+            or tensor.untyped_storage().data_ptr() in self._parameter_storages
+        )
+
+    def __enter__(self):
+        # read at each entry: FSDP and DeepSpeed swap parameter storages between steps
+        self._parameter_storages = {p.untyped_storage().data_ptr() for p in self._model.parameters()}
+        return super().__enter__()
 
     def remove(self) -> None:
         """Remove the hooks on the output head (the context manager itself can be entered again)."""
