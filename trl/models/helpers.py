@@ -78,7 +78,11 @@ def unwrap_model_for_generation(model: torch.nn.Module, accelerator, gather_deep
     Under DeepSpeed ZeRO-3 the parameters are sharded across processes: with `gather_deepspeed3_params=True` (the
     default) they are gathered on every process for the duration of the block, which makes generation fast but needs
     the whole model in each device's memory; with `False` they stay sharded and each layer's forward gathers its own
-    (slow, for models that do not fit on one device). Outside ZeRO-3 nothing is gathered or copied.
+    (slow, for models that do not fit on one device). Outside ZeRO-3 nothing is gathered or copied. DeepSpeed's
+    per-layer hooks stay registered during the block, so a layer may be re-partitioned after its forward and gathered
+    again at the next step: correct, though slower than generating with the hooks removed. An FSDP2 model generates
+    through its own per-layer all-gathers (transformers' `generate` keeps the processes in step); an FSDP1 wrapper is
+    unwrapped to its inner module, which cannot run outside the wrapper: use FSDP2.
 
     Args:
         model (`torch.nn.Module`): the model as `accelerator.prepare` returned it (or a bare model).
