@@ -130,7 +130,7 @@ UNSUPPORTED: dict[str, str] = {
     "deepseek": (
         "DeepSeek-R1-Distill's template cannot be made into a training template by edits: its generation prompt "
         "opens a '<think>\\n' block that its assistant turns never contain (so the generation prompt is not a prefix "
-        "of any assistant turn), it drops the reasoning of every turn including the last, it renders a second "
+        "of any assistant turn, and no template byte-identical to it can be prefix-preserving), it drops the reasoning of every turn including the last, it renders a second "
         "round of tool calls without its opening tokens (and a second round of results without theirs), it writes a stray "
         "empty assistant turn after tool calls whose content is '', and it needs tool-call arguments as JSON strings. "
         "A training template would have to invent text the vendor never renders (see docs/agents.md, "

@@ -131,6 +131,17 @@ def test_deepseek_r1_distill_is_refused_with_the_reason():
     tokenizer = template_data.deepseek_r1_distill_tokenizer()
     with pytest.raises(ValueError, match=r"'deepseek'.*generation prompt opens a '<think>\\n' block"):
         get_training_chat_template(processing_class=tokenizer)
+    # why no template can be byte-identical to it and prefix-preserving: its rendering of [user] with the generation
+    # prompt is not a prefix of its rendering of [user, assistant], so a template equal to it on both is not
+    # prefix-preserving
+    user, answer = {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}
+    prompt = _render(tokenizer, [user], add_generation_prompt=True)
+    full = _render(tokenizer, [user, answer])
+    assert prompt.endswith("<｜Assistant｜><think>\n") and full.endswith("<｜Assistant｜>Hello.<｜end▁of▁sentence｜>")
+    assert not full.startswith(prompt)
+    # with reasoning too: the reasoning is dropped, so no rendering of an assistant turn contains '<think>\n'
+    thought = {"role": "assistant", "content": "<think>\nSay hello.\n</think>\n\nHello."}
+    assert not _render(tokenizer, [user, thought]).startswith(prompt)
 
 
 def test_nemotron3_is_refused_with_the_reason():
