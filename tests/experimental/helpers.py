@@ -5,8 +5,8 @@ import torch
 from trl.models.tiny import tiny_model
 
 # the tests' small tiny model (tests/trainers/sft_one_step.py uses the same shape)
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-             head_dim=32)
+SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "head_dim": 32}
 
 
 def small_model(seed: int = 0):
@@ -26,7 +26,8 @@ def logged(trainer) -> list[dict]:
 
 
 def common_args(tmp_path, **overrides) -> dict:
-    values = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3,
-                  logging_steps=1, report_to="none", save_strategy="no", seed=0, gradient_checkpointing=False)
+    values = {"output_dir": str(tmp_path / "out"), "max_steps": 3, "per_device_train_batch_size": 4,
+              "learning_rate": 1e-3, "logging_steps": 1, "report_to": "none", "save_strategy": "no", "seed": 0,
+              "gradient_checkpointing": False}
     values.update(overrides)
     return values

@@ -4,6 +4,7 @@ towards the teacher (finite loss, student moves, teacher frozen); lmbda picks th
 import math
 
 import pytest
+
 from trl.data.tiny import tiny_task_dataset
 from trl.experimental.gkd import GKDConfig, GKDTrainer
 from trl.models.tiny import tiny_model, tiny_tokenizer
@@ -12,9 +13,9 @@ from .helpers import SMALL, changed, logged, params, small_model
 
 
 def _args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, max_new_tokens=8,
-                  learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no", seed=0,
-                  gradient_checkpointing=False, guards=False)
+    values = {"output_dir": str(tmp_path / "out"), "max_steps": 3, "per_device_train_batch_size": 4,
+              "max_new_tokens": 8, "learning_rate": 1e-3, "logging_steps": 1, "report_to": "none",
+              "save_strategy": "no", "seed": 0, "gradient_checkpointing": False, "guards": False}
     values.update(overrides)
     return GKDConfig(**values)
 
@@ -72,3 +73,19 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"vocabulary"):
         GKDTrainer(model=small_model(), teacher_model=other_vocab, args=_args(tmp_path), train_dataset=_conversations(),
                    processing_class=tiny_tokenizer())
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    """lmbda's draws depend on the run's position, so a resumed run picks the same sources and logs the same losses."""
+    def run(resume=None):
+        trainer = GKDTrainer(model=small_model(), teacher_model=small_model(seed=1),
+                             args=_args(tmp_path, lmbda=0.5, max_steps=4, save_strategy="steps", save_steps=1),
+                             train_dataset=_conversations(), processing_class=tiny_tokenizer())
+        trainer.train(resume_from_checkpoint=resume)
+        return {log["step"]: (log["loss"], log["on_policy"]) for log in logged(trainer)}
+
+    full = run()
+    resumed = run(resume=str(tmp_path / "out" / "checkpoint-2"))
+    for step in (3, 4):
+        assert resumed[step][1] == full[step][1]
+        assert resumed[step][0] == pytest.approx(full[step][0], rel=1e-5, abs=1e-7)

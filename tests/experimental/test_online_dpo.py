@@ -24,9 +24,9 @@ def vowels(completions, **kwargs):
 
 
 def _args(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=8, max_new_tokens=8,
-                  learning_rate=1e-2, logging_steps=1, report_to="none", save_strategy="no", seed=0,
-                  gradient_checkpointing=False, guards=False)
+    values = {"output_dir": str(tmp_path / "out"), "max_steps": 2, "per_device_train_batch_size": 8,
+              "max_new_tokens": 8, "learning_rate": 1e-2, "logging_steps": 1, "report_to": "none",
+              "save_strategy": "no", "seed": 0, "gradient_checkpointing": False, "guards": False}
     values.update(overrides)
     return OnlineDPOConfig(**values)
 
@@ -113,3 +113,22 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"prompt"):
         OnlineDPOTrainer(model=small_model(), reward_funcs=vowels, args=_args(tmp_path),
                          train_dataset=Dataset.from_list([{"question": "hi"}] * 8), processing_class=tok)
+
+
+def test_resume_repeats_the_uninterrupted_run(tmp_path):
+    """Stop after step 1 (in the middle of a generation batch used for two steps) and resume: steps 2 and 3 log the
+    same losses as the run that was never stopped."""
+    def run(resume=None):
+        trainer = OnlineDPOTrainer(
+            model=small_model(), reward_funcs=vowels, train_dataset=_prompts(), processing_class=tiny_tokenizer(),
+            args=_args(tmp_path, max_steps=3, per_device_train_batch_size=4, steps_per_generation=2,
+                       save_strategy="steps", save_steps=1),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return {log["step"]: (log["loss"], log["rewards/margins"]) for log in logged(trainer)}
+
+    full = run()
+    resumed = run(resume=str(tmp_path / "out" / "checkpoint-1"))
+    for step in (2, 3):
+        assert resumed[step][0] == pytest.approx(full[step][0], rel=1e-5, abs=1e-7)
+        assert resumed[step][1] == pytest.approx(full[step][1], rel=1e-5, abs=1e-7)

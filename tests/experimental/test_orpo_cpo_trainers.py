@@ -86,7 +86,7 @@ def test_orpo_loss_matches_naive_float64(tmp_path):
         loss, _ = trainer._loss(trainer.model, batch)
     _, averages, nll = _naive_scores(trainer.model, batch)
     c, r = averages.chunk(2)
-    odds = lambda lp: lp.exp() / (1 - lp.exp())  # noqa: E731
+    odds = lambda lp: lp.exp() / (1 - lp.exp())
     expected = nll - 0.5 * torch.log(torch.sigmoid(torch.log(odds(c) / odds(r)))).mean()
     assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
@@ -165,3 +165,18 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"model_init"):
         CPOTrainer(model=small_model(), args=_cpo(tmp_path), train_dataset=_data(4), processing_class=tok,
                    model_init=lambda: None)
+
+
+def test_evaluate_reports_the_documented_metrics(tmp_path):
+    trainer = CPOTrainer(model=small_model(), args=_cpo(tmp_path, per_device_eval_batch_size=4), train_dataset=_data(8),
+                         eval_dataset=_data(6), processing_class=tiny_tokenizer(),
+                         compute_metrics=lambda p: {"pairs": float(len(p.predictions))})
+    metrics = trainer.evaluate()
+    for key in ("eval_loss", "eval_nll_loss", "eval_rewards/accuracies", "eval_logps/chosen", "eval_pairs"):
+        assert key in metrics and math.isfinite(metrics[key]), key
+    assert metrics["eval_pairs"] == 6.0
+
+
+def test_alphapo_on_summed_logps_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"AlphaPO is meant with loss_type='simpo'"):
+        _cpo(tmp_path, alpha=0.5)

@@ -16,7 +16,7 @@ def _run(code: str, silence: str | None) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"}
     if silence is not None:
         env["TRL_EXPERIMENTAL_SILENCE"] = silence
-    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, env=env, check=False,
                           timeout=120)
 
 

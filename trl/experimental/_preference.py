@@ -22,6 +22,7 @@ from .. import guards
 from ..data.collators import DataCollatorForPreference
 from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
 from ..losses.reduce import token_weight
+from ..models import loading
 from ..models.utils import causal_lm
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
 from ..trainer.base_config import _BaseConfig, resolve_pad_to_multiple_of
@@ -117,10 +118,12 @@ def truncate_pair(row: dict, max_length: int | None, max_prompt_length: int | No
 
 class _ReferenceFreePreferenceTrainer(_BaseTrainer):
     """Base of [`ORPOTrainer`] and [`CPOTrainer`]. Subclasses set `_config_class`, `_name`, `_tag_names` and
-    implement `_pair_loss(scores) -> (losses (B,), metrics, nll_weight)`; see the module docstring."""
+    implement `_pair_loss(scores) -> (losses (B,), metrics, nll_weight)`; overridable: `_uses_averages`. See the
+    module docstring."""
 
     _config_class: type = _LegacyPreferenceConfig
-    _length_normalised = True  # whether `scores["chosen"]` are token averages (ORPO) or sums
+    # per-pair values of the loss's metrics logged under another name (ORPO: its log odds), averaged over pairs
+    _extra_pair_metrics: dict[str, str] = {}
 
     def __init__(self, model, args=None, data_collator=None, train_dataset=None, eval_dataset=None,
                  processing_class=None, model_init=None, callbacks=None, optimizers=(None, None),
@@ -137,8 +140,6 @@ class _ReferenceFreePreferenceTrainer(_BaseTrainer):
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
-        from ..models import loading
-
         loading.prepare_tokenizer(processing_class, model)
         model = self._setup_policy_and_reference(model, None, model_id, args, peft_config=peft_config,
                                                  need_reference=False)
@@ -147,8 +148,8 @@ class _ReferenceFreePreferenceTrainer(_BaseTrainer):
         cuts_prompts = args.max_prompt_length is not None and args.max_length is not None
         options = PreferenceDataOptions(max_length=None if cuts_prompts else args.max_length,
                                         num_proc=args.dataset_num_proc, guards=guards.policy(args))
-        cut = dict(max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                   truncation_mode=args.truncation_mode)
+        cut = {"max_length": args.max_length, "max_prompt_length": args.max_prompt_length,
+               "truncation_mode": args.truncation_mode}
 
         def prepare(dataset, name):
             dataset = prepare_preference_dataset(dataset, processing_class, options, trainer, name, model)[0]
@@ -266,10 +267,9 @@ class _ReferenceFreePreferenceTrainer(_BaseTrainer):
             if key in self._extra_pair_metrics:
                 add(mode, self._extra_pair_metrics[key], values.sum(), values.numel())
 
-    _extra_pair_metrics: dict[str, str] = {}
-
     def _uses_averages(self) -> bool:
-        return self._length_normalised
+        """Whether the loss compares length-averaged log-probs (logged as `logps/*`) or sums."""
+        return True
 
     def _pair_loss(self, scores: dict):
         raise NotImplementedError  # each trainer's one method

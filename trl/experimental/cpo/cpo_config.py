@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from ...losses.cpo import validate_cpo_loss_config
+from ...losses.cpo import CPO_LENGTH_NORMALISED, validate_cpo_loss_config
 from .._preference import _LegacyPreferenceConfig
 
 
@@ -44,4 +44,8 @@ class CPOConfig(_LegacyPreferenceConfig):
         if self.simpo_gamma != 0.5 and self.loss_type != "simpo":
             warnings.warn(f"simpo_gamma is only read by loss_type='simpo'; loss_type is {self.loss_type!r}.",
                           stacklevel=3)
+        if self.alpha != 0.0 and self.loss_type not in CPO_LENGTH_NORMALISED:
+            warnings.warn(f"alpha={self.alpha} (AlphaPO) with loss_type={self.loss_type!r} shapes summed log-probs: "
+                          "exp(-alpha * log p) overflows for long completions. AlphaPO is meant with "
+                          "loss_type='simpo' (length-averaged log-probs).", stacklevel=3)
         super().__post_init__()

@@ -42,7 +42,6 @@ class ORPOTrainer(_ReferenceFreePreferenceTrainer):
     _config_class = ORPOConfig
     _tag_names = ["trl", "orpo"]
     _name = "ORPO"
-    _length_normalised = True
     _extra_pair_metrics = {"log_sigmoid": "log_odds_ratio", "log_odds": "log_odds_chosen"}
 
     def _pair_loss(self, scores: dict):
