@@ -81,6 +81,32 @@ def _first_row(dataset) -> dict:
     raise ValueError("The dataset is empty: there is nothing to train on.")
 
 
+def tokenize_rows(dataset, tokenize_row, tokenizer, fmt: DatasetFormat, name: str, passthrough: tuple[str, ...],
+                  map_kwargs: dict):
+    """The one tokenise-and-map step of paired (DPO, reward) and unpaired (KTO) preference data.
+
+    `tokenize_row(row, index, fmt=, name=, tokenizer=, eos_ids=)` returns a row's token columns; every other column
+    is removed except `passthrough` (precomputed values that survive tokenisation). Conversational data needs a chat
+    template: without one this is an error naming the tokenizer and the fix.
+    """
+    from datasets import Dataset
+
+    if fmt.conversational and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat "
+            "template. Set `chat_template_path=...` in the config, or give the tokenizer a template."
+        )
+    fn_kwargs = {"fmt": fmt, "name": name, "tokenizer": tokenizer, "eos_ids": end_of_turn_ids(tokenizer)}
+    map_kwargs = {**map_kwargs}
+    if isinstance(dataset, Dataset):
+        map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
+    return dataset.map(
+        tokenize_row, fn_kwargs=fn_kwargs, with_indices=True,
+        remove_columns=[c for c in dataset.column_names or _first_row(dataset) if c not in passthrough],
+        **map_kwargs,
+    )
+
+
 def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOptions, trainer: str, name: str = "train",
                                model=None):
     """Turn a preference dataset (explicit or implicit prompt, standard or conversational, or pre-tokenised
@@ -117,20 +143,8 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
         fmt = detect_format(columns, first)
         require_format(fmt, ("preference", "implicit_preference"), trainer, columns)
         check_example_types(first, fmt, row=0, name=name)
-        if fmt.conversational and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat "
-                "template. Set `chat_template_path=...` in the config, or give the tokenizer a template."
-            )
         # an implicit prompt (the shared start of chosen and rejected) is extracted in the same pass
-        fn_kwargs = dict(fmt=fmt, name=name, tokenizer=tokenizer, eos_ids=end_of_turn_ids(tokenizer))
-        if isinstance(dataset, Dataset):
-            map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
-        dataset = dataset.map(
-            _tokenize_pair, fn_kwargs=fn_kwargs, with_indices=True,
-            remove_columns=[c for c in dataset.column_names or _first_row(dataset) if c not in PASSTHROUGH_COLUMNS],
-            **map_kwargs,
-        )
+        dataset = tokenize_rows(dataset, _tokenize_pair, tokenizer, fmt, name, PASSTHROUGH_COLUMNS, map_kwargs)
     if isinstance(dataset, Dataset):
         dataset = _check_pairs(dataset, options, name)
     return dataset, fmt

@@ -22,7 +22,7 @@ from collections import Counter
 from .. import guards
 from .conversation import maybe_convert_dataset_to_chatml, unpair_preference_dataset
 from .formats import DatasetFormat, check_dataset, check_example_types, detect_format
-from .preference import PreferenceDataOptions, _completion_span, _first_row, check_pair
+from .preference import PreferenceDataOptions, _completion_span, _first_row, check_pair, tokenize_rows
 from .tokenize import tokenize_sft_example
 
 TOKENIZED_COLUMNS = ("prompt_ids", "completion_ids", "label")
@@ -212,19 +212,7 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
         fmt = detect_format(columns, first)
         check_example_types(first, fmt, row=0, name=name)
         _check_label(first["label"], 0, name)
-        if fmt.conversational and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(
-                f"The {name} dataset is conversational but the tokenizer {type(tokenizer).__name__} has no chat "
-                "template. Give the tokenizer a template, or pass a tokenizer that has one."
-            )
-        fn_kwargs = {"fmt": fmt, "name": name, "tokenizer": tokenizer, "eos_ids": {tokenizer.eos_token_id}}
-        if isinstance(dataset, Dataset):
-            map_kwargs["desc"] = f"Tokenizing {name} dataset ({fmt.describe()})"
-        dataset = dataset.map(
-            _tokenize_row, fn_kwargs=fn_kwargs, with_indices=True,
-            remove_columns=[c for c in dataset.column_names or _first_row(dataset) if c not in PASSTHROUGH_COLUMNS],
-            **map_kwargs,
-        )
+        dataset = tokenize_rows(dataset, _tokenize_row, tokenizer, fmt, name, PASSTHROUGH_COLUMNS, map_kwargs)
     if isinstance(dataset, Dataset):
         dataset = _check_rows(dataset, options, name, trainer)
     if kl_completions and "kl_completion_ids" not in (dataset.column_names or []):
