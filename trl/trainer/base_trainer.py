@@ -492,6 +492,18 @@ class _BaseTrainer(Trainer):
                 self._step_watch.check(guards.policy(self.args))
         super().log(logs, start_time)
 
+    def _with_aux_loss(self, loss: torch.Tensor, aux_loss: torch.Tensor | None, mode: str,
+                       steps: int | None = None) -> torch.Tensor:
+        """Add a mixture of experts' load-balancing loss (`router_aux_loss_coef` times the model's per-micro-batch
+        mean, averaged over the `steps` micro-batches of the step: the accumulation steps in training by default)
+        and log it as `aux_loss`. No-op when the model returned none."""
+        if aux_loss is None:
+            return loss
+        if steps is None:
+            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
+        self._metrics.add(mode, "aux_loss", aux_loss.detach())
+        return loss + self._aux_loss_coef * aux_loss / steps
+
     def _record_tokens(self, mode: str, inputs: dict) -> None:
         """Add the batch's real tokens to `num_tokens`: padding is never counted. Padded batches say which tokens are
         real in `attention_mask`; packed and padding-free batches have none, and say it in `token_counts` (SFT's

@@ -240,11 +240,7 @@ class DPOTrainer(_BaseTrainer):
             loss = losses.sum() * token_weight(num_items_in_batch, self._dp_world_size())
         else:
             loss = losses.mean()
-        aux_loss = policy["outputs"].aux_loss
-        if aux_loss is not None:  # a per-micro-batch mean: averaged over the accumulation steps
-            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
-            loss = loss + self._aux_loss_coef * aux_loss / steps
-            self._metrics.add(mode, "aux_loss", aux_loss.detach())
+        loss = self._with_aux_loss(loss, policy["outputs"].aux_loss, mode)
         self._record(mode, inputs, policy, metrics)
         return loss, policy, metrics
 

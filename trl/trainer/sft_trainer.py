@@ -217,10 +217,7 @@ class SFTTrainer(_BaseTrainer):
                                    router_aux_loss=self._aux_loss_coef > 0)
         outputs = model(**model_inputs, fused_lm_head=request)
         loss = outputs.loss
-        if outputs.aux_loss is not None:  # a per-micro-batch mean: averaged over the accumulation steps
-            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
-            loss = loss + self._aux_loss_coef * outputs.aux_loss / steps
-            self._metrics.add(mode, "aux_loss", outputs.aux_loss.detach())
+        loss = self._with_aux_loss(loss, outputs.aux_loss, mode)
 
         self._record_tokens(mode, inputs)
         count = outputs.entropy.numel()
