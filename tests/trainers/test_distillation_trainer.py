@@ -191,10 +191,10 @@ def test_peft_student(tmp_path):
     assert math.isfinite(_logged(trainer)[-1]["loss"])
 
 
-def test_untied_student_and_standard_text_prompts(tmp_path):
+def test_untied_student_standard_text_prompts_and_gradient_checkpointing(tmp_path):
     rows = [{"prompt": f"reverse: {' '.join('abcdefgh'[i:i + 3])}\nanswer:"} for i in range(6)] * 2
     student = tiny_model(seed=0, tie_word_embeddings=False, **SMALL)
-    trainer = _trainer(tmp_path, student=student, dataset=Dataset.from_list(rows))
+    trainer = _trainer(tmp_path, student=student, dataset=Dataset.from_list(rows), gradient_checkpointing=True)
     head = student.lm_head.weight.detach().clone()
     trainer.train()
     assert not torch.equal(head, student.lm_head.weight)

@@ -74,48 +74,82 @@ def _divergence_rows(student_logps: torch.Tensor, teacher_logps: torch.Tensor, b
     return beta * to_teacher + (1.0 - beta) * to_student, log_mix
 
 
-def _student_logits_grad(student_logps, teacher_logps, divergence, log_mix, beta: float) -> torch.Tensor:
-    """`(n, V)` gradient of each row's divergence with respect to the student's transformed logits."""
-    probs = student_logps.exp()
-    if beta == 0.0:
-        return probs - teacher_logps.exp()
-    if beta == 1.0:
-        return probs * (student_logps - teacher_logps - divergence.unsqueeze(1))
-    a = (student_logps - log_mix).mul_(probs).mul_(1.0 - beta)
-    return a.sub_(probs * a.sum(-1, keepdim=True))
+def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`(a * b).sum(-1)` of two `(n, V)` blocks without a third `(n, V)` block."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def _pair_logps(hs, ws, bs, ht, wt, bt, student_ws, teacher_ws, ts: _Transform, tt: _Transform):
-    """Transformed student logits and both log-softmaxes of one chunk (float32/float64)."""
+def _chunk_logps(student_ws, teacher_ws, hs, ws, bs, ht, wt, bt, ts: _Transform, tt: _Transform):
+    """One chunk's transformed student logits (student buffer 0), student log-probs (student buffer 1) and teacher
+    log-probs (teacher buffer 1); teacher buffer 0 is free afterwards."""
+    n = hs.shape[0]
     logits = student_ws.logits(hs, ws, bs, ts)
-    student_logps = torch.log_softmax(logits, dim=-1)
-    teacher_logps = torch.log_softmax(teacher_ws.logits(ht, wt, bt, tt), dim=-1)
+    student_logps = torch.log_softmax(logits, dim=-1, out=student_ws[1][:n])
+    teacher_logps = torch.log_softmax(teacher_ws.logits(ht, wt, bt, tt), dim=-1, out=teacher_ws[1][:n])
     return logits, student_logps, teacher_logps
+
+
+def _chunk_forward(student_ws, teacher_ws, student_logps, teacher_logps, beta: float):
+    """`(n,)` divergence and student entropy of one chunk. Overwrites every buffer but the student log-probs."""
+    n = student_logps.shape[0]
+    probs = torch.exp(student_logps, out=student_ws[0][:n])
+    entropy = _rowdot(probs, student_logps).neg_()
+    spare, teacher_probs = student_ws[2][:n], teacher_ws[0][:n]
+    if beta == 1.0:
+        return _rowdot(probs, torch.sub(student_logps, teacher_logps, out=spare)), entropy
+    if beta == 0.0:
+        torch.exp(teacher_logps, out=teacher_probs)
+        return _rowdot(teacher_probs, torch.sub(teacher_logps, student_logps, out=spare)), entropy
+    # log m = logaddexp(log p + log(1 - beta), log q + log beta), the second term in the teacher's free buffer
+    log_mix = torch.logaddexp(torch.add(student_logps, math.log1p(-beta), out=spare),
+                              torch.add(teacher_logps, math.log(beta), out=teacher_probs), out=spare)
+    torch.exp(teacher_logps, out=teacher_probs)
+    to_teacher = _rowdot(teacher_probs, teacher_logps.sub_(log_mix))
+    to_student = _rowdot(probs, torch.sub(student_logps, log_mix, out=spare))
+    return beta * to_teacher + (1.0 - beta) * to_student, entropy
+
+
+def _chunk_grad(student_ws, teacher_ws, student_logps, teacher_logps, beta: float) -> torch.Tensor:
+    """`(n, V)` gradient of each row's divergence with respect to the student's transformed logits (in a teacher
+    buffer). Overwrites every buffer but student buffer 0 (the logits, kept for the soft-capping chain rule)."""
+    n = student_logps.shape[0]
+    probs = torch.exp(student_logps, out=student_ws[2][:n])
+    grad = teacher_ws[0][:n]
+    if beta == 0.0:  # p - q
+        return torch.exp(teacher_logps, out=grad).neg_().add_(probs)
+    if beta == 1.0:  # p (log p - log q - D)
+        torch.sub(student_logps, teacher_logps, out=grad)
+        return grad.sub_(_rowdot(probs, grad).unsqueeze(1)).mul_(probs)
+    # a = (1 - beta) p (log p - log m), grad = a - p sum(a)
+    torch.add(student_logps, math.log1p(-beta), out=grad)
+    torch.logaddexp(grad, teacher_logps.add_(math.log(beta)), out=grad)
+    torch.sub(student_logps, grad, out=grad).mul_(probs).mul_(1.0 - beta)
+    return grad.addcmul_(probs, grad.sum(-1, keepdim=True), value=-1.0)
 
 
 class ChunkedDivergenceFunction(torch.autograd.Function):
     """Autograd function behind [`chunked_divergence`] on selected rows: `(N, Hs)` and `(N, Ht)` hidden states in,
     `(N,)` divergence and (non-differentiable) student entropy out. Forward saves only its inputs; backward
-    recomputes both models' logits chunk by chunk."""
+    recomputes both models' logits chunk by chunk. Every `(chunk, V)` block lives in five buffers allocated once per
+    call (three for the student, two for the teacher)."""
 
     @staticmethod
     def forward(ctx, student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias,
                 student_transform, teacher_transform, beta, chunk_size):
         n = student_hidden.shape[0]
         with _no_autocast(student_hidden.device), torch.no_grad():
-            student_ws = _Workspace(student_hidden, student_weight, chunk_size, num_buffers=1)
-            teacher_ws = _Workspace(teacher_hidden, teacher_weight, chunk_size, num_buffers=1)
-            dtype = student_ws.compute_dtype
-            divergence = torch.empty(n, dtype=dtype, device=student_hidden.device)
+            student_ws = _Workspace(student_hidden, student_weight, chunk_size, num_buffers=3)
+            teacher_ws = _Workspace(teacher_hidden, teacher_weight, chunk_size, num_buffers=2)
+            divergence = torch.empty(n, dtype=student_ws.compute_dtype, device=student_hidden.device)
             entropy = torch.empty_like(divergence)
             for start, end in _chunks(n, chunk_size):
-                _, student_logps, teacher_logps = _pair_logps(
-                    student_hidden[start:end], student_weight, student_bias, teacher_hidden[start:end],
-                    teacher_weight, teacher_bias, student_ws, teacher_ws, student_transform, teacher_transform,
+                _, student_logps, teacher_logps = _chunk_logps(
+                    student_ws, teacher_ws, student_hidden[start:end], student_weight, student_bias,
+                    teacher_hidden[start:end], teacher_weight, teacher_bias, student_transform, teacher_transform,
                 )
-                teacher_logps = teacher_logps.to(dtype)
-                divergence[start:end] = _divergence_rows(student_logps, teacher_logps, beta)[0]
-                entropy[start:end] = -(student_logps.exp() * student_logps).sum(-1)
+                divergence[start:end], entropy[start:end] = _chunk_forward(
+                    student_ws, teacher_ws, student_logps, teacher_logps, beta
+                )
         ctx.save_for_backward(student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
                               teacher_bias)
         ctx.transforms, ctx.beta, ctx.chunk_size = (student_transform, teacher_transform), beta, chunk_size
@@ -132,20 +166,18 @@ class ChunkedDivergenceFunction(torch.autograd.Function):
             return None, None, None, *none
         with _no_autocast(hs_all.device), torch.no_grad():
             grads = _GradAccumulator(hs_all, ws, bs, needs)
+            student_ws = _Workspace(hs_all, ws, ctx.chunk_size, num_buffers=3)
+            teacher_ws = _Workspace(ht_all, wt, ctx.chunk_size, num_buffers=2)
             # the chain rule's constant factor of the student's transform (`scale / temperature`), folded per row
-            student_ws = _Workspace(hs_all, ws, ctx.chunk_size, num_buffers=1)
-            teacher_ws = _Workspace(ht_all, wt, ctx.chunk_size, num_buffers=1)
             factor = student_transform.scale / student_transform.temperature
             coefs = grad_divergence.to(student_ws.compute_dtype) * factor
             for start, end in _chunks(hs_all.shape[0], ctx.chunk_size):
                 h = hs_all[start:end]
-                logits, student_logps, teacher_logps = _pair_logps(
-                    h, ws, bs, ht_all[start:end], wt, bt, student_ws, teacher_ws, student_transform,
+                logits, student_logps, teacher_logps = _chunk_logps(
+                    student_ws, teacher_ws, h, ws, bs, ht_all[start:end], wt, bt, student_transform,
                     teacher_transform,
                 )
-                teacher_logps = teacher_logps.to(student_logps.dtype)
-                divergence, log_mix = _divergence_rows(student_logps, teacher_logps, ctx.beta)
-                grad = _student_logits_grad(student_logps, teacher_logps, divergence, log_mix, ctx.beta)
+                grad = _chunk_grad(student_ws, teacher_ws, student_logps, teacher_logps, ctx.beta)
                 grad.mul_(coefs[start:end].unsqueeze(1))
                 grads.add(start, h, student_transform.chain_(grad, logits), student_ws)
             grad_hidden, grad_weight, grad_bias = grads.result()
@@ -257,6 +289,8 @@ def chunked_divergence(
         selected = mask.reshape(-1).to(device=hs.device, dtype=torch.bool)
         hs, ht = hs[selected], ht[selected.to(ht.device)].to(hs.device)
     s_dtype, t_dtype = _matmul_dtype(hs, student_weight), _matmul_dtype(ht, teacher_weight)
+    if torch.float64 in (s_dtype, t_dtype):  # one softmax dtype for both models' blocks (the buffers are shared)
+        s_dtype = t_dtype = torch.float64
     hs, ws = hs.to(s_dtype).contiguous(), student_weight.to(s_dtype)
     bs = student_bias.to(s_dtype) if student_bias is not None else None
     ht, wt = ht.to(t_dtype).contiguous(), teacher_weight.detach().to(t_dtype)
