@@ -13,9 +13,10 @@ except PackageNotFoundError:  # running from a checkout that was not installed
 _import_structure = {
     # submodules reachable as attributes (`trl.models.tiny`, `trl.ops`, ...)
     "data": [],
+    "import_utils": [],
     "guards": [],
     "losses": [],
-    "models": [],
+    "models": ["create_reference_model"],
     "ops": [],
     "rewards": [],
     "advantages": [],
@@ -42,6 +43,8 @@ _import_structure = {
     ],
     "scripts": ["DatasetMixtureConfig", "ScriptArguments", "TrlParser", "get_dataset", "init_zero_verbose"],
     "trainer": [
+        "DistillationConfig",
+        "DistillationTrainer",
         "DPOConfig",
         "DPOTrainer",
         "GRPOConfig",
@@ -56,6 +59,10 @@ _import_structure = {
         "SFTConfig",
         "SFTTrainer",
         "SyncRefModelCallback",
+        "BEMACallback",
+        "LogCompletionsCallback",
+        "RichProgressCallback",
+        "WeaveCallback",
         "get_peft_config",
         "get_quantization_config",
     ],

@@ -281,3 +281,26 @@ def test_kto_kl_completions_of_unpaired_preference_data_answer_another_prompt():
     for rows in (list(again), streamed):
         by_completion = {tuple(r["completion_ids"]): r["prompt_ids"] for r in rows}
         assert all(by_completion[tuple(r["kl_completion_ids"])] != r["prompt_ids"] for r in rows)
+
+
+# ---------------------------------------------------------------- 5. callbacks, trl.models helpers, trl.import_utils
+
+
+def test_callbacks_models_helpers_and_import_utils_are_public():
+    import trl
+    import trl.models
+    import trl.trainer
+    from trl.trainer import callbacks
+
+    for name in ("BEMACallback", "LogCompletionsCallback", "RichProgressCallback", "SyncRefModelCallback",
+                 "WeaveCallback"):
+        assert getattr(trl, name) is getattr(trl.trainer, name) is getattr(callbacks, name)
+    for name in ("create_reference_model", "enable_selective_activation_checkpointing",
+                 "get_act_offloading_ctx_manager", "prepare_deepspeed", "prepare_fsdp", "unwrap_model_for_generation"):
+        assert callable(getattr(trl.models, name)), name
+    assert trl.create_reference_model is trl.models.create_reference_model
+    assert issubclass(trl.import_utils.TRLExperimentalWarning, UserWarning)
+    for package in ("aiohttp", "deepspeed", "harbor", "jmespath", "liger_kernel", "math_verify", "mergekit",
+                    "openreward", "requests", "unsloth", "vllm", "weave"):
+        assert callable(getattr(trl.import_utils, f"is_{package}_available")), package
+    assert callable(trl.import_utils.suppress_experimental_warning)

@@ -19,7 +19,15 @@ _import_structure = {
     "grpo_trainer": ["GRPOTrainer"],
     "rloo_config": ["RLOOConfig"],
     "rloo_trainer": ["RLOOTrainer"],
-    "callbacks": ["SyncRefModelCallback"],
+    "distillation_config": ["DistillationConfig"],
+    "distillation_trainer": ["DistillationTrainer"],
+    "callbacks": [
+        "BEMACallback",
+        "LogCompletionsCallback",
+        "RichProgressCallback",
+        "SyncRefModelCallback",
+        "WeaveCallback",
+    ],
     "fused_head": ["add_fused_lm_head"],
     "utils": ["disable_dropout_in_model"],
 }
