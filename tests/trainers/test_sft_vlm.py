@@ -224,3 +224,18 @@ def test_rows_without_images_and_standard_text(style):
     batch = DataCollatorForVisionLanguageModeling(processor)([{"text": placeholder + "A red square.",
                                                               "image": _image("red")}])
     assert _labelled(batch, processor) == "A red square.<|im_end|>"  # eos appended, image tokens untrained
+
+
+def test_vlm_evaluates_and_names_a_placeholder_mismatch(tmp_path):
+    model, processor = tiny_vlm("idefics3")
+    trainer = SFTTrainer(model=model, processing_class=processor, args=_config(tmp_path),
+                         train_dataset=Dataset.from_list(_messages_rows(4)),
+                         eval_dataset=Dataset.from_list(_messages_rows(4)))
+    metrics = trainer.evaluate()
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"])) and "eval_mean_token_accuracy" in metrics
+    two_placeholders = [{"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "image"},
+                                                                   {"type": "text", "text": "colour?"}]},
+                                      {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+                         "images": [_image("red")]}]
+    with pytest.raises(ValueError, match=r"row 0 of the batch .*2 empty image placeholder\(s\) but 1 image"):
+        DataCollatorForVisionLanguageModeling(processor)(two_placeholders)
