@@ -161,7 +161,8 @@ class _ReferenceFreePreferenceTrainer(_BaseTrainer):
             pad = args.padding_value if args.padding_value is not None else processing_class.pad_token_id
             data_collator = DataCollatorForPreference(
                 pad_token_id=pad, max_length=args.max_length,
-                truncation_mode="keep_start" if args.truncation_mode == "keep_end" else args.truncation_mode,
+                # after `truncate_pair` every pair fits; without max_prompt_length the collator cuts whole sequences
+                truncation_mode="keep_start" if cuts_prompts else args.truncation_mode,
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
         configure_streaming(args, train_dataset, eval_dataset)

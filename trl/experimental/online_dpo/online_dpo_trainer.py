@@ -90,7 +90,6 @@ class OnlineDPOTrainer(_OnlineTrainer):
     _config_class = OnlineDPOConfig
     _tag_names = ["trl", "online-dpo"]
     _name = "OnlineDPO"
-    _sequence_level_metrics = True
 
     def __init__(self, model, ref_model=None, reward_funcs=None, judge=None, args: OnlineDPOConfig | None = None,
                  data_collator=None, train_dataset=None, eval_dataset=None, processing_class=None,
