@@ -238,6 +238,25 @@ def command_r_plus_tokenizer():
     return family_tokenizer(real_chat_template("command_r_plus"), COHERE_TOKENS, "<BOS_TOKEN>", "<|END_OF_TURN_TOKEN|>")
 
 
+def gemma1_tokenizer():
+    """Gemma 1 (google/gemma-7b-it): bos `<bos>` (the template writes none), eos `<eos>`; turns end with
+    `<end_of_turn>`."""
+    return family_tokenizer(real_chat_template("gemma1"), GEMMA_TOKENS, "<bos>", "<eos>")
+
+
+def phi3_mini_tokenizer():
+    """Phi-3-mini (microsoft/Phi-3-mini-4k-instruct, May 2024 template): bos `<s>`, eos `<|endoftext|>`; turns end
+    with `<|end|>`, and every user turn is followed by the assistant header."""
+    return family_tokenizer(real_chat_template("phi3_mini"), PHI3_TOKENS, "<s>", "<|endoftext|>")
+
+
+def command_r_plus_default_tokenizer():
+    """Command R+ (CohereForAI/c4ai-command-r-plus, its `default` template, no tools): bos `<BOS_TOKEN>`, eos
+    `<|END_OF_TURN_TOKEN|>`."""
+    return family_tokenizer(real_chat_template("command_r_plus_default"), COHERE_TOKENS, "<BOS_TOKEN>",
+                            "<|END_OF_TURN_TOKEN|>")
+
+
 REAL_TOKENIZERS = {
     "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
@@ -253,5 +272,8 @@ REAL_TOKENIZERS = {
     "llama3_3": llama3_3_tokenizer,
     "nemotron3": nemotron3_tokenizer,
     "command_r_plus": command_r_plus_tokenizer,
+    "gemma1": gemma1_tokenizer,
+    "phi3_mini": phi3_mini_tokenizer,
+    "command_r_plus_default": command_r_plus_default_tokenizer,
 }
 """Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""

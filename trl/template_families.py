@@ -18,7 +18,7 @@ Families, in detection order (the first whose `recognize` accepts the template w
 | `deepseek` | `<｜Assistant｜>` (V3, R1, R1 distills) | `<｜tool▁call▁begin｜>function<｜tool▁sep｜>name` + fenced JSON (V3.1's form too) | `<think>...</think>` |
 | `glm4_moe` | `<arg_key>` and `<|assistant|>` | `<tool_call>name` + `<arg_key>`/`<arg_value>` pairs | `<think>...</think>` |
 | `cohere2` | `<|START_ACTION|>` and `<|CHATBOT_TOKEN|>` | JSON list of `{"tool_name", "parameters"}` in `<|START_ACTION|>` | `<|START_THINKING|>` |
-| `command_r` | `<|CHATBOT_TOKEN|>` and `Action:` (Command R / R+) | `Action:` + ```json list of `{"tool_name", "parameters"}` | none |
+| `command_r` | `<|CHATBOT_TOKEN|>` (Command R / R+; Command R7B's is `cohere2`) | `Action:` + ```json list of `{"tool_name", "parameters"}` | none |
 | `lfm2` | `<|tool_call_start|>` | Python-style `[f(a=1)]` (parsed with `ast`, never evaluated) | `<think>...</think>` |
 | `nemotron3` | `<|im_start|>`, `<function=` and `<think>` | `<tool_call><function=name><parameter=k>v</parameter>...` | `<think>...</think>` |
 | `qwen3` | `<|im_start|>` and `<think>` | `<tool_call>\\n{"name", "arguments"}\\n</tool_call>`, several a turn | `<think>...</think>` |
@@ -794,7 +794,7 @@ COHERE2 = Family(
 )
 COMMAND_R = Family(
     name="command_r",
-    recognize=lambda template: "<|CHATBOT_TOKEN|>" in template and "Action:" in template,
+    recognize=lambda template: "<|CHATBOT_TOKEN|>" in template,
     assistant_header="<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
     end_of_turn=("<|END_OF_TURN_TOKEN|>",),
     parse_tool_calls=parse_command_r_tool_calls,
@@ -862,7 +862,7 @@ PHI3 = Family(
 
 FAMILIES: tuple[Family, ...] = (GPT_OSS, DEEPSEEK, GLM4_MOE, COHERE2, COMMAND_R, LFM2, NEMOTRON3, QWEN3, CHATML, LLAMA3, GEMMA, PHI3)
 """Known families in detection order: more specific families come before the ones they extend (LFM2, Nemotron 3 and
-Qwen3 templates are ChatML too; Command R7B's template has Command R's `Action:` text too; GLM's `<|assistant|>` is Phi-3's)."""
+Qwen3 templates are ChatML too; Command R7B's template has Command R's `<|CHATBOT_TOKEN|>` too; GLM's `<|assistant|>` is Phi-3's)."""
 
 
 def _template_of(processing_class_or_template) -> str | None:

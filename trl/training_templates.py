@@ -50,17 +50,22 @@ class TemplateEdit:
         what (`str`): what the edit does, for error messages.
         patterns (`tuple[str, ...]`): regular expressions, one per known variant of the family's templates.
         replacement (`str`): the replacement text.
+        unless (`str`, *optional*): a regular expression; a template in which it matches is a variant that does not
+            need the edit (it is returned unchanged instead of being reported as unknown).
     """
 
     what: str
     patterns: tuple[str, ...]
     replacement: str
+    unless: str | None = None
 
     def apply(self, template: str) -> str:
         for pattern in self.patterns:
             edited, count = re.subn(pattern, self.replacement, template)
             if count:
                 return edited
+        if self.unless is not None and re.search(self.unless, template):
+            return template
         raise ValueError(
             f"The chat template looks like this family's, but it is a variant we do not know: the edit that "
             f"{self.what} found none of the patterns {list(self.patterns)} in it."
@@ -114,6 +119,9 @@ FAMILY_EDITS: dict[str, tuple[TemplateEdit, ...]] = {
             what="leaves out the eos the template writes after the last message (no continuation has it)",
             patterns=(r"\{%-?\s*else\s*-?%\}\s*\{\{-?\s*eos_token\s*-?\}\}\s*(\{%-?\s*endif\s*-?%\})",),
             replacement=r"\1",
+            # Phi-3-mini's May 2024 template writes no eos (nor a generation prompt: every user turn is followed by
+            # the assistant header)
+            unless=r"(?s)\A(?:(?!eos_token).)*\Z",
         ),
     ),
     "cohere2": (

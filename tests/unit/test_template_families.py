@@ -126,7 +126,7 @@ def test_detect_family_reads_processing_classes():
     assert detect_family(processor) is QWEN3
     assert detect_family(None) is None
     # more specific families come first: lfm2, nemotron3 and qwen3 templates are ChatML too, cohere2's has
-    # command_r's Action:, glm4_moe's <|assistant|> is phi3's
+    # command_r's <|CHATBOT_TOKEN|>, glm4_moe's <|assistant|> is phi3's
     assert [family.name for family in FAMILIES] == [
         "gpt_oss", "deepseek", "glm4_moe", "cohere2", "command_r", "lfm2", "nemotron3", "qwen3", "chatml", "llama3",
         "gemma", "phi3",
@@ -452,6 +452,9 @@ REAL_FAMILIES = {
     "llama3_3": "llama3",
     "nemotron3": "nemotron3",
     "command_r_plus": "command_r",
+    "gemma1": "gemma",
+    "phi3_mini": "phi3",
+    "command_r_plus_default": "command_r",
 }
 REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5",
                       "llama3_3", "nemotron3", "command_r_plus"]
@@ -566,6 +569,9 @@ REAL_ROUND_TRIPS = {
         (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
         (message("It is 22C."),) * 2,
     ],
+    "gemma1": [(message("It is 22C."),) * 2],
+    "phi3_mini": [(message("It is 22C."),) * 2],
+    "command_r_plus_default": [(message("It is 22C."),) * 2],
     "gemma2": [(message("It is 22C."),) * 2],
     "gemma3": [(message("It is 22C."),) * 2],
     "phi3_5": [(message("It is 22C."),) * 2],
@@ -580,7 +586,7 @@ def generated_ids(tokenizer, family, name, rendered_message):
     tools = {"tools": TOOLS} if name in REAL_TOOL_FAMILIES else {}
     prompt = render_tool_messages(tokenizer, [USER], **tools)
     full = render_tool_messages(tokenizer, [USER, rendered_message], **tools)
-    if family.name == "command_r":  # Command R+ ends every conversation with its instruction to write 'Action:'
+    if "<|SYSTEM_TOKEN|>Write 'Action:'" in prompt:  # Command R+ (tool_use) ends every conversation with it
         closing = prompt[prompt.rindex("<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>Write 'Action:'"):]
         assert full.endswith(closing)
         prompt, full = prompt[: -len(closing)], full[: -len(closing)]

@@ -49,6 +49,9 @@ FAMILY_TOKENIZERS = [
     ("real-gemma3", "gemma3_tokenizer", "gemma", True),
     ("real-phi3_5", "phi3_5_tokenizer", "phi3", False),
     ("real-llama3_3", "llama3_3_tokenizer", "llama3", True),
+    ("real-gemma1", "gemma1_tokenizer", "gemma", True),
+    ("real-phi3_mini", "phi3_mini_tokenizer", "phi3", True),
+    ("real-command_r_plus_default", "command_r_plus_default_tokenizer", "command_r", True),
 ]
 CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
          if hasattr(template_data, builder)]
@@ -120,7 +123,8 @@ def test_renders_byte_identically(builder, family, prefix, name, messages, kwarg
             assert as_last.endswith(turn) or _cut_after_end_of_turn(as_last, end_of_turn).endswith(turn), k
             position = rendered.index(turn, position) + len(turn)
         return
-    if family in DROPS_CLOSING_TEXT and not kwargs.get("add_generation_prompt"):
+    if family in DROPS_CLOSING_TEXT and not kwargs.get("add_generation_prompt") and rendered != expected:
+        # (Phi-3-mini's May 2024 template writes no closing text: it renders identically)
         assert same_up_to_closing(rendered, expected, end_of_turn)
         assert expected[len(rendered):] in ("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>", original.eos_token)
         return
@@ -175,7 +179,8 @@ def template_data_tool():
 
 @pytest.mark.parametrize("builder, family, prefix", CASES)
 def test_family_edits_match_the_template(builder, family, prefix):
-    """Every edit of the family matches its (real) template: none is a silent no-op."""
+    """Every edit of the family matches its (real) template, or the template is the variant its `unless` names (Phi-3-mini
+    writes no eos): none is a silent no-op."""
     from trl.training_templates import FAMILY_EDITS
 
     template = getattr(template_data, builder)().chat_template
