@@ -89,3 +89,8 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     for step in (3, 4):
         assert resumed[step][1] == full[step][1]
         assert resumed[step][0] == pytest.approx(full[step][0], rel=1e-5, abs=1e-7)
+
+
+def test_student_is_required(tmp_path):
+    with pytest.raises(ValueError, match=r"needs the student `model`"):
+        GKDTrainer(teacher_model=small_model(), args=_args(tmp_path), train_dataset=_conversations())

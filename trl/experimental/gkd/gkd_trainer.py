@@ -72,6 +72,8 @@ class GKDTrainer(DistillationTrainer):
     def __init__(self, model=None, teacher_model=None, args: GKDConfig | None = None, data_collator=None,
                  train_dataset=None, eval_dataset=None, processing_class=None, compute_metrics=None, callbacks=None,
                  optimizers=(None, None), preprocess_logits_for_metrics=None, peft_config=None, formatting_func=None):
+        if model is None:
+            raise ValueError("GKDTrainer needs the student `model` (a hub id, a local folder or a model object).")
         args = as_config(args, GKDConfig, self._default_output_dir(model, self._name))
         if any(x is not None for x in (data_collator, compute_metrics, preprocess_logits_for_metrics, formatting_func)):
             import warnings
