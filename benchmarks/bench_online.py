@@ -118,6 +118,7 @@ def run_one(name: str, cli) -> dict:
         num_generations=cli.num_generations, max_completion_length=cli.completion_len, learning_rate=1e-6,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, guards=False, seed=0,
         gradient_checkpointing=cli.gradient_checkpointing, bf16=cuda, shuffle_dataset=False,
+        cache_implementation=cli.cache_implementation, generation_compile=cli.generation_compile,
     )
     if name == "rloo":
         trainer = RLOOTrainer(model=model, reward_funcs=_token_reward, args=RLOOConfig(**common),
@@ -194,12 +195,17 @@ def main():
                         help="tokens per prompt, N or 'min-max' (CPU 32, GPU 128, ref-cpu 27-63)")
     parser.add_argument("--completion_len", type=int, default=None, help="tokens per completion (CPU 64, GPU 256)")
     parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--cache_implementation", choices=["static", "dynamic"], default=None,
+                        help="the generation backend's KV cache (default: the config's None, static when supported)")
+    parser.add_argument("--generation_compile", choices=["auto", "true", "false"], default="auto",
+                        help="compile the static decode step (default 'auto': CUDA only)")
     parser.add_argument("--shape", choices=["tiny", "sft-cpu", "ref-cpu"], default="tiny",
                         help="CPU model: the bundled tiny config, bench_sft.py's 7M shape (vocab 32768), or the "
                              "reference library's measured shape (7.2M Qwen3, vocab 8000, untied; see above)")
     parser.add_argument("--json")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
+    cli.generation_compile = {"auto": "auto", "true": True, "false": False}.get(cli.generation_compile, cli.generation_compile)
     cuda = cli.device == "cuda"
     if cuda and cli.shape == "ref-cpu":
         parser.error("--shape ref-cpu is a CPU shape")
@@ -218,6 +224,8 @@ def main():
                 str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--prompts",
                 str(cli.prompts), "--num_generations", str(cli.num_generations), "--prompt_len", "-".join(map(str, cli.prompt_len)),
                 "--completion_len", str(cli.completion_len), "--shape", cli.shape]
+        argv += ["--generation_compile", str(cli.generation_compile).lower()]
+        argv += ["--cache_implementation", cli.cache_implementation] if cli.cache_implementation else []
         return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
 
     def print_row(r):

@@ -7,7 +7,11 @@ Why not `model.generate`: an online step samples `n` completions of each prompt.
 - each unique prompt is prefilled once (`logits_to_keep=1`), then its KV cache is repeated for its `n` samples;
 - finished rows leave the batch (cache, attention mask and positions are re-indexed), in batches, not every step;
 - the log-prob of every sampled token under the distribution it was drawn from is returned, so an on-policy step
-  needs no extra forward pass.
+  needs no extra forward pass;
+- when every layer of the model is full attention, decoding runs over a pre-allocated static cache with fixed-shape
+  steps (`trl/generation/static_decode.py`), compiled with `torch.compile` on CUDA (`cache_implementation`,
+  `generation_compile`); otherwise over transformers' dynamic cache. Both give the same tokens: the random numbers
+  of a step are drawn for every row the decode started with, whether or not it already left the batch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ import torch
 
 from ..rollout import Rollout
 from .base import SamplingConfig
+from .static_decode import StaticDecoder, fill, static_cache_supported
+
+# `cache_implementation` values of the backend (`GRPOConfig.cache_implementation`): None picks the static cache when
+# the model's layers are all full attention, the dynamic one otherwise.
+CACHE_IMPLEMENTATIONS = (None, "static", "dynamic")
 
 # Finished rows are dropped (cache, mask and positions re-indexed) once at least this fraction of the active rows
 # has finished; until then they decode padding whose output is discarded. Measured with
@@ -52,6 +61,12 @@ class TransformersBackend:
             `forward` may be patched by `trl.ops.fused_head.add_fused_lm_head`.
         max_batch_size (`int`, *optional*): most sequences decoded at once; the prompts are processed in chunks
             (a memory bound). `None` decodes all `len(prompt_ids) * n` sequences together.
+        cache_implementation (`str`, *optional*): `"static"`, `"dynamic"`, or None (static when every layer of the
+            model is full attention, dynamic otherwise). `"static"` on a model with sliding-window or linear-attention
+            layers is an error.
+        compile (`bool` or `str`, *optional*, defaults to `"auto"`): compile the static decode step with
+            `torch.compile(dynamic=False)`, one graph per (rows, length) bucket. `"auto"` compiles on CUDA only: on
+            CPU the compiled step measured slower than the eager one (benchmarks/README.md).
 
     Example:
         ```python
@@ -64,12 +79,43 @@ class TransformersBackend:
         ```
     """
 
-    def __init__(self, model: torch.nn.Module, *, max_batch_size: int | None = None):
+    def __init__(self, model: torch.nn.Module, *, max_batch_size: int | None = None,
+                 cache_implementation: str | None = None, compile: bool | str = "auto"):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"`max_batch_size` must be >= 1 or None; got {max_batch_size}.")
+        if cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"`cache_implementation` must be one of {CACHE_IMPLEMENTATIONS}; got "
+                             f"{cache_implementation!r}.")
+        if compile not in ("auto", True, False):
+            raise ValueError(f"`compile` (generation_compile) must be 'auto', True or False; got {compile!r}.")
         self.max_batch_size = max_batch_size
         self.model = _unwrap(model)
         self._session: ContinuationSession | None = None
+        static_ok = static_cache_supported(_base_model(self.model).config)
+        if cache_implementation == "static" and not static_ok:
+            raise ValueError(
+                f"`cache_implementation='static'`: {type(_base_model(self.model)).__name__} has sliding-window or "
+                "linear-attention layers, which the static decode does not handle. Leave `cache_implementation=None` "
+                "(it picks the dynamic cache for such models) or set it to 'dynamic'."
+            )
+        if compile is True and (cache_implementation == "dynamic" or not static_ok):
+            raise ValueError("`generation_compile=True` compiles the static-cache decode step, which this setup does "
+                             "not use (`cache_implementation='dynamic'` or a model with sliding-window/linear-attention "
+                             "layers). Set `generation_compile='auto'` or False.")
+        self.cache_implementation = cache_implementation
+        self.compile = compile
+        self._static = cache_implementation != "dynamic" and static_ok
+        self._decoders: dict[bool, StaticDecoder] = {}
+
+    def _decoder(self, device: torch.device) -> StaticDecoder | None:
+        """The static decoder for `device` (None: the dynamic path). 'auto' compiles on CUDA only: on CPU the compiled
+        step measured slower than the eager one (benchmarks/README.md, "Generation backend")."""
+        if not self._static:
+            return None
+        compiled = self.compile is True or (self.compile == "auto" and device.type == "cuda")
+        if compiled not in self._decoders:
+            self._decoders[compiled] = StaticDecoder(compiled)
+        return self._decoders[compiled]
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Generate with `model` from now on. The backend samples with the training model itself, so this only keeps
@@ -132,9 +178,10 @@ class TransformersBackend:
             ended=torch.zeros(num_rows, dtype=torch.bool, device=device),
         )
         kept = {} if session is not None else None
+        decoder = self._decoder(device)
         with torch.no_grad(), _eval_mode(model):
             for rows in _row_chunks(len(prompt_ids), n, self.max_batch_size or num_rows):
-                prefilled = _generate_rows(model, prompt_ids, pasts, rows, n, sampling, generator, out, kept)
+                prefilled = _generate_rows(model, prompt_ids, pasts, rows, n, sampling, generator, out, kept, decoder)
                 if session is not None:
                     session.prefill_tokens += prefilled
         if session is not None:
@@ -240,7 +287,8 @@ class _Outputs:
 
 
 def _generate_rows(model, prompt_ids: list[list[int]], pasts: list[_KeptRow | None], rows: range, n: int,
-                   sampling: SamplingConfig, generator, out: _Outputs, kept: dict | None) -> int:
+                   sampling: SamplingConfig, generator, out: _Outputs, kept: dict | None,
+                   decoder: StaticDecoder | None = None) -> int:
     """Decode the output rows `rows` (a contiguous range, prompt-major): prefill their distinct prompts once (only
     what follows the kept row a prompt extends, if any), repeat the cache for the samples, then decode, dropping
     finished rows from the batch. With `kept`, each row's cache is stored there when it leaves the batch. Returns the
@@ -266,15 +314,18 @@ def _generate_rows(model, prompt_ids: list[list[int]], pasts: list[_KeptRow | No
     logits = step.prefill(ids, mask, position_ids)  # (U, V): one prefill per distinct prompt
     # (B,) the prompt (row of `ids`) of each sequence
     expand = torch.tensor([i for i, count in enumerate(counts) for _ in range(count)], device=device)
-    step.reindex(expand)
     logits = logits[expand]
-    # The attention mask of the whole run, allocated once: prefix mask, then one column per generated token.
     prefix = mask.shape[1]
+    seen = _seen_tokens([prompts[i] for i in expand.tolist()], logits.shape[-1], sampling, device)  # (B, V) or None
+    row_ids = torch.arange(rows.start, rows.stop, device=device)  # output row of each batch row
+    if decoder is not None:
+        _decode_static(decoder, step, expand, logits, mask, seen, row_ids, sampling, generator, out, kept)
+        return int(mask[:, prefix - ids.shape[1]:].sum())
+    step.reindex(expand)
+    # The attention mask of the whole run, allocated once: prefix mask, then one column per generated token.
     attention = torch.zeros(len(expand), prefix + sampling.max_completion_length, dtype=mask.dtype, device=device)
     attention[:, :prefix] = mask[expand]
     positions = mask.sum(-1)[expand]  # (B,) position of the next token of each row
-    seen = _seen_tokens([prompts[i] for i in expand.tolist()], logits.shape[-1], sampling, device)  # (B, V) or None
-    row_ids = torch.arange(rows.start, rows.stop, device=device)  # output row of each batch row
     _decode(step, logits, attention, prefix, positions, seen, row_ids, sampling, generator, out, kept)
     return int(mask[:, prefix - ids.shape[1]:].sum())
 
@@ -286,8 +337,10 @@ def _decode(step, logits, attention, prefix: int, positions, seen, row_ids, samp
     alive = torch.ones(len(row_ids), dtype=torch.bool, device=logits.device)
     eos = torch.tensor(sampling.eos_token_ids, dtype=torch.long, device=logits.device)
     max_new = sampling.max_completion_length
+    first_row, num_rows = int(row_ids[0]), len(row_ids)
     for t in range(max_new):
-        tokens, logps = _sample(logits, sampling, seen, generator)
+        uniform = _uniform(sampling, num_rows, row_ids - first_row, generator, logits.device)
+        tokens, logps = _sample(logits, sampling, seen, generator, uniform)
         tokens = tokens.masked_fill(~alive, sampling.pad_token_id)
         out.ids[row_ids, t] = tokens
         out.logps[row_ids, t] = logps.masked_fill(~alive, 0.0)
@@ -318,23 +371,110 @@ def _decode(step, logits, attention, prefix: int, positions, seen, row_ids, samp
         _keep_rows(step.cache, attention[:, : prefix + t], torch.ones_like(alive), row_ids, kept)
 
 
+def _decode_static(decoder: StaticDecoder, step: _Forward, expand: torch.Tensor, logits: torch.Tensor,
+                   prefix_mask: torch.Tensor, seen, row_ids, sampling: SamplingConfig, generator, out: _Outputs,
+                   kept: dict | None) -> None:
+    """`_decode` over a static cache (`trl/generation/static_decode.py`): the prefilled dynamic cache `step.cache`
+    (one row per distinct prompt) is copied into a static cache with rows `expand`, then decoded in fixed-shape steps.
+    Finished rows decode masked padding until the alive rows fit a smaller bucket, then the batch is compacted."""
+    device = logits.device
+    model, base = step.model, _base_model(step.model)
+    prefix, max_new = prefix_mask.shape[1], sampling.max_completion_length
+    length = decoder.length_bucket(prefix + max_new)
+    source = [(layer.keys, layer.values) for layer in step.cache.layers]
+    step.cache = None  # the prompt caches are copied below; free them as soon as they are
+
+    def allocate(num: int, layers, index: torch.Tensor, columns: int, mask_rows: torch.Tensor):
+        """A bucket for `num` rows: its static cache filled with `layers`' rows `index`, its mask, tokens, positions."""
+        bucket = decoder.rows_bucket(num)
+        keys = layers[0][0]
+        cache = decoder.cache(base.config, bucket, length, keys, keys.shape[1], keys.shape[3], layers[0][1].shape[3])
+        fill(cache, layers, index, columns)
+        mask = torch.zeros(bucket, length, dtype=torch.long, device=device)
+        mask[:num, :columns] = mask_rows
+        mask[num:, 0] = 1  # padding rows of the bucket attend to one slot (no all-masked row); outputs discarded
+        tokens = torch.full((bucket,), sampling.pad_token_id, dtype=torch.long, device=device)
+        positions = torch.zeros(bucket, dtype=torch.long, device=device)
+        return cache, mask, tokens, positions
+
+    cache, attention, feed, positions = allocate(len(expand), source, expand, prefix, prefix_mask[expand])
+    positions[: len(expand)] = prefix_mask.sum(-1)[expand]  # position of the next token of each row
+    del source
+    num = len(expand)  # rows of the bucket in use (alive or finished but not yet compacted away)
+    alive = torch.ones(num, dtype=torch.bool, device=device)
+    eos = torch.tensor(sampling.eos_token_ids, dtype=torch.long, device=device)
+    sync_every = decoder.sync_every(device)
+    first_row, num_rows = int(row_ids[0]), len(row_ids)
+    for t in range(max_new):
+        uniform = _uniform(sampling, num_rows, row_ids - first_row, generator, device)
+        tokens, logps = _sample(logits[:num], sampling, seen, generator, uniform)
+        tokens = tokens.masked_fill(~alive, sampling.pad_token_id)
+        out.ids[row_ids, t] = tokens
+        out.logps[row_ids, t] = logps.masked_fill(~alive, 0.0)
+        out.lengths[row_ids] += alive.long()
+        finished = alive & torch.isin(tokens, eos)
+        out.ended[row_ids] |= finished
+        alive &= ~finished
+        if t == max_new - 1:
+            break
+        if (t + 1) % sync_every == 0:
+            num_alive = int(alive.sum())  # the only host sync of the loop
+            if num_alive == 0:
+                break
+            smaller = (decoder.rows_bucket(num_alive) < decoder.rows_bucket(num) if decoder.compiled
+                       else num - num_alive >= max(1, math.ceil(_COMPACT_FRACTION * num)))
+            if smaller:
+                columns = prefix + t
+                if kept is not None:
+                    _keep_rows(cache, attention[:num, :columns], ~alive, row_ids, kept)
+                keep = alive.nonzero().squeeze(1)
+                layers = [(layer.keys, layer.values) for layer in cache.layers]
+                cache, attention_new, feed, positions_new = allocate(num_alive, layers, keep, columns,
+                                                                     attention[keep, :columns])
+                positions_new[:num_alive] = positions[keep]
+                attention, positions = attention_new, positions_new
+                row_ids, tokens, alive, num = row_ids[keep], tokens[keep], alive[keep], num_alive
+                seen = seen[keep] if seen is not None else None
+        # finished rows still in the bucket feed padding that their own cache must not attend
+        attention[:num, prefix + t] = alive.to(attention.dtype)
+        if seen is not None:
+            seen[torch.arange(num, device=device), tokens] = True
+        feed[:num] = tokens
+        logits = decoder.step(model, step.cache_arg, feed, attention, positions, cache)
+        positions += 1
+    if kept is not None:
+        _keep_rows(cache, attention[:num, : prefix + t], torch.ones_like(alive), row_ids, kept)
+
+
+def _uniform(sampling: SamplingConfig, num_rows: int, rows: torch.Tensor, generator, device) -> torch.Tensor | None:
+    """The uniform numbers of one sampling step for the batch rows `rows` (indices among the `num_rows` rows the
+    decode started with): `num_rows` are drawn at every step whatever the number of rows still decoding, so a row's
+    samples do not depend on when finished rows leave the batch (eager or compiled buckets, compaction timing)."""
+    if not sampling.do_sample:
+        return None
+    return torch.rand(num_rows, 1, generator=generator, device=device, dtype=torch.float64)[rows]
+
+
 def _keepable(cache) -> bool:
-    """Whether each row's cache can be cut out and re-assembled later: plain full-attention dynamic layers only (a
-    sliding window or a linear-attention state is not a list of per-position keys and values)."""
-    from transformers.cache_utils import DynamicLayer
+    """Whether each row's cache can be cut out and re-assembled later: plain full-attention dynamic or static layers
+    only (a sliding window or a linear-attention state is not a list of per-position keys and values)."""
+    from transformers.cache_utils import DynamicLayer, StaticLayer
 
     layers = getattr(cache, "layers", None)
-    return bool(layers) and all(type(layer) is DynamicLayer and layer.keys is not None for layer in layers)
+    return bool(layers) and all(type(layer) in (DynamicLayer, StaticLayer) and layer.keys is not None
+                                for layer in layers)
 
 
 def _keep_rows(cache, mask: torch.Tensor, which: torch.Tensor, row_ids: torch.Tensor, kept: dict) -> None:
     """Store in `kept[output row]` the cache of the batch rows `which` (`(B,)` bool), without their masked columns.
-    `mask` is `(B, cache length)`."""
+    `mask` is `(B, columns)`: the first `columns` slots of the cache (a static cache has more slots than filled)."""
     if not _keepable(cache):
         return
+    width = mask.shape[1]
     for b in which.nonzero().squeeze(1).tolist():
         columns = mask[b].bool()
-        kept[int(row_ids[b])] = [(layer.keys[b][:, columns], layer.values[b][:, columns]) for layer in cache.layers]
+        kept[int(row_ids[b])] = [(layer.keys[b][:, :width][:, columns], layer.values[b][:, :width][:, columns])
+                                 for layer in cache.layers]
 
 
 class _Forward:
@@ -437,7 +577,8 @@ def _reindex_cache(cache, index: torch.Tensor) -> None:
 
 
 def _sample(
-    logits: torch.Tensor, sampling: SamplingConfig, seen: torch.Tensor | None, generator: torch.Generator | None
+    logits: torch.Tensor, sampling: SamplingConfig, seen: torch.Tensor | None, generator: torch.Generator | None,
+    uniform: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick the next token of each row and its log-prob under the distribution it was picked from.
 
@@ -445,6 +586,8 @@ def _sample(
         logits (`torch.Tensor`): `(B, V)` float32 next-token logits.
         seen (`torch.Tensor`, *optional*): `(B, V)` bool, tokens already in the prompt or completion (repetition
             penalty only).
+        uniform (`torch.Tensor`, *optional*): `(B, 1)` float64 uniform numbers in [0, 1) the draws use (see
+            `_uniform`); drawn from `generator` when None.
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: `(B,)` tokens and `(B,)` float32 log-probs.
@@ -452,7 +595,7 @@ def _sample(
     logits = process_logits(logits, sampling, seen)
     if sampling.do_sample:
         probs = logits.softmax(-1)
-        tokens = sample_categorical(probs, generator)  # (B, 1)
+        tokens = sample_categorical(probs, generator, uniform)  # (B, 1)
         # log of the gathered probability: one pass over the vocabulary fewer than log_softmax, and as exact (float32
         # keeps ~1e-7 relative precision down to 1e-38, far below any probability that gets sampled)
         logps = probs.gather(1, tokens).log()
@@ -594,7 +737,8 @@ def _input_device(model: torch.nn.Module) -> torch.device:
 __all__ = ["ContinuationSession", "TransformersBackend", "process_logits"]
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None,
+                       uniform: torch.Tensor | None = None) -> torch.Tensor:
     """One draw per row of `probs` (`(B, V)`, rows summing to ~1), by inverting the cumulative distribution: a uniform
     number per row and a binary search. `torch.multinomial` draws `V` random numbers per row on CPU: measured at 64 rows
     (1 thread) 0.62 vs 0.05 ms at V=448, 43 vs 2.1 ms at V=32768, 222 vs 28 ms at V=151936 (`benchmarks/
@@ -611,7 +755,8 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     total = cumulative[:, -1:]
     # a NaN or all-zero row (e.g. fp16 overflow) would otherwise quietly yield the last token; no host sync on CUDA
     torch._assert_async((torch.isfinite(total) & (total > 0)).all(), "sampling probabilities are NaN/inf or all zero")
-    uniform = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+    if uniform is None:
+        uniform = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
     # strictly below the total, so the search never runs off the end (rand is in [0, 1))
     target = uniform * total * (1 - 2**-40)
     return torch.searchsorted(cumulative, target, right=True).clamp_(max=probs.shape[1] - 1)

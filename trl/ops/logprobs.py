@@ -472,7 +472,10 @@ def _prepare(hidden, weight, labels, bias, scale, softcap, temperature, chunk_si
         )
     vocab_size = weight.shape[0]
     labels = labels.reshape(-1).to(device=hidden.device, dtype=torch.long)
-    if labels.numel() > 0:
+    if labels.numel() > 0 and labels.device.type != "cpu":  # checked on the device: no host sync per call
+        low, high = torch.aminmax(labels)
+        torch._assert_async((low >= 0) & (high < vocab_size), f"{name}: labels must lie in [0, {vocab_size})")
+    elif labels.numel() > 0:
         low, high = torch.aminmax(labels)
         if low < 0 or high >= vocab_size:
             raise ValueError(

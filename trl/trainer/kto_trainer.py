@@ -190,6 +190,8 @@ class KTOTrainer(_BaseTrainer):
         width = max(int(mask.sum(-1).max()), 1) if mask.numel() else 1
         multiple = resolve_pad_to_multiple_of(self.args.pad_to_multiple_of) or 1
         width = min(-(-width // multiple) * multiple, mask.shape[1])
+        if bool(mask[:, width:].any()):  # not right-padded (a custom collator): keep every column
+            width = mask.shape[1]
         return batch["input_ids"][rows, :width], mask[:, :width], batch["completion_mask"][rows, :width]
 
     def _ref_scores(self, ref, batch: dict) -> dict[str, torch.Tensor]:

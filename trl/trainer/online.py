@@ -301,7 +301,8 @@ class _OnlineTrainer(_BaseTrainer):
         self._init_metrics()
         self._finish_reference_setup(score=None, columns=())
         self.reward_scorer.to(self.accelerator.device)
-        self.backend = TransformersBackend(self.model)
+        self.backend = TransformersBackend(self.model, cache_implementation=args.cache_implementation,
+                                           compile=args.generation_compile)
         generation_eos = getattr(causal_lm(model).generation_config, "eos_token_id", None)
         generation_eos = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
         self.sampling = SamplingConfig(
