@@ -257,6 +257,14 @@ def command_r_plus_default_tokenizer():
                             "<|END_OF_TURN_TOKEN|>")
 
 
+def deepseek_v3_tokenizer():
+    """DeepSeek-V3 (deepseek-ai/DeepSeek-V3, December 2024): bos `<｜begin▁of▁sentence｜>`, eos
+    `<｜end▁of▁sentence｜>`, DeepSeek's tool tokens."""
+    return family_tokenizer(
+        real_chat_template("deepseek_v3"), DEEPSEEK_TOKENS, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+    )
+
+
 REAL_TOKENIZERS = {
     "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
@@ -275,5 +283,6 @@ REAL_TOKENIZERS = {
     "gemma1": gemma1_tokenizer,
     "phi3_mini": phi3_mini_tokenizer,
     "command_r_plus_default": command_r_plus_default_tokenizer,
+    "deepseek_v3": deepseek_v3_tokenizer,
 }
 """Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""

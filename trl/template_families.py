@@ -336,7 +336,8 @@ _FENCED_JSON = re.compile(r"\A\s*```(?:json)?\s*\n(.*?)\n?```\s*\Z", re.DOTALL)
 def parse_deepseek_tool_calls(text: str, strict: bool = True):
     """Parse DeepSeek's tool calls (V3, R1 and its distills):
     `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name\\n```json\\n{...}\\n```<｜tool▁call▁end｜>...`
-    `<｜tool▁calls▁end｜>`; V3.1's `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}<｜tool▁call▁end｜>` is read too.
+    `<｜tool▁calls▁end｜>`; V3.1's `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{...}<｜tool▁call▁end｜>` is read too, and so
+    is a section left unclosed after a complete last call (how DeepSeek-V3's template writes a single call).
 
     Returns:
         `tuple[str, list[dict], list[str]]`: the text outside the calls (stripped), the valid calls, one error per
@@ -351,6 +352,11 @@ def parse_deepseek_tool_calls(text: str, strict: bool = True):
         ('', [{'type': 'function', 'function': {'name': 'now', 'arguments': {}}}], [])
         ```
     """
+    begin = text.find(DEEPSEEK_CALLS_BEGIN)
+    if begin >= 0 and DEEPSEEK_CALLS_END not in text[begin:] and text.rstrip().endswith(DEEPSEEK_CALL_END):
+        # a section whose calls are all complete but that is not closed: DeepSeek-V3's template writes a single
+        # call that way (it writes <｜tool▁calls▁end｜> only after a second call)
+        text = text.rstrip() + DEEPSEEK_CALLS_END
     outside, sections, errors = _blocks(text, DEEPSEEK_CALLS_BEGIN, DEEPSEEK_CALLS_END)
     content, calls = [outside], []
     if not sections and not errors and DEEPSEEK_CALL_BEGIN in outside:  # calls written without the section tags

@@ -455,6 +455,7 @@ REAL_FAMILIES = {
     "gemma1": "gemma",
     "phi3_mini": "phi3",
     "command_r_plus_default": "command_r",
+    "deepseek_v3": "deepseek",
 }
 REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5",
                       "llama3_3", "nemotron3", "command_r_plus"]
@@ -572,6 +573,7 @@ REAL_ROUND_TRIPS = {
     "gemma1": [(message("It is 22C."),) * 2],
     "phi3_mini": [(message("It is 22C."),) * 2],
     "command_r_plus_default": [(message("It is 22C."),) * 2],
+    "deepseek_v3": [(message("It is 22C."),) * 2],
     "gemma2": [(message("It is 22C."),) * 2],
     "gemma3": [(message("It is 22C."),) * 2],
     "phi3_5": [(message("It is 22C."),) * 2],
@@ -718,3 +720,26 @@ def test_gpt_oss_two_calls_parse_but_the_real_template_renders_the_first_only():
     rendered = tokenizer.apply_chat_template(one_each, tokenize=False)
     assert "<|start|>assistant to=functions.get_time<|channel|>commentary json<|message|>{}<|call|>" in rendered
     assert "<|start|>functions.get_time to=assistant<|channel|>commentary<|message|>\"12:00\"<|end|>" in rendered
+
+
+def test_deepseek_v3_tool_calls_render_only_outside_transformers():
+    """DeepSeek-V3's template (December 2024) writes calls only for an assistant message whose content is None, and
+    transformers drops None-valued keys before rendering, so through apply_chat_template the calls are never written
+    (supports_tool_calling is False); rendered by Jinja itself, its one-call form (no <｜tool▁calls▁end｜>) and its
+    two-call form parse back to the calls."""
+    import jinja2
+
+    tokenizer = REAL_ALL_TOKENIZERS["deepseek_v3"]()
+    rendered = render_tool_messages(tokenizer, [USER, message("", calls=[WEATHER]), {"role": "tool", "content": "22C"}])
+    assert "get_weather" not in rendered and "22C" in rendered  # content "": an empty answer, the call is dropped
+    with pytest.raises(jinja2.exceptions.UndefinedError):  # content None: removed by transformers, then read
+        render_tool_messages(tokenizer, [USER, message(None, calls=[WEATHER])])
+    assert not supports_tool_calling(tokenizer)
+    template = jinja2.Environment().from_string(real_chat_template("deepseek_v3"))
+    for calls in ([WEATHER], [WEATHER, NESTED]):
+        text = template.render(messages=with_json_string_arguments([USER, message(None, calls=calls)]),
+                               bos_token=tokenizer.bos_token)
+        generated = text.split("<｜Assistant｜>", 1)[1]
+        ids = tokenize(tokenizer, generated)
+        assert parse_tool_turn(tokenizer, ids) == ToolTurn(message("", calls=calls), []), generated
+        assert parse_response(tokenizer, ids) == message("", calls=calls)

@@ -52,6 +52,7 @@ FAMILY_TOKENIZERS = [
     ("real-gemma1", "gemma1_tokenizer", "gemma", True),
     ("real-phi3_mini", "phi3_mini_tokenizer", "phi3", True),
     ("real-command_r_plus_default", "command_r_plus_default_tokenizer", "command_r", True),
+    ("real-deepseek_v3", "deepseek_v3_tokenizer", "deepseek", True),
 ]
 CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
          if hasattr(template_data, builder)]
