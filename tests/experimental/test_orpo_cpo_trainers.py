@@ -180,3 +180,13 @@ def test_evaluate_reports_the_documented_metrics(tmp_path):
 def test_alphapo_on_summed_logps_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"AlphaPO is meant with loss_type='simpo'"):
         _cpo(tmp_path, alpha=0.5)
+
+
+def test_moe_load_balancing_loss_is_added_and_logged(tmp_path):
+    from tests.trainers.sft_one_step import tiny_moe_model
+
+    trainer = CPOTrainer(model=tiny_moe_model(), args=_cpo(tmp_path, max_steps=1, router_aux_loss_coef=0.5),
+                         train_dataset=_data(4), processing_class=tiny_tokenizer())
+    trainer.train()
+    log = logged(trainer)[0]
+    assert log["aux_loss"] > 0 and math.isfinite(log["loss"])

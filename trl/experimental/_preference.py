@@ -237,11 +237,7 @@ class _ReferenceFreePreferenceTrainer(_BaseTrainer):
             pair_term = losses.mean()
             nll = scores["nll_sum"] / scores["nll_tokens"].clamp(min=1)
         loss = pair_term + nll_weight * nll if nll_weight else pair_term
-        aux_loss = scores["outputs"].aux_loss
-        if aux_loss is not None:  # a per-micro-batch mean: averaged over the accumulation steps
-            steps = self.current_gradient_accumulation_steps if mode == "train" else 1
-            loss = loss + self._aux_loss_coef * aux_loss / steps
-            self._metrics.add(mode, "aux_loss", aux_loss.detach())
+        loss = self._with_aux_loss(loss, scores["outputs"].aux_loss, mode)
         self._record(mode, inputs, scores, metrics)
         return loss, scores
 
