@@ -265,6 +265,12 @@ def deepseek_v3_tokenizer():
     )
 
 
+def lfm2_tokenizer():
+    """LFM2 (LiquidAI/LFM2-8B-A1B): ChatML, bos `<|startoftext|>`, eos `<|im_end|>`; the template lists tools but
+    renders assistant messages by their content only (calls are text the model writes)."""
+    return family_tokenizer(real_chat_template("lfm2"), LFM2_TOKENS, "<|startoftext|>", "<|im_end|>")
+
+
 REAL_TOKENIZERS = {
     "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
@@ -284,5 +290,6 @@ REAL_TOKENIZERS = {
     "phi3_mini": phi3_mini_tokenizer,
     "command_r_plus_default": command_r_plus_default_tokenizer,
     "deepseek_v3": deepseek_v3_tokenizer,
+    "lfm2": lfm2_tokenizer,
 }
 """Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""

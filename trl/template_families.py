@@ -19,7 +19,7 @@ Families, in detection order (the first whose `recognize` accepts the template w
 | `glm4_moe` | `<arg_key>` and `<|assistant|>` | `<tool_call>name` + `<arg_key>`/`<arg_value>` pairs | `<think>...</think>` |
 | `cohere2` | `<|START_ACTION|>` and `<|CHATBOT_TOKEN|>` | JSON list of `{"tool_name", "parameters"}` in `<|START_ACTION|>` | `<|START_THINKING|>` |
 | `command_r` | `<|CHATBOT_TOKEN|>` (Command R / R+; Command R7B's is `cohere2`) | `Action:` + ```json list of `{"tool_name", "parameters"}` | none |
-| `lfm2` | `<|tool_call_start|>` | Python-style `[f(a=1)]` (parsed with `ast`, never evaluated) | `<think>...</think>` |
+| `lfm2` | `<|tool_call_start|>` or `<|tool_list_start|>` | Python-style `[f(a=1)]` (parsed with `ast`, never evaluated) | `<think>...</think>` |
 | `nemotron3` | `<|im_start|>`, `<function=` and `<think>` | `<tool_call><function=name><parameter=k>v</parameter>...` | `<think>...</think>` |
 | `qwen3` | `<|im_start|>` and `<think>` | `<tool_call>\\n{"name", "arguments"}\\n</tool_call>`, several a turn | `<think>...</think>` |
 | `chatml` | `<|im_start|>` (Qwen2.5, our ChatML templates) | same as `qwen3` | kept in `content` |
@@ -817,7 +817,7 @@ NEMOTRON3 = Family(
 )
 LFM2 = Family(
     name="lfm2",
-    recognize=lambda template: "<|tool_call_start|>" in template,
+    recognize=lambda template: "<|tool_call_start|>" in template or "<|tool_list_start|>" in template,
     assistant_header="<|im_start|>assistant\n",
     end_of_turn=("<|im_end|>",),
     parse_tool_calls=parse_pythonic_tool_calls,

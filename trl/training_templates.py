@@ -100,6 +100,7 @@ FAMILY_EDITS: dict[str, tuple[TemplateEdit, ...]] = {
             what="keeps the thinking of assistant turns before the last user message (preserve_thinking on)",
             patterns=(r"preserve_thinking\s*\|\s*default\(\s*false\s*\)",),
             replacement="true",
+            unless=r"(?s)\A(?:(?!thinking).)*\Z",  # LFM2 (not .5): no thinking, nothing dropped
         ),
     ),
     "gpt_oss": (

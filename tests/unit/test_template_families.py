@@ -456,6 +456,7 @@ REAL_FAMILIES = {
     "phi3_mini": "phi3",
     "command_r_plus_default": "command_r",
     "deepseek_v3": "deepseek",
+    "lfm2": "lfm2",
 }
 REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5",
                       "llama3_3", "nemotron3", "command_r_plus"]
@@ -574,6 +575,11 @@ REAL_ROUND_TRIPS = {
     "phi3_mini": [(message("It is 22C."),) * 2],
     "command_r_plus_default": [(message("It is 22C."),) * 2],
     "deepseek_v3": [(message("It is 22C."),) * 2],
+    # LFM2 renders an assistant message by its content: a call is the text the model writes
+    "lfm2": [
+        (message("<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>"), message("", calls=[WEATHER])),
+        (message("It is 22C."),) * 2,
+    ],
     "gemma2": [(message("It is 22C."),) * 2],
     "gemma3": [(message("It is 22C."),) * 2],
     "phi3_5": [(message("It is 22C."),) * 2],

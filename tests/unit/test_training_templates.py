@@ -53,6 +53,7 @@ FAMILY_TOKENIZERS = [
     ("real-phi3_mini", "phi3_mini_tokenizer", "phi3", True),
     ("real-command_r_plus_default", "command_r_plus_default_tokenizer", "command_r", True),
     ("real-deepseek_v3", "deepseek_v3_tokenizer", "deepseek", True),
+    ("real-lfm2", "lfm2_tokenizer", "lfm2", True),
 ]
 CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
          if hasattr(template_data, builder)]
@@ -97,7 +98,8 @@ def test_family_and_markers(builder, family, prefix):
     assert detect_family(original).name == family
     assert is_chat_template_prefix_preserving(original) is prefix
     assert has_generation_markers(training.chat_template)
-    assert has_generation_markers(original.chat_template) is (family == "lfm2")  # LFM2.5's has markers, not prefix
+    # LFM2.5's has markers (and is not prefix-preserving)
+    assert has_generation_markers(original.chat_template) is (builder == "lfm2_5_tokenizer")
     assert is_chat_template_prefix_preserving(training)
     assert get_training_chat_template(training) is None  # already prefix-preserving with markers
 
