@@ -271,6 +271,17 @@ def lfm2_tokenizer():
     return family_tokenizer(real_chat_template("lfm2"), LFM2_TOKENS, "<|startoftext|>", "<|im_end|>")
 
 
+def llama3_1_tokenizer():
+    """Llama 3.1 (meta-llama/Llama-3.1-8B-Instruct): bos `<|begin_of_text|>`, eos `<|eot_id|>`."""
+    return family_tokenizer(real_chat_template("llama3_1"), LLAMA3_SPECIAL_TOKENS, "<|begin_of_text|>", "<|eot_id|>")
+
+
+def phi3_mini_with_system_tokenizer():
+    """Phi-3-mini (microsoft/Phi-3-mini-4k-instruct, the revision with system turns): bos `<s>`, eos
+    `<|endoftext|>`; turns end with `<|end|>`."""
+    return family_tokenizer(real_chat_template("phi3_mini_with_system"), PHI3_TOKENS, "<s>", "<|endoftext|>")
+
+
 REAL_TOKENIZERS = {
     "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
@@ -291,5 +302,7 @@ REAL_TOKENIZERS = {
     "command_r_plus_default": command_r_plus_default_tokenizer,
     "deepseek_v3": deepseek_v3_tokenizer,
     "lfm2": lfm2_tokenizer,
+    "llama3_1": llama3_1_tokenizer,
+    "phi3_mini_with_system": phi3_mini_with_system_tokenizer,
 }
 """Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""

@@ -457,9 +457,11 @@ REAL_FAMILIES = {
     "command_r_plus_default": "command_r",
     "deepseek_v3": "deepseek",
     "lfm2": "lfm2",
+    "llama3_1": "llama3",
+    "phi3_mini_with_system": "phi3",
 }
 REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5",
-                      "llama3_3", "nemotron3", "command_r_plus"]
+                      "llama3_3", "nemotron3", "command_r_plus", "llama3_1"]
 REAL_ALL_TOKENIZERS = REAL_TOKENIZERS
 
 
@@ -575,6 +577,12 @@ REAL_ROUND_TRIPS = {
     "phi3_mini": [(message("It is 22C."),) * 2],
     "command_r_plus_default": [(message("It is 22C."),) * 2],
     "deepseek_v3": [(message("It is 22C."),) * 2],
+    "phi3_mini_with_system": [(message("It is 22C."),) * 2],
+    "llama3_1": [
+        (message("", calls=[WEATHER]),) * 2,
+        (message("", calls=[NESTED]),) * 2,
+        (message("It is 22C."),) * 2,
+    ],
     # LFM2 renders an assistant message by its content: a call is the text the model writes
     "lfm2": [
         (message("<|tool_call_start|>[get_weather(city='Paris')]<|tool_call_end|>"), message("", calls=[WEATHER])),
@@ -749,3 +757,8 @@ def test_deepseek_v3_tool_calls_render_only_outside_transformers():
         ids = tokenize(tokenizer, generated)
         assert parse_tool_turn(tokenizer, ids) == ToolTurn(message("", calls=calls), []), generated
         assert parse_response(tokenizer, ids) == message("", calls=calls)
+
+
+def test_llama3_1_template_is_llama3_3s():
+    """The Llama 3.1 template (from its GGUF) and the Llama 3.3 one (llama.cpp's verbatim copy) are the same text."""
+    assert real_chat_template("llama3_1") == real_chat_template("llama3_3")

@@ -54,6 +54,8 @@ FAMILY_TOKENIZERS = [
     ("real-command_r_plus_default", "command_r_plus_default_tokenizer", "command_r", True),
     ("real-deepseek_v3", "deepseek_v3_tokenizer", "deepseek", True),
     ("real-lfm2", "lfm2_tokenizer", "lfm2", True),
+    ("real-llama3_1", "llama3_1_tokenizer", "llama3", True),
+    ("real-phi3_mini_with_system", "phi3_mini_with_system_tokenizer", "phi3", False),
 ]
 CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
          if hasattr(template_data, builder)]
