@@ -132,3 +132,30 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
     for step in (2, 3):
         assert resumed[step][0] == pytest.approx(full[step][0], rel=1e-5, abs=1e-7)
         assert resumed[step][1] == pytest.approx(full[step][1], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_loss_on_summed_log_ratios_as_the_reference(tmp_path, loss_type):
+    """Both losses compare summed sequence log-ratios (the reference's Online DPO; its `ipo` is not length-normalised,
+    unlike DPOTrainer's). Two pairs of unequal lengths; pair 0's second completion is the chosen one."""
+    import types
+
+    import torch
+
+    from trl.rollout import StepCounts
+
+    trainer = OnlineDPOTrainer(model=small_model(), reward_funcs=vowels, args=_args(tmp_path, loss_type=loss_type),
+                               train_dataset=_prompts(), processing_class=tiny_tokenizer())
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.float32)
+    logps = torch.tensor([[-1.0, -2.0, 9.0, 9.0], [-0.5, -0.5, -0.5, -0.5], [-1.0, -1.0, -1.0, 9.0],
+                          [-4.0, 9.0, 9.0, 9.0]])  # 9.0 on padding: must not count
+    ref = torch.tensor([[-1.5, -1.5, 0.0, 0.0], [-1.0, -1.0, -1.0, -1.0], [-0.5, -0.5, -0.5, 0.0],
+                        [-3.0, 0.0, 0.0, 0.0]])
+    micro = types.SimpleNamespace(ref_logps=ref, advantages=torch.tensor([-1.0, 1.0, 1.0, -1.0]),
+                                  step_counts=StepCounts(tokens=mask.sum(), sequences=torch.tensor(4.0)))
+    loss, _ = trainer._loss(micro, logps, torch.zeros_like(logps), mask)
+    # h = Σ log π − Σ log π_ref: rows [0, 2, -1.5, -1]; chosen rows 1 and 2, rejected rows 0 and 3
+    z = torch.tensor([2.0 - 0.0, -1.5 - (-1.0)], dtype=torch.float64)
+    beta = 0.1
+    naive = -torch.nn.functional.logsigmoid(beta * z) if loss_type == "sigmoid" else (z - 1 / (2 * beta)) ** 2
+    assert float(loss) == pytest.approx(float(naive.mean()), rel=1e-6)

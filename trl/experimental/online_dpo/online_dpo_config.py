@@ -21,7 +21,9 @@ class OnlineDPOConfig(_OnlineConfig):
         beta (`float` or `list[float]`, *optional*, defaults to `0.1`): DPO's β; a list gives one value per epoch
             (the last one for later epochs). After construction `beta` holds the first value and `beta_schedule` the
             list.
-        loss_type (`str`, *optional*, defaults to `"sigmoid"`): `"sigmoid"` (DPO) or `"ipo"` (`trl.losses.dpo`).
+        loss_type (`str`, *optional*, defaults to `"sigmoid"`): `"sigmoid"` (DPO) or `"ipo"` (`trl.losses.dpo`), both
+            on summed sequence log-ratios (the `ipo` target margin `1/(2β)` is on sums, as in the reference's Online
+            DPO, not on the length-normalised log-ratios of `DPOTrainer`'s `ipo`).
         max_new_tokens (`int`, *optional*, defaults to `64`): most tokens generated per completion (sets
             `max_completion_length`).
         max_length (`int`, *optional*, defaults to `512`): accepted for compatibility; prompts are not truncated (a

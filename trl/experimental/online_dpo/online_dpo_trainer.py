@@ -2,9 +2,10 @@
 
 Each prompt gets two completions from the generation backend (the online core, `_OnlineTrainer`); reward functions,
 a reward model or a pairwise judge pick the better one, and the policy is trained with the DPO loss of
-`trl.losses.dpo` (`sigmoid` or `ipo`) against a frozen reference (by default the initial policy). What differs from
-GRPO is only the "advantage" (which completion of a pair is chosen), the loss, and that micro-batches hold whole
-pairs.
+`trl.losses.dpo` (`sigmoid` or `ipo`) against a frozen reference (by default the initial policy), on summed sequence
+log-ratios for both losses (as the reference's Online DPO: its `ipo` is not length-normalised, unlike `DPOTrainer`'s).
+What differs from GRPO is only the "advantage" (which completion of a pair is chosen), the loss, and that
+micro-batches hold whole pairs.
 """
 
 from __future__ import annotations
@@ -170,7 +171,10 @@ class OnlineDPOTrainer(_OnlineTrainer):
         mask = mask.to(logps.dtype)
         sums = (logps * mask).sum(-1)  # (B,) sequence log-probs, rows in pairs (2k, 2k+1)
         ref_sums = (micro.ref_logps * mask).sum(-1)
-        lengths = mask.sum(-1)
+        # Online DPO compares summed log-ratios for both losses, as the reference's Online DPO does: its `ipo` target
+        # margin 1/(2β) applies to sums, not to the length-normalised log-ratios of `DPOTrainer`'s `ipo`. Lengths of 1
+        # make `trl.losses.dpo`'s normalisation a no-op.
+        lengths = torch.ones_like(sums)
         first_chosen = micro.advantages.view(-1, 2)[:, 0] > 0
 
         def side(values, chosen: bool):
