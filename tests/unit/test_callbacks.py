@@ -138,6 +138,22 @@ def test_bema_sft_run_saves_a_loadable_average(tmp_path):
     assert (tmp_path / "out" / "bema" / "tokenizer_config.json").exists()
 
 
+def test_bema_warns_when_the_run_ends_before_any_update(tmp_path):
+    """With the default update_freq=400 a short run never updates the average: the saved "BEMA" weights would be the
+    initial ones, so training ends with a warning naming the fix."""
+    callback = BEMACallback()  # update_freq=400
+    trainer = _sft(tmp_path, [callback], eval_form=None, max_steps=2)
+    initial = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    with pytest.warns(UserWarning, match=r"no averaging update: training ran 2 steps.*update_freq=400.*Lower"):
+        trainer.train()
+    assert callback.num_updates == 0
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(callback.bema_state_dict()[name], initial[name])
+    updated = BEMACallback(update_freq=1)
+    _drive(updated, _TwoParams(), {0: (1, 2), 1: (3, 2), 2: (4, 5)})
+    assert updated.num_updates == 2
+
+
 # ---------------------------------------------------------------- LogCompletionsCallback
 
 

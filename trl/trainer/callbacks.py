@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 
 import torch
 from transformers import TrainerCallback
@@ -580,6 +581,7 @@ class BEMACallback(TrainerCallback):
         self._ema: dict[str, torch.Tensor] | None = None
         self._bema: dict[str, torch.Tensor] | None = None
         self._start_step: int | None = None
+        self.num_updates = 0  # averaging updates since the snapshot of theta_0
 
     # -- the schedule
     def ema_beta(self, t: int) -> float:
@@ -597,6 +599,7 @@ class BEMACallback(TrainerCallback):
         self._ema = {k: v.clone() for k, v in params.items()}
         self._bema = {k: v.clone() for k, v in params.items()}
         self._start_step = step
+        self.num_updates = 0
 
     @torch.no_grad()
     def _update(self, model, t: int) -> None:
@@ -606,6 +609,7 @@ class BEMACallback(TrainerCallback):
             ema = self._ema[name]
             ema.mul_(1.0 - beta).add_(theta, alpha=beta)
             torch.add(ema, theta - self._theta0[name], alpha=alpha, out=self._bema[name])
+        self.num_updates += 1
 
     def bema_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The current BEMA weights by parameter name (float32, on `device`; tied weights under each of their names),
@@ -673,6 +677,12 @@ class BEMACallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         if self._bema is None or model is None or not state.is_world_process_zero or not args.output_dir:
             return
+        if self.num_updates == 0:  # e.g. a run shorter than the default update_freq=400: the "average" is theta_0
+            warnings.warn(
+                f"BEMACallback made no averaging update: training ran {state.global_step - self._start_step} steps "
+                f"after theta_0 was taken (step {self._start_step}) and updates come every update_freq="
+                f"{self.update_freq} steps, so {os.path.join(args.output_dir, 'bema')} holds the weights of step "
+                f"{self._start_step}. Lower `update_freq` (or `update_after`) for a run this short.", stacklevel=2)
         from accelerate.utils import extract_model_from_parallel
 
         unwrapped = extract_model_from_parallel(model)
