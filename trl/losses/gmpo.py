@@ -20,16 +20,9 @@ from __future__ import annotations
 
 import torch
 
+from .policy import _masked_mean, _up
+
 Tensor = torch.Tensor
-
-
-def _up(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
-def _fraction(flags: Tensor, mask: Tensor) -> Tensor:
-    mask = mask.float()
-    return (flags.float() * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def gmpo_loss(
@@ -91,14 +84,14 @@ def gmpo_loss(
         delta = torch.where(mask, _up(ref_logps).detach(), 0.0) - logps
         k3 = torch.exp(delta) - delta - 1
         losses = losses + beta * (k3 * weights).sum(-1) / tokens.clamp(min=1.0)
-        metrics["kl"] = _fraction(k3.detach(), mask)
+        metrics["kl"] = _masked_mean(k3.detach(), mask)
     losses = torch.where(tokens > 0, losses, 0.0)
     with torch.no_grad():
         low = (log_ratio < -epsilon_low) & (advantages < 0)
         high = (log_ratio > epsilon_high) & (advantages > 0)
         metrics.update({
-            "clip_ratio/low": _fraction(low, mask),
-            "clip_ratio/high": _fraction(high, mask),
-            "clip_ratio/region": _fraction(low | high, mask),
+            "clip_ratio/low": _masked_mean(low, mask),
+            "clip_ratio/high": _masked_mean(high, mask),
+            "clip_ratio/region": _masked_mean(low | high, mask),
         })
     return losses, metrics
