@@ -363,7 +363,7 @@ def get_training_chat_template(processing_class: "ProcessingClass") -> str | Non
 
     try:
         prefix_preserving = is_chat_template_prefix_preserving(processing_class)
-    except Exception as error:  # noqa: BLE001 - the template's own error, reported with the family's reason
+    except Exception as error:  # the template's own error (jinja raises all sorts), reported with the reason
         family = detect_family(processing_class)
         known = f" {UNSUPPORTED[family.name]}." if family is not None and family.name in UNSUPPORTED else ""
         raise ValueError(

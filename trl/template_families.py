@@ -678,8 +678,8 @@ def parse_command_r_tool_calls(text: str, strict: bool = True):
     try:
         items = json.loads(match.group(1))
     except json.JSONDecodeError as error:
-        return text.strip(), [], [f"tool call 1: invalid JSON ({error.msg} at character {error.pos}) in "
-                                  f"{_snippet(match.group(1))}"]
+        why = f"invalid JSON ({error.msg} at character {error.pos}) in {_snippet(match.group(1))}"
+        return text.strip(), [], [f"tool call 1: {why}"]
     if not isinstance(items, list):
         items = [items]
     calls, errors = [], []
