@@ -64,3 +64,26 @@ def test_mergekit_methods_need_mergekit(monkeypatch):
         MergeModelCallback(MergeConfig("ties"))
     with pytest.raises(ImportError, match=r"'slerp' merge needs mergekit"):
         merge_models(MergeConfig("slerp").create(), "/tmp/never")
+
+
+def test_merges_the_final_weights_at_train_end_without_a_checkpoint(tmp_path):
+    """The default (merge once at the end) with save_strategy="no": no checkpoint of the last step exists, so the
+    final weights are merged into output_dir/merged (this used to do nothing, silently)."""
+    start = save_tiny_model(tmp_path / "start", seed=0, **SMALL)
+    target = save_tiny_model(tmp_path / "target", seed=3, **SMALL)
+    config = MergeConfig("linear")
+    config.target_model_path, config.dtype = str(target), "float32"
+    config.policy_model_weight, config.target_model_weight = 0.75, 0.25
+    args = ORPOConfig(**common_args(tmp_path, max_steps=2, max_length=64, max_prompt_length=32))  # save_strategy="no"
+    trainer = ORPOTrainer(model=str(start), args=args, train_dataset=tiny_task_dataset("preference", num_rows=8),
+                          callbacks=[MergeModelCallback(config)])
+    trainer.train()
+    out = tmp_path / "out"
+    assert not any(p.name.startswith("checkpoint-") for p in out.iterdir())
+    assert not any(p.name.startswith("policy-") for p in out.iterdir())  # the temporary save is removed
+    merged, other = _state(out / "merged"), _state(target)
+    final = {k: v.detach().float() for k, v in trainer.model.state_dict().items()}
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(final[name], _state(start)[name])  # trained
+    assert all(torch.allclose(merged[k], 0.75 * final[k] + 0.25 * other[k], atol=1e-6) for k in final)
+    assert (out / "merged" / "tokenizer_config.json").exists()

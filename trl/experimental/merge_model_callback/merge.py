@@ -188,21 +188,17 @@ class MergeModelCallback(TrainerCallback):
                 raise ImportError(f"MergeModelCallback with method {self.merge_config.method!r} needs mergekit: "
                                   "`pip install mergekit` (or use MergeConfig('linear')).")
 
-    def _merge(self, args, state, model) -> None:
-        if not state.is_world_process_zero:
-            return
-        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if not os.path.isdir(checkpoint):
-            return
+    def _merge(self, args, state, model, source: str, out_path: str) -> None:
+        """Merge the policy saved in `source` with the target into `out_path` (main process only)."""
         config = self.merge_config
-        config.policy_model_path = checkpoint
+        config.policy_model_path = source
         if config.target_model_path is None:
             base = getattr(getattr(model, "config", None), "_name_or_path", None)
             if not base or not (os.path.isdir(base) or "/" in base):
                 raise ValueError("MergeModelCallback: set merge_config.target_model_path; the model has no path or "
                                  "hub id to merge with.")
             config.target_model_path = base
-        merged = merge_models(config.create(), os.path.join(checkpoint, "merged"))
+        merged = merge_models(config.create(), out_path)
         if self.push_to_hub:
             from huggingface_hub import HfApi
 
@@ -212,9 +208,27 @@ class MergeModelCallback(TrainerCallback):
             api.upload_folder(folder_path=merged, repo_id=repo_id)
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        if self.merge_at_every_checkpoint:
-            self._merge(args, state, model)
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if self.merge_at_every_checkpoint and state.is_world_process_zero and os.path.isdir(checkpoint):
+            self._merge(args, state, model, checkpoint, os.path.join(checkpoint, "merged"))
 
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        if not self.merge_at_every_checkpoint:
-            self._merge(args, state, model)
+    def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.merge_at_every_checkpoint or not state.is_world_process_zero:
+            return
+        checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(checkpoint):
+            self._merge(args, state, model, checkpoint, os.path.join(checkpoint, "merged"))
+            return
+        if model is None:
+            raise ValueError("MergeModelCallback: training ended without a checkpoint of the last step and the trainer "
+                             "passed no model to merge.")
+        # no checkpoint of the last step (e.g. save_strategy="no"): merge the final weights into output_dir/merged
+        import tempfile
+
+        from accelerate.utils import extract_model_from_parallel
+
+        with tempfile.TemporaryDirectory(prefix="policy-", dir=args.output_dir) as source:
+            extract_model_from_parallel(model).save_pretrained(source)
+            if processing_class is not None:
+                processing_class.save_pretrained(source)
+            self._merge(args, state, model, source, os.path.join(args.output_dir, "merged"))
