@@ -24,9 +24,12 @@ def test_import_warns_unless_silenced():
     code = ("import warnings\nwith warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
             "    import trl.experimental\nfrom trl.import_utils import TRLExperimentalWarning\n"
             "print(sum(issubclass(x.category, TRLExperimentalWarning) for x in w))")
-    loud, quiet = _run(code, None), _run(code, "1")
-    assert loud.returncode == 0 and quiet.returncode == 0, loud.stderr + quiet.stderr
+    loud, quiet, quiet_true, loud_zero = _run(code, None), _run(code, "1"), _run(code, "true"), _run(code, "0")
+    for out in (loud, quiet, quiet_true, loud_zero):
+        assert out.returncode == 0, out.stderr
     assert loud.stdout.strip() == "1" and quiet.stdout.strip() == "0"
+    # the same values as trl.import_utils.experimental_warnings_silenced (which the stable trainers' warnings use)
+    assert quiet_true.stdout.strip() == "0" and loud_zero.stdout.strip() == "1"
 
 
 def test_subpackages_are_lazy():

@@ -31,9 +31,10 @@ SUBPACKAGES = (
 
 
 def _warn_experimental() -> None:
-    if os.environ.get("TRL_EXPERIMENTAL_SILENCE") == "1":
+    from ..import_utils import TRLExperimentalWarning, experimental_warnings_silenced
+
+    if experimental_warnings_silenced():  # TRL_EXPERIMENTAL_SILENCE=1 (or true/yes/on), the one check of import_utils
         return
-    from ..import_utils import TRLExperimentalWarning
 
     warnings.warn(
         "You are importing from 'trl.experimental'. Its trainers and helpers may change or be removed in any release, "
