@@ -106,7 +106,9 @@ def test_bema_default_schedule():
 
 @pytest.mark.parametrize("kwargs, match", [({"update_freq": 0}, "update_freq"), ({"lag": 0}, "lag"),
                                            ({"min_ema_multiplier": 1.5}, "min_ema_multiplier"),
-                                           ({"update_after": -1}, "update_after")])
+                                           ({"update_after": -1}, "update_after"),
+                                           ({"ema_power": -0.5}, "ema_power=-0.5"),
+                                           ({"bias_power": -1.0}, "bias_power=-1.0")])
 def test_bema_rejects_bad_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
         BEMACallback(**kwargs)

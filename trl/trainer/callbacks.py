@@ -569,6 +569,9 @@ class BEMACallback(TrainerCallback):
                              f"got lag={lag}, multiplier={multiplier}.")
         if not 0.0 <= min_ema_multiplier <= 1.0:
             raise ValueError(f"`min_ema_multiplier` must be in [0, 1]; got {min_ema_multiplier}.")
+        if ema_power < 0 or bias_power < 0:  # a negative power makes beta_t / alpha_t grow above 1 with t
+            raise ValueError(f"`ema_power` and `bias_power` must be >= 0 (0 turns the EMA, resp. the decay of the bias "
+                             f"correction, off); got ema_power={ema_power}, bias_power={bias_power}.")
         self.update_freq = update_freq
         self.ema_power = ema_power
         self.bias_power = bias_power
