@@ -247,6 +247,8 @@ def test_log_completions_needs_an_eval_dataset_with_prompts(tmp_path):
     several = types.SimpleNamespace(eval_dataset={"a": empty.eval_dataset}, processing_class=tiny_tokenizer())
     with pytest.raises(TypeError, match=r"needs one eval dataset; the trainer has several \(\['a'\]\)"):
         LogCompletionsCallback(several)
+    with pytest.raises(TypeError, match=r"LogCompletionsCallback needs the trainer.*got NoneType"):
+        LogCompletionsCallback(None)
 
 
 # ---------------------------------------------------------------- RichProgressCallback

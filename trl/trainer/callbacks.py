@@ -159,8 +159,12 @@ def _eval_prompt_ids(trainer, num_prompts: int | None, who: str) -> list[list[in
     rows.
 
     Raises:
-        `ValueError`: no eval dataset, several, or rows with none of those columns.
+        `TypeError`: `trainer` is not a trainer, or it has several eval datasets.
+        `ValueError`: no eval dataset, or rows with none of those columns.
     """
+    if not hasattr(trainer, "eval_dataset") or not hasattr(trainer, "processing_class"):
+        raise TypeError(f"{who} needs the trainer (built before the callback, e.g. `{who}(trainer)` then "
+                        f"`trainer.add_callback(...)`); got {type(trainer).__name__}.")
     dataset = trainer.eval_dataset
     if dataset is None:
         raise ValueError(f"{who} needs an eval dataset with a `prompt` column; the trainer has none. Pass "
