@@ -177,6 +177,13 @@ def test_evaluate_reports_the_documented_metrics(tmp_path):
     assert metrics["eval_pairs"] == 6.0
 
 
+def test_ignored_compatibility_fields_warn(tmp_path):
+    with pytest.warns(UserWarning, match=r"max_completion_length=16` is ignored"):
+        _orpo(tmp_path, max_completion_length=16)
+    with pytest.warns(UserWarning, match=r"label_pad_token_id` is ignored"):
+        _cpo(tmp_path, label_pad_token_id=0)
+
+
 def test_alphapo_on_summed_logps_warns(tmp_path):
     with pytest.warns(UserWarning, match=r"AlphaPO is meant with loss_type='simpo'"):
         _cpo(tmp_path, alpha=0.5)

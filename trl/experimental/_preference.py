@@ -92,6 +92,10 @@ class _LegacyPreferenceConfig(_BaseConfig):
         if self.label_pad_token_id != -100:
             warnings.warn("`label_pad_token_id` is ignored: completion tokens come from the collator's "
                           "`completion_mask`.", stacklevel=3)
+        if self.max_completion_length is not None:  # as the reference, whose decoder-only path never reads it
+            warnings.warn(f"`max_completion_length={self.max_completion_length}` is ignored (the reference reads it "
+                          "for encoder-decoder models only): completions are cut to `max_length - max_prompt_length` "
+                          "when prompt + completion exceeds `max_length`.", stacklevel=3)
         super().__post_init__()
 
 
