@@ -83,6 +83,13 @@ def test_trains_with_a_judge_and_an_explicit_reference(tmp_path):
     assert trainer.accelerator.unwrap_model(trainer.ref_model) is ref and not changed(ref, ref_before)
 
 
+def test_ignored_compatibility_fields_warn(tmp_path):
+    with pytest.warns(UserWarning, match=r"judge='pair_rm'` in the config is ignored.*OnlineDPOTrainer"):
+        _args(tmp_path, judge="pair_rm")
+    with pytest.warns(UserWarning, match=r"dataset_num_proc` is ignored"):
+        _args(tmp_path, dataset_num_proc=2)
+
+
 def test_judge_reward():
     fn = judge_reward(lambda prompts, pairs: [int(len(b) < len(a)) for a, b in pairs])
     assert fn(prompts=["p", "p", "q", "q"], completions=["long answer", "s", "a", "bb"]) == [0.0, 1.0, 1.0, 0.0]

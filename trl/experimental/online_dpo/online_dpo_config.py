@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -75,6 +76,11 @@ class OnlineDPOConfig(_OnlineConfig):
         if self.max_new_tokens is None or self.max_new_tokens < 1:
             raise ValueError(f"`max_new_tokens` must be a positive integer; got {self.max_new_tokens}.")
         self.max_completion_length = self.max_new_tokens
+        if self.judge is not None:
+            warnings.warn(f"`judge={self.judge!r}` in the config is ignored: pass a judge object or callable to the "
+                          "trainer, `OnlineDPOTrainer(..., judge=my_judge)`.", stacklevel=3)
+        if self.dataset_num_proc is not None:
+            warnings.warn("`dataset_num_proc` is ignored: prompts are tokenised as they are sampled.", stacklevel=3)
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
             raise ValueError(f"`missing_eos_penalty` is subtracted from the score and must be >= 0; got "
                              f"{self.missing_eos_penalty}.")
