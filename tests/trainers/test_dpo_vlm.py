@@ -149,3 +149,30 @@ def test_kto_vlm_refuses_paired_rows(tmp_path):
     with pytest.raises(ValueError, match="unpair_preference_dataset"):
         KTOTrainer(model=model, processing_class=processor, args=args,
                    train_dataset=Dataset.from_list(_preference_rows(2)))
+
+
+# ---- text models: content blocks --------------------------------------------------------------------------------------
+
+
+def test_dpo_and_kto_text_blocks_render_as_strings(tmp_path):
+    from trl import KTOConfig, KTOTrainer
+    from trl.models.tiny import tiny_model, tiny_tokenizer
+
+    def blocks(text):
+        return [{"type": "text", "text": text}]
+
+    rows = [{"prompt": [{"role": "user", "content": blocks("What colour?")}],
+             "chosen": [{"role": "assistant", "content": blocks("red")}],
+             "rejected": [{"role": "assistant", "content": blocks("blue")}]}] * 4
+    strings = [{"prompt": [{"role": "user", "content": "What colour?"}],
+                "chosen": [{"role": "assistant", "content": "red"}],
+                "rejected": [{"role": "assistant", "content": "blue"}]}] * 4
+    kwargs = dict(model=tiny_model(num_hidden_layers=1), processing_class=tiny_tokenizer(), args=_dpo_config(tmp_path))
+    ours = DPOTrainer(train_dataset=Dataset.from_list(rows), **kwargs).train_dataset[0]
+    assert ours == DPOTrainer(train_dataset=Dataset.from_list(strings), **kwargs).train_dataset[0]
+    unpaired = [{"prompt": r["prompt"], "completion": r["chosen"], "label": i % 2 == 0} for i, r in enumerate(rows)]
+    unpaired[3] = {**unpaired[3], "completion": [{"role": "assistant", "content": [{"type": "image"}]}]}
+    with pytest.raises(ValueError, match=r"Row 3 of the train dataset: message 0 of column 'completion'.*'image' block"):
+        KTOTrainer(model=tiny_model(num_hidden_layers=1), processing_class=tiny_tokenizer(),
+                   args=KTOConfig(output_dir=str(tmp_path / "kto"), report_to="none"),
+                   train_dataset=Dataset.from_list(unpaired))

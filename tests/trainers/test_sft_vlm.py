@@ -239,3 +239,15 @@ def test_vlm_evaluates_and_names_a_placeholder_mismatch(tmp_path):
                          "images": [_image("red")]}]
     with pytest.raises(ValueError, match=r"row 0 of the batch .*2 empty image placeholder\(s\) but 1 image"):
         DataCollatorForVisionLanguageModeling(processor)(two_placeholders)
+
+
+def test_text_blocks_pass_through_a_template_that_renders_them():
+    from trl.data.vision import template_renders_blocks, text_block_messages
+    from trl.models.tiny_vlm import chat_template
+
+    tokenizer = tiny_tokenizer()
+    assert not template_renders_blocks(tokenizer)
+    tokenizer.chat_template = chat_template("llava")  # renders string content and text blocks alike
+    assert template_renders_blocks(tokenizer)
+    messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    assert text_block_messages(messages, tokenizer) is messages

@@ -152,6 +152,33 @@ def text_block_row(row: dict, tokenizer, *, row_index: int | None = None, name: 
     return out
 
 
+def with_text_blocks_rendered(dataset, tokenizer, name: str = "train"):
+    """`dataset` with the text-block content of its conversational columns made renderable by a text tokenizer
+    (`text_block_row`, row by row, naming a bad row), for the trainers whose data path renders strings (DPO, KTO).
+    A dataset whose first row holds no list content is returned as it is: Arrow keeps one type per column, so no
+    later row holds any either.
+
+    Example:
+        ```python
+        >>> with_text_blocks_rendered(Dataset.from_list(rows_with_blocks), tiny_tokenizer())[0]["prompt"]
+        [{'role': 'user', 'content': 'Hi'}]
+        ```
+    """
+    if dataset is None or not hasattr(dataset, "map") or isinstance(dataset, dict):
+        return dataset
+    if image_column(dataset.column_names):  # refused by `trl.data.formats.check_dataset`, with its own message
+        return dataset
+    first = next(iter(dataset), None)
+    if not isinstance(first, dict):
+        return dataset
+    keys = [k for k in _CONVERSATION_KEYS + ("chosen", "rejected") if _is_message_list(first.get(k))]
+    if not any(isinstance(m.get("content"), list) for k in keys for m in first[k]):
+        return dataset
+    return dataset.map(lambda row, index: {k: v for k, v in text_block_row(row, tokenizer, row_index=index,
+                                                                            name=name).items() if k in keys},
+                       with_indices=True)
+
+
 # ---- images ---------------------------------------------------------------------------------------------------------
 
 
