@@ -67,6 +67,12 @@ def test_gmpo_bad_inputs():
 
     with pytest.raises(ValueError, match=r"does not support \['entropy_coef'\]"):
         GMPOConfig(output_dir="/tmp/gmpo-bad", entropy_coef=0.1, report_to="none")
+    with pytest.raises(ValueError, match=r"does not support \['delta'\]"):
+        GMPOConfig(output_dir="/tmp/gmpo-bad", delta=1.5, report_to="none")
+    with pytest.warns(UserWarning, match=r"ignores `loss_type='grpo'`"):
+        GMPOConfig(output_dir="/tmp/gmpo-bad", loss_type="grpo", report_to="none")
+    with pytest.warns(UserWarning, match=r"ignores `importance_sampling_level='sequence'`"):
+        GMPOConfig(output_dir="/tmp/gmpo-bad", importance_sampling_level="sequence", report_to="none")
 
 
 def test_gmpo_trains(tmp_path):
