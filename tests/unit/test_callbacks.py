@@ -364,6 +364,18 @@ def test_weave_logs_predictions_and_scores(monkeypatch, tmp_path, with_scorers):
         assert all(p["scores"] == {} for p in predictions) and "length/mean" not in summary
 
 
+def test_weave_warns_when_training_runs_no_evaluation(monkeypatch, tmp_path):
+    fake = _FakeWeave()
+    monkeypatch.setitem(sys.modules, "weave", fake)
+    monkeypatch.setattr(import_utils, "is_weave_available", lambda: True)
+    trainer = _sft(tmp_path, eval_form="prompt_completion", max_steps=1)  # eval_strategy="no"
+    trainer.add_callback(WeaveCallback(trainer, project_name="team/project", num_prompts=1,
+                                       generation_config=GenerationConfig(max_new_tokens=2, do_sample=False)))
+    with pytest.warns(UserWarning, match=r"eval_strategy='no' runs none during training"):
+        trainer.train()
+    assert fake.events == []  # indeed nothing was logged
+
+
 def test_weave_rejects_a_scorer_that_is_not_callable(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "weave", _FakeWeave())
     monkeypatch.setattr(import_utils, "is_weave_available", lambda: True)

@@ -802,6 +802,12 @@ class WeaveCallback(TrainerCallback):
                            "to Weave. Pass `project_name=` or call `weave.init(...)` before training.")
         return self._client
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.eval_strategy == "no" and state.is_world_process_zero:
+            warnings.warn("WeaveCallback logs at each evaluation, and eval_strategy='no' runs none during training: "
+                          "set `eval_strategy='steps'` (with `eval_steps`) or 'epoch', or call `trainer.evaluate()`.",
+                          stacklevel=2)
+
     def on_evaluate(self, args, state, control, **kwargs):
         completions = _generate(self.trainer, self._prompt_ids, self.generation_config)
         if not state.is_world_process_zero or self._connect() is None:
