@@ -94,3 +94,22 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path):
 def test_student_is_required(tmp_path):
     with pytest.raises(ValueError, match=r"needs the student `model`"):
         GKDTrainer(teacher_model=small_model(), args=_args(tmp_path), train_dataset=_conversations())
+
+
+def test_seq_kd_off_policy_batches_are_sampled_by_the_teacher(tmp_path, monkeypatch):
+    """With seq_kd the off-policy completions come from the teacher's sampling, not from the dataset: the rollout is
+    the teacher backend's own output for these prompts."""
+    trainer = GKDTrainer(model=small_model(), teacher_model=small_model(seed=1),
+                         args=_args(tmp_path, lmbda=0.0, seq_kd=True), train_dataset=_conversations(4),
+                         processing_class=tiny_tokenizer())
+    calls = []
+    original = trainer._teacher_rollout
+    monkeypatch.setattr(trainer, "_teacher_rollout", lambda rows, gen: calls.append(len(rows)) or original(rows, gen))
+    monkeypatch.setattr(trainer, "_dataset_rollout", lambda rows: pytest.fail("seq_kd read the dataset completions"))
+    rows = [dict(trainer.train_dataset[i]) for i in range(2)]
+    rollout = trainer._sample(rows, trainer._generator, "train")
+    assert calls == [2]
+    from accelerate.utils import extract_model_from_parallel
+
+    assert trainer._teacher_backend.model is extract_model_from_parallel(trainer.teacher_model)  # the teacher
+    assert rollout.completion_ids.shape[0] == 2 and rollout.prompts == [row["prompt"] for row in rows]
