@@ -191,13 +191,19 @@ def test_peft_student(tmp_path):
     assert math.isfinite(_logged(trainer)[-1]["loss"])
 
 
-def test_untied_student_standard_text_prompts_and_gradient_checkpointing(tmp_path):
+def test_untied_student_text_prompts_gradient_checkpointing_and_completion_tables(tmp_path):
     rows = [{"prompt": f"reverse: {' '.join('abcdefgh'[i:i + 3])}\nanswer:"} for i in range(6)] * 2
     student = tiny_model(seed=0, tie_word_embeddings=False, **SMALL)
-    trainer = _trainer(tmp_path, student=student, dataset=Dataset.from_list(rows), gradient_checkpointing=True)
+    trainer = _trainer(tmp_path, student=student, dataset=Dataset.from_list(rows), gradient_checkpointing=True,
+                       log_completions=True)
     head = student.lm_head.weight.detach().clone()
     trainer.train()
     assert not torch.equal(head, student.lm_head.weight)
+    tables = sorted((tmp_path / "out" / "completions").glob("completions_*.parquet"))
+    assert len(tables) == 2
+    import pandas as pd
+
+    assert list(pd.read_parquet(tables[0]).columns) == ["step", "prompt", "completion"]
 
 
 # ---- bad inputs ----------------------------------------------------------------------------------------------------
