@@ -25,7 +25,7 @@ def _preference_rows(n=8, size=(28, 28)):
 
 
 def _dpo_config(tmp_path, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
+    values = dict(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, learning_rate=5e-3,
                   logging_steps=1, report_to="none", save_strategy="no", max_length=128, seed=0)
     values.update(overrides)
     return DPOConfig(**values)
@@ -112,7 +112,7 @@ def test_kto_vlm_trains(tmp_path, style):
 
     model, processor = tiny_vlm(style)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    args = KTOConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=4, learning_rate=5e-3,
+    args = KTOConfig(output_dir=str(tmp_path / "out"), max_steps=3, per_device_train_batch_size=2, learning_rate=5e-3,
                      logging_steps=1, report_to="none", save_strategy="no", max_length=128, seed=0)
     trainer = KTOTrainer(model=model, processing_class=processor, args=args,
                          train_dataset=Dataset.from_list(_unpaired_rows()))

@@ -188,9 +188,20 @@ def test_truncation_through_an_image_is_an_error_at_construction(tmp_path):
     rows = [{"messages": [{"role": "user", "content": [question, {"type": "image"}]},
                           {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
              "images": [_image("red", (56, 56))]}] * 2
-    with pytest.raises(ValueError, match=r"row 0 of the batch .*image tokens run to position \d+, past max_length=20"):
+    short = {"messages": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour? " * 9}]},
+                          {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
+             "images": [_image("red")]}
+    with pytest.raises(ValueError, match=r"row 0 \(.*image tokens run to position \d+, past max_length=20"):
         SFTTrainer(model=model, processing_class=processor, args=_config(tmp_path, max_length=20),
                    train_dataset=Dataset.from_list(rows))
+    # a later row is named by its index in the dataset when its batch is collated
+    trainer = SFTTrainer(model=model, processing_class=processor, args=_config(tmp_path, max_length=20),
+                         train_dataset=Dataset.from_list([short, short] + rows))
+    with pytest.raises(ValueError, match=r"^row 2 \('A long question"):
+        trainer.data_collator([trainer.train_dataset[1], trainer.train_dataset[2]])
+    # short rows are cut at max_length (keep_start) when no image token is past it
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    assert batch["input_ids"].shape[1] == 20 and batch["labels"].shape[1] == 20
 
 
 @pytest.mark.parametrize("setting", [dict(packing=True), dict(padding_free=True), dict(truncation_mode="keep_end")])

@@ -653,7 +653,7 @@ def image_inputs(names: set[str] | None, batch: dict) -> dict:
 
 
 RAW_COLUMNS = ("messages", "prompt", "completion", "chosen", "rejected", "label", "image", "images", "tools",
-               "chat_template_kwargs")
+               "chat_template_kwargs", "_row_index")
 
 
 def check_vision_config(args, trainer: str = "SFTTrainer", chat_template_path: str | None = None) -> None:
@@ -711,6 +711,16 @@ def vision_sft_collator(processor, args, return_token_counts: bool = False) -> D
         assistant_only_loss=args.assistant_only_loss, pad_to_multiple_of=pad_to_multiple_of,
         dataset_text_field=args.dataset_text_field, return_token_counts=return_token_counts,
     )
+
+
+def with_row_index(dataset):
+    """`dataset` with a `_row_index` column (0, 1, ...), so that collation errors name the dataset row; for a
+    `datasets.Dataset` only (adding a column does not rewrite the images), other datasets are returned as they are."""
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset) or "_row_index" in dataset.column_names:
+        return dataset
+    return dataset.add_column("_row_index", list(range(len(dataset))))
 
 
 def _first_row(dataset) -> dict:

@@ -128,6 +128,7 @@ class DPOTrainer(_BaseTrainer):
         if self._is_vlm:  # rendered and processed on the fly by DataCollatorForVisionPreference
             data_collator = data_collator or DataCollatorForVisionPreference(
                 processing_class, max_length=args.max_length, pad_to_multiple_of=args.pad_to_multiple_of)
+            train_dataset = vision.with_row_index(train_dataset)  # collation errors name the row
             vision.check_vision_datasets(train_dataset, eval_dataset, data_collator, "DPOTrainer")
             prepare = None
         else:

@@ -134,6 +134,7 @@ class SFTTrainer(_BaseTrainer):
             skip_prepare = True
             if data_collator is None:
                 data_collator = vision.vision_sft_collator(processing_class, args, return_token_counts=True)
+            train_dataset = vision.with_row_index(train_dataset)  # collation errors name the row
             vision.check_vision_datasets(train_dataset, eval_dataset, data_collator, "SFTTrainer")
         if not skip_prepare:
             train_dataset, self._dataset_format = self._prepare(train_dataset, processing_class, args, formatting_func,
