@@ -7,11 +7,11 @@ import torch
 from datasets import Dataset
 
 pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from trl import DPOConfig, DPOTrainer  # noqa: E402
-from trl.models.tiny_vlm import TINY_VLM_STYLES, tiny_vlm  # noqa: E402
-from trl.trainer.dpo_trainer import DataCollatorForVisionPreference  # noqa: E402
+from trl import DPOConfig, DPOTrainer
+from trl.models.tiny_vlm import TINY_VLM_STYLES, tiny_vlm
+from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "yellow": (255, 255, 0)}
 NAMES = list(COLOURS)

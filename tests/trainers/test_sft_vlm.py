@@ -8,13 +8,13 @@ import torch
 from datasets import Dataset
 
 pytest.importorskip("PIL")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-from trl.data.collators import IGNORE_INDEX  # noqa: E402
-from trl.models.tiny import tiny_model, tiny_tokenizer  # noqa: E402
-from trl.models.tiny_vlm import TINY_VLM_STYLES, tiny_vlm  # noqa: E402
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling  # noqa: E402
+from trl import SFTConfig, SFTTrainer
+from trl.data.collators import IGNORE_INDEX
+from trl.models.tiny import tiny_model, tiny_tokenizer
+from trl.models.tiny_vlm import TINY_VLM_STYLES, tiny_vlm
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 METRICS = {"loss", "entropy", "mean_token_accuracy", "num_tokens", "grad_norm", "learning_rate", "epoch"}
 COLOURS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "yellow": (255, 255, 0)}

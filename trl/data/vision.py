@@ -61,7 +61,7 @@ def image_column(column_names) -> str | None:
 
 # ---- text models: content blocks ------------------------------------------------------------------------------------
 
-_LIST_AWARE: "weakref.WeakKeyDictionary[Any, tuple[str, bool]]" = weakref.WeakKeyDictionary()
+_LIST_AWARE: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
 _PROBE_TEXT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
 _PROBE_BLOCKS = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]},
                  {"role": "assistant", "content": [{"type": "text", "text": "Hello"}]}]
@@ -238,7 +238,7 @@ class ProcessorTokenizer:
         self.chat_template = processor.chat_template
         self.images = images or []
 
-    def with_images(self, images: list) -> "ProcessorTokenizer":
+    def with_images(self, images: list) -> ProcessorTokenizer:
         other = copy.copy(self)
         other.images = images
         return other
@@ -263,7 +263,7 @@ class ProcessorTokenizer:
         return getattr(self.tokenizer, name)
 
 
-_BLOCK_TOKENS: "weakref.WeakKeyDictionary[Any, frozenset[int]]" = weakref.WeakKeyDictionary()
+_BLOCK_TOKENS: weakref.WeakKeyDictionary[Any, frozenset[int]] = weakref.WeakKeyDictionary()
 
 
 def image_block_token_ids(processor) -> frozenset[int]:
