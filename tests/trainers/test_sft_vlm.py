@@ -262,3 +262,23 @@ def test_text_blocks_pass_through_a_template_that_renders_them():
     assert template_renders_blocks(tokenizer)
     messages = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
     assert text_block_messages(messages, tokenizer) is messages
+
+
+def test_gradient_accumulation_does_not_change_the_step(tmp_path):
+    """Rows with images of different sizes (Qwen2-VL: different grids) in one batch of 4, or in 2 micro-batches of 2:
+    the same update, since the loss is normalised by the tokens of the whole step."""
+    rows = _messages_rows(4)
+    for i, size in enumerate([(56, 56), (28, 28), (56, 28), (28, 56)]):
+        rows[i]["images"] = [_image(list(COLOURS)[i], size)]
+    rows[2]["messages"][1]["content"] = "a longer answer to weigh this row more"
+    params = []
+    for batch_size, steps in ((4, 1), (2, 2)):
+        model, processor = tiny_vlm("qwen2_vl")
+        model = model.double()
+        args = _config(tmp_path, max_steps=1, per_device_train_batch_size=batch_size, gradient_accumulation_steps=steps,
+                       optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0)
+        trainer = SFTTrainer(model=model, processing_class=processor, args=args, train_dataset=Dataset.from_list(rows))
+        trainer.train()
+        params.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    for name, value in params[0].items():
+        torch.testing.assert_close(value, params[1][name], rtol=1e-9, atol=1e-10, msg=name)
