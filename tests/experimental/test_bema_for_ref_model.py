@@ -54,3 +54,14 @@ def test_bad_inputs(tmp_path):
         DPOTrainer(model=small_model(), args=_args(tmp_path, precompute_ref_log_probs=True),
                    train_dataset=tiny_task_dataset("preference", num_rows=8), processing_class=tiny_tokenizer(),
                    callbacks=[BEMACallback(update_ref_model=True)])
+
+
+def test_update_ref_model_with_the_stable_dpo_trainer_is_refused(tmp_path):
+    """The stable DPOTrainer passes no `ref_model` to callbacks: the reference would silently never follow BEMA."""
+    import trl
+
+    trainer = trl.DPOTrainer(model=small_model(), args=_args(tmp_path, max_steps=1),
+                             train_dataset=tiny_task_dataset("preference", num_rows=8), processing_class=tiny_tokenizer(),
+                             callbacks=[BEMACallback(update_freq=1, update_ref_model=True, ref_model_update_freq=1)])
+    with pytest.raises(ValueError, match=r"got no `ref_model` from the trainer.*bema_for_ref_model.DPOTrainer"):
+        trainer.train()

@@ -47,6 +47,15 @@ class BEMACallback(_BEMACallback):
         self.ref_model_update_after = ref_model_update_after
         self.ref_model_updates = 0  # how many times the reference took the BEMA weights
 
+    def on_train_begin(self, args, state, control, model=None, ref_model=None, **kwargs):
+        if self.update_ref_model and ref_model is None:  # the stable trainers pass no `ref_model` to callbacks
+            raise ValueError(
+                "BEMACallback(update_ref_model=True) got no `ref_model` from the trainer, so the reference would never "
+                "be updated. Use `trl.experimental.bema_for_ref_model.DPOTrainer` (its callbacks receive `ref_model`) "
+                "with a separate reference model."
+            )
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+
     def on_step_end(self, args, state, control, model=None, ref_model=None, **kwargs):
         super().on_step_end(args, state, control, model=model, **kwargs)
         step = state.global_step
