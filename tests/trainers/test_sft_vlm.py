@@ -282,3 +282,22 @@ def test_gradient_accumulation_does_not_change_the_step(tmp_path):
         params.append({n: p.detach().clone() for n, p in model.named_parameters()})
     for name, value in params[0].items():
         torch.testing.assert_close(value, params[1][name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+def test_vlm_with_a_lora_adapter(tmp_path):
+    peft = pytest.importorskip("peft")
+    model, processor = tiny_vlm("qwen2_vl")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = SFTTrainer(model=model, processing_class=processor, args=_config(tmp_path, max_steps=2),
+                         train_dataset=Dataset.from_list(_messages_rows()),
+                         peft_config=peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    trainer.train()
+    logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert len(logs) == 2 and all(torch.isfinite(torch.tensor([log["loss"] for log in logs])))
+    named = dict(trainer.model.named_parameters())
+    assert any("lora_B" in n and p.abs().sum() > 0 for n, p in named.items())  # lora_B starts at zero
+    base = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in named.items()
+            if "lora_" not in n}
+    frozen = [n for n in before if n in base]
+    assert len(frozen) == len(before)  # every original weight found, and none of them moved
+    assert all(torch.equal(base[n], before[n]) for n in frozen)
