@@ -87,3 +87,18 @@ def test_merges_the_final_weights_at_train_end_without_a_checkpoint(tmp_path):
     assert not torch.equal(final[name], _state(start)[name])  # trained
     assert all(torch.allclose(merged[k], 0.75 * final[k] + 0.25 * other[k], atol=1e-6) for k in final)
     assert (out / "merged" / "tokenizer_config.json").exists()
+
+
+def test_merge_at_end_creates_the_output_dir(tmp_path):
+    """The end-of-training merge of the final weights works when nothing was written to output_dir yet."""
+    import types
+
+    start = save_tiny_model(tmp_path / "start", seed=0, **SMALL)
+    config = MergeConfig("linear")
+    config.target_model_path, config.dtype = str(start), "float32"
+    model = AutoModelForCausalLM.from_pretrained(start)
+    args = types.SimpleNamespace(output_dir=str(tmp_path / "never" / "made"))
+    state = types.SimpleNamespace(global_step=3, is_world_process_zero=True)
+    MergeModelCallback(config).on_train_end(args, state, None, model=model)
+    merged, original = _state(tmp_path / "never" / "made" / "merged"), _state(start)
+    assert all(torch.allclose(merged[k], original[k], atol=1e-6) for k in original)  # 0.5·θ + 0.5·θ

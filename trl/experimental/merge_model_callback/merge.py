@@ -227,6 +227,7 @@ class MergeModelCallback(TrainerCallback):
 
         from accelerate.utils import extract_model_from_parallel
 
+        os.makedirs(args.output_dir, exist_ok=True)  # nothing may have been written there yet
         with tempfile.TemporaryDirectory(prefix="policy-", dir=args.output_dir) as source:
             extract_model_from_parallel(model).save_pretrained(source)
             if processing_class is not None:
