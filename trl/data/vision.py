@@ -235,7 +235,8 @@ class ProcessorTokenizer:
     def __init__(self, processor, images: list | None = None):
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.chat_template = processor.chat_template
+        # a processor saved without its own template renders with its tokenizer's
+        self.chat_template = processor.chat_template or getattr(processor.tokenizer, "chat_template", None)
         self.images = images or []
 
     def with_images(self, images: list) -> ProcessorTokenizer:
@@ -471,8 +472,12 @@ def process_rows(processor, rows: list[dict], names: list[str], max_length: int 
     """
     texts = [row["text"] for row in rows]
     images = [row["images"] for row in rows] if any(row["images"] for row in rows) else None
-    batch = processor(text=texts, images=images, return_mm_token_type_ids=True, add_special_tokens=False,
-                      padding=True, return_tensors="pt")
+    # rendered conversations hold their special tokens; standard text gets them as the turn-by-turn call did
+    options = dict(images=images, add_special_tokens=rows[0]["ends_with_eos"], padding=True, return_tensors="pt")
+    try:
+        batch = processor(text=texts, return_mm_token_type_ids=True, **options)
+    except TypeError:  # a processor without `mm_token_type_ids`: the image tokens are its placeholder tokens
+        batch = processor(text=texts, **options)
     real = batch["attention_mask"].bool()
     block_tokens = image_block_token_ids(processor)
     eos = processor.tokenizer.eos_token_id
