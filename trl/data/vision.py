@@ -345,12 +345,15 @@ class DataCollatorForVisionLanguageModeling:
             an error naming the row (see the module docstring).
         completion_only_loss (`bool`, *optional*): train only on completions of prompt-completion rows; `None`
             means automatic (True for prompt-completion rows).
-        assistant_only_loss (`bool`, *optional*, defaults to `False`): train only on assistant turns.
         pad_to_multiple_of (`int`, *optional*): pad the sequence length to a multiple of this.
         dataset_text_field (`str`, *optional*, defaults to `"text"`): the text column of standard rows.
         return_tensors (`str`, *optional*, defaults to `"pt"`): only `"pt"`.
+        assistant_only_loss (`bool`, *optional*, defaults to `False`): train only on assistant turns.
         return_token_counts (`bool`, *optional*, defaults to `False`): also return `token_counts` (real tokens per
             row), as `DataCollatorForLanguageModeling` does.
+
+    The first six fields are in the reference's order, so positional arguments mean the same thing; the others are
+    ours and come last.
 
     Example:
         ```python
@@ -368,10 +371,10 @@ class DataCollatorForVisionLanguageModeling:
     processor: Any
     max_length: int | None = None
     completion_only_loss: bool | None = None
-    assistant_only_loss: bool = False
     pad_to_multiple_of: int | None = None
     dataset_text_field: str = "text"
     return_tensors: str = "pt"
+    assistant_only_loss: bool = False
     return_token_counts: bool = False
     _renderer: Any = field(default=None, init=False, repr=False)
     _eos_ids: Any = field(default=None, init=False, repr=False)
