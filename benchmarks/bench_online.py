@@ -8,6 +8,11 @@ Each configuration runs in its own process (peak memory is its own):
     python benchmarks/bench_online.py --only grpo generate --steps 5
     python benchmarks/bench_online.py --shape sft-cpu --prompts 1   # bench_sft.py's 7M shape, 8 completions a step
     python benchmarks/bench_online.py --shape ref-cpu --repeats 3   # the reference library's measured shape (issue 9)
+    python benchmarks/bench_online.py --shape ref-cpu --only grpo --cache_implementation dynamic  # the dynamic cache
+    python benchmarks/bench_online.py --device cuda --generation_compile false   # the static decode uncompiled
+
+`--cache_implementation` and `--generation_compile` set the `GRPOConfig`/`RLOOConfig` fields of the same names (the
+generation backend's decode path; defaults: static cache when the model supports it, compiled on CUDA only).
 
 `--shape ref-cpu` is the shape the reference library (TRL 1.16) was measured on (docs/design.md, "Performance
 targets"): a 7.2M-parameter Qwen3 (hidden 256, 4 layers, 4 / 2 kv heads, head_dim 64, intermediate 768, vocab 8000,
