@@ -357,3 +357,27 @@ def test_chat_template_from_another_tokenizer_trains_its_new_tokens_under_lora(t
     before = embed(torch.tensor([new_id])).detach().clone()
     trainer.train()
     assert not torch.allclose(embed(torch.tensor([new_id])), before), "the new token's embedding did not train"
+
+
+def test_selective_checkpointing_trains_as_full_checkpointing(tmp_path):
+    """`gradient_checkpointing_kwargs={"selective": True}` (the reference's SFT option): the layers checkpoint
+    selectively, and the run ends with the same weights as full checkpointing."""
+    from trl.models.helpers import _decoder_layers
+
+    data = tiny_task_dataset("conversational", num_rows=16)
+    full, _ = _train(tmp_path / "full", data, gradient_checkpointing=True, max_steps=2)
+    selective, before = _train(tmp_path / "selective", data, gradient_checkpointing=True, max_steps=2,
+                               gradient_checkpointing_kwargs={"selective": True})
+    _assert_trained(selective, before)
+    layers = _decoder_layers(selective.model)
+    assert layers and all("context_fn" in layer._gradient_checkpointing_func.keywords for layer in layers)
+    for (name, p), q in zip(selective.model.named_parameters(), full.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_selective_checkpointing_without_checkpointing_warns(tmp_path):
+    with pytest.warns(UserWarning, match="has no effect with checkpointing off"):
+        SFTTrainer(model=tiny_model(seed=0, **SMALL), processing_class=tiny_tokenizer(),
+                   train_dataset=tiny_task_dataset("conversational", num_rows=4),
+                   args=_config(tmp_path, gradient_checkpointing=False,
+                                gradient_checkpointing_kwargs={"selective": True}))

@@ -535,8 +535,15 @@ class _BaseTrainer(Trainer):
     def compute_loss_context_manager(self):
         stack = super().compute_loss_context_manager()
         if getattr(self.args, "activation_offloading", False) and self.model.training:
-            # tensors saved for backward live in (pinned) host memory until the backward pass needs them
-            stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()))
+            # tensors saved for backward live in (pinned) host memory until the backward pass needs them; the output
+            # head's, small ones and weights stay (`trl.models.helpers.get_act_offloading_ctx_manager`)
+            if getattr(self, "_activation_offload", None) is None:
+                from ..models.helpers import get_act_offloading_ctx_manager
+
+                self._activation_offload = get_act_offloading_ctx_manager(
+                    self.accelerator.unwrap_model(self.model), warn_if_no_head=False
+                )
+            stack.enter_context(self._activation_offload)
         return stack
 
     def training_step(self, model, inputs, num_items_in_batch=None):

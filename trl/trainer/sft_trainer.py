@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 
 import torch
-from transformers import TrainingArguments  # noqa: F401  (documented argument type)
+from transformers import TrainerCallback, TrainingArguments  # noqa: F401  (TrainingArguments: documented type)
 
 from .. import guards
 from ..data import vision
@@ -156,6 +156,8 @@ class SFTTrainer(_BaseTrainer):
             raise ValueError("`padding_free=True` needs the default collator; got a custom `data_collator`.")
 
         configure_streaming(args, train_dataset, eval_dataset)
+        if _pop_selective_checkpointing(args):
+            callbacks = [*(callbacks or []), _SelectiveCheckpointing()]
         self._loss_fn = SFT_LOSSES[args.loss_type]
         self._init_metrics()
         super().__init__(
@@ -228,6 +230,37 @@ class SFTTrainer(_BaseTrainer):
             with torch.no_grad():  # only `compute_metrics` needs full logits, and pays for a plain forward
                 outputs = model(**model_inputs, use_cache=False)
         return (loss, outputs) if return_outputs else loss
+
+
+def _pop_selective_checkpointing(args) -> bool:
+    """Take `selective` out of the checkpointing kwargs (torch's `checkpoint` does not know it) and say whether it was
+    asked for; checkpointing becomes non-reentrant, which selective checkpointing needs."""
+    selective = False
+    for name in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs"):
+        kwargs = getattr(args, name, None)
+        if isinstance(kwargs, dict) and "selective" in kwargs:
+            kwargs = dict(kwargs)
+            selective = bool(kwargs.pop("selective")) or selective
+            if selective:
+                kwargs["use_reentrant"] = False
+            setattr(args, name, kwargs or None)
+    checkpointing = getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing
+    if selective and not checkpointing:
+        warnings.warn("`gradient_checkpointing_kwargs={'selective': True}` has no effect with checkpointing off "
+                      "(`gradient_checkpointing=False`).", stacklevel=3)
+        return False
+    return selective
+
+
+class _SelectiveCheckpointing(TrainerCallback):
+    """Selective activation checkpointing (`gradient_checkpointing_kwargs={"selective": True}`): once transformers has
+    turned checkpointing on, each decoder layer keeps its matmul and attention outputs and recomputes the rest
+    (`trl.models.helpers.enable_selective_activation_checkpointing`)."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from ..models.helpers import enable_selective_activation_checkpointing
+
+        enable_selective_activation_checkpointing(model)
 
 
 def _has_varlen_attention(model) -> bool:
