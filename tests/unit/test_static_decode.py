@@ -200,3 +200,19 @@ def test_compaction_fraction_is_honoured_by_the_static_path(monkeypatch):
     assert {rows for rows, _ in calls[1:]} == {6}
     assert _completions(rollout) == [_reference_greedy(model, p, 12, eos) for p in PROMPTS for _ in range(2)]
     assert rollout.completion_ids[2:4, 3:].eq(PAD).all()
+
+
+def test_ready_sdpa_mask_gives_the_transformers_built_mask_output(monkeypatch):
+    import trl.generation.static_decode as static_module
+
+    model = _model()
+    assert model.config._attn_implementation == "sdpa"
+    sampling = _sampling(temperature=0.8, eos_token_ids=(_early_eos(model),))
+    _, ready = _run(model, sampling, n=4)
+    monkeypatch.setattr(static_module, "_MASK_4D", False)
+    _, built = _run(model, sampling, n=4)
+    assert torch.equal(ready.completion_ids, built.completion_ids)
+    torch.testing.assert_close(ready.sampling_logps, built.sampling_logps, rtol=1e-6, atol=1e-6)
+    model.set_attn_implementation("eager")  # not sdpa: the 2D mask, built by transformers
+    _, eager_attention = _run(model, sampling, n=4)
+    assert torch.equal(eager_attention.completion_ids, built.completion_ids)

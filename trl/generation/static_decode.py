@@ -24,6 +24,8 @@ import torch
 
 # Cache lengths (prompt + completion slots) round up to a multiple of this when compiled, bounding the graph count.
 LENGTH_BUCKET = 64
+# Pass sdpa models a ready (R, 1, 1, L) boolean mask (see `_step`); False builds it through transformers each step.
+_MASK_4D = True
 # Steps between two reads of the alive count when compiled on CUDA (each read is a host sync).
 _CUDA_SYNC_EVERY = 8
 
@@ -41,8 +43,14 @@ def static_cache_supported(config) -> bool:
     return bool(cache.layers) and all(type(layer) is StaticLayer for layer in cache.layers)
 
 
-def _step(model, cache_arg: str, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache):
-    """One decode step: `(R,)` tokens, `(R, L)` mask, `(R,)` positions -> `(R, V)` float32 logits."""
+def _step(model, cache_arg: str, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache,
+          sdpa: bool = False):
+    """One decode step: `(R,)` tokens, `(R, L)` mask, `(R,)` positions -> `(R, V)` float32 logits. With `sdpa`, the
+    mask goes in as the `(R, 1, 1, L)` boolean mask that sdpa takes (True: attend), which transformers passes through
+    as it is instead of building it at every step: one query per row, and slots after it are not filled yet (masked),
+    so the padding mask is the whole mask."""
+    if sdpa:
+        mask = mask[:, None, None, :].bool()
     outputs = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions[:, None], use_cache=True,
                     **{cache_arg: cache})
     return outputs.logits[:, -1].float()
@@ -90,15 +98,16 @@ class StaticDecoder:
                 self._pool[key] = cache
         return cache
 
-    def step(self, model, cache_arg: str, tokens, mask, positions, cache) -> torch.Tensor:
+    def step(self, model, cache_arg: str, tokens, mask, positions, cache, config=None) -> torch.Tensor:
         key = (tokens.shape[0], mask.shape[1])
+        sdpa = _MASK_4D and getattr(config, "_attn_implementation", None) == "sdpa"
         if key in self.graphs or not self.compiled:
             self.graphs.add(key)
-            return self._step(model, cache_arg, tokens, mask, positions, cache)
+            return self._step(model, cache_arg, tokens, mask, positions, cache, sdpa)
         started = time.perf_counter()
         # one graph per bucket: allow more than dynamo's default 8 for this function (buckets bound the count)
         with torch._dynamo.config.patch(recompile_limit=64):
-            logits = self._step(model, cache_arg, tokens, mask, positions, cache)
+            logits = self._step(model, cache_arg, tokens, mask, positions, cache, sdpa)
         self.compile_seconds += time.perf_counter() - started
         self.graphs.add(key)
         return logits

@@ -440,7 +440,7 @@ def _decode_static(decoder: StaticDecoder, step: _Forward, expand: torch.Tensor,
         if seen is not None:
             seen[torch.arange(num, device=device), tokens] = True
         feed[:num] = tokens
-        logits = decoder.step(model, step.cache_arg, feed, attention, positions, cache)
+        logits = decoder.step(model, step.cache_arg, feed, attention, positions, cache, base.config)
         positions += 1
     if kept is not None:
         _keep_rows(cache, attention[:num, : prefix + t], torch.ones_like(alive), row_ids, kept)
