@@ -214,8 +214,8 @@ def check_dataset(dataset, trainer: str, name: str, model=None, tokenizer=None) 
     """The checks every trainer's data path runs first, on the dataset object itself: it is one `Dataset` or
     `IterableDataset` (not a list of rows, a dict of columns or a dict of splits), and it has no image column.
 
-    Image columns are refused whatever the model and processor: every trainer here trains on text, so the images would
-    be dropped without a word. Vision-language training is not supported yet.
+    Image columns are refused here, on the text path: its trainers would drop the images without a word. A trainer
+    given a vision-language model's processor takes its rows through `trl.data.vision` instead (SFT, DPO, KTO).
 
     Args:
         dataset: what the trainer received as its train or eval dataset.
@@ -245,8 +245,9 @@ def check_dataset(dataset, trainer: str, name: str, model=None, tokenizer=None) 
                 f"{trainer} got an {column!r} column in its {name} dataset, but it trains "
                 f"{_describe_model(model, tokenizer)} on text only: the images would be dropped without a word. To "
                 f"train on the text alone, remove the {column!r} column (`dataset.remove_columns({column!r})`). "
-                "Training on images needs a vision-language model with its processor, which this library does not "
-                "support yet."
+                "Training on images needs a vision-language model with its processor "
+                "(`processing_class=AutoProcessor.from_pretrained(...)`), which SFTTrainer, DPOTrainer and KTOTrainer "
+                "support (docs/vision.md)."
             )
 
 
