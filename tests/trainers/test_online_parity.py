@@ -19,7 +19,7 @@ from trl.trainer.online import RepeatedGroups, RepeatSampler
 from .sft_one_step import SMALL
 from .test_grpo_trainer import _config, _prompts, vowels
 
-# the fields of the reference's GRPOConfig tables (API.md §2.3) beyond TrainingArguments
+# the fields of the reference's GRPOConfig beyond TrainingArguments
 GRPO_REFERENCE_FIELDS = [
     "model_init_kwargs", "trust_remote_code", "router_aux_loss_coef", "disable_dropout", "cast_lm_head_to_fp32",
     "remove_unused_columns", "num_generations", "num_generations_eval", "max_completion_length",
@@ -40,7 +40,7 @@ GRPO_REFERENCE_FIELDS = [
     "use_transformers_continuous_batching", "transformers_continuous_batching_config", "use_transformers_paged",
     "vllm_importance_sampling_cap",
 ]
-# the GRPO fields RLOO does not have (API.md §2.4)
+# the GRPO fields the reference's RLOOConfig does not have
 RLOO_ABSENT = {
     "loss_type", "scale_rewards", "multi_objective_aggregation", "importance_sampling_level", "delta",
     "sapo_temperature_neg", "sapo_temperature_pos", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",

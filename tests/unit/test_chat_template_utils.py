@@ -231,8 +231,8 @@ def test_parse_response_tool_calls():
             {"type": "function", "function": {"name": "now", "arguments": {}}},
         ],
     }
-    # arguments given as a JSON string are decoded; arguments that are not an object are normalised to {} (API.md;
-    # the agent loop's parse_tool_turn reports them as errors instead)
+    # arguments given as a JSON string are decoded; arguments that are not an object are normalised to {} (as the
+    # reference does; the agent loop's parse_tool_turn reports them as errors instead)
     text = '<tool_call>{"name": "a", "arguments": "{\\"x\\": 1}"}</tool_call>'
     calls = parse_response(tokenizer, torch.tensor(tokenizer(text)["input_ids"]))["tool_calls"]
     assert [c["function"]["arguments"] for c in calls] == [{"x": 1}]

@@ -253,7 +253,7 @@ def test_parse_tool_turn_and_parse_response_strip_any_end_of_turn_token():
         end_ids = ids + [tokenizer.convert_tokens_to_ids(end)]
         assert parse_tool_turn(tokenizer, end_ids) == ToolTurn(expected, [])
         assert parse_response(tokenizer, torch.tensor(end_ids)) == expected
-    # arguments that are not an object: parse_tool_turn reports them, parse_response normalises them to {} (API.md)
+    # arguments that are not an object: parse_tool_turn reports them, parse_response normalises them to {} (as the reference does)
     bad = tokenize(tokenizer, '{"name": "get_weather", "parameters": [1]}') + [tokenizer.eos_token_id]
     turn = parse_tool_turn(tokenizer, bad)
     assert turn.message == {"role": "assistant", "content": '{"name": "get_weather", "parameters": [1]}'}
