@@ -5,8 +5,9 @@ The naive side tokenises the raw rows itself (standard rows: prompt, then prompt
 rows: the tokenizer's chat template, the completion being the full rendering minus the prompt's), runs
 float64 copies of the models on each sequence alone (no padding, full logits), and applies the textbook formula of
 each loss (as each trainer's module docstring states it). It never calls `trl.losses` or a trainer's scoring code, so
-a drift in tokenisation, masking, log-prob gathering, reduction or a loss formula fails exactly one row. The trainer side is `trainer.compute_loss` on
-the first batch of `get_train_dataloader()`, with the whole dataset in that batch (so row order does not matter).
+a drift in tokenisation, masking, log-prob gathering, reduction or a loss formula fails exactly one row. The trainer
+side is `trainer.compute_loss` on the first batch of `get_train_dataloader()`, with the whole dataset in that batch
+(so row order does not matter).
 """
 
 import copy
