@@ -216,3 +216,21 @@ def test_ready_sdpa_mask_gives_the_transformers_built_mask_output(monkeypatch):
     model.set_attn_implementation("eager")  # not sdpa: the 2D mask, built by transformers
     _, eager_attention = _run(model, sampling, n=4)
     assert torch.equal(eager_attention.completion_ids, built.completion_ids)
+
+
+def test_a_failed_compilation_falls_back_to_eager_decoding():
+    model = _model()
+    sampling = _sampling(temperature=0.8)
+    backend = TransformersBackend(model, compile=True)
+    decoder = backend._decoder(torch.device("cpu"))
+
+    def broken(*args):
+        raise RuntimeError("inductor could not compile this")
+
+    decoder._step = broken  # stands in for torch.compile failing on the first call of a bucket
+    with pytest.warns(UserWarning, match="Compiling the decode step failed .*inductor could not compile"):
+        out = backend.generate(PROMPTS, n=4, sampling=sampling, generator=torch.Generator().manual_seed(0))
+    _, eager = _run(model, sampling, n=4)
+    assert torch.equal(out.completion_ids, eager.completion_ids)
+    torch.testing.assert_close(out.sampling_logps, eager.sampling_logps, rtol=1e-5, atol=1e-6)
+    assert decoder._step is not broken  # later steps and calls decode eagerly

@@ -19,6 +19,7 @@ Models whose cache is not plain full attention (sliding-window or linear-attenti
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -61,15 +62,19 @@ class StaticDecoder:
 
     Args:
         compiled (`bool`): compile the decode step with `torch.compile(dynamic=False)`.
+        cuda_graphs (`bool`, *optional*, defaults to `False`): compile with `mode="reduce-overhead"` (CUDA graphs:
+            one launch a step instead of one per kernel; the caches are static addresses, pooled per bucket). If
+            compiling fails, the step falls back to eager decoding with a warning, keeping the bucket layout.
 
     Attributes:
         compile_seconds (`float`): wall time of the steps that compiled a graph (first call of each bucket).
         graphs (`set[tuple[int, int]]`): the `(rows, length)` buckets decoded so far.
     """
 
-    def __init__(self, compiled: bool):
+    def __init__(self, compiled: bool, cuda_graphs: bool = False):
         self.compiled = compiled
-        self._step = torch.compile(_step, dynamic=False) if compiled else _step
+        mode = "reduce-overhead" if cuda_graphs else None
+        self._step = torch.compile(_step, dynamic=False, mode=mode) if compiled else _step
         self._pool: dict[tuple[int, int], object] = {}
         self.compile_seconds = 0.0
         self.graphs: set[tuple[int, int]] = set()
@@ -84,7 +89,8 @@ class StaticDecoder:
         return _CUDA_SYNC_EVERY if device.type == "cuda" else 1
 
     def cache(self, config, rows: int, length: int, like: torch.Tensor, heads: int, head_dim: int, value_dim: int):
-        """A static cache of `rows` x `length` slots (from the pool when compiled), emptied."""
+        """A static cache of `rows` x `length` slots (from the pool when compiled: stale slots are overwritten by
+        `fill` or masked)."""
         from transformers import StaticCache
 
         key = (rows, length)
@@ -106,8 +112,14 @@ class StaticDecoder:
             return self._step(model, cache_arg, tokens, mask, positions, cache, sdpa)
         started = time.perf_counter()
         # one graph per bucket: allow more than dynamo's default 8 for this function (buckets bound the count)
-        with torch._dynamo.config.patch(recompile_limit=64):
-            logits = self._step(model, cache_arg, tokens, mask, positions, cache, sdpa)
+        try:
+            with torch._dynamo.config.patch(recompile_limit=64):
+                logits = self._step(model, cache_arg, tokens, mask, positions, cache, sdpa)
+        except RuntimeError as error:  # dynamo/inductor failures are RuntimeErrors; eager raises again if it is not one
+            warnings.warn(f"Compiling the decode step failed ({type(error).__name__}: {str(error)[:300]}); decoding "
+                          "eagerly from now on. Set `generation_compile=False` to skip the attempt.", stacklevel=2)
+            self._step = _step
+            logits = _step(model, cache_arg, tokens, mask, positions, cache, sdpa)
         self.compile_seconds += time.perf_counter() - started
         self.graphs.add(key)
         return logits

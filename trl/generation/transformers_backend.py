@@ -114,7 +114,7 @@ class TransformersBackend:
             return None
         compiled = self.compile is True or (self.compile == "auto" and device.type == "cuda")
         if compiled not in self._decoders:
-            self._decoders[compiled] = StaticDecoder(compiled)
+            self._decoders[compiled] = StaticDecoder(compiled, cuda_graphs=compiled and device.type == "cuda")
         return self._decoders[compiled]
 
     def sync_weights(self, model: torch.nn.Module) -> None:
