@@ -30,10 +30,10 @@ def test_example_yaml_parses():
     assert "trl distillation --config examples/distillation_tiny.yaml" in EXAMPLE.read_text()
     parser = importlib.import_module(TRAINING_COMMANDS["distillation"][0]).make_parser()
     script_args, training_args, model_args, _ = parser.parse_args_and_config(["--config", str(EXAMPLE)])
-    assert model_args.model_name_or_path == "outputs/tiny-qwen3-small"
+    assert model_args.model_name_or_path == "outputs/tiny-qwen3-small-warm"
     assert training_args.teacher_model_name_or_path == "outputs/tiny-qwen3-SFT"
     assert script_args.dataset_name == "outputs/data/prompt_only_train.jsonl"
-    assert training_args.beta == 1.0 and training_args.report_to in ("none", [])
+    assert training_args.beta == 0.0 and training_args.report_to in ("none", [])
 
 
 def _folders(tmp_path):
