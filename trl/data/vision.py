@@ -807,3 +807,92 @@ def load_processor_for(model, model_id: str | None, args):
             "installed (e.g. torchvision for a processor with a video processor), or pass `processing_class=`."
         )
     return processor
+
+
+# ---- prompts of the online trainers (GRPO, RLOO) ---------------------------------------------------------------------
+
+
+def render_vision_prompt(row: dict, processor, chat_template_kwargs: dict | None = None,
+                         row_index: int | None = None, name: str = "train") -> tuple[str, list]:
+    """`(text, images)` of a vision row's prompt, ready for generation: the conversational `prompt` with one
+    `{"type": "image"}` block per image (`prepare_multimodal_messages`: placed at the start of the first user message
+    when the content is a string; content blocks keep their own), rendered by the processor's chat template with the
+    generation prompt (or continuing a final assistant message), and the row's images as PIL images.
+
+    Raises:
+        `ValueError`: the prompt is not a list of messages, or its image blocks and images do not match; the message
+            names the row.
+    """
+    from .tokenize import row_template_kwargs
+
+    where = f"Row {row_index} of the {name} dataset" if row_index is not None else f"A row of the {name} dataset"
+    prompt = row.get("prompt")
+    if not _is_message_list(prompt):
+        raise ValueError(
+            f"{where}: a vision prompt must be conversational (a list of messages such as [{{'role': 'user', "
+            f"'content': [{{'type': 'image'}}, {{'type': 'text', 'text': ...}}]}}]); got {type(prompt).__name__}. "
+            "The processor's chat template places the image tokens."
+        )
+    images = row_images(row, row_index=row_index)
+    try:
+        messages = prepare_multimodal_messages(copy.deepcopy(prompt), images)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {error}") from error
+    kwargs = {**(chat_template_kwargs or {}), **row_template_kwargs(row)}
+    template = processor.chat_template or getattr(processor.tokenizer, "chat_template", None)
+    if messages[-1].get("role") == "assistant":
+        kwargs["continue_final_message"] = True
+    else:
+        kwargs["add_generation_prompt"] = True
+    text = processor.apply_chat_template(messages, tokenize=False, chat_template=template, **kwargs)
+    return text, images
+
+
+def vision_prompt_ids(row: dict, processor, chat_template_kwargs: dict | None = None, row_index: int | None = None,
+                      name: str = "train") -> list[int]:
+    """The prompt ids of a vision row with every image placeholder expanded by the processor (`render_vision_prompt`,
+    then the processor on the text and the row's images)."""
+    text, images = render_vision_prompt(row, processor, chat_template_kwargs, row_index, name)
+    where = f"Row {row_index} of the {name} dataset" if row_index is not None else f"A row of the {name} dataset"
+    try:
+        out = processor(text=[text], images=[images] if images else None, add_special_tokens=False)
+    except ValueError as error:  # e.g. more placeholders than images
+        raise ValueError(f"{where}: the processor refused the prompt and its {len(images)} image(s): {error}") \
+            from error
+    return [int(t) for t in out["input_ids"][0]]
+
+
+def prepare_vision_prompt_dataset(dataset, processor, trainer: str, name: str = "train",
+                                  chat_template_kwargs: dict | None = None):
+    """The prompt dataset of a vision-language online run (GRPO, RLOO): conversational `prompt` rows with an `image`
+    or `images` column gain `prompt_ids` (image tokens expanded, `vision_prompt_ids`); every column is kept (the
+    reward functions receive the images as the column the dataset names).
+
+    Raises:
+        `TypeError` / `ValueError`: not a `datasets.Dataset` (streaming vision prompts are not supported), no
+            `prompt` column, a standard (text) prompt, pre-tokenised `prompt_ids`, or a row whose images do not
+            match its placeholders (named).
+    """
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset):
+        raise TypeError(
+            f"{trainer} with a vision-language model needs a `datasets.Dataset` as its {name} dataset (streaming and "
+            f"other datasets are not supported with images); got {type(dataset).__name__}."
+        )
+    columns = list(dataset.column_names)
+    if "prompt" not in columns:
+        raise ValueError(f"{trainer} expects a 'prompt' column; the {name} dataset has columns {columns}.")
+    if "prompt_ids" in columns:
+        raise ValueError(
+            f"{trainer}: the {name} dataset has a 'prompt_ids' column, but with images the prompt ids come from the "
+            "processor (the image tokens it expands). Remove the 'prompt_ids' column."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"The {name} dataset given to {trainer} is empty.")
+    vision_prompt_ids(dataset[0], processor, chat_template_kwargs, 0, name)  # fail now on a bad first row
+
+    def add_ids(row, index):
+        return {"prompt_ids": vision_prompt_ids(row, processor, chat_template_kwargs, index, name)}
+
+    return dataset.map(add_ids, with_indices=True, desc=f"Processing {name} vision prompts")

@@ -79,7 +79,10 @@ class GRPOTrainer(_OnlineTrainer):
             Evaluation reports the reward metrics and `eval_loss`, defined as the negative mean total reward (the
             policy loss on fresh samples carries no signal), so `load_best_model_at_end=True` works with the
             default `metric_for_best_model="loss"` and keeps the checkpoint of highest eval reward.
-        processing_class (*optional*): the tokenizer (loaded from the model when None; left padding).
+        processing_class (*optional*): the tokenizer (loaded from the model when None; left padding), or a
+            vision-language model's processor: then rows hold a conversational `prompt` with `{"type": "image"}`
+            blocks and an `image` or `images` column, generation conditions on each row's images, and the reward
+            functions receive that column (docs/vision.md; not with `tools`, environments or `rollout_func`).
         reward_processing_classes (*optional*): tokenizers of model-based rewards (loaded from each reward model
             when missing); after construction `trainer.reward_processing_classes` holds one entry per reward
             function (None for callables), aligned with `trainer.reward_funcs`.

@@ -40,8 +40,10 @@ from ..agents.tools import Toolbox, tool_metrics
 from ..chat_template_utils import get_training_chat_template, is_chat_template_prefix_preserving
 from ..data.prompts import first_rows, prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
+from ..data.vision import load_processor_for
 from ..generation.base import SamplingConfig
 from ..generation.transformers_backend import TransformersBackend
+from ..generation.vision import VISION_KEYS, VisionRollouts
 from ..models import loading
 from ..models.utils import causal_lm
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
@@ -184,7 +186,7 @@ def _message_text(message: dict) -> str:
     """The text of a message whose content is a string or a list of `{"type": "text", "text": ...}` parts."""
     content = message.get("content", "")
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        return "".join(part.get("text") or "" for part in content if isinstance(part, dict))
     return content or ""
 
 
@@ -219,13 +221,20 @@ class _OnlineTrainer(_BaseTrainer):
             train_dataset = self._environment_owned_rows(environment_factory, args)
         model_id = model if isinstance(model, str) else None
         model = self._load_model(model, args, quantization_config)
+        if processing_class is None:  # a vision-language model loads its processor (None for a text model)
+            processing_class = load_processor_for(model, model_id, args)
         processing_class = self._load_processing_class(processing_class, model, model_id, args)
+        # a vision-language model: its processor renders and processes the prompts with their images; the rest of
+        # the loop works with its tokenizer (trl/generation/vision.py, docs/vision.md)
+        self._vision, saved_class = None, processing_class
         tokenizer = getattr(processing_class, "tokenizer", None)
         if tokenizer is not None and tokenizer is not processing_class:
-            raise ValueError(
-                f"{type(self).__name__} got a multimodal processor ({type(processing_class).__name__}); vision-language "
-                "models are not supported by the online trainers yet. Pass a text model and its tokenizer."
-            )
+            VisionRollouts.check_supported(
+                type(self).__name__, tools=tools, environment_factory=environment_factory, args=args,
+                rollout_func=getattr(self, "rollout_func", None),
+                scores_rewards=getattr(self, "_scores_rewards", True))
+            self._vision = VisionRollouts(processing_class, type(self).__name__, args.chat_template_kwargs)
+            processing_class = tokenizer
         loading.prepare_tokenizer(processing_class, model)
         processing_class.padding_side = "left"
         # environments: one instance per rollout, its methods as tools (docs/agents.md)
@@ -251,9 +260,12 @@ class _OnlineTrainer(_BaseTrainer):
                 f"{type(self).__name__} got a streaming train dataset (`IterableDataset`), which has no length: set "
                 f"`max_steps` (a positive number of optimiser steps; got {args.max_steps})."
             )
-        train_dataset, conversational = prepare_prompt_dataset(
-            train_dataset, processing_class, type(self).__name__, "train", self._template_kwargs, model=model
-        )
+        if self._vision is not None:
+            train_dataset, conversational = self._vision.prepare(train_dataset, "train"), True
+        else:
+            train_dataset, conversational = prepare_prompt_dataset(
+                train_dataset, processing_class, type(self).__name__, "train", self._template_kwargs, model=model
+            )
         if self.toolbox is not None and not conversational:
             raise ValueError(
                 f"{type(self).__name__} with `tools` needs conversational prompts (lists of messages): tool calls and "
@@ -296,7 +308,7 @@ class _OnlineTrainer(_BaseTrainer):
         configure_streaming(args, train_dataset, *evals)
         super().__init__(
             model=model, args=args, data_collator=_identity, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
+            processing_class=saved_class, callbacks=callbacks, optimizers=optimizers,
         )
         self._init_metrics()
         self._finish_reference_setup(score=None, columns=())
@@ -306,7 +318,8 @@ class _OnlineTrainer(_BaseTrainer):
         generation_eos = getattr(causal_lm(model).generation_config, "eos_token_id", None)
         generation_eos = [generation_eos] if isinstance(generation_eos, int) else list(generation_eos or [])
         self.sampling = SamplingConfig(
-            eos_token_ids=tuple(sorted(end_of_turn_ids(processing_class) | set(generation_eos) | self._tool_end_ids)),
+            eos_token_ids=tuple(sorted(end_of_turn_ids(self._vision.renderer if self._vision else processing_class)
+                                       | set(generation_eos) | self._tool_end_ids)),
             pad_token_id=processing_class.pad_token_id, **args.sampling_overrides(),
         ).with_overrides(args.generation_kwargs)
         self._generator = torch.Generator(device=self.accelerator.device)
@@ -432,6 +445,8 @@ class _OnlineTrainer(_BaseTrainer):
         them, each prepared on its own (each is evaluated under its own prefix, `eval_<name>_...`)."""
         if isinstance(eval_dataset, Mapping):
             return {name: self._prepare_eval_datasets(d, processing_class, model) for name, d in eval_dataset.items()}
+        if self._vision is not None:
+            return self._vision.prepare(eval_dataset, "eval")
         eval_dataset, _ = prepare_prompt_dataset(
             eval_dataset, processing_class, type(self).__name__, "eval", self._template_kwargs, model=model
         )
@@ -467,6 +482,8 @@ class _OnlineTrainer(_BaseTrainer):
         # with remove_unused_columns=True only the prompt survives (the reward functions then get no extra columns)
         if self._signature_columns is None:
             self._signature_columns = ["prompt", "prompt_ids"]
+            if self._vision is not None:  # generation needs the images
+                self._signature_columns += ["image", "images", "_vision_row"]
 
     def get_train_dataloader(self):
         # one dataloader batch = this process's share of a generation batch (it is consumed as one micro-step)
@@ -556,7 +573,11 @@ class _OnlineTrainer(_BaseTrainer):
             rollout = self._tool_rollout(rows, generator, mode)
             rollout.columns = {**columns, **rollout.columns}
             return rollout
-        if self.rollout_func is None:
+        if self._vision is not None:  # sampled with the rows' images (trl/generation/vision.py)
+            self.backend.sync_weights(self.model)
+            rollout = self._vision.generate(self.backend.model, rows, self.sampling, generator)
+            columns = {**{k: v for k, v in columns.items() if k != "_vision_row"}, **rollout.columns}
+        elif self.rollout_func is None:
             rollout = self._generate([row["prompt_ids"] for row in rows], generator)
         else:
             self.backend.sync_weights(self.model)
@@ -570,8 +591,9 @@ class _OnlineTrainer(_BaseTrainer):
 
     def _score(self, rollout: Rollout):
         """Run the reward functions; sets `rollout.rewards` and returns the scorer's `RewardScores`."""
+        columns = {k: v for k, v in rollout.columns.items() if k not in VISION_KEYS}  # the trainer's own
         scores = self.reward_scorer.score(
-            rollout.prompts, rollout.completions, self._completion_id_lists(rollout), rollout.columns,
+            rollout.prompts, rollout.completions, self._completion_id_lists(rollout), columns,
             trainer_state=self.state,
         )
         rollout.rewards = scores.rewards.to(self.accelerator.device)
@@ -774,6 +796,9 @@ class _OnlineTrainer(_BaseTrainer):
     def _forward_logps(self, model, micro: Rollout, aux_loss: bool = False):
         """`(B, C)` log-probs and entropies of the completion tokens, from one fused-head forward (no logits), and the
         MoE load-balancing loss when `aux_loss=True` (else None)."""
+        if self._vision is not None:  # with each row's images, image tokens suppressed as in sampling
+            logps, entropy = self._vision.completion_logps(model, micro, self.sampling.temperature)
+            return logps, entropy, None
         prompt_width = micro.prompt_ids.shape[1]
         input_ids = torch.cat([micro.prompt_ids, micro.completion_ids], dim=1)
         attention_mask = torch.cat([micro.prompt_mask, micro.completion_mask], dim=1)
@@ -939,13 +964,15 @@ class _OnlineTrainer(_BaseTrainer):
         from accelerate.utils import gather_object
 
         def text(value):
-            return value if isinstance(value, str) else (value[-1]["content"] if value else "")
+            return value if isinstance(value, str) else (_message_text(value[-1]) if value else "")
 
         table = {
             "step": [self.state.global_step] * len(advantages),
             "prompt": gather_object([text(p) for p in rollout.prompts]),
             "completion": gather_object([text(c) for c in rollout.completions]),
         }
+        if "_vision_image" in rollout.columns:  # which image each completion answered: dataset row (content hash)
+            table["image"] = gather_object(list(rollout.columns["_vision_image"]))
         all_rewards = self.accelerator.gather(rollout.rewards).cpu()
         for i, name in enumerate(self.reward_scorer.names):
             table[name] = all_rewards[:, i].tolist()
