@@ -321,3 +321,15 @@ def test_mixture_validation(two_files):
         get_dataset(DatasetMixtureConfig(datasets=[{"path": a, "columns": ["missing_column"]}]))
     with pytest.raises(ValueError, match="empty"):
         get_dataset(DatasetMixtureConfig())
+
+
+def test_generation_compile_parses_from_the_command_line():
+    from trl import GRPOConfig
+
+    parser = TrlParser((GRPOConfig,))
+    for flag, expected in (([], "auto"), (["--generation_compile", "false"], False),
+                           (["--generation_compile", "True"], True), (["--generation_compile", "auto"], "auto")):
+        config = parser.parse_args_into_dataclasses(["--output_dir", "out", *flag])[0]
+        assert config.generation_compile == expected, flag
+    with pytest.raises(ValueError, match="generation_compile"):
+        parser.parse_args_into_dataclasses(["--output_dir", "out", "--generation_compile", "sometimes"])

@@ -32,6 +32,9 @@ class FusedHeadRequest:
         temperature (`float`, *optional*, defaults to `1.0`): logits are divided by it.
         router_aux_loss (`bool`, *optional*, defaults to `False`): also return the MoE load-balancing loss.
         with_sum_sq (`bool`, *optional*, defaults to `False`): also return `log_sum_sq_probs` (WPO weighting).
+        hidden_only (`bool`, *optional*, defaults to `False`): skip the LM head and return the `(N, H)` last hidden
+            states of the target positions as `hidden_states` (for an op that applies the head itself, e.g.
+            `trl.ops.divergence.chunked_divergence`).
     """
 
     labels: torch.Tensor
@@ -40,6 +43,7 @@ class FusedHeadRequest:
     temperature: float = 1.0
     router_aux_loss: bool = False
     with_sum_sq: bool = False
+    hidden_only: bool = False
 
 
 @dataclass
@@ -55,6 +59,7 @@ class FusedCausalLMOutput(ModelOutput):
     log_sum_sq_probs: torch.Tensor | None = None
     label_mask: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
+    hidden_states: torch.Tensor | None = None  # (N, H), only with `hidden_only=True`
 
 
 def _fused_forward(self, *args, fused_lm_head: FusedHeadRequest | None = None, **kwargs):
@@ -83,6 +88,8 @@ def _forward_with_fused_head(
     label_mask = targets != -100  # (B, T-1)
     hidden = hidden[:, :-1][label_mask]  # (N, H): only positions that enter the loss
     targets = targets[label_mask]
+    if request.hidden_only:
+        return FusedCausalLMOutput(hidden_states=hidden, label_mask=label_mask, aux_loss=aux_loss)
     weight, bias = _effective_head(self.get_output_embeddings())
     options = dict(bias=bias, temperature=request.temperature, with_sum_sq=request.with_sum_sq,
                    **self._trl_logit_transform)

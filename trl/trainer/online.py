@@ -211,6 +211,7 @@ class _OnlineTrainer(_BaseTrainer):
     _config_class = None  # set by subclasses
     _sequence_level_metrics = False  # True when the loss metrics are fractions of sequences (RLOO)
     _guards_gradient = False  # the rollout guards judge whole generation batches instead
+    _scores_rewards = True  # False: no reward functions (`reward_scorer` is None; DistillationTrainer)
 
     def __init__(self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
@@ -288,22 +289,27 @@ class _OnlineTrainer(_BaseTrainer):
             self._check_enough_prompts(train_dataset, args)
         if eval_dataset is not None:
             eval_dataset = self._prepare_eval_datasets(eval_dataset, processing_class, model)
-        reward_weights = args.reward_weights
-        if self.environments is not None:  # each environment reward has weight 1 and no tokenizer
-            extra = len(self.environments.reward_funcs)
-            if reward_weights is not None:
-                reward_weights = [*reward_weights, *[1.0] * extra]
-            if isinstance(reward_processing_classes, (list, tuple)):
-                reward_processing_classes = [*reward_processing_classes, *[None] * extra]
-        self.reward_scorer = RewardScorer(
-            reward_funcs, reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
-            trust_remote_code=args.trust_remote_code, trainer_name=type(self).__name__,
-        )
-        # what callbacks read (the reference's attribute names): one entry per reward function, the tokenizer of
-        # each reward model (given or auto-loaded) and None for callables
-        scorer_funcs = self.reward_scorer._funcs
-        self.reward_funcs = [f.model if isinstance(f, _RewardModel) else f for f in scorer_funcs]
-        self.reward_processing_classes = [f.tokenizer if isinstance(f, _RewardModel) else None for f in scorer_funcs]
+        if self._scores_rewards:
+            reward_weights = args.reward_weights
+            if self.environments is not None:  # each environment reward has weight 1 and no tokenizer
+                extra = len(self.environments.reward_funcs)
+                if reward_weights is not None:
+                    reward_weights = [*reward_weights, *[1.0] * extra]
+                if isinstance(reward_processing_classes, (list, tuple)):
+                    reward_processing_classes = [*reward_processing_classes, *[None] * extra]
+            self.reward_scorer = RewardScorer(
+                reward_funcs, reward_weights, reward_processing_classes, model_init_kwargs=args.model_init_kwargs,
+                trust_remote_code=args.trust_remote_code, trainer_name=type(self).__name__,
+            )
+            # what callbacks read (the reference's attribute names): one entry per reward function, the tokenizer of
+            # each reward model (given or auto-loaded) and None for callables
+            scorer_funcs = self.reward_scorer._funcs
+            self.reward_funcs = [f.model if isinstance(f, _RewardModel) else f for f in scorer_funcs]
+            self.reward_processing_classes = [
+                f.tokenizer if isinstance(f, _RewardModel) else None for f in scorer_funcs
+            ]
+        else:  # the completions are scored otherwise (DistillationTrainer: by a teacher's distributions)
+            self.reward_scorer, self.reward_funcs, self.reward_processing_classes = None, [], []
         evals = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
         configure_streaming(args, train_dataset, *evals)
         super().__init__(
@@ -312,7 +318,8 @@ class _OnlineTrainer(_BaseTrainer):
         )
         self._init_metrics()
         self._finish_reference_setup(score=None, columns=())
-        self.reward_scorer.to(self.accelerator.device)
+        if self.reward_scorer is not None:
+            self.reward_scorer.to(self.accelerator.device)
         self.backend = TransformersBackend(self.model, cache_implementation=args.cache_implementation,
                                            compile=args.generation_compile)
         generation_eos = getattr(causal_lm(model).generation_config, "eos_token_id", None)
@@ -823,20 +830,7 @@ class _OnlineTrainer(_BaseTrainer):
         def add(key, total, count=1.0):
             self._metrics.add(mode, key, total, count)
 
-        def add_extreme(key, value, op):
-            self._metrics.add_extreme(mode, key, value, op)
-
-        lengths = self.accelerator.gather(rollout.generated_lengths.float())  # tool-result tokens not counted
-        truncated = self.accelerator.gather(rollout.is_truncated.float())
-        terminated = lengths[truncated == 0]
-        add("completions/mean_length", lengths.sum(), lengths.numel())
-        add("completions/clipped_ratio", truncated.sum(), truncated.numel())
-        add_extreme("completions/min_length", lengths.min(), "min")
-        add_extreme("completions/max_length", lengths.max(), "max")
-        if terminated.numel():
-            add("completions/mean_terminated_length", terminated.sum(), terminated.numel())
-            add_extreme("completions/min_terminated_length", terminated.min(), "min")
-            add_extreme("completions/max_terminated_length", terminated.max(), "max")
+        self._record_completion_metrics(rollout, mode)
         for i, name in enumerate(self.reward_scorer.names):
             column = all_rewards[:, i]
             valid = column[~torch.isnan(column)]
@@ -855,6 +849,28 @@ class _OnlineTrainer(_BaseTrainer):
         add("reward_std", total.std() if batch_scaled and total.numel() > 1 else group_std.mean())
         add("frac_reward_zero_std", zero_std.float().mean())
         self._num_tokens["train"] += int(rollout.prompt_mask.sum() + rollout.completion_mask.sum())
+
+    def _record_completion_metrics(self, rollout: Rollout, mode: str = "train") -> None:
+        """`completions/*`: lengths of a generation batch's completions over every process (tool-result tokens not
+        counted) and the share cut by `max_completion_length`."""
+
+        def add(key, total, count=1.0):
+            self._metrics.add(mode, key, total, count)
+
+        def add_extreme(key, value, op):
+            self._metrics.add_extreme(mode, key, value, op)
+
+        lengths = self.accelerator.gather(rollout.generated_lengths.float())  # tool-result tokens not counted
+        truncated = self.accelerator.gather(rollout.is_truncated.float())
+        terminated = lengths[truncated == 0]
+        add("completions/mean_length", lengths.sum(), lengths.numel())
+        add("completions/clipped_ratio", truncated.sum(), truncated.numel())
+        add_extreme("completions/min_length", lengths.min(), "min")
+        add_extreme("completions/max_length", lengths.max(), "max")
+        if terminated.numel():
+            add("completions/mean_terminated_length", terminated.sum(), terminated.numel())
+            add_extreme("completions/min_terminated_length", terminated.min(), "min")
+            add_extreme("completions/max_terminated_length", terminated.max(), "max")
 
     def _total_rewards(self, rewards: torch.Tensor) -> torch.Tensor:
         """`(N,)` weighted sum of the reward functions, NaN (None) excluded."""

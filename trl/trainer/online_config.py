@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..agents.tools import DEFAULT_TOOL_TIMEOUT
 from .base_config import _BaseConfig, resolve_pad_to_multiple_of
@@ -103,6 +103,9 @@ class _OnlineConfig(_BaseConfig):
             Every completion truncated while the rewards still vary is warned about at each batch from this one on.
     """
 
+    # completions per prompt that a config of this class may ask for (DistillationConfig samples one)
+    _min_num_generations: ClassVar[int] = 2
+
     learning_rate: float = field(default=1e-6, metadata={"help": "Initial AdamW learning rate."})
 
     # Model
@@ -174,7 +177,7 @@ class _OnlineConfig(_BaseConfig):
                                         "decode steps that can be compiled), 'dynamic' (grown per token), or None "
                                         "(static when every layer of the model is full attention, else dynamic)."}
     )
-    generation_compile: bool | str = field(
+    generation_compile: str = field(
         default="auto", metadata={"help": "Compile the static-cache decode step of the built-in backend with "
                                           "torch.compile: True, False, or 'auto' (on CUDA only: on CPU the compiled "
                                           "step measured slower than the eager one). Needs the static cache."}
@@ -258,6 +261,9 @@ class _OnlineConfig(_BaseConfig):
         if self.cache_implementation not in (None, "static", "dynamic"):
             raise ValueError(f"`cache_implementation` must be None, 'static' or 'dynamic' (the caches the built-in "
                              f"generation backend implements); got {self.cache_implementation!r}.")
+        if isinstance(self.generation_compile, str):  # the command line and YAML give strings
+            spelled = {"auto": "auto", "true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+            self.generation_compile = spelled.get(self.generation_compile.strip().lower(), self.generation_compile)
         if self.generation_compile not in ("auto", True, False):
             raise ValueError(f"`generation_compile` must be 'auto', True or False; got {self.generation_compile!r}.")
         if self.generation_compile is True and self.cache_implementation == "dynamic":
@@ -266,10 +272,10 @@ class _OnlineConfig(_BaseConfig):
         if self.auto_find_batch_size:
             raise ValueError("`auto_find_batch_size` is not supported by online trainers: the generation batch plan "
                              "depends on the batch size. Set `per_device_train_batch_size` explicitly.")
-        if self.num_generations is None or self.num_generations < 2:
+        if self.num_generations is None or self.num_generations < self._min_num_generations:
             raise ValueError(
-                f"`num_generations` must be at least 2 (advantages compare completions of the same prompt); got "
-                f"{self.num_generations}."
+                f"`num_generations` must be at least {self._min_num_generations} (advantages compare completions of "
+                f"the same prompt); got {self.num_generations}."
             )
         if self.max_completion_length is None or self.max_completion_length < 1:
             raise ValueError(f"`max_completion_length` must be a positive integer; got {self.max_completion_length}.")
