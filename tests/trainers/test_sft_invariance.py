@@ -75,3 +75,48 @@ def test_two_ddp_ranks_equal_one_process(reference, tmp_path, streaming):
     saved = torch.load(out)
     assert saved["world_size"] == 2
     _assert_same(reference, saved["loss"], saved["grads"])
+
+
+def _eval_loss(trainer) -> float:
+    """The mean token loss of the first batch of the train dataloader (all 8 rows), without gradients."""
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    with torch.no_grad():
+        return float(trainer.compute_loss(trainer.model, batch))
+
+
+def test_packed_flex_attention_equals_padded(tmp_path):
+    """Document-masked flex attention (`packed_attention`; forward only: flex attention has no backward on CPU) gives
+    packed rows the loss of the padded batch, as sdpa's dense block-diagonal mask does."""
+    from trl import SFTConfig, SFTTrainer
+    from trl.models.utils import use_packed_attention
+
+    def trainer(packing):
+        args = SFTConfig(output_dir=str(tmp_path / str(packing)), per_device_train_batch_size=8, max_length=256,
+                         packing=packing, report_to="none", packed_attention="model", shuffle_dataset=False)
+        return SFTTrainer(model=tiny_model(seed=0, **SMALL), args=args, train_dataset=dataset(),
+                          processing_class=tiny_tokenizer())
+
+    padded, packed = trainer(False), trainer(True)
+    assert len(packed.train_dataset) < 8  # several documents per row
+    assert packed.model.config._attn_implementation == "sdpa"
+    reference, sdpa = _eval_loss(padded), _eval_loss(packed)
+    assert use_packed_attention(packed.model, "auto", "cuda") == "flex_attention"  # what a CUDA run picks
+    assert packed.model.config._attn_implementation == "flex_attention"
+    flex = _eval_loss(packed)
+    assert sdpa == pytest.approx(reference, rel=1e-5)
+    assert flex == pytest.approx(reference, rel=1e-5)
+
+
+def test_packed_attention_choice(tmp_path):
+    from trl import SFTConfig
+    from trl.models.utils import use_packed_attention
+
+    model = tiny_model(seed=0, **SMALL)
+    assert use_packed_attention(model, "auto", "cpu") == "sdpa"  # no flex backward on the CPU
+    assert use_packed_attention(model, "model", "cuda") == "sdpa"
+    with pytest.raises(ValueError, match="no backward"):
+        use_packed_attention(model, "flex_attention", "cpu")
+    assert model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="packed_attention"):
+        SFTConfig(output_dir=str(tmp_path), packed_attention="flex")

@@ -129,6 +129,13 @@ class _BaseConfig(TrainingArguments):
             default can be set with the `TRL_RUN_REPORT` environment variable (`0` turns it off).
         pad_to_multiple_of (`int` or `"auto"`, *optional*, defaults to `"auto"`):
             Pad each batch to a multiple of this. `"auto"` means no extra padding.
+        packed_attention (`str`, *optional*, defaults to `"auto"`):
+            Attention of rows that hold several documents (packing, `padding_free`): `"flex_attention"` runs it as
+            document-masked flex attention (a block-sparse mask built from `position_ids`: blocks across documents are
+            skipped); `"model"` keeps the model's own implementation (sdpa/eager then build a dense block-diagonal
+            `(T, T)` mask; flash attention runs varlen kernels); `"auto"` picks flex attention on CUDA for a model that
+            supports it and uses sdpa or eager, the model's own otherwise (flex attention has no backward on CPU).
+            Not a switch of the reference library.
         guards (`bool`, *optional*, defaults to `True`):
             Stop, with an explanation, a run that would learn nothing (each trainer's checks are in `trl/guards.py`:
             empty loss masks, an end-of-turn token never trained, pairs with identical sides, a NaN/inf loss, no
@@ -181,6 +188,11 @@ class _BaseConfig(TrainingArguments):
     pad_to_multiple_of: int | str | None = field(
         default="auto", metadata={"help": "Pad each batch to a multiple of this; 'auto' means no extra padding."}
     )
+    packed_attention: str = field(
+        default="auto",
+        metadata={"help": "Attention of packed / padding-free rows: 'auto' (flex attention on CUDA when supported), "
+                          "'flex_attention' or 'model' (the model's own; sdpa builds a dense block-diagonal mask)."},
+    )
     guards: bool = field(default=True, metadata={"help": "Stop runs that would learn nothing (set False to only warn)."})
     ignore_guards: list[str] = field(
         default_factory=list,
@@ -218,6 +230,10 @@ class _BaseConfig(TrainingArguments):
                 ) from None
         if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
             raise TypeError(f"`model_init_kwargs` must be a dict; got {type(self.model_init_kwargs).__name__}.")
+        if self.packed_attention not in ("auto", "flex_attention", "model"):
+            raise ValueError(
+                f"`packed_attention` must be 'auto', 'flex_attention' or 'model'; got {self.packed_attention!r}."
+            )
         if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
             raise ValueError(f"`router_aux_loss_coef` must be >= 0; got {self.router_aux_loss_coef}.")
         super().__post_init__()

@@ -36,7 +36,7 @@ from ..losses.dpo import (
 )
 from ..losses.reduce import token_weight
 from ..models import loading
-from ..models.utils import causal_lm
+from ..models.utils import causal_lm, use_packed_attention
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .dpo_config import DPOConfig
@@ -141,6 +141,10 @@ class DPOTrainer(_BaseTrainer):
                 padding_free=args.padding_free,
             )
 
+        if args.padding_free:
+            for scorer in (model, self.ref_model):  # the reference scores the same flat rows
+                if scorer is not None:
+                    use_packed_attention(scorer, args.packed_attention, args.device)
         configure_streaming(args, train_dataset, eval_dataset)
         self._loss_params = DPOLossParams(
             beta=args.beta, label_smoothing=args.label_smoothing, f_divergence_type=args.f_divergence_type,

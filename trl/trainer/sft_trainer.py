@@ -27,7 +27,7 @@ from ..data.vision import DataCollatorForVisionLanguageModeling  # noqa: F401  (
 from ..losses.reduce import count_loss_tokens, token_weight
 from ..losses.sft import SFT_LOSSES
 from ..models import loading
-from ..models.utils import causal_lm
+from ..models.utils import causal_lm, use_packed_attention
 from ..ops.fused_head import FusedHeadRequest, add_fused_lm_head, router_aux_loss_coef
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .sft_config import SFTConfig
@@ -155,6 +155,8 @@ class SFTTrainer(_BaseTrainer):
         elif args.padding_free:
             raise ValueError("`padding_free=True` needs the default collator; got a custom `data_collator`.")
 
+        if args.packing or args.padding_free:
+            use_packed_attention(model, args.packed_attention, args.device)
         configure_streaming(args, train_dataset, eval_dataset)
         if _pop_selective_checkpointing(args):
             callbacks = [*(callbacks or []), _SelectiveCheckpointing()]
