@@ -403,6 +403,26 @@ def _deepseek_call(body: str, strict: bool) -> tuple[dict | None, str | None]:
     return _function_call(name, arguments), None
 
 
+
+def _parse_tool_call_blocks(text: str, parse_call):
+    """`(content, calls, errors)` of a text whose calls are `<tool_call>...</tool_call>` blocks, each read by
+    `parse_call(body) -> (call, error)`: a block that cannot be read stays in the content and is reported."""
+    _, blocks, errors = _blocks(text, "<tool_call>", "</tool_call>")
+    content, calls = [], []
+    position = 0
+    for number, (start, end, body) in enumerate(blocks, 1):
+        content.append(text[position:start])
+        call, error = parse_call(body)
+        if error is None:
+            calls.append(call)
+        else:
+            errors.append(f"tool call {number}: {error}")
+            content.append(text[start:end])
+        position = end
+    content.append(text[position:])
+    return "".join(content).strip(), calls, errors
+
+
 def parse_glm_tool_calls(text: str, strict: bool = True):
     """Parse GLM-4-MoE tool calls: `<tool_call>name\\n<arg_key>k</arg_key>\\n<arg_value>v</arg_value>...</tool_call>`.
 
@@ -417,20 +437,7 @@ def parse_glm_tool_calls(text: str, strict: bool = True):
         ('', [{'type': 'function', 'function': {'name': 'f', 'arguments': {'n': 2}}}], [])
         ```
     """
-    _, blocks, errors = _blocks(text, "<tool_call>", "</tool_call>")
-    content, calls = [], []
-    position = 0
-    for number, (start, end, body) in enumerate(blocks, 1):
-        content.append(text[position:start])
-        call, error = _glm_call(body)
-        if error is None:
-            calls.append(call)
-        else:
-            errors.append(f"tool call {number}: {error}")
-            content.append(text[start:end])
-        position = end
-    content.append(text[position:])
-    return "".join(content).strip(), calls, errors
+    return _parse_tool_call_blocks(text, _glm_call)
 
 
 _GLM_PAIR = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
@@ -615,20 +622,7 @@ def parse_xml_function_calls(text: str, strict: bool = True):
         ('', [{'type': 'function', 'function': {'name': 'f', 'arguments': {'n': 2}}}], [])
         ```
     """
-    _, blocks, errors = _blocks(text, "<tool_call>", "</tool_call>")
-    content, calls = [], []
-    position = 0
-    for number, (start, end, body) in enumerate(blocks, 1):
-        content.append(text[position:start])
-        call, error = _xml_function_call(body)
-        if error is None:
-            calls.append(call)
-        else:
-            errors.append(f"tool call {number}: {error}")
-            content.append(text[start:end])
-        position = end
-    content.append(text[position:])
-    return "".join(content).strip(), calls, errors
+    return _parse_tool_call_blocks(text, _xml_function_call)
 
 
 def _xml_function_call(body: str) -> tuple[dict | None, str | None]:
