@@ -238,3 +238,21 @@ def test_check_supported_names_what_is_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VisionRollouts.check_supported("SomeTrainer", **kwargs)
     VisionRollouts.check_supported("GRPOTrainer")  # the plain setup goes ahead
+
+
+@pytest.mark.parametrize("style", ["qwen2_vl", "idefics3"])
+def test_two_images_per_row_of_different_sizes(tmp_path, style):
+    # Qwen2-VL: rows with 2 and 4 `image_grid_thw` rows' worth of patches each; Idefics3: tiles padded per row
+    rows = []
+    for i, colour in enumerate(COLOURS):
+        second = Image.new("RGB", (56, 28) if i % 2 else (28, 56), (9, 9, 9))
+        rows.append({"prompt": [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                                {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"},
+                                                             {"type": "image"}, {"type": "text", "text": "?"}]}],
+                     "images": [Image.new("RGB", (28, 28), COLOURS[colour]), second]})
+    trainer = _trainer(tmp_path, style, rows=rows, max_completion_length=8)
+    rollout = trainer._sample(_rows_in_sampler_layout(trainer), torch.Generator().manual_seed(0), mode="train")
+    logps, _, _ = trainer._forward_logps(trainer.model, rollout.select([1, 2, 5, 6]).trim())  # rows of 3 prompts
+    mask = rollout.select([1, 2, 5, 6]).trim().completion_mask.bool()
+    torch.testing.assert_close(logps[mask], rollout.select([1, 2, 5, 6]).trim().sampling_logps[mask], atol=1e-5,
+                               rtol=0)
