@@ -256,3 +256,23 @@ def test_two_images_per_row_of_different_sizes(tmp_path, style):
     mask = rollout.select([1, 2, 5, 6]).trim().completion_mask.bool()
     torch.testing.assert_close(logps[mask], rollout.select([1, 2, 5, 6]).trim().sampling_logps[mask], atol=1e-5,
                                rtol=0)
+
+
+def test_lora_with_beta_scores_the_reference_without_adapters(tmp_path):
+    pytest.importorskip("peft")
+    from peft import LoraConfig
+
+    model, processor = tiny_vlm("qwen2_vl")
+    trainer = GRPOTrainer(model=model, processing_class=processor, reward_funcs=text_hash_reward,
+                          args=_config(tmp_path, beta=0.1, max_steps=1, max_completion_length=8),
+                          train_dataset=Dataset.from_list(_rows()),
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    rows = _rows_in_sampler_layout(trainer)
+    rollout = trainer._sample(rows, torch.Generator().manual_seed(0), mode="train")
+    logps, _, _ = trainer._forward_logps(trainer.model, rollout)
+    mask = rollout.completion_mask.bool()
+    torch.testing.assert_close(logps[mask], rollout.sampling_logps[mask], atol=1e-5, rtol=0)
+    lora = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    assert "kl" in trainer.state.log_history[0]
+    assert any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if "lora_B" in n)

@@ -186,7 +186,7 @@ def generate_with_images(model, processor, prompt_ids: list[list[int]], texts: l
     with torch.no_grad(), _eval_mode(model):
         step = _MaskedForward(model, suppress_ids)
         positions = position_ids(_lm(model), ids, mask, batch)
-        logits = step.prefill_images(ids, mask, positions, image_kwargs(model, batch))
+        logits = step.prefill_images(ids, mask, positions, image_kwargs(_lm(model), batch))
         if positions.dim() == 3:  # next position = real tokens so far + the prompt's multimodal offset
             offset = positions.amax(dim=(0, 2)) + 1 - mask.sum(-1)
         else:
