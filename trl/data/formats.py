@@ -246,8 +246,8 @@ def check_dataset(dataset, trainer: str, name: str, model=None, tokenizer=None) 
                 f"{_describe_model(model, tokenizer)} on text only: the images would be dropped without a word. To "
                 f"train on the text alone, remove the {column!r} column (`dataset.remove_columns({column!r})`). "
                 "Training on images needs a vision-language model with its processor "
-                "(`processing_class=AutoProcessor.from_pretrained(...)`), which SFTTrainer, DPOTrainer and KTOTrainer "
-                "support (docs/vision.md)."
+                "(`processing_class=AutoProcessor.from_pretrained(...)`), which SFTTrainer, DPOTrainer, KTOTrainer, "
+                "GRPOTrainer and RLOOTrainer support (docs/vision.md)."
             )
 
 

@@ -314,7 +314,9 @@ class _OnlineTrainer(_BaseTrainer):
         configure_streaming(args, train_dataset, *evals)
         super().__init__(
             model=model, args=args, data_collator=_identity, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            processing_class=saved_class, callbacks=callbacks, optimizers=optimizers,
+            # the processor of a vision-language model; else the tokenizer (a copy with a training template for tools)
+            processing_class=saved_class if self._vision else processing_class, callbacks=callbacks,
+            optimizers=optimizers,
         )
         self._init_metrics()
         self._finish_reference_setup(score=None, columns=())
@@ -414,7 +416,8 @@ class _OnlineTrainer(_BaseTrainer):
                 )
         self._tool_end_ids = tool_turn_end_ids(tokenizer)  # e.g. GPT-OSS's <|call|>: sampling stops there too
         try:
-            check_tool_turns(tokenizer, end_of_turn_ids(tokenizer) | self._tool_end_ids)
+            # with the tools' schemas, as rollouts render (a template may need them, e.g. Command R+'s tool_use)
+            check_tool_turns(tokenizer, end_of_turn_ids(tokenizer) | self._tool_end_ids, {"tools": toolbox.schemas})
         except ValueError as error:
             if no_training_template is None:
                 raise
