@@ -189,7 +189,7 @@ class TransformersBackend:
             session._add([prompt_ids[row // n] + generated[row][: lengths[row]] for row in range(num_rows)], kept)
         width = max(int(out.lengths.max()), 1)  # right-pad to the longest completion, not to max_completion_length
         completion_mask = (torch.arange(width, device=device) < out.lengths[:, None]).long()
-        prompts, prompt_mask = _left_pad(prompt_ids, sampling.pad_token_id, device)  # (U, P)
+        prompts, prompt_mask = left_pad(prompt_ids, sampling.pad_token_id, device)  # (U, P)
         return Rollout(
             prompt_ids=prompts.repeat_interleave(n, dim=0),
             prompt_mask=prompt_mask.repeat_interleave(n, dim=0),
@@ -307,7 +307,7 @@ def _generate_rows(model, prompt_ids: list[list[int]], pasts: list[_KeptRow | No
     # Drop the kept caches now in the batch cache (a prompt whose samples continue in the next chunk keeps its own).
     for p in range(first_prompt, last_prompt + 1 if rows.stop == (last_prompt + 1) * n else last_prompt):
         pasts[p] = None
-    ids, mask = _left_pad(tails, sampling.pad_token_id, device)  # (U, S)
+    ids, mask = left_pad(tails, sampling.pad_token_id, device)  # (U, S)
     mask = torch.cat([past_mask.to(mask.dtype), mask], dim=1)  # (U, L + S)
     # Left padding: positions count real tokens only (pad positions are masked anyway).
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
@@ -681,7 +681,8 @@ def _row_chunks(num_prompts: int, n: int, max_batch_size: int) -> Iterator[range
             yield range(start, min(start + max_batch_size, (p + 1) * n))
 
 
-def _left_pad(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompt_ids: list[list[int]], pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(B, P)` ids and attention mask of prompts of different lengths, padded on the left with `pad_token_id`."""
     width = max(len(p) for p in prompt_ids)
     ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(prompt_ids), width, dtype=torch.long)

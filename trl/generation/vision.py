@@ -38,10 +38,10 @@ from .transformers_backend import (
     _eval_mode,
     _Forward,
     _input_device,
-    _left_pad,
     _Outputs,
     _seen_tokens,
     _unwrap,
+    left_pad,
 )
 
 _TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -173,7 +173,7 @@ def generate_with_images(model, processor, prompt_ids: list[list[int]], texts: l
     device = _input_device(model)
     batch = process_prompts(processor, texts, images, device)
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    prompts, prompt_mask = _left_pad(prompt_ids, sampling.pad_token_id, device)
+    prompts, prompt_mask = left_pad(prompt_ids, sampling.pad_token_id, device)
     _check_ids(batch, prompts, prompt_mask)
     num_rows, max_new = sum(counts), sampling.max_completion_length
     out = _Outputs(

@@ -42,6 +42,7 @@ from ..data.prompts import first_rows, prepare_prompt_dataset, tokenize_prompt
 from ..data.tokenize import end_of_turn_ids
 from ..data.vision import load_processor_for
 from ..generation.base import SamplingConfig
+from ..generation.rollout_func import generate_rows, rollout_from_func_output
 from ..generation.transformers_backend import TransformersBackend
 from ..generation.vision import VISION_KEYS, VisionRollouts
 from ..models import loading
@@ -192,17 +193,6 @@ def _message_text(message: dict) -> str:
 
 def _identity(rows: list[dict]) -> list[dict]:
     return rows
-
-
-def _runs(prompt_ids: list[list[int]]) -> list[tuple[int, int]]:
-    """`(start, length)` of the runs of identical consecutive prompts (the samples of one prompt)."""
-    runs = []
-    for i, ids in enumerate(prompt_ids):
-        if runs and prompt_ids[runs[-1][0]] == ids:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((i, 1))
-    return runs
 
 
 class _OnlineTrainer(_BaseTrainer):
@@ -731,19 +721,8 @@ class _OnlineTrainer(_BaseTrainer):
         sampling = self.sampling
         if max_new_tokens is not None:
             sampling = dataclasses.replace(sampling, max_completion_length=max_new_tokens)
-        runs = _runs(prompt_ids)
-        by_count: dict[int, list[int]] = {}
-        for start, length in runs:
-            by_count.setdefault(length, []).append(start)
         self.backend.sync_weights(self.model)
-        parts, order = [], []
-        for n, starts in sorted(by_count.items()):
-            parts.append(self.backend.generate([prompt_ids[s] for s in starts], n, sampling, generator))
-            order.extend(s + k for s in starts for k in range(n))
-        rollout = Rollout.cat(parts, pad_token_id=self.sampling.pad_token_id)
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return rollout.select(inverse)  # back to the rows' order
+        return generate_rows(self.backend, prompt_ids, sampling, generator)  # trl/generation/rollout_func.py
 
     def _decode(self, rollout: Rollout) -> list:
         """Completions as the rewards see them: text for text prompts, one assistant message for conversational ones.
@@ -1186,74 +1165,6 @@ class _OnlineTrainer(_BaseTrainer):
                 "not repeat the uninterrupted one exactly.",
                 stacklevel=2,
             )
-
-
-_ROLLOUT_KEYS = ("prompt_ids", "completion_ids", "logprobs")
-
-
-def rollout_from_func_output(out: dict, num_rows: int, sampling: SamplingConfig, device) -> tuple[Rollout, dict]:
-    """The [`Rollout`] of a `rollout_func`'s output, and its other keys (forwarded to the reward functions).
-
-    `out` holds, per row (in the order of the prompts it was given): `prompt_ids` and `completion_ids` (lists of
-    ids), `logprobs` (per completion token: its log-prob, None, or a list of candidate log-probs whose token ids are
-    in the optional `logprob_token_ids`, as vLLM returns them; the sampled token's is kept, else the first), and
-    optionally `env_mask` (one 0/1 per completion token, 0 where the environment rather than the policy wrote it). A
-    completion counts as truncated when it does not end with an eos id. Raises `ValueError`, naming the key and the
-    row, on a malformed output.
-    """
-    if not isinstance(out, dict) or any(key not in out for key in _ROLLOUT_KEYS):
-        found = sorted(out) if isinstance(out, dict) else type(out).__name__
-        raise ValueError(f"rollout_func must return a dict with {list(_ROLLOUT_KEYS)} (optionally 'env_mask', "
-                         f"'logprob_token_ids' and extra reward columns); got {found}.")
-    own = (*_ROLLOUT_KEYS, "env_mask", "logprob_token_ids")
-    for key in own:
-        value = out.get(key, [])
-        if not isinstance(value, (list, tuple)) or (key in out and len(value) != num_rows):
-            raise ValueError(f"rollout_func returned {key!r} for {len(value) if hasattr(value, '__len__') else value} "
-                             f"rows; expected a list of {num_rows}, one per prompt it was given.")
-    prompts = [[int(i) for i in ids] for ids in out["prompt_ids"]]
-    completions = [[int(i) for i in ids] for ids in out["completion_ids"]]
-    if empty := [i for i, ids in enumerate(prompts) if not ids]:
-        raise ValueError(f"rollout_func returned empty 'prompt_ids' for rows {empty[:5]}: every completion needs its "
-                         "prompt's token ids.")
-    for key in ("logprobs", "env_mask", "logprob_token_ids"):
-        for i, (values, ids) in enumerate(zip(out.get(key, completions), completions)):
-            if len(values) != len(ids):
-                raise ValueError(f"rollout_func: row {i} has {len(ids)} completion ids but {len(values)} {key!r}.")
-    if "env_mask" in out and any(v not in (0, 1) for row in out["env_mask"] for v in row):
-        raise ValueError("rollout_func: 'env_mask' must hold 0 (environment token, not trained) or 1 (policy token).")
-    candidates = out.get("logprob_token_ids", [[None] * len(ids) for ids in completions])
-    logprobs = [[_sampled_logprob(lp, token, options, i) for lp, token, options in zip(row, ids, option_row)]
-                for i, (row, ids, option_row) in enumerate(zip(out["logprobs"], completions, candidates))]
-
-    eos = set(sampling.eos_token_ids)
-    rollout = Rollout.from_lists(
-        prompts, completions, pad_token_id=sampling.pad_token_id,
-        is_truncated=[not ids or ids[-1] not in eos for ids in completions], sampling_logps=logprobs,
-        tool_mask=out.get("env_mask"), device=device,
-    )
-    extra = {key: value for key, value in out.items() if key not in own}
-    for key, value in extra.items():
-        if not isinstance(value, (list, tuple)) or len(value) != num_rows:
-            raise ValueError(f"rollout_func: the extra column {key!r} must be a list with one value per row "
-                             f"({num_rows}); got {type(value).__name__}.")
-    return rollout, {key: list(value) for key, value in extra.items()}
-
-
-def _sampled_logprob(logprob, token: int, candidates, row: int) -> float:
-    """One completion token's log-prob from a `rollout_func`: a number, None (0.0), or candidates' log-probs."""
-    if logprob is None:
-        return 0.0
-    if isinstance(logprob, (list, tuple)):
-        if not logprob:
-            return 0.0
-        ids = [int(i) for i in candidates] if isinstance(candidates, (list, tuple)) else []
-        logprob = logprob[ids.index(token)] if token in ids else logprob[0]
-    try:
-        return float(logprob)
-    except (TypeError, ValueError):
-        raise ValueError(f"rollout_func: 'logprobs' of row {row} holds {logprob!r}; expected a number, None or a "
-                         "list of candidate log-probs.") from None
 
 
 def _print_table(frame, step: int) -> None:
