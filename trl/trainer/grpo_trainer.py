@@ -125,6 +125,7 @@ class GRPOTrainer(_OnlineTrainer):
     _config_class = GRPOConfig
     _tag_names = ["trl", "grpo"]
     _name = "GRPO"
+    _per_sequence_metrics = ("vespo/phi_seq_mean", "entropy_coef")  # weighted by completions, not tokens
 
     def __init__(self, model, reward_funcs=None, args: GRPOConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, reward_processing_classes=None, callbacks=None, optimizers=(None, None),
@@ -166,6 +167,13 @@ class GRPOTrainer(_OnlineTrainer):
             all_rewards, self.reward_scorer.weights.to(all_rewards.device), self.args.num_generations,
             scale_rewards=self.args.scale_rewards, aggregation=self.args.multi_objective_aggregation,
         )
+
+    def _reward_std(self, total_rewards: torch.Tensor, group_std: torch.Tensor) -> torch.Tensor:
+        """With `scale_rewards="batch"` the advantages are divided by the whole batch's reward std, so that is the
+        `reward_std` logged; otherwise the mean of the groups' stds."""
+        if self.args.scale_rewards == "batch" and total_rewards.numel() > 1:
+            return total_rewards.std()
+        return super()._reward_std(total_rewards, group_std)
 
     def _loss(self, micro: Rollout, logps, entropy, mask):
         old_logps = self._old_logps_for_loss(micro, logps)

@@ -14,8 +14,9 @@ How a run is cut (see `_OnlineConfig` for the fields):
 - A [`Rollout`] is the only thing passed between the stages.
 
 Subclasses provide `_advantages(rollout)` and `_loss(micro, logps, entropy, mask)` (and their config class); this
-base holds everything else. Overridable methods: those two, `_loss_mask`, and `_needs_old_logps_for_rewards` (RLOO's
-KL penalty).
+base holds everything else. Overridable methods: those two, `_loss_mask`, `_needs_old_logps_for_rewards` (RLOO's
+KL penalty) and `_reward_std` (GRPO's `scale_rewards="batch"`); `_per_sequence_metrics` names the loss metrics that
+are means over completions.
 """
 
 from __future__ import annotations
@@ -61,7 +62,6 @@ _METRIC_NAMES = {
     "clip_ratio/low": "clip_ratio/low_mean", "clip_ratio/high": "clip_ratio/high_mean",
     "clip_ratio/region": "clip_ratio/region_mean",
 }
-_PER_SEQUENCE = ("vespo/phi_seq_mean", "entropy_coef")
 _EXTREMES = {"clip_ratio/low": ("clip_ratio/low_min", "min"), "clip_ratio/high": ("clip_ratio/high_max", "max")}
 
 
@@ -200,6 +200,7 @@ class _OnlineTrainer(_BaseTrainer):
 
     _config_class = None  # set by subclasses
     _sequence_level_metrics = False  # True when the loss metrics are fractions of sequences (RLOO)
+    _per_sequence_metrics: tuple[str, ...] = ()  # loss metrics that are means over completions (GRPO's VESPO φ)
     _guards_gradient = False  # the rollout guards judge whole generation batches instead
     _scores_rewards = True  # False: no reward functions (`reward_scorer` is None; DistillationTrainer)
 
@@ -827,10 +828,14 @@ class _OnlineTrainer(_BaseTrainer):
         if mode != "train":
             return
         group_std, zero_std = group_reward_stats(total, self.args.num_generations)
-        batch_scaled = getattr(self.args, "scale_rewards", "group") == "batch"
-        add("reward_std", total.std() if batch_scaled and total.numel() > 1 else group_std.mean())
+        add("reward_std", self._reward_std(total, group_std))
         add("frac_reward_zero_std", zero_std.float().mean())
         self._num_tokens["train"] += int(rollout.prompt_mask.sum() + rollout.completion_mask.sum())
+
+    def _reward_std(self, total_rewards: torch.Tensor, group_std: torch.Tensor) -> torch.Tensor:
+        """The `reward_std` metric of a generation batch: the mean over its groups of the total rewards' std
+        (`group_std`, one per group). GRPO overrides it to follow `scale_rewards`."""
+        return group_std.mean()
 
     def _record_completion_metrics(self, rollout: Rollout, mode: str = "train") -> None:
         """`completions/*`: lengths of a generation batch's completions over every process (tool-result tokens not
@@ -1029,7 +1034,7 @@ class _OnlineTrainer(_BaseTrainer):
             if key == "policy_loss":  # a share of the step's loss, like `loss`: one count per optimiser step
                 self._metrics.add(mode, key, value, 1.0 / micro.step_counts.micro_batches)
                 continue
-            weight = sequences if key in _PER_SEQUENCE or self._sequence_level_metrics else tokens
+            weight = sequences if key in self._per_sequence_metrics or self._sequence_level_metrics else tokens
             self._metrics.add(mode, _METRIC_NAMES.get(key, key), value * weight, weight)
             if key in _EXTREMES:
                 name, op = _EXTREMES[key]
