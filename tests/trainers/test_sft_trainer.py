@@ -381,3 +381,16 @@ def test_selective_checkpointing_without_checkpointing_warns(tmp_path):
                    train_dataset=tiny_task_dataset("conversational", num_rows=4),
                    args=_config(tmp_path, gradient_checkpointing=False,
                                 gradient_checkpointing_kwargs={"selective": True}))
+
+
+@pytest.mark.slow  # compiling takes about a minute on a CPU
+def test_torch_compile_trains_packed_rows_as_eager(tmp_path):
+    """`torch_compile=True` (the model compiled by transformers) with the fused LM head and packing: the same losses as
+    the eager run."""
+    data = tiny_task_dataset("conversational", num_rows=16)
+    runs = []
+    for compile_ in (False, True):
+        trainer, before = _train(tmp_path / str(compile_), data, torch_compile=compile_, packing=True, max_steps=2,
+                                 gradient_checkpointing=False)
+        runs.append([log["loss"] for log in trainer.state.log_history if "loss" in log])
+    assert runs[1] == pytest.approx(runs[0], rel=1e-4)
