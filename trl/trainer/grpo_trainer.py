@@ -140,10 +140,9 @@ class GRPOTrainer(_OnlineTrainer):
             if os.environ.get("TRL_EXPERIMENTAL_SILENCE") != "1":
                 warnings.warn("rollout_func is experimental: it replaces generation entirely and its interface may "
                               "change. Set TRL_EXPERIMENTAL_SILENCE=1 to silence this warning.", stacklevel=2)
-        self.rollout_func = rollout_func
         super().__init__(model, reward_funcs, args, train_dataset, eval_dataset, processing_class,
                          reward_processing_classes, callbacks, optimizers, quantization_config, peft_config,
-                         tools=tools, environment_factory=environment_factory)
+                         tools=tools, environment_factory=environment_factory, rollout_func=rollout_func)
         a = self.args
         self._loss_params = PolicyLossParams(
             loss_type=a.loss_type, epsilon_low=a.epsilon, epsilon_high=a.epsilon_high, delta=a.delta, beta=a.beta,

@@ -206,8 +206,10 @@ class _OnlineTrainer(_BaseTrainer):
 
     def __init__(self, model, reward_funcs, args=None, train_dataset=None, eval_dataset=None, processing_class=None,
                  reward_processing_classes=None, callbacks=None, optimizers=(None, None), quantization_config=None,
-                 peft_config=None, tools=None, environment_factory=None):
+                 peft_config=None, tools=None, environment_factory=None, rollout_func=None):
         args = as_config(args, self._config_class, self._default_output_dir(model, self._name))
+        # replaces generation when given (GRPOTrainer checks it); its output becomes a Rollout in `_sample`
+        self.rollout_func = rollout_func
         self._environment_owned = train_dataset is None
         if train_dataset is None:
             train_dataset = self._environment_owned_rows(environment_factory, args)
@@ -223,8 +225,8 @@ class _OnlineTrainer(_BaseTrainer):
         if tokenizer is not None and tokenizer is not processing_class:
             VisionRollouts.check_supported(
                 type(self).__name__, tools=tools, environment_factory=environment_factory, args=args,
-                rollout_func=getattr(self, "rollout_func", None),
-                scores_rewards=getattr(self, "_scores_rewards", True))
+                rollout_func=rollout_func,
+                scores_rewards=self._scores_rewards)
             self._vision = VisionRollouts(processing_class, type(self).__name__, args.chat_template_kwargs)
             processing_class = tokenizer
         loading.prepare_tokenizer(processing_class, model)
@@ -331,7 +333,6 @@ class _OnlineTrainer(_BaseTrainer):
         self._buffer_position = 0  # micro-batches served since the start of training
         self._guard_counts = {"no_signal": 0, "truncated": 0, "zero_std": 0, "mostly_truncated": 0,
                               "mostly_zero_std": 0}
-        self.rollout_func = getattr(self, "rollout_func", None)  # GRPOTrainer sets it before this runs
         self._completions_table: dict | None = None  # the last generation batch, for `log_completions`
         self._step_started = None
         self.model_accepts_loss_kwargs = False
