@@ -176,3 +176,29 @@ def test_dpo_and_kto_text_blocks_render_as_strings(tmp_path):
         KTOTrainer(model=tiny_model(num_hidden_layers=1), processing_class=tiny_tokenizer(),
                    args=KTOConfig(output_dir=str(tmp_path / "kto"), report_to="none"),
                    train_dataset=Dataset.from_list(unpaired))
+
+
+def test_reward_text_blocks_render_as_strings(tmp_path):
+    """The reward data path (the same preference preparation as DPO) renders text content blocks as strings."""
+    from transformers import AutoModelForSequenceClassification
+
+    from trl import RewardConfig, RewardTrainer
+    from trl.models.tiny import tiny_model, tiny_tokenizer
+
+    def blocks(text):
+        return [{"type": "text", "text": text}]
+
+    def rows(content):
+        return [{"prompt": [{"role": "user", "content": content("What colour?")}],
+                 "chosen": [{"role": "assistant", "content": content("red")}],
+                 "rejected": [{"role": "assistant", "content": content("blue")}]}] * 4
+
+    config = tiny_model(num_hidden_layers=1).config
+    config.num_labels = 1
+    prepared = [
+        RewardTrainer(model=AutoModelForSequenceClassification.from_config(config), processing_class=tiny_tokenizer(),
+                      args=RewardConfig(output_dir=str(tmp_path), report_to="none"),
+                      train_dataset=Dataset.from_list(rows(content))).train_dataset[0]
+        for content in (blocks, lambda text: text)
+    ]
+    assert prepared[0] == prepared[1]

@@ -15,6 +15,7 @@ from .. import guards
 from .conversation import common_prefix_length, extract_prompt, maybe_convert_dataset_to_chatml
 from .formats import DatasetFormat, check_dataset, check_example_types, detect_format, require_format
 from .tokenize import end_of_turn_ids, tokenize_sft_example
+from .vision import with_text_blocks_rendered
 
 TOKENIZED_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 # Per-pair values that survive tokenisation: precomputed reference log-probs (DPO) and a reward margin (reward models).
@@ -130,6 +131,7 @@ def prepare_preference_dataset(dataset, tokenizer, options: PreferenceDataOption
     from datasets import Dataset
 
     check_dataset(dataset, trainer, name, model, tokenizer)
+    dataset = with_text_blocks_rendered(dataset, tokenizer, name)  # text content blocks, for a text template
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
     dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)

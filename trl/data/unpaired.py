@@ -24,6 +24,7 @@ from .conversation import maybe_convert_dataset_to_chatml, unpair_preference_dat
 from .formats import DatasetFormat, check_dataset, check_example_types, detect_format
 from .preference import PreferenceDataOptions, _completion_span, _first_row, check_pair, tokenize_rows
 from .tokenize import tokenize_sft_example
+from .vision import with_text_blocks_rendered
 
 TOKENIZED_COLUMNS = ("prompt_ids", "completion_ids", "label")
 # Per-row values that survive tokenisation: precomputed reference log-probs of the completion and KL completion.
@@ -183,6 +184,7 @@ def prepare_unpaired_dataset(dataset, tokenizer, options: PreferenceDataOptions,
     from datasets import Dataset
 
     check_dataset(dataset, trainer, name, model, tokenizer)
+    dataset = with_text_blocks_rendered(dataset, tokenizer, name)  # text content blocks, for a text template
 
     map_kwargs = {"num_proc": options.num_proc} if isinstance(dataset, Dataset) else {}
     dataset = maybe_convert_dataset_to_chatml(dataset, **map_kwargs)

@@ -122,7 +122,6 @@ class DPOTrainer(_BaseTrainer):
             max_length=args.max_length, num_proc=args.dataset_num_proc, guards=guards.policy(args)
         )
         def prepare(dataset, name):
-            dataset = vision.with_text_blocks_rendered(dataset, processing_class, name)  # text content blocks
             return prepare_preference_dataset(dataset, processing_class, options, "DPOTrainer", name, model)[0]
 
         if self._is_vlm:  # rendered and processed on the fly by DataCollatorForVisionPreference

@@ -129,7 +129,6 @@ class KTOTrainer(_BaseTrainer):
         )
 
         def prepare(dataset, name):
-            dataset = vision.with_text_blocks_rendered(dataset, processing_class, name)  # text content blocks
             return prepare_unpaired_dataset(dataset, processing_class, options, "KTOTrainer", name, self._with_kl,
                                             model)[0]
 
