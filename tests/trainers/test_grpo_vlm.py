@@ -276,3 +276,21 @@ def test_lora_with_beta_scores_the_reference_without_adapters(tmp_path):
     trainer.train()
     assert "kl" in trainer.state.log_history[0]
     assert any(not torch.equal(p, lora[n]) for n, p in trainer.model.named_parameters() if "lora_B" in n)
+
+
+def test_text_model_renders_text_blocks_and_names_an_image_block(tmp_path):
+    """A text model's prompts given as text content blocks are rendered as the equivalent strings; an image block
+    without a vision-language processor is an error naming the row."""
+    from trl.models.tiny import tiny_model, tiny_tokenizer
+
+    def trainer(prompts):
+        return GRPOTrainer(model=tiny_model(num_hidden_layers=1), processing_class=tiny_tokenizer(),
+                           reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+                           args=_config(tmp_path), train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]))
+
+    blocks = [[{"role": "user", "content": [{"type": "text", "text": "What "}, {"type": "text", "text": "colour?"}]}]]
+    strings = [[{"role": "user", "content": "What colour?"}]]
+    assert trainer(blocks * 4).train_dataset["prompt_ids"] == trainer(strings * 4).train_dataset["prompt_ids"]
+    with_image = blocks * 3 + [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}]]
+    with pytest.raises(ValueError, match=r"Row 3 of the train dataset: message 0 of column 'prompt'"):
+        trainer(with_image)

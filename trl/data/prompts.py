@@ -10,6 +10,7 @@ from __future__ import annotations
 from .conversation import maybe_convert_to_chatml
 from .formats import check_dataset, check_example_types, detect_format
 from .tokenize import render_ids, row_template_kwargs
+from .vision import text_block_messages
 
 
 def _first_row(dataset) -> dict:
@@ -18,9 +19,12 @@ def _first_row(dataset) -> dict:
     raise ValueError("The dataset is empty.")
 
 
-def tokenize_prompt(row: dict, tokenizer, conversational: bool, chat_template_kwargs: dict | None = None) -> list[int]:
+def tokenize_prompt(row: dict, tokenizer, conversational: bool, chat_template_kwargs: dict | None = None,
+                    row_index: int | None = None, name: str = "train") -> list[int]:
     """Token ids of one row's prompt, ready for generation. A conversational prompt that ends with an assistant
-    message is continued (`continue_final_message`), not closed and followed by a new assistant turn.
+    message is continued (`continue_final_message`), not closed and followed by a new assistant turn. Text content
+    blocks are rendered as the text template expects (`trl.data.vision.text_block_messages`; an image block is an
+    error naming the row).
 
     Example:
         ```python
@@ -30,6 +34,7 @@ def tokenize_prompt(row: dict, tokenizer, conversational: bool, chat_template_kw
     """
     prompt = row["prompt"]
     if conversational:
+        prompt = text_block_messages(prompt, tokenizer, column="prompt", row=row_index, name=name)
         kwargs = {**(chat_template_kwargs or {}), **row_template_kwargs(row)}
         if prompt and prompt[-1].get("role") == "assistant":  # a prefilled answer: generation continues it
             return render_ids(tokenizer, prompt, kwargs, continue_final_message=True)
@@ -90,7 +95,7 @@ def prepare_prompt_dataset(dataset, tokenizer, trainer: str, name: str = "train"
 
     def add_ids(row, index):
         check_example_types({"prompt": row["prompt"]}, fmt, row=index, name=name)
-        ids = tokenize_prompt(row, tokenizer, fmt.conversational, chat_template_kwargs)
+        ids = tokenize_prompt(row, tokenizer, fmt.conversational, chat_template_kwargs, row_index=index, name=name)
         return {"prompt_ids": ids}
 
     dataset = dataset.map(add_ids, with_indices=True, num_proc=num_proc,
