@@ -331,7 +331,7 @@ def test_rollout_func_bad_output_is_reported(tmp_path, monkeypatch, output, matc
 def test_rollout_func_output_forms():
     # tensor ids, vLLM-style candidate log-probs with their token ids, None log-probs on tool tokens
     from trl.generation.base import SamplingConfig
-    from trl.trainer.online import rollout_from_func_output
+    from trl.generation.rollout_func import rollout_from_func_output
 
     sampling = SamplingConfig(max_completion_length=8, eos_token_ids=(2,), pad_token_id=0)
     out = {

@@ -181,6 +181,17 @@ class RewardScorer:
     def __len__(self) -> int:
         return len(self._funcs)
 
+    @property
+    def reward_funcs(self) -> list:
+        """One entry per reward function, as users gave them: the model of a reward model, else the callable."""
+        return [f.model if isinstance(f, _RewardModel) else f for f in self._funcs]
+
+    @property
+    def processing_classes(self) -> list:
+        """One entry per reward function: the tokenizer of a reward model (given or loaded with it), None for a
+        callable."""
+        return [f.tokenizer if isinstance(f, _RewardModel) else None for f in self._funcs]
+
     def to(self, device: str | torch.device) -> None:
         """Move every reward model to `device` (callables are unaffected)."""
         self.device = torch.device(device)

@@ -49,7 +49,7 @@ from ..generation.vision import VISION_KEYS, VisionRollouts
 from ..models import loading
 from ..models.utils import causal_lm
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
-from ..rewards.scoring import RewardScorer, _RewardModel
+from ..rewards.scoring import RewardScorer
 from ..rollout import Rollout, StepCounts
 from ..template_families import tool_call_family
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
@@ -296,11 +296,8 @@ class _OnlineTrainer(_BaseTrainer):
             )
             # what callbacks read (the reference's attribute names): one entry per reward function, the tokenizer of
             # each reward model (given or auto-loaded) and None for callables
-            scorer_funcs = self.reward_scorer._funcs
-            self.reward_funcs = [f.model if isinstance(f, _RewardModel) else f for f in scorer_funcs]
-            self.reward_processing_classes = [
-                f.tokenizer if isinstance(f, _RewardModel) else None for f in scorer_funcs
-            ]
+            self.reward_funcs = self.reward_scorer.reward_funcs
+            self.reward_processing_classes = self.reward_scorer.processing_classes
         else:  # the completions are scored otherwise (DistillationTrainer: by a teacher's distributions)
             self.reward_scorer, self.reward_funcs, self.reward_processing_classes = None, [], []
         evals = eval_dataset.values() if isinstance(eval_dataset, Mapping) else [eval_dataset]
