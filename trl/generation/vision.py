@@ -247,8 +247,7 @@ def vision_completion_logps(model, processor, micro: Rollout, texts: list[str], 
     Raises:
         `NotImplementedError`: a model whose logits are soft-capped (the suppression could not be expressed as a bias).
     """
-    from ..ops.fused_head import _effective_head
-    from ..ops.logprobs import chunked_token_stats
+    from ..ops.fused_head import FusedHeadRequest, _effective_head
 
     lm = _lm(model)
     device = micro.prompt_ids.device
@@ -264,9 +263,6 @@ def vision_completion_logps(model, processor, micro: Rollout, texts: list[str], 
             full[key] = torch.cat([prompt_part, torch.zeros_like(micro.completion_ids, dtype=prompt_part.dtype)], 1)
     positions = position_ids(lm, input_ids, attention_mask, full)
     backbone = getattr(lm, lm.base_model_prefix)
-    outputs = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=False,
-                       **image_kwargs(backbone, full))
-    hidden = outputs.last_hidden_state[:, prompt_width - 1: -1]  # (B, C, H): the positions predicting completions
     targets_mask = micro.completion_mask.bool()
     transform = dict(getattr(lm, "_trl_logit_transform", {}) or {})
     if transform.get("softcap") is not None:
@@ -274,19 +270,23 @@ def vision_completion_logps(model, processor, micro: Rollout, texts: list[str], 
             f"{type(lm).__name__} soft-caps its logits; image-token suppression in the training forward of a "
             "vision-language model is not supported for such models."
         )
-    weight, bias = _effective_head(lm.get_output_embeddings())
+    weight = _effective_head(lm.get_output_embeddings())[0]
     # exp() of the suppressed logits is 0 in any float dtype; kept finite (entropies stay finite) and representable
     floor = max(_SUPPRESSED, torch.finfo(weight.dtype).min / 4)
     suppress_bias = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
     if suppress:
         suppress_bias[torch.tensor(suppress, device=weight.device)] = floor
-    bias = suppress_bias if bias is None else bias + suppress_bias
-    stats = chunked_token_stats(hidden[targets_mask], weight, micro.completion_ids[targets_mask], bias=bias,
-                                temperature=temperature, **transform)
-    logps = torch.zeros(targets_mask.shape, dtype=stats.logps.dtype, device=device).masked_scatter(
-        targets_mask, stats.logps)
-    entropy = torch.zeros(targets_mask.shape, dtype=stats.entropy.dtype, device=device).masked_scatter(
-        targets_mask, stats.entropy)
+    labels = torch.cat([torch.full_like(micro.prompt_ids, -100), micro.completion_ids.masked_fill(~targets_mask, -100)],
+                       dim=1)
+    # one fused-head forward through `model` itself, so that a DDP/FSDP wrapper synchronises the gradients (the head
+    # included); the suppression is a logit bias, as in sampling
+    request = FusedHeadRequest(labels=labels, temperature=temperature, logit_bias=suppress_bias)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, fused_lm_head=request,
+                    **image_kwargs(backbone, full))
+    logps = torch.zeros(targets_mask.shape, dtype=outputs.logps.dtype, device=device).masked_scatter(
+        targets_mask, outputs.logps)
+    entropy = torch.zeros(targets_mask.shape, dtype=outputs.entropy.dtype, device=device).masked_scatter(
+        targets_mask, outputs.entropy)
     return logps, entropy
 
 
@@ -334,10 +334,6 @@ class VisionRollouts:
             unsupported.append("`use_vllm=True`")
         if args is not None and getattr(args, "use_transformers_continuous_batching", False):
             unsupported.append("`use_transformers_continuous_batching=True`")
-        if args is not None and getattr(args, "world_size", 1) > 1:
-            # the training forward calls the backbone under the DDP/FSDP wrapper, which would not synchronise
-            unsupported.append(f"{args.world_size} processes (multi-process training is not supported with images "
-                               "yet; run on one process)")
         if unsupported:
             raise ValueError(
                 f"{trainer} got a multimodal processor: vision-language models are supported by GRPO and RLOO with "

@@ -35,6 +35,8 @@ class FusedHeadRequest:
         hidden_only (`bool`, *optional*, defaults to `False`): skip the LM head and return the `(N, H)` last hidden
             states of the target positions as `hidden_states` (for an op that applies the head itself, e.g.
             `trl.ops.divergence.chunked_divergence`).
+        logit_bias (`torch.Tensor`, *optional*): `(V,)` added to the logits (to the head's bias), e.g. a large
+            negative value on tokens that sampling suppresses (a vision-language model's image tokens).
     """
 
     labels: torch.Tensor
@@ -44,6 +46,7 @@ class FusedHeadRequest:
     router_aux_loss: bool = False
     with_sum_sq: bool = False
     hidden_only: bool = False
+    logit_bias: torch.Tensor | None = None
 
 
 @dataclass
@@ -91,6 +94,8 @@ def _forward_with_fused_head(
     if request.hidden_only:
         return FusedCausalLMOutput(hidden_states=hidden, label_mask=label_mask, aux_loss=aux_loss)
     weight, bias = _effective_head(self.get_output_embeddings())
+    if request.logit_bias is not None:
+        bias = request.logit_bias if bias is None else bias + request.logit_bias
     options = dict(bias=bias, temperature=request.temperature, with_sum_sq=request.with_sum_sq,
                    **self._trl_logit_transform)
     if request.loss_fn is not None:
