@@ -243,3 +243,15 @@ def test_config_has_no_num_generations_or_lmbda(tmp_path):
     defaults = (config.beta, config.temperature, config.learning_rate, config.max_completion_length,
                 config.disable_dropout, config.remove_unused_columns, config.num_generations)
     assert defaults == (1.0, 1.0, 1e-6, 512, False, False, 1)
+
+
+def test_prompts_that_do_not_fit_the_teachers_context(tmp_path):
+    """The teacher reads prompt + completion too: a teacher with a shorter context than the student is checked like
+    the student (it would otherwise score positions past its context without a word)."""
+    rows = Dataset.from_list([{"prompt": "hello " * 10}] * 8)  # 40 tokens
+    with pytest.raises(ValueError, match=r"teacher \(Qwen3ForCausalLM\) has a shorter context.*context of 64 tokens"):
+        _trainer(tmp_path, teacher=tiny_model(seed=1, max_position_embeddings=64, **TEACHER), dataset=rows,
+                 max_completion_length=32)
+    trainer = _trainer(tmp_path, teacher=tiny_model(seed=1, max_position_embeddings=64, **TEACHER), dataset=rows,
+                       max_completion_length=8)
+    assert trainer.teacher_model.config.max_position_embeddings == 64

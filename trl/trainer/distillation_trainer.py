@@ -74,6 +74,7 @@ class DistillationTrainer(_OnlineTrainer):
             raise ValueError("`teacher_model` is the student object itself: the student would be distilled into "
                              "itself and both would move. Pass a separate teacher.")
         teacher = self._load_teacher(teacher_model, args)
+        self._teacher_to_check = teacher  # read by _check_prompts_fit while the base prepares the datasets
         super().__init__(model, None, args, train_dataset, eval_dataset, processing_class, None, callbacks, optimizers,
                          quantization_config, peft_config, tools=tools)
         student_vocab = causal_lm(self.model).get_output_embeddings().weight.shape[0]
@@ -93,6 +94,20 @@ class DistillationTrainer(_OnlineTrainer):
     @staticmethod
     def _uses_reference(args) -> bool:
         return False  # `beta` chooses the divergence here; the teacher is not a reference policy
+
+    def _check_prompts_fit(self, model, dataset, args) -> None:
+        """Every prompt plus `max_completion_length` must fit the student's context and the teacher's: the teacher
+        reads the same tokens, and past its context it would score them silently (rotary positions) or fail inside
+        its forward (learned positions)."""
+        super()._check_prompts_fit(model, dataset, args)
+        teacher = getattr(self, "_teacher_to_check", None)
+        if teacher is None:
+            return
+        try:
+            super()._check_prompts_fit(teacher, dataset, args)
+        except ValueError as error:
+            raise ValueError(f"The teacher ({type(teacher).__name__}) has a shorter context than the student: {error}"
+                             ) from None
 
     @staticmethod
     def _load_teacher(teacher_model, args: DistillationConfig):
