@@ -170,3 +170,43 @@ def test_vocabulary_mismatch_names_both_sizes():
     hs, ws, ht, _ = _inputs()
     with pytest.raises(ValueError, match=r"student's vocabulary \(40.*teacher's \(41\)"):
         chunked_divergence(hs, ws, ht, torch.randn(41, ht.shape[1], dtype=torch.float64))
+
+
+def test_teacher_transform_and_bias_are_honoured():
+    """The teacher's own scale, softcap and bias enter its distribution (the other tests leave them at identity)."""
+    hs, ws, ht, wt = _inputs(seed=7)
+    bias = torch.randn(wt.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    out = chunked_divergence(hs, ws, ht, wt, beta=0.4, temperature=0.9, teacher_bias=bias,
+                             teacher_transform={"scale": 1.7, "softcap": 3.0}, chunk_size=4)
+    out.divergence.sum().backward()
+    got_grad = hs.grad.clone()
+    hs.grad = ws.grad = None
+    # the textbook teacher: logits (h W^T + b) * 1.7, soft-capped at 3, over the temperature
+    z = 3.0 * torch.tanh((ht @ wt.T + bias) * 1.7 / 3.0) / 0.9
+    q = torch.softmax(z, -1)
+    p = torch.softmax((hs @ ws.T) / 0.9, -1)
+    m = 0.4 * q + 0.6 * p
+    expected = 0.4 * (q * (q.log() - m.log())).sum(-1) + 0.6 * (p * (p.log() - m.log())).sum(-1)
+    expected.sum().backward()
+    torch.testing.assert_close(out.divergence, expected.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_grad, hs.grad, rtol=1e-9, atol=1e-12)
+    plain = chunked_divergence(hs.detach(), ws.detach(), ht, wt, beta=0.4, temperature=0.9).divergence
+    assert (plain - out.divergence.detach()).abs().max() > 1e-3  # the transform and bias changed the result
+
+
+def test_bfloat16_teacher_with_a_float32_student():
+    """A teacher kept in bfloat16 next to a float32 student: each head's matmul runs in its own dtype, the divergence
+    in float32, equal to the float64 divergence of the same (bfloat16-rounded) teacher."""
+    hs, ws, ht, wt = (t.detach().float() for t in _inputs(seed=9))
+    hs.requires_grad_()
+    ht, wt = ht.bfloat16(), wt.bfloat16()
+    out = chunked_divergence(hs, ws, ht, wt, beta=0.5, chunk_size=4)
+    assert out.divergence.dtype == torch.float32
+    teacher_logits = (ht @ wt.T).double()  # bfloat16 matmul, as the teacher's head runs it
+    q = torch.softmax(teacher_logits, -1)
+    p = torch.softmax(hs.detach().double() @ ws.double().T, -1)
+    m = 0.5 * (p + q)
+    expected = 0.5 * (q * (q.log() - m.log())).sum(-1) + 0.5 * (p * (p.log() - m.log())).sum(-1)
+    torch.testing.assert_close(out.divergence.double(), expected, rtol=1e-5, atol=1e-6)
+    out.divergence.sum().backward()
+    assert torch.isfinite(hs.grad).all() and hs.grad.abs().sum() > 0
