@@ -13,7 +13,7 @@ from trl.rollout import StepCounts
 from trl.trainer.distillation_config import DistillationConfig
 from trl.trainer.distillation_trainer import DistillationTrainer
 
-from .sft_one_step import SMALL
+from .sft_one_step import SMALL, _GradCatcher
 
 METRICS = {
     "loss", "num_tokens", "entropy", "step_time", "completions/mean_length", "completions/min_length",
@@ -255,3 +255,35 @@ def test_prompts_that_do_not_fit_the_teachers_context(tmp_path):
     trainer = _trainer(tmp_path, teacher=tiny_model(seed=1, max_position_embeddings=64, **TEACHER), dataset=rows,
                        max_completion_length=8)
     assert trainer.teacher_model.config.max_position_embeddings == 64
+
+
+def test_gradient_is_the_same_however_the_generation_batch_is_cut(tmp_path):
+    """8 completions as 1 micro-batch of 8, or 2 / 4 accumulated micro-batches: the same completions (one generation
+    batch) and one token mean over the optimiser step (trl.losses.reduce), so the same gradient. Dividing each
+    micro-batch by its own token count would weight the tokens of short micro-batches more."""
+    grads, lengths = [], []
+    for batch_size, accumulation in ((8, 1), (4, 2), (2, 4)):
+        catcher = _GradCatcher()
+        student = tiny_model(seed=0, **SMALL)
+        with torch.no_grad():  # a larger end-of-sequence row: completions of 2 to 8 tokens, not all of 8
+            student.get_output_embeddings().weight[tiny_tokenizer().eos_token_id] *= 40
+        trainer = DistillationTrainer(
+            model=student, teacher_model=tiny_model(seed=1, **TEACHER), train_dataset=_prompts(),
+            args=_config(tmp_path / str(batch_size), per_device_train_batch_size=batch_size, beta=0.5,
+                         gradient_accumulation_steps=accumulation, max_steps=1, max_grad_norm=0.0),
+            processing_class=tiny_tokenizer(), callbacks=[catcher],
+        )
+        make_rollout = trainer._make_rollout
+
+        def recording(rows, make=make_rollout):
+            rollout = make(rows)
+            lengths.append(rollout.completion_mask.sum(-1).tolist())
+            return rollout
+
+        trainer._make_rollout = recording
+        trainer.train()
+        grads.append(catcher.grads)
+    assert len(lengths) == 3 and len(set(lengths[0])) > 1 and lengths[1] == lengths[0] == lengths[2]
+    for other in grads[1:]:
+        for name, grad in grads[0].items():
+            torch.testing.assert_close(other[name], grad, rtol=1e-4, atol=1e-6)
