@@ -12,6 +12,7 @@ import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers.utils import ModelOutput
@@ -37,6 +38,10 @@ class FusedHeadRequest:
             `trl.ops.divergence.chunked_divergence`).
         logit_bias (`torch.Tensor`, *optional*): `(V,)` added to the logits (to the head's bias), e.g. a large
             negative value on tokens that sampling suppresses (a vision-language model's image tokens).
+        head_op (`Callable`, *optional*): an op that applies the LM head itself, called inside the forward as
+            `head_op(hidden (N, H), weight, bias)` on the target positions; its result is returned as `head_output`
+            (e.g. `trl.ops.divergence.chunked_divergence` against a teacher). Inside the forward, a DDP/FSDP wrapper
+            sees the head used, which applying it after a `hidden_only` forward would hide.
     """
 
     labels: torch.Tensor
@@ -47,6 +52,7 @@ class FusedHeadRequest:
     with_sum_sq: bool = False
     hidden_only: bool = False
     logit_bias: torch.Tensor | None = None
+    head_op: Callable | None = None
 
 
 @dataclass
@@ -63,6 +69,7 @@ class FusedCausalLMOutput(ModelOutput):
     label_mask: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     hidden_states: torch.Tensor | None = None  # (N, H), only with `hidden_only=True`
+    head_output: Any = None  # what `head_op` returned
 
 
 def _fused_forward(self, *args, fused_lm_head: FusedHeadRequest | None = None, **kwargs):
@@ -94,6 +101,9 @@ def _forward_with_fused_head(
     if request.hidden_only:
         return FusedCausalLMOutput(hidden_states=hidden, label_mask=label_mask, aux_loss=aux_loss)
     weight, bias = _effective_head(self.get_output_embeddings())
+    if request.head_op is not None:
+        return FusedCausalLMOutput(head_output=request.head_op(hidden, weight, bias), label_mask=label_mask,
+                                   aux_loss=aux_loss)
     if request.logit_bias is not None:
         bias = request.logit_bias if bias is None else bias + request.logit_bias
     options = dict(bias=bias, temperature=request.temperature, with_sum_sq=request.with_sum_sq,

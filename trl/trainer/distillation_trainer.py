@@ -161,21 +161,24 @@ class DistillationTrainer(_OnlineTrainer):
         mask = self._loss_mask(micro)  # tool-result tokens (and, if asked, truncated completions) left out
         labels = input_ids.masked_fill(torch.cat([torch.zeros_like(micro.prompt_mask), mask], dim=1) == 0, -100)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        student = model(**inputs, fused_lm_head=FusedHeadRequest(labels=labels, hidden_only=True,
-                                                                 router_aux_loss=aux_loss))
         with torch.no_grad():
             teacher = self.teacher_model(**inputs, fused_lm_head=FusedHeadRequest(labels=labels, hidden_only=True))
         student_lm = causal_lm(self.accelerator.unwrap_model(model))
         teacher_lm = self.accelerator.unwrap_model(self.teacher_model)
-        student_weight, student_bias = _effective_head(student_lm.get_output_embeddings())
         teacher_weight, teacher_bias = _effective_head(teacher_lm.get_output_embeddings())
-        out = chunked_divergence(
-            student.hidden_states, student_weight, teacher.hidden_states.to(student.hidden_states.device),
-            teacher_weight.to(student_weight.device), beta=self.args.beta, temperature=self.sampling.temperature,
-            student_bias=student_bias,
-            teacher_bias=teacher_bias.to(student_weight.device) if teacher_bias is not None else None,
-            student_transform=student_lm._trl_logit_transform, teacher_transform=teacher_lm._trl_logit_transform,
-        )
+
+        def divergence(hidden, student_weight, student_bias):
+            return chunked_divergence(
+                hidden, student_weight, teacher.hidden_states.to(hidden.device), teacher_weight.to(student_weight.device),
+                beta=self.args.beta, temperature=self.sampling.temperature, student_bias=student_bias,
+                teacher_bias=teacher_bias.to(student_weight.device) if teacher_bias is not None else None,
+                student_transform=student_lm._trl_logit_transform, teacher_transform=teacher_lm._trl_logit_transform,
+            )
+
+        # the student's head is applied inside its forward (`head_op`), so a DDP wrapper sees it used
+        student = model(**inputs, fused_lm_head=FusedHeadRequest(labels=labels, head_op=divergence,
+                                                                 router_aux_loss=aux_loss))
+        out = student.head_output
         label_mask = student.label_mask  # (B, T-1): the positions that predict a loss token
 
         def per_token(values):  # (N,) -> (B, C), 0 outside the loss tokens
