@@ -574,3 +574,22 @@ def test_resume_with_reference_sync_restores_the_synced_reference(tmp_path):
     assert resumed[3][0] == pytest.approx(full[3][0], rel=1e-5, abs=1e-7)
     for name, value in ref_full.items():
         torch.testing.assert_close(ref_resumed[name], value)
+
+
+def test_moe_aux_loss_is_added_and_logged(tmp_path):
+    """A mixture of experts with `router_aux_loss_coef`: the load-balancing loss is added to the policy loss (averaged
+    over the micro-batches of the step) and logged as `aux_loss`; with the coefficient 0 it is neither."""
+    from .sft_one_step import tiny_moe_model
+
+    losses = {}
+    for coef in (0.0, 0.5):
+        trainer = GRPOTrainer(model=tiny_moe_model(seed=0), reward_funcs=vowels, processing_class=tiny_tokenizer(),
+                              args=_config(tmp_path / str(coef), max_steps=1, router_aux_loss_coef=coef),
+                              train_dataset=_prompts())
+        trainer.train()
+        log = next(entry for entry in trainer.state.log_history if "loss" in entry)
+        assert ("aux_loss" in log) == (coef > 0)
+        losses[coef] = log
+    assert losses[0.5]["aux_loss"] > 0
+    # same seed, same samples: the step's loss differs by exactly coef * aux_loss
+    assert losses[0.5]["loss"] == pytest.approx(losses[0.0]["loss"] + 0.5 * losses[0.5]["aux_loss"], rel=1e-4, abs=1e-6)

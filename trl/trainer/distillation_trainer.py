@@ -196,9 +196,7 @@ class DistillationTrainer(_OnlineTrainer):
         loss = reduce_policy_loss(divergence, mask, "token", micro.step_counts, self._dp_world_size(),
                                   self.args.max_completion_length)
         mode = "train" if self.model.training else "eval"
-        if aux_loss is not None:
-            loss = loss + self._aux_loss_coef * aux_loss / micro.step_counts.micro_batches
-            self._metrics.add(mode, "aux_loss", aux_loss.detach())
+        loss = self._with_aux_loss(loss, aux_loss, mode, steps=micro.step_counts.micro_batches)
         self._metrics.add(mode, "entropy", (entropy * mask).sum(), mask.sum())
         return loss
 

@@ -1024,9 +1024,7 @@ class _OnlineTrainer(_BaseTrainer):
         loss, metrics = self._loss(micro, logps, entropy, mask)
         tokens, sequences = mask.sum(), mask.any(-1).sum()
         mode = "train" if self.model.training else "eval"
-        if aux_loss is not None:  # a per-micro-batch mean: averaged over the micro-batches of the step
-            loss = loss + self._aux_loss_coef * aux_loss / micro.step_counts.micro_batches
-            self._metrics.add(mode, "aux_loss", aux_loss.detach())
+        loss = self._with_aux_loss(loss, aux_loss, mode, steps=micro.step_counts.micro_batches)
         self._metrics.add(mode, "entropy", (entropy * mask).sum(), tokens)
         for key, value in metrics.items():
             if key == "policy_loss":  # a share of the step's loss, like `loss`: one count per optimiser step
