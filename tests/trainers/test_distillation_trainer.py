@@ -310,3 +310,20 @@ def test_two_processes_train_an_untied_student_in_sync(tmp_path):
     assert "lm_head.weight" in ranks[0]["moved"]
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
+
+
+def test_vision_inputs_are_refused_at_construction(tmp_path):
+    """A multimodal processor and an image column are errors that name DistillationTrainer (docs/distillation.md:
+    the teacher would not get the pixel inputs)."""
+    from trl.models.tiny_vlm import tiny_vlm
+
+    model, processor = tiny_vlm("llava")
+    teacher, _ = tiny_vlm("llava", seed=1)
+    with pytest.raises(ValueError, match=r"DistillationTrainer got a multimodal processor.*DistillationTrainer"):
+        DistillationTrainer(model=model, teacher_model=teacher, args=_config(tmp_path), train_dataset=_prompts(),
+                            processing_class=processor)
+    from PIL import Image
+
+    rows = Dataset.from_list([{"prompt": "describe", "image": Image.new("RGB", (8, 8))}] * 4)
+    with pytest.raises(ValueError, match=r"DistillationTrainer got an 'image' column.*remove_columns\('image'\)"):
+        _trainer(tmp_path, dataset=rows)
