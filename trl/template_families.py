@@ -443,14 +443,11 @@ def parse_glm_tool_calls(text: str, strict: bool = True):
 _GLM_PAIR = re.compile(r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL)
 
 
-def _glm_call(body: str) -> tuple[dict | None, str | None]:
-    name, _, rest = body.partition("<arg_key>")
-    rest = "<arg_key>" + rest if _ else ""
-    name = name.strip()
-    if not name or "\n" in name or "<" in name:
-        return None, f"the call has no function name before its arguments: {_snippet(body)}"
+def _tagged_arguments(pattern: re.Pattern, text: str) -> tuple[dict, int]:
+    """Arguments written as consecutive key/value tags that `pattern` matches (groups: key, value), each value
+    JSON-decoded when it is valid JSON and kept as written otherwise; and where the run of tags stops in `text`."""
     arguments, position = {}, 0
-    for match in _GLM_PAIR.finditer(rest):
+    for match in pattern.finditer(text):
         if match.start() != position:
             break
         key, value = match.group(1).strip(), match.group(2)
@@ -459,6 +456,16 @@ def _glm_call(body: str) -> tuple[dict | None, str | None]:
         except json.JSONDecodeError:
             arguments[key] = value
         position = match.end()
+    return arguments, position
+
+
+def _glm_call(body: str) -> tuple[dict | None, str | None]:
+    name, _, rest = body.partition("<arg_key>")
+    rest = "<arg_key>" + rest if _ else ""
+    name = name.strip()
+    if not name or "\n" in name or "<" in name:
+        return None, f"the call has no function name before its arguments: {_snippet(body)}"
+    arguments, position = _tagged_arguments(_GLM_PAIR, rest)
     if rest[position:].strip():
         return None, f"{name}: expected <arg_key>k</arg_key><arg_value>v</arg_value> pairs, got {_snippet(rest[position:])}"
     return _function_call(name, arguments), None
@@ -632,16 +639,7 @@ def _xml_function_call(body: str) -> tuple[dict | None, str | None]:
     name, rest = match.group(1).strip(), match.group(2)
     if not name:
         return None, f"the call has no function name: {_snippet(body)}"
-    arguments, position = {}, 0
-    for parameter in _XML_PARAMETER.finditer(rest):
-        if parameter.start() != position:
-            break
-        key, value = parameter.group(1).strip(), parameter.group(2)
-        try:
-            arguments[key] = json.loads(value)
-        except json.JSONDecodeError:
-            arguments[key] = value
-        position = parameter.end()
+    arguments, position = _tagged_arguments(_XML_PARAMETER, rest)
     if rest[position:].strip():
         return None, f"{name}: expected <parameter=k>v</parameter> blocks, got {_snippet(rest[position:])}"
     return _function_call(name, arguments), None
