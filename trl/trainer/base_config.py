@@ -45,6 +45,29 @@ def resolve_pad_to_multiple_of(value) -> int | None:
     return value
 
 
+def dict_field(value, name: str) -> dict | None:
+    """A config field that takes a dict, or a JSON object string from the command line or YAML: the dict (None stays
+    None).
+
+    Raises:
+        `ValueError`: a string that is not JSON. `TypeError`: a value (or parsed JSON) that is not a dict.
+
+    Example:
+        ```python
+        >>> dict_field('{"dtype": "bfloat16"}', "model_init_kwargs")
+        {'dtype': 'bfloat16'}
+        ```
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"`{name}` must be a dict or a JSON object string; got {value!r} ({error}).") from None
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"`{name}` must be a dict; got {type(value).__name__} ({value!r}).")
+    return value
+
+
 def check_reference_fields(config) -> None:
     """Cross-field checks of the reference-model options shared by DPO and KTO configs."""
     if config.precompute_ref_batch_size is not None and config.precompute_ref_batch_size <= 0:
@@ -220,16 +243,7 @@ class _BaseConfig(TrainingArguments):
             self.use_cpu = True
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and bf16_supported()
-        if isinstance(self.model_init_kwargs, str):
-            try:
-                self.model_init_kwargs = json.loads(self.model_init_kwargs)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"`model_init_kwargs` must be a dict or a JSON object string; got {self.model_init_kwargs!r} "
-                    f"({error})."
-                ) from None
-        if self.model_init_kwargs is not None and not isinstance(self.model_init_kwargs, dict):
-            raise TypeError(f"`model_init_kwargs` must be a dict; got {type(self.model_init_kwargs).__name__}.")
+        self.model_init_kwargs = dict_field(self.model_init_kwargs, "model_init_kwargs")
         if self.packed_attention not in ("auto", "flex_attention", "model"):
             raise ValueError(
                 f"`packed_attention` must be 'auto', 'flex_attention' or 'model'; got {self.packed_attention!r}."

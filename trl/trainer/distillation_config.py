@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .base_config import dict_field
 from .online_config import _OnlineConfig
 
 
@@ -85,15 +85,5 @@ class DistillationConfig(_OnlineConfig):
             )
         if not self.temperature > 0:
             raise ValueError(f"`temperature` must be > 0 (it divides the logits); got {self.temperature}.")
-        if isinstance(self.teacher_model_init_kwargs, str):
-            try:
-                self.teacher_model_init_kwargs = json.loads(self.teacher_model_init_kwargs)
-            except json.JSONDecodeError as error:
-                raise ValueError(
-                    f"`teacher_model_init_kwargs` must be a dict or a JSON object string; got "
-                    f"{self.teacher_model_init_kwargs!r} ({error})."
-                ) from None
-        if self.teacher_model_init_kwargs is not None and not isinstance(self.teacher_model_init_kwargs, dict):
-            raise TypeError(f"`teacher_model_init_kwargs` must be a dict; got "
-                            f"{type(self.teacher_model_init_kwargs).__name__}.")
+        self.teacher_model_init_kwargs = dict_field(self.teacher_model_init_kwargs, "teacher_model_init_kwargs")
         super().__post_init__()

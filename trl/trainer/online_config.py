@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..agents.tools import DEFAULT_TOOL_TIMEOUT
-from .base_config import _BaseConfig, resolve_pad_to_multiple_of
+from .base_config import _BaseConfig, dict_field, resolve_pad_to_multiple_of
 
 
 @dataclass
@@ -231,15 +231,8 @@ class _OnlineConfig(_BaseConfig):
     )
 
     def __post_init__(self):
-        import json
-
         for name in ("generation_kwargs", "chat_template_kwargs", "transformers_continuous_batching_config"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                try:
-                    setattr(self, name, json.loads(value))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"`{name}` must be a dict or a JSON object string; got {value!r} ({error}).") from None
+            setattr(self, name, dict_field(getattr(self, name), name))
         if self.use_vllm:
             raise ValueError(
                 "`use_vllm=True`: the vLLM backend is not available in this version; generation runs on the built-in "
