@@ -339,15 +339,7 @@ def _decode(step, logits, attention, prefix: int, positions, seen, row_ids, samp
     max_new = sampling.max_completion_length
     first_row, num_rows = int(row_ids[0]), len(row_ids)
     for t in range(max_new):
-        uniform = _uniform(sampling, num_rows, row_ids - first_row, generator, logits.device)
-        tokens, logps = _sample(logits, sampling, seen, generator, uniform)
-        tokens = tokens.masked_fill(~alive, sampling.pad_token_id)
-        out.ids[row_ids, t] = tokens
-        out.logps[row_ids, t] = logps.masked_fill(~alive, 0.0)
-        out.lengths[row_ids] += alive.long()
-        finished = alive & torch.isin(tokens, eos)
-        out.ended[row_ids] |= finished
-        alive &= ~finished
+        tokens = _sample_step(logits, sampling, seen, generator, row_ids, first_row, num_rows, alive, eos, out, t)
         if t == max_new - 1:
             break
         num_alive = int(alive.sum())  # one host sync per step, as in `generate`'s stopping check
@@ -406,15 +398,8 @@ def _decode_static(decoder: StaticDecoder, step: _Forward, expand: torch.Tensor,
     sync_every = decoder.sync_every(device)
     first_row, num_rows = int(row_ids[0]), len(row_ids)
     for t in range(max_new):
-        uniform = _uniform(sampling, num_rows, row_ids - first_row, generator, device)
-        tokens, logps = _sample(logits[:num], sampling, seen, generator, uniform)
-        tokens = tokens.masked_fill(~alive, sampling.pad_token_id)
-        out.ids[row_ids, t] = tokens
-        out.logps[row_ids, t] = logps.masked_fill(~alive, 0.0)
-        out.lengths[row_ids] += alive.long()
-        finished = alive & torch.isin(tokens, eos)
-        out.ended[row_ids] |= finished
-        alive &= ~finished
+        tokens = _sample_step(logits[:num], sampling, seen, generator, row_ids, first_row, num_rows, alive, eos, out,
+                              t)
         if t == max_new - 1:
             break
         if (t + 1) % sync_every == 0:
@@ -444,6 +429,23 @@ def _decode_static(decoder: StaticDecoder, step: _Forward, expand: torch.Tensor,
         positions += 1
     if kept is not None:
         _keep_rows(cache, attention[:num, : prefix + t], torch.ones_like(alive), row_ids, kept)
+
+
+def _sample_step(logits, sampling: SamplingConfig, seen, generator, row_ids, first_row: int, num_rows: int,
+                 alive: torch.Tensor, eos: torch.Tensor, out: _Outputs, t: int) -> torch.Tensor:
+    """Sample step `t`'s tokens of the rows `row_ids` (of the dynamic or the static decode) from `logits`, record
+    them, their log-probs and the lengths in `out`, and clear `alive` (in place) where a row ended. Returns the
+    tokens (padding for rows already finished)."""
+    uniform = _uniform(sampling, num_rows, row_ids - first_row, generator, logits.device)
+    tokens, logps = _sample(logits, sampling, seen, generator, uniform)
+    tokens = tokens.masked_fill(~alive, sampling.pad_token_id)
+    out.ids[row_ids, t] = tokens
+    out.logps[row_ids, t] = logps.masked_fill(~alive, 0.0)
+    out.lengths[row_ids] += alive.long()
+    finished = alive & torch.isin(tokens, eos)
+    out.ended[row_ids] |= finished
+    alive &= ~finished
+    return tokens
 
 
 def _uniform(sampling: SamplingConfig, num_rows: int, rows: torch.Tensor, generator, device) -> torch.Tensor | None:
