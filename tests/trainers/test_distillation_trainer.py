@@ -327,3 +327,14 @@ def test_vision_inputs_are_refused_at_construction(tmp_path):
     rows = Dataset.from_list([{"prompt": "describe", "image": Image.new("RGB", (8, 8))}] * 4)
     with pytest.raises(ValueError, match=r"DistillationTrainer got an 'image' column.*remove_columns\('image'\)"):
         _trainer(tmp_path, dataset=rows)
+
+
+def test_teacher_that_is_the_base_of_a_peft_student_is_refused(tmp_path):
+    """The base model a PEFT student wraps carries the adapters in its modules: as a teacher it scored completions as
+    the student did (loss 0 at every step, nothing learned)."""
+    peft = pytest.importorskip("peft")
+    base = tiny_model(seed=0, **SMALL)
+    student = peft.get_peft_model(base, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with pytest.raises(ValueError, match=r"shares \d+ parameters with the student.*nothing would be learned"):
+        _trainer(tmp_path, student=student, teacher=base)
+    assert any(p.requires_grad for p in student.parameters())  # refused before the teacher was frozen

@@ -73,6 +73,7 @@ class DistillationTrainer(_OnlineTrainer):
         if teacher_model is not None and teacher_model is model:
             raise ValueError("`teacher_model` is the student object itself: the student would be distilled into "
                              "itself and both would move. Pass a separate teacher.")
+        self._check_teacher_is_separate(model, teacher_model)
         teacher = self._load_teacher(teacher_model, args)
         self._teacher_to_check = teacher  # read by _check_prompts_fit while the base prepares the datasets
         super().__init__(model, None, args, train_dataset, eval_dataset, processing_class, None, callbacks, optimizers,
@@ -108,6 +109,24 @@ class DistillationTrainer(_OnlineTrainer):
         except ValueError as error:
             raise ValueError(f"The teacher ({type(teacher).__name__}) has a shorter context than the student: {error}"
                              ) from None
+
+    @staticmethod
+    def _check_teacher_is_separate(model, teacher_model) -> None:
+        """A teacher whose weights are the student's (e.g. the base model that a PEFT student wraps: the adapters are
+        injected into its modules) scores every completion as the student does: the divergence is 0 and nothing is
+        learned."""
+        if not isinstance(teacher_model, torch.nn.Module) or not isinstance(model, torch.nn.Module):
+            return
+        student = {id(p) for p in model.parameters()}
+        shared = [name for name, p in teacher_model.named_parameters() if id(p) in student]
+        if shared:
+            raise ValueError(
+                f"`teacher_model` shares {len(shared)} parameters with the student (e.g. {shared[0]!r}): it is the "
+                "student's own model (a PEFT student wraps its base model, and the adapters are injected into the "
+                "base's modules), so the divergence would be 0 and nothing would be learned. Load the teacher as a "
+                "separate model (e.g. `AutoModelForCausalLM.from_pretrained(...)` again, or `copy.deepcopy` before "
+                "wrapping the student)."
+            )
 
     @staticmethod
     def _load_teacher(teacher_model, args: DistillationConfig):
