@@ -338,3 +338,9 @@ def test_teacher_that_is_the_base_of_a_peft_student_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"shares \d+ parameters with the student.*nothing would be learned"):
         _trainer(tmp_path, student=student, teacher=base)
     assert any(p.requires_grad for p in student.parameters())  # refused before the teacher was frozen
+
+
+def test_teacher_fields_ignored_for_a_teacher_object_are_warned_about(tmp_path):
+    with pytest.warns(UserWarning, match=r"`teacher_model_revision`, `teacher_model_name_or_path` of the "
+                                         r"DistillationConfig are ignored: `teacher_model` is already a model"):
+        _trainer(tmp_path, teacher_model_revision="v1", teacher_model_name_or_path="some/teacher")

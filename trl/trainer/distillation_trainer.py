@@ -143,11 +143,15 @@ class DistillationTrainer(_OnlineTrainer):
             if args.teacher_model_revision is not None:
                 kwargs.setdefault("revision", args.teacher_model_revision)
             teacher_model = loading.create_model_from_path(teacher_model, **kwargs)
-        elif args.teacher_model_init_kwargs:
-            import warnings
+        else:
+            ignored = [name for name in ("teacher_model_init_kwargs", "teacher_model_revision",
+                                         "teacher_model_name_or_path") if getattr(args, name)]
+            if ignored:
+                import warnings
 
-            warnings.warn("`teacher_model_init_kwargs` is ignored because `teacher_model` is already instantiated.",
-                          stacklevel=3)
+                warnings.warn(f"{', '.join(f'`{name}`' for name in ignored)} of the DistillationConfig "
+                              f"{'is' if len(ignored) == 1 else 'are'} ignored: `teacher_model` is already a model "
+                              f"({type(teacher_model).__name__}).", stacklevel=3)
         if loading.is_peft_model(teacher_model):
             teacher_model = teacher_model.merge_and_unload()
         if not hasattr(teacher_model, "get_output_embeddings") or teacher_model.get_output_embeddings() is None:
