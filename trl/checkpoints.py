@@ -225,6 +225,49 @@ def find_unsafe(value: Any, where: str = "state") -> str | None:
     return None
 
 
+_IMAGE_KEY = "_trl_png_image"  # a PIL image stored as plain data: {_IMAGE_KEY: PNG bytes}
+
+
+def images_to_plain(value: Any) -> Any:
+    """`value` with every PIL image (a dataset's image column in a rollout buffer) replaced by its lossless PNG bytes
+    in a one-key dict, so that the state can be saved and read back with `weights_only=True` (no code runs when the
+    bytes are decoded: Pillow only parses the PNG). Images PNG cannot hold losslessly (e.g. CMYK) are left as they are.
+
+    Example:
+        ```python
+        >>> plain = images_to_plain({"image": [Image.new("RGB", (2, 2))]})
+        >>> plain_to_images(plain)["image"][0].size
+        (2, 2)
+        ```
+    """
+    if type(value).__module__.startswith("PIL.") and hasattr(value, "save") and getattr(value, "mode", None) in (
+        "1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"
+    ):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        return {_IMAGE_KEY: buffer.getvalue()}
+    if type(value) in (list, tuple):
+        return type(value)(images_to_plain(item) for item in value)
+    if type(value) is dict:
+        return {key: images_to_plain(item) for key, item in value.items()}
+    return value
+
+
+def plain_to_images(value: Any) -> Any:
+    """The inverse of [`images_to_plain`]: PNG-bytes dicts become PIL images again."""
+    if type(value) is dict and set(value) == {_IMAGE_KEY} and isinstance(value[_IMAGE_KEY], bytes):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(value[_IMAGE_KEY])) as image:
+            image.load()
+            return image.copy()
+    if type(value) in (list, tuple):
+        return type(value)(plain_to_images(item) for item in value)
+    if type(value) is dict:
+        return {key: plain_to_images(item) for key, item in value.items()}
+    return value
+
+
 def _verify_safetensors(path: Path, folder: Path) -> None:
     from safetensors import safe_open
 

@@ -316,3 +316,35 @@ def test_two_processes_train_with_images_in_sync(tmp_path):
     assert any("lm_head" in n for n in ranks[0]["moved"]) and any("visual" in n for n in ranks[0]["moved"])
     for name, value in ranks[0]["params"].items():
         assert torch.equal(value, ranks[1]["params"][name]), name
+
+
+def test_resume_with_images_repeats_the_uninterrupted_run(tmp_path):
+    """The rollout buffer holds the rows' PIL images; a checkpoint stores them as lossless PNG bytes (read back with
+    weights_only=True), so a run stopped in the middle of a generation batch resumes exactly."""
+    import warnings
+
+    def run(resume=None):
+        trainer = _trainer(tmp_path, "qwen2_vl", max_steps=3, per_device_train_batch_size=2, steps_per_generation=2,
+                           save_strategy="steps", save_steps=1, output_dir=str(tmp_path / "out"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # neither "cannot store safely" nor "start afresh"
+            warnings.filterwarnings("ignore", message=".*(pin_memory|processor|slow|fast).*")
+            trainer.train(resume_from_checkpoint=resume)
+        return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+
+    full = run()
+    resumed = run(resume=str(tmp_path / "out" / "checkpoint-1"))
+    for step in (2, 3):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-5, abs=1e-7)
+
+
+def test_images_survive_the_checkpoint_format():
+    from trl import checkpoints
+
+    images = [Image.new("RGB", (5, 3), (10, 20, 30)), Image.new("L", (2, 2), 7)]
+    plain = checkpoints.images_to_plain({"columns": {"image": images, "answer": ["red", "blue"]}})
+    assert checkpoints.find_unsafe(plain) is None
+    back = checkpoints.plain_to_images(plain)["columns"]
+    assert back["answer"] == ["red", "blue"]
+    assert [(im.mode, im.size, list(im.getdata())) for im in back["image"]] == [
+        (im.mode, im.size, list(im.getdata())) for im in images]

@@ -394,3 +394,30 @@ def test_torch_compile_trains_packed_rows_as_eager(tmp_path):
                                  gradient_checkpointing=False)
         runs.append([log["loss"] for log in trainer.state.log_history if "loss" in log])
     assert runs[1] == pytest.approx(runs[0], rel=1e-4)
+
+
+def test_checkpoints_of_moe_and_vision_models_resume_every_weight(tmp_path):
+    """transformers>=5 saves MoE experts (and renamed vision-language modules) in the original checkpoint layout,
+    which the Trainer's resume (`load_state_dict`) would miss with only a warning; checkpoints are written under the
+    model's own names, so resuming restores every weight and `from_pretrained` reads them too."""
+    from transformers import AutoModelForCausalLM
+
+    from .sft_one_step import tiny_moe_model
+
+    def trainer(output_dir):
+        return SFTTrainer(model=tiny_moe_model(seed=0), processing_class=tiny_tokenizer(),
+                          train_dataset=tiny_task_dataset("conversational", num_rows=16),
+                          args=_config(tmp_path, output_dir=str(output_dir), max_steps=1, per_device_train_batch_size=4,
+                                       save_strategy="steps", save_steps=1))
+
+    trained = trainer(tmp_path / "a")
+    trained.train()
+    weights = {n: p.detach().clone() for n, p in trained.model.named_parameters()}
+    resumed = trainer(tmp_path / "b")
+    resumed._load_from_checkpoint(str(tmp_path / "a" / "checkpoint-1"))
+    assert any("experts" in n for n in weights)
+    for name, param in resumed.model.named_parameters():
+        assert torch.equal(param, weights[name]), name
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "a" / "checkpoint-1")
+    for name, param in reloaded.named_parameters():
+        assert torch.equal(param, weights[name]), name

@@ -13,6 +13,8 @@ one overridable method is `_count_loss_items` (what a micro-batch's loss is aver
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 from collections import defaultdict
 from collections.abc import Callable
@@ -586,7 +588,8 @@ class _BaseTrainer(Trainer):
     def _save_checkpoint(self, model, trial):
         if self._earlier_checkpoints:  # about to be overwritten: this run's now
             self._earlier_checkpoints.discard(f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        super()._save_checkpoint(model, trial)
+        with _weights_in_model_format(self.accelerator.unwrap_model(self.model, keep_torch_compile=False)):
+            super()._save_checkpoint(model, trial)
         if self.args.should_save:
             if self._own_save_total_limit:
                 _rotate_checkpoints(self._get_output_dir(trial), self._own_save_total_limit, self._earlier_checkpoints,
@@ -735,6 +738,30 @@ def _checkpoint_step(name: str) -> int | None:
     prefix = f"{PREFIX_CHECKPOINT_DIR}-"
     step = name[len(prefix):] if name.startswith(prefix) else ""
     return int(step) if step.isdigit() else None
+
+
+@contextlib.contextmanager
+def _weights_in_model_format(model):
+    """While a checkpoint is written, save a transformers model's weights under the model's own parameter names.
+
+    `save_pretrained` converts them back to the original checkpoint layout by default (transformers>=5: renamed
+    vision-language modules, MoE experts split back into one tensor per expert), and the Trainer's resume reads a
+    checkpoint with a plain `load_state_dict`, which then misses those weights and only warns: the resumed run would
+    go on from the initial ones. In the model's own names the resume loads every weight, and `from_pretrained` still
+    reads the checkpoint. The final `save_model` keeps the original layout. PEFT models save adapters only (their own
+    `save_pretrained`), which load as they are.
+    """
+    from transformers import PreTrainedModel
+
+    save = getattr(model, "save_pretrained", None)
+    if not isinstance(model, PreTrainedModel) or "save_original_format" not in inspect.signature(save).parameters:
+        yield
+        return
+    model.save_pretrained = functools.partial(save, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained  # the class's method again
 
 
 def _rotate_checkpoints(folder: str, limit: int, earlier: set[str], best: str | None, keep_latest: bool = True):

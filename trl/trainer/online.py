@@ -1121,7 +1121,9 @@ class _OnlineTrainer(_BaseTrainer):
     def _online_state(self) -> dict:
         # plain values only (tensors, numbers, strings, lists, dicts): read back with weights_only=True
         return {
-            "buffer": [dataclasses.replace(b.to("cpu"), step_counts=None).as_dict() for b in self._buffer],
+            # a vision dataset's images as lossless PNG bytes (checkpoints.images_to_plain)
+            "buffer": [checkpoints.images_to_plain(dataclasses.replace(b.to("cpu"), step_counts=None).as_dict())
+                       for b in self._buffer],
             "buffer_position": self._buffer_position,
             "generator": self._generator.get_state(),
             "guard_counts": dict(self._guard_counts),
@@ -1129,8 +1131,8 @@ class _OnlineTrainer(_BaseTrainer):
 
     def _load_online_state(self, state: dict) -> None:
         # checkpoints written before the buffer was stored as plain dicts hold `Rollout` records
-        self._buffer = [(b if isinstance(b, Rollout) else Rollout(**b)).to(self.accelerator.device)
-                        for b in state["buffer"]]
+        self._buffer = [(b if isinstance(b, Rollout) else Rollout(**checkpoints.plain_to_images(b)))
+                        .to(self.accelerator.device) for b in state["buffer"]]
         self._buffer_position = state["buffer_position"]
         self._generator.set_state(state["generator"])
         self._guard_counts = dict(state["guard_counts"])
