@@ -344,3 +344,13 @@ def test_teacher_fields_ignored_for_a_teacher_object_are_warned_about(tmp_path):
     with pytest.warns(UserWarning, match=r"`teacher_model_revision`, `teacher_model_name_or_path` of the "
                                          r"DistillationConfig are ignored: `teacher_model` is already a model"):
         _trainer(tmp_path, teacher_model_revision="v1", teacher_model_name_or_path="some/teacher")
+
+
+def test_beta_from_a_sweep_script_and_beta_of_the_wrong_type(tmp_path):
+    import numpy as np
+
+    assert _config(tmp_path, beta=np.float32(0.25)).beta == 0.25  # was refused as "outside [0, 1]"
+    assert type(_config(tmp_path, beta=np.float32(0.25)).beta) is float
+    for beta in (True, "0.5"):
+        with pytest.raises(TypeError, match=r"`beta` must be a number in \[0, 1\].*got (bool True|str '0.5')"):
+            _config(tmp_path, beta=beta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -79,10 +80,14 @@ class DistillationConfig(_OnlineConfig):
     ref_model_sync_steps: int = field(default=512, init=False, repr=False)
 
     def __post_init__(self):
-        if not isinstance(self.beta, (int, float)) or not 0.0 <= float(self.beta) <= 1.0:
+        if isinstance(self.beta, bool) or not isinstance(self.beta, numbers.Real):
+            raise TypeError(f"`beta` must be a number in [0, 1] (0: forward KL, 0.5: JSD, 1: reverse KL); got "
+                            f"{type(self.beta).__name__} {self.beta!r}.")
+        if not 0.0 <= float(self.beta) <= 1.0:
             raise ValueError(
                 f"`beta` must be in [0, 1] (0: forward KL, 0.5: JSD, 1: reverse KL); got {self.beta!r}."
             )
+        self.beta = float(self.beta)  # a numpy scalar from a sweep script is a valid beta
         if not self.temperature > 0:
             raise ValueError(f"`temperature` must be > 0 (it divides the logits); got {self.temperature}.")
         self.teacher_model_init_kwargs = dict_field(self.teacher_model_init_kwargs, "teacher_model_init_kwargs")
