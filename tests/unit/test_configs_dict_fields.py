@@ -1,5 +1,6 @@
 """Dict config fields given as JSON object strings (command line, YAML) through one parser,
-`trl.trainer.base_config.dict_field`: the model's, the teacher's and the online trainers' generation fields."""
+`trl.trainer.base_config.dict_field`: the model's, the teacher's and the online trainers' generation fields; and the
+online trainers' sampling numbers given as strings."""
 
 import pytest
 
@@ -25,3 +26,12 @@ def test_config_fields_parse_json_and_refuse_what_is_not_a_dict(tmp_path, config
     assert getattr(config_class(output_dir=str(tmp_path), **{name: '{"a": 1}'}), name) == {"a": 1}
     with pytest.raises(TypeError, match=rf"`{name}` must be a dict; got list"):  # generation_kwargs took it before
         config_class(output_dir=str(tmp_path), **{name: "[1, 2]"})
+
+
+@pytest.mark.parametrize("config_class", [DistillationConfig, GRPOConfig])
+@pytest.mark.parametrize("name", ["temperature", "top_p", "repetition_penalty"])
+def test_sampling_numbers_given_as_strings_are_named(tmp_path, config_class, name):
+    """A string sampling parameter was a bare "'>' not supported" TypeError (distillation) or accepted until the
+    trainer compared it (GRPO)."""
+    with pytest.raises(TypeError, match=rf"`{name}` must be a number; got str '0.7'"):
+        config_class(output_dir=str(tmp_path), **{name: "0.7"})

@@ -88,7 +88,7 @@ class DistillationConfig(_OnlineConfig):
                 f"`beta` must be in [0, 1] (0: forward KL, 0.5: JSD, 1: reverse KL); got {self.beta!r}."
             )
         self.beta = float(self.beta)  # a numpy scalar from a sweep script is a valid beta
-        if not self.temperature > 0:
+        if isinstance(self.temperature, numbers.Real) and not self.temperature > 0:  # other types: _OnlineConfig
             raise ValueError(f"`temperature` must be > 0 (it divides the logits); got {self.temperature}.")
         self.teacher_model_init_kwargs = dict_field(self.teacher_model_init_kwargs, "teacher_model_init_kwargs")
         super().__post_init__()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -233,6 +234,10 @@ class _OnlineConfig(_BaseConfig):
     def __post_init__(self):
         for name in ("generation_kwargs", "chat_template_kwargs", "transformers_continuous_batching_config"):
             setattr(self, name, dict_field(getattr(self, name), name))
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):  # a string from a script fails later
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+                raise TypeError(f"`{name}` must be a number; got {type(value).__name__} {value!r}.")
         if self.use_vllm:
             raise ValueError(
                 "`use_vllm=True`: the vLLM backend is not available in this version; generation runs on the built-in "
