@@ -158,7 +158,8 @@ class _BaseConfig(TrainingArguments):
             skipped); `"model"` keeps the model's own implementation (sdpa/eager then build a dense block-diagonal
             `(T, T)` mask; flash attention runs varlen kernels); `"auto"` picks flex attention on CUDA for a model that
             supports it and uses sdpa or eager, the model's own otherwise (flex attention has no backward on CPU).
-            Not a switch of the reference library.
+            Read by SFT (packing, `padding_free`) and DPO (`padding_free`), the trainers that put several documents
+            in a row; the others never do. Not a switch of the reference library.
         guards (`bool`, *optional*, defaults to `True`):
             Stop, with an explanation, a run that would learn nothing (each trainer's checks are in `trl/guards.py`:
             empty loss masks, an end-of-turn token never trained, pairs with identical sides, a NaN/inf loss, no
