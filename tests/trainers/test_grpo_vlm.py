@@ -172,7 +172,11 @@ def test_images_column_and_string_content(tmp_path):
     # one placeholder per image at the start of the user message: the prompt holds the image's 4 tokens
     ids = trainer.train_dataset[0]["prompt_ids"]
     assert ids.count(trainer.processing_class.image_token_id) == 4
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
 
 
 @pytest.mark.parametrize("setting, match", [
@@ -214,7 +218,11 @@ def test_vlm_loaded_from_a_folder(tmp_path):
     trainer = GRPOTrainer(model=str(path), reward_funcs=length_reward, args=_config(tmp_path, max_steps=1),
                           train_dataset=Dataset.from_list(_rows()))
     assert trainer._vision is not None
+    assert type(trainer.processing_class).__name__.endswith("Processor")  # the processor was loaded, not a tokenizer
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
+    assert {"loss", "reward", "completions/mean_length"} <= {k for e in trainer.state.log_history for k in e}
+    assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters())
 
 
 def test_remove_unused_columns_keeps_the_images(tmp_path):
