@@ -36,6 +36,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .chat_template_utils import _WEATHER_CALL as _WEATHER
+from .chat_template_utils import _WEATHER_TOOL
 from .chat_template_utils import _render_text as _render
 
 __all__ = ["CONVERSATIONS", "FAMILY_EDITS", "UNSUPPORTED", "TemplateEdit", "same_up_to_closing", "training_template",
@@ -272,14 +274,6 @@ def _call(name: str, arguments: dict | None) -> dict:
     return {"type": "function", "function": function}
 
 
-_WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather of a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city."}}, "required": ["city"]},
-    },
-}
 _NOW_TOOL = {
     "type": "function",
     "function": {"name": "get_time", "description": "Current time.", "parameters": {"type": "object",
@@ -287,7 +281,6 @@ _NOW_TOOL = {
 }
 _SYSTEM = {"role": "system", "content": "You are a careful assistant."}
 _ASK = {"role": "user", "content": "What is the weather in Paris?"}
-_WEATHER = _call("get_weather", {"city": "Paris"})
 _TOOL_CALL = {"role": "assistant", "content": "", "tool_calls": [_WEATHER]}
 _TOOL_RESULT = {"role": "tool", "content": "22C"}
 _ANSWER = {"role": "assistant", "content": "It is 22C in Paris."}
