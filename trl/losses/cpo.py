@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from ._common import _smoothed_logistic, _up
 
 Tensor = torch.Tensor
 
@@ -53,10 +54,6 @@ class CPOLossParams:
     alpha: float = 0.0
 
 
-def _up(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-
-
 def alphapo_reward(logps: Tensor, alpha: float) -> Tensor:
     """AlphaPO's reward `u(l) = (1 − e^{−α·l}) / α`; `u(l) = l` for `α = 0` (its limit).
 
@@ -70,10 +67,6 @@ def alphapo_reward(logps: Tensor, alpha: float) -> Tensor:
     if alpha == 0.0:
         return logps
     return -torch.expm1(-alpha * logps) / alpha
-
-
-def _smoothed_logistic(margin: Tensor, eps: float) -> Tensor:
-    return -(1 - eps) * F.logsigmoid(margin) - eps * F.logsigmoid(-margin)
 
 
 def sigmoid_loss(z: Tensor, params: CPOLossParams) -> Tensor:

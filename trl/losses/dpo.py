@@ -33,17 +33,14 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ._common import _smoothed_logistic, _up
+
 Tensor = torch.Tensor
 FDivergenceType = Literal["reverse_kl", "forward_kl", "js_divergence", "alpha_divergence"]
 
 # EXO with K = 2 needs a target distribution [1 − ε, ε] with ε > 0 (log ε appears in the loss). When the user leaves
 # label_smoothing at 0 we use the paper's value for pairwise data (https://huggingface.co/papers/2402.00856).
 EXO_DEFAULT_EPSILON = 1e-3
-
-
-def _up(x: Tensor) -> Tensor:
-    """Upcast half precision to float32; leave float32 / float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 @dataclass
@@ -199,11 +196,6 @@ def _margin(p: PreferenceLogps, params: DPOLossParams, normalise: bool = False) 
     s_c = f_divergence_logratios(chosen, params.f_divergence_type, alpha)
     s_r = f_divergence_logratios(rejected, params.f_divergence_type, alpha)
     return params.beta * (s_c - s_r)
-
-
-def _smoothed_logistic(margin: Tensor, eps: float) -> Tensor:
-    """Conservative DPO: the logistic loss under labels flipped with probability ε (cross-entropy to [1−ε, ε])."""
-    return -(1 - eps) * F.logsigmoid(margin) - eps * F.logsigmoid(-margin)
 
 
 def preference_metrics(p: PreferenceLogps, beta: float) -> dict[str, Tensor]:

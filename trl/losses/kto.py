@@ -16,12 +16,9 @@ from typing import Literal
 
 import torch
 
+from ._common import _up
+
 Tensor = torch.Tensor
-
-
-def _up(x: Tensor) -> Tensor:
-    """Upcast half precision to float32; leave float32 / float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def kto_kl(kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:

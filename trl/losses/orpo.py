@@ -23,14 +23,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._common import _up
+
 Tensor = torch.Tensor
 
 # a completion whose average log-prob is exactly 0 has infinite odds; capping it this close to 0 keeps every term finite
 MIN_GAP = 1e-7
-
-
-def _up(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def log1mexp(x: Tensor) -> Tensor:

@@ -32,6 +32,8 @@ from typing import Literal
 
 import torch
 
+from ._common import _up
+
 Tensor = torch.Tensor
 PolicyLossType = Literal["grpo", "dr_grpo", "dapo", "bnpo", "luspo", "cispo", "sapo", "vespo"]
 ImportanceSamplingLevel = Literal["token", "sequence"]
@@ -47,11 +49,6 @@ VESPO_MAX_ABS_LOG_RATIO = 20.0
 # RLOO's sequence ratio is also a product over tokens. Above e^50 the loss of a positive advantage is clipped anyway;
 # the cap keeps exp finite so that the clipped branch's zero gradient stays 0 instead of 0 · inf = NaN.
 RLOO_MAX_LOG_RATIO = 50.0
-
-
-def _up(x: Tensor) -> Tensor:
-    """Upcast half precision to float32; leave float32 / float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:

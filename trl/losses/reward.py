@@ -5,12 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._common import _up
+
 Tensor = torch.Tensor
-
-
-def _up(x: Tensor) -> Tensor:
-    """Upcast half precision to float32; leave float32 / float64 as they are."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def bradley_terry_loss(
