@@ -10,6 +10,7 @@ Each configuration runs in its own process (peak memory is its own):
     python benchmarks/bench_online.py --shape ref-cpu --repeats 3   # the reference library's measured shape (issue 9)
     python benchmarks/bench_online.py --shape ref-cpu --only grpo --cache_implementation dynamic  # the dynamic cache
     python benchmarks/bench_online.py --device cuda --generation_compile false   # the static decode uncompiled
+    python benchmarks/bench_online.py --shape ref-cpu --only grpo --share_prompt_forward false  # one row per completion
 
 `--cache_implementation` and `--generation_compile` set the `GRPOConfig`/`RLOOConfig` fields of the same names (the
 generation backend's decode path; defaults: static cache when the model supports it, compiled on CUDA only).
@@ -124,6 +125,7 @@ def run_one(name: str, cli) -> dict:
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, guards=False, seed=0,
         gradient_checkpointing=cli.gradient_checkpointing, bf16=cuda, shuffle_dataset=False,
         cache_implementation=cli.cache_implementation, generation_compile=cli.generation_compile,
+        share_prompt_forward=cli.share_prompt_forward,
     )
     if name == "rloo":
         trainer = RLOOTrainer(model=model, reward_funcs=_token_reward, args=RLOOConfig(**common),
@@ -207,10 +209,13 @@ def main():
     parser.add_argument("--shape", choices=["tiny", "sft-cpu", "ref-cpu"], default="tiny",
                         help="CPU model: the bundled tiny config, bench_sft.py's 7M shape (vocab 32768), or the "
                              "reference library's measured shape (7.2M Qwen3, vocab 8000, untied; see above)")
+    parser.add_argument("--share_prompt_forward", choices=["auto", "true", "false"], default="auto",
+                        help="the config field of the same name (auto: None, shared where the model supports it)")
     parser.add_argument("--json")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     cli.generation_compile = {"auto": "auto", "true": True, "false": False}.get(cli.generation_compile, cli.generation_compile)
+    cli.share_prompt_forward = {"auto": None, "true": True, "false": False}[cli.share_prompt_forward]
     cuda = cli.device == "cuda"
     if cuda and cli.shape == "ref-cpu":
         parser.error("--shape ref-cpu is a CPU shape")
@@ -230,6 +235,7 @@ def main():
                 str(cli.prompts), "--num_generations", str(cli.num_generations), "--prompt_len", "-".join(map(str, cli.prompt_len)),
                 "--completion_len", str(cli.completion_len), "--shape", cli.shape]
         argv += ["--generation_compile", str(cli.generation_compile).lower()]
+        argv += ["--share_prompt_forward", {None: "auto", True: "true", False: "false"}[cli.share_prompt_forward]]
         argv += ["--cache_implementation", cli.cache_implementation] if cli.cache_implementation else []
         return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
 

@@ -49,6 +49,7 @@ from ..generation.vision import VISION_KEYS, VisionRollouts
 from ..models import loading
 from ..models.utils import causal_lm
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
+from ..ops.shared_prompt import share_prompts, unsupported_reason
 from ..rewards.scoring import RewardScorer
 from ..rollout import Rollout, StepCounts
 from ..template_families import tool_call_family
@@ -334,10 +335,26 @@ class _OnlineTrainer(_BaseTrainer):
         self._step_started = None
         self.model_accepts_loss_kwargs = False
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
+        self._share_prompts = self._prompt_sharing(causal_lm(model), args)
         if self.accelerator.is_main_process and not args.disable_tqdm:
             print(batch_plan(args, self.accelerator.num_processes, self._off_policy))
 
     # ---- construction helpers -----------------------------------------------------------------------------------
+
+    def _prompt_sharing(self, model, args) -> bool:
+        """Whether the training forward runs each prompt once for all its completions (`share_prompt_forward`)."""
+        if args.share_prompt_forward is False:
+            return False
+        reason = unsupported_reason(model)
+        if reason is None and self._vision is not None:
+            reason = "it is a vision-language model (its image tokens are laid out per row)"
+        if reason is None and self._aux_loss_coef > 0:
+            reason = "its MoE load-balancing loss counts the tokens of the one-row-per-completion layout"
+        if reason is not None and args.share_prompt_forward:
+            raise ValueError(f"`share_prompt_forward=True`, but {type(model).__name__} cannot share the prompt "
+                             f"forward: {reason}. Leave `share_prompt_forward` unset (None) to share only where the "
+                             "model supports it.")
+        return reason is None
 
     @staticmethod
     def _uses_reference(args) -> bool:
@@ -787,6 +804,15 @@ class _OnlineTrainer(_BaseTrainer):
         if self._vision is not None:  # with each row's images, image tokens suppressed as in sampling
             logps, entropy = self._vision.completion_logps(model, micro, self.sampling.temperature)
             return logps, entropy, None
+        shared = self._shared_layout(model, micro) if self._share_prompts and not aux_loss else None
+        if shared is not None:  # one row per distinct prompt (trl/ops/shared_prompt.py)
+            lm = causal_lm(self.accelerator.unwrap_model(model))
+            mask = shared.mask_for(lm.config._attn_implementation, lm.dtype)
+            scored = completion_logps(model, shared.input_ids, mask, shared.score_mask,
+                                      position_ids=shared.position_ids, temperature=self.sampling.temperature)
+            entropy = torch.zeros(scored.mask.shape, dtype=scored.outputs.entropy.dtype, device=scored.mask.device)
+            entropy = entropy.masked_scatter(scored.mask, scored.outputs.entropy)
+            return shared.gather(scored.token_logps), shared.gather(entropy), None
         prompt_width = micro.prompt_ids.shape[1]
         input_ids = torch.cat([micro.prompt_ids, micro.completion_ids], dim=1)
         attention_mask = torch.cat([micro.prompt_mask, micro.completion_mask], dim=1)
@@ -800,6 +826,14 @@ class _OnlineTrainer(_BaseTrainer):
         entropy = entropy.masked_scatter(scored.mask, scored.outputs.entropy)
         logps, entropy = scored.token_logps[:, prompt_width - 1 :], entropy[:, prompt_width - 1 :]
         return logps, entropy, scored.outputs.aux_loss
+
+    def _shared_layout(self, model, micro: Rollout):
+        """The shared-prompt layout of a micro-batch, or None where it does not apply (no two completions of one
+        prompt, a reference model with other attention, a mask too large)."""
+        lm = causal_lm(self.accelerator.unwrap_model(model))
+        if lm.config._attn_implementation not in ("sdpa", "eager"):
+            return None
+        return share_prompts(micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_mask)
 
     # ---- metrics, guards, completions table ---------------------------------------------------------------------
 

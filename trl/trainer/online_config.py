@@ -183,6 +183,14 @@ class _OnlineConfig(_BaseConfig):
                                           "torch.compile: True, False, or 'auto' (on CUDA only: on CPU the compiled "
                                           "step measured slower than the eager one). Needs the static cache."}
     )
+    share_prompt_forward: bool | None = field(
+        default=None, metadata={"help": "Score the completions of a prompt in one row of the training forward: the "
+                                        "prompt runs once per micro-batch instead of once per completion "
+                                        "(docs/design.md, shared-prompt forward). None: where the model supports "
+                                        "it (sdpa or eager attention, every layer full attention, no MoE "
+                                        "load-balancing loss, text only); True: require it; False: one padded row "
+                                        "per completion, as the reference library lays it out."}
+    )
     ds3_gather_for_generation: bool = field(
         default=True, metadata={"help": "Kept for compatibility; DeepSpeed ZeRO-3 generation is not supported yet."}
     )

@@ -1,0 +1,60 @@
+"""`share_prompt_forward` in GRPOTrainer and RLOOTrainer: the shared-prompt training forward (trl/ops/shared_prompt.py)
+trains to the same losses and weights as one padded row per completion, is on by default where the model supports
+it, and `True` on a model that cannot share fails at construction."""
+
+import math
+
+import pytest
+import torch
+
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+from trl.models.tiny import tiny_model, tiny_tokenizer
+
+from .sft_one_step import SMALL, _GradCatcher
+from .test_grpo_trainer import _config, _logged, _prompts, vowels
+
+
+def _train(tmp_path, cls, config_cls, share, **overrides):
+    catcher = _GradCatcher()  # the gradients of the last step (max_steps=1: the first)
+    trainer = cls(model=tiny_model(seed=0, **SMALL), reward_funcs=vowels,
+                  args=_config(tmp_path / str(share), config_cls, share_prompt_forward=share, max_steps=1,
+                               max_grad_norm=0.0, **overrides),
+                  train_dataset=_prompts(), processing_class=tiny_tokenizer(), callbacks=[catcher])
+    calls = []
+    original = trainer._shared_layout
+    trainer._shared_layout = lambda model, micro: calls.append(out := original(model, micro)) or out
+    trainer.train()
+    return trainer, calls, catcher.grads
+
+
+@pytest.mark.parametrize("cls,config_cls,overrides", [
+    (GRPOTrainer, GRPOConfig, {"beta": 0.1}),  # the reference forward shares too
+    (RLOOTrainer, RLOOConfig, {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2}),  # groups split
+])
+def test_shared_forward_trains_like_one_row_per_completion(tmp_path, cls, config_cls, overrides):
+    shared, calls, grads = _train(tmp_path, cls, config_cls, None, **overrides)
+    assert shared._share_prompts and calls and all(layout is not None for layout in calls)
+    assert all(layout.input_ids.shape[0] < len(layout.row) for layout in calls)  # fewer rows than completions
+    padded, calls, expected_grads = _train(tmp_path, cls, config_cls, False, **overrides)
+    assert not padded._share_prompts and not calls
+    for got, want in zip(_logged(shared), _logged(padded), strict=True):
+        for key in ("loss", "entropy", "kl"):
+            if key in want:
+                assert math.isfinite(got[key]) and got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    assert grads.keys() == expected_grads.keys()
+    scale = max(g.abs().max() for g in expected_grads.values())
+    for name, want in expected_grads.items():
+        assert want.abs().max() > 0 or name.endswith("embed_tokens.weight")
+        torch.testing.assert_close(grads[name], want, atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+def test_true_on_a_model_that_cannot_share_fails_at_construction(tmp_path):
+    model = tiny_model("qwen2", seed=0, use_sliding_window=True, sliding_window=4, max_window_layers=0, **SMALL)
+    with pytest.raises(ValueError, match="share_prompt_forward=True.*sliding-window"):
+        GRPOTrainer(model=model, reward_funcs=vowels, args=_config(tmp_path, share_prompt_forward=True),
+                    train_dataset=_prompts(), processing_class=tiny_tokenizer())
+    trainer = GRPOTrainer(model=tiny_model("qwen2", seed=0, use_sliding_window=True, sliding_window=4,
+                                           max_window_layers=0, **SMALL),
+                          reward_funcs=vowels, args=_config(tmp_path), train_dataset=_prompts(),
+                          processing_class=tiny_tokenizer())
+    assert not trainer._share_prompts  # None: padded rows where sharing is not supported

@@ -1,0 +1,149 @@
+"""One forward for all the completions of a prompt: the prompt's tokens are run once per micro-batch, not once per
+completion (docs/design.md §5, the shared-prompt forward).
+
+An online trainer scores `G` completions of each prompt. Laid out the usual way, one left-padded row per completion,
+every row runs the prompt again (and the padding to the longest prompt). Here the rows that share a prompt become one
+row: the prompt minus its last token, then one segment per completion, each `[last prompt token, completion tokens]`.
+A segment attends to the shared prompt and causally to itself, and its positions continue the prompt's, so every
+completion token sees exactly the context it sees in its own row: the same log-probs up to float rounding (the
+attention sums run over a different layout). The last prompt token is repeated in every segment because its hidden
+state predicts the first completion token; repeating it keeps each segment's labels a plain shift of its tokens, so
+the fused LM head (`trl/ops/fused_head.py`) scores the row unchanged.
+
+The mask is a dense `(U, 1, T, T)` boolean tensor, which sdpa and eager attention take as it is (eager as an additive
+float mask); it supports only models whose layers are all full attention (a sliding window would need its own mask).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Above this many mask elements (rows x width x width) the padded layout is used instead (see `share_prompts`).
+MAX_MASK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class SharedPromptBatch:
+    """A micro-batch in the shared-prompt layout ([`share_prompts`]).
+
+    Args:
+        input_ids (`torch.Tensor`): `(U, T)`, one row per distinct prompt, right-padded.
+        position_ids (`torch.Tensor`): `(U, T)`: the prompt's positions, then each segment's continuing them.
+        attention_mask (`torch.Tensor`): `(U, 1, T, T)` bool, True where a query may attend to a key.
+        score_mask (`torch.Tensor`): `(U, T)` 1 on the completion tokens to score.
+        row (`torch.Tensor`): `(B,)` the layout row of each completion.
+        columns (`torch.Tensor`): `(B, C)` the column, in the `(U, T-1)` next-token space, of each completion token.
+        valid (`torch.Tensor`): `(B, C)` bool, True on each completion's tokens (its `completion_mask`).
+    """
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    score_mask: torch.Tensor
+    row: torch.Tensor
+    columns: torch.Tensor
+    valid: torch.Tensor
+
+    def mask_for(self, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
+        """The attention mask as `attn_implementation` takes it: boolean for sdpa, additive (0 / dtype's minimum)
+        for eager."""
+        if attn_implementation == "eager":
+            bias = torch.zeros(self.attention_mask.shape, dtype=dtype, device=self.attention_mask.device)
+            return bias.masked_fill_(~self.attention_mask, torch.finfo(dtype).min)
+        return self.attention_mask
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """`(U, T-1)` per-position values of the layout -> `(B, C)` per completion token, 0 outside `valid`."""
+        picked = values[self.row[:, None], self.columns]
+        return picked.masked_fill(~self.valid, 0)
+
+
+def unsupported_reason(model) -> str | None:
+    """Why `model` (a causal LM, outside any PEFT wrapper) cannot run the shared-prompt layout, or None when it can:
+    the layout needs sdpa or eager attention (which take a dense mask as it is) and full attention in every layer."""
+    from ..generation.static_decode import static_cache_supported
+
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return f"its attention implementation is {implementation!r} (the layout needs 'sdpa' or 'eager')"
+    if not static_cache_supported(model.config):
+        return "it has sliding-window or linear-attention layers (the layout's mask is full attention)"
+    return None
+
+
+def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
+                  completion_mask: torch.Tensor, max_mask_elements: int = MAX_MASK_ELEMENTS) -> SharedPromptBatch | None:
+    """Lay out a micro-batch of completions with one row per distinct prompt.
+
+    Args:
+        prompt_ids (`torch.Tensor`): `(B, P)` left-padded prompts.
+        prompt_mask (`torch.Tensor`): `(B, P)` 1 on real prompt tokens.
+        completion_ids (`torch.Tensor`): `(B, C)` right-padded completions.
+        completion_mask (`torch.Tensor`): `(B, C)` 1 on each completion's tokens, a run from its first column.
+        max_mask_elements (`int`, *optional*): the largest dense mask to build.
+
+    Returns:
+        [`SharedPromptBatch`], or None when the layout would not pay or cannot express the batch: no two rows share
+        a prompt, a completion mask has holes, or the mask would exceed `max_mask_elements`.
+
+    Example:
+        ```python
+        >>> shared = share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask)
+        >>> shared.input_ids.shape  # (distinct prompts, shared width)
+        ```
+    """
+    device = prompt_ids.device
+    lengths = completion_mask.sum(-1)
+    columns = torch.arange(completion_mask.shape[1], device=device)
+    if not torch.equal(completion_mask.bool(), columns < lengths[:, None]):
+        return None
+    prompts = [tuple(ids[mask.bool()].tolist()) for ids, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+    groups: dict[tuple, list[int]] = {}
+    for b, prompt in enumerate(prompts):
+        groups.setdefault(prompt, []).append(b)
+    if len(groups) == len(prompts) or any(len(prompt) == 0 for prompt in groups):
+        return None
+    lengths_list = lengths.tolist()
+    widths = [len(prompt) - 1 + sum(1 + lengths_list[b] for b in rows) for prompt, rows in groups.items()]
+    width = max(widths)
+    if len(groups) * width * width > max_mask_elements:
+        return None
+
+    num_rows, num_completions = len(groups), len(prompts)
+    input_ids = torch.zeros(num_rows, width, dtype=prompt_ids.dtype)
+    position_ids = torch.zeros(num_rows, width, dtype=torch.long)
+    segment = torch.full((num_rows, width), -1, dtype=torch.long)  # 0: shared prompt, i: completion i, -1: padding
+    score_mask = torch.zeros(num_rows, width, dtype=torch.long)
+    row = torch.zeros(num_completions, dtype=torch.long)
+    start = torch.zeros(num_completions, dtype=torch.long)
+    completions = completion_ids.cpu()
+    for u, (prompt, rows) in enumerate(groups.items()):
+        shared = len(prompt) - 1
+        input_ids[u, :shared] = torch.tensor(prompt[:-1], dtype=prompt_ids.dtype)
+        position_ids[u, :shared] = torch.arange(shared)
+        segment[u, :shared] = 0
+        at = shared
+        for i, b in enumerate(rows, start=1):
+            n = lengths_list[b]
+            input_ids[u, at] = prompt[-1]
+            input_ids[u, at + 1: at + 1 + n] = completions[b, :n]
+            position_ids[u, at: at + 1 + n] = torch.arange(shared, shared + 1 + n)
+            segment[u, at: at + 1 + n] = i
+            score_mask[u, at + 1: at + 1 + n] = 1
+            row[b], start[b] = u, at
+            at += 1 + n
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    keys, queries = segment[:, None, :], segment[:, :, None]
+    attention_mask = (causal & ((keys == 0) | (keys == queries)))[:, None]  # (U, 1, T, T)
+    valid = completion_mask.bool()
+    token_columns = (start.to(device)[:, None] + columns).masked_fill(~valid, 0)
+    return SharedPromptBatch(
+        input_ids=input_ids.to(device), position_ids=position_ids.to(device),
+        attention_mask=attention_mask.to(device), score_mask=score_mask.to(device), row=row.to(device),
+        columns=token_columns, valid=valid,
+    )
+
+
+__all__ = ["MAX_MASK_ELEMENTS", "SharedPromptBatch", "share_prompts", "unsupported_reason"]
