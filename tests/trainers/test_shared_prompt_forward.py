@@ -45,7 +45,7 @@ def test_shared_forward_trains_like_one_row_per_completion(tmp_path, cls, config
     scale = max(g.abs().max() for g in expected_grads.values())
     for name, want in expected_grads.items():
         assert want.abs().max() > 0 or name.endswith("embed_tokens.weight")
-        torch.testing.assert_close(grads[name], want, atol=1e-5 * scale, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grads[name], want, atol=1e-5 * scale, rtol=1e-4, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_true_on_a_model_that_cannot_share_fails_at_construction(tmp_path):
