@@ -282,6 +282,15 @@ def phi3_mini_with_system_tokenizer():
     return family_tokenizer(real_chat_template("phi3_mini_with_system"), PHI3_TOKENS, "<s>", "<|endoftext|>")
 
 
+OLMO3_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def olmo3_1_instruct_tokenizer():
+    """OLMo 3.1 Instruct (allenai/Olmo-3.1-32B-Instruct): ChatML, eos `<|endoftext|>` (the template ends the last
+    assistant message with it, earlier ones with `<|im_end|>\\n`), no bos, tool calls in `<function_calls>`."""
+    return family_tokenizer(real_chat_template("olmo3_1_instruct"), OLMO3_TOKENS, eos="<|endoftext|>")
+
+
 REAL_TOKENIZERS = {
     "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
@@ -304,5 +313,6 @@ REAL_TOKENIZERS = {
     "lfm2": lfm2_tokenizer,
     "llama3_1": llama3_1_tokenizer,
     "phi3_mini_with_system": phi3_mini_with_system_tokenizer,
+    "olmo3_1_instruct": olmo3_1_instruct_tokenizer,
 }
 """Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""

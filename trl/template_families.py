@@ -22,6 +22,7 @@ Families, in detection order (the first whose `recognize` accepts the template w
 | `lfm2` | `<|tool_call_start|>` or `<|tool_list_start|>` | Python-style `[f(a=1)]` (parsed with `ast`, never evaluated) | `<think>...</think>` |
 | `nemotron3` | `<|im_start|>`, `<function=` and `<think>` | `<tool_call><function=name><parameter=k>v</parameter>...` | `<think>...</think>` |
 | `qwen3` | `<|im_start|>` and `<think>` | `<tool_call>\\n{"name", "arguments"}\\n</tool_call>`, several a turn | `<think>...</think>` |
+| `olmo3` | `<|im_start|>` and `<function_calls>` | `<function_calls>f(a=<JSON>)\\ng()</function_calls>`, one call a line | kept in `content` |
 | `chatml` | `<|im_start|>` (Qwen2.5, our ChatML templates) | same as `qwen3` | kept in `content` |
 | `llama3` | `<|start_header_id|>` and `<|eot_id|>` | the whole turn is `{"name", "parameters"}` JSON | none |
 | `gemma` | `<start_of_turn>` and `<end_of_turn>` | none (the templates render no tools) | none |
@@ -507,12 +508,19 @@ def parse_pythonic_tool_calls(text: str, strict: bool = True, open_tag: str = "<
         ('', [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}], [])
         ```
     """
+    return _parse_call_blocks(text, open_tag, close_tag, _pythonic_calls)
+
+
+def _parse_call_blocks(text: str, open_tag: str, close_tag: str, read_calls):
+    """`(content, calls, errors)` of a text whose calls are `open_tag ... close_tag` blocks of several calls each, read
+    by `read_calls(body, calls_before) -> (calls, error)`: a block that cannot be read stays in the content and is
+    reported (counted as one call)."""
     _, blocks, errors = _blocks(text, open_tag, close_tag)
     content, calls = [], []
     position, number = 0, 0
     for start, end, body in blocks:
         content.append(text[position:start])
-        block_calls, error = _pythonic_calls(body, number)
+        block_calls, error = read_calls(body, number)
         if error is None:
             calls.extend(block_calls)
             number += len(block_calls)
@@ -531,6 +539,13 @@ def _pythonic_calls(body: str, before: int) -> tuple[list[dict], str | None]:
     except SyntaxError as error:
         return [], f"tool call {before + 1}: invalid Python call syntax ({error.msg}) in {_snippet(body)}"
     elements = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
+    return _checked_calls(elements, before, _literal)
+
+
+def _checked_calls(elements: list[ast.AST], before: int, value: Callable[[ast.AST], Any]) -> tuple[list[dict], str | None]:
+    """The calls of `elements` (syntax trees numbered from `before + 1`), each a call of a plain name with keyword
+    arguments whose values `value` reads (raising ValueError for anything else); `([], error)` at the first that is
+    not."""
     calls = []
     for number, element in enumerate(elements, before + 1):
         if not isinstance(element, ast.Call) or not isinstance(element.func, ast.Name):
@@ -538,11 +553,53 @@ def _pythonic_calls(body: str, before: int) -> tuple[list[dict], str | None]:
         if element.args or any(keyword.arg is None for keyword in element.keywords):
             return [], f"tool call {number}: {element.func.id}: arguments must be passed by keyword"
         try:
-            arguments = {keyword.arg: _literal(keyword.value) for keyword in element.keywords}
+            arguments = {keyword.arg: value(keyword.value) for keyword in element.keywords}
         except ValueError as error:
             return [], f"tool call {number}: {element.func.id}: {error}"
         calls.append(_function_call(element.func.id, arguments))
     return calls, None
+
+
+OLMO3_CALLS = ("<function_calls>", "</function_calls>")
+
+
+def parse_olmo3_tool_calls(text: str, strict: bool = True):
+    """Parse OLMo 3 calls: `<function_calls>name(key=<JSON value>, ...)\\nname2(...)</function_calls>`, one call per
+    line, keyword arguments whose values the template writes with `tojson`.
+
+    The block's body is parsed with `ast` (never evaluated) as a sequence of statements, each of which must be a call
+    of a plain name with keyword arguments. A value is read from its source text as JSON (so `true`, `null`, escapes
+    and nested objects and lists come back exactly as `tojson` wrote them), else as a Python literal (`True`,
+    `'x'`). Anything else (positional arguments, expressions, text between the calls, invalid syntax, an unclosed
+    tag) is an error and the block stays in the content; text before and after the block is content.
+
+    Example:
+        ```python
+        >>> from trl.template_families import parse_olmo3_tool_calls
+        >>> parse_olmo3_tool_calls('Let me check.<function_calls>get_weather(city="Paris")</function_calls>')
+        ('Let me check.', [{'type': 'function', 'function': {'name': 'get_weather', 'arguments': {'city': 'Paris'}}}], [])
+        ```
+    """
+    return _parse_call_blocks(text, *OLMO3_CALLS, _olmo3_calls)
+
+
+def _olmo3_calls(body: str, before: int) -> tuple[list[dict], str | None]:
+    source = body.strip()
+    try:
+        statements = ast.parse(source, mode="exec").body
+    except SyntaxError as error:
+        return [], f"tool call {before + 1}: invalid call syntax ({error.msg}) in {_snippet(body)}"
+    for number, statement in enumerate(statements, before + 1):
+        if not isinstance(statement, ast.Expr):
+            return [], f"tool call {number}: expected name(key=value, ...), got {_snippet(ast.unparse(statement))}"
+
+    def value(node: ast.AST) -> Any:
+        try:
+            return json.loads(ast.get_source_segment(source, node) or "")
+        except json.JSONDecodeError:
+            return _literal(node)
+
+    return _checked_calls([statement.value for statement in statements], before, value)
 
 
 _HARMONY_MESSAGE = re.compile(r"(?P<header>.*?)<\|message\|>(?P<body>.*?)(?:<\|end\|>|<\|call\|>|<\|return\|>|\Z)",
@@ -825,6 +882,14 @@ QWEN3 = Family(
     call_format=_TAGGED_FORMAT,
     reasoning_tags=("<think>", "</think>"),
 )
+OLMO3 = Family(
+    name="olmo3",
+    recognize=lambda template: "<|im_start|>" in template and "<function_calls>" in template,
+    assistant_header="<|im_start|>assistant\n",
+    end_of_turn=("<|im_end|>", "<|endoftext|>"),
+    parse_tool_calls=parse_olmo3_tool_calls,
+    call_format="<function_calls><name>(key=<JSON value>, ...)\\n<name>(...)</function_calls> (one call per line)",
+)
 CHATML = Family(
     name="chatml",
     recognize=lambda template: "<|im_start|>" in template,
@@ -858,9 +923,10 @@ PHI3 = Family(
     call_format="no tool calls (the template does not render them)",
 )
 
-FAMILIES: tuple[Family, ...] = (GPT_OSS, DEEPSEEK, GLM4_MOE, COHERE2, COMMAND_R, LFM2, NEMOTRON3, QWEN3, CHATML, LLAMA3, GEMMA, PHI3)
-"""Known families in detection order: more specific families come before the ones they extend (LFM2, Nemotron 3 and
-Qwen3 templates are ChatML too; Command R7B's template has Command R's `<|CHATBOT_TOKEN|>` too; GLM's `<|assistant|>` is Phi-3's)."""
+FAMILIES: tuple[Family, ...] = (GPT_OSS, DEEPSEEK, GLM4_MOE, COHERE2, COMMAND_R, LFM2, NEMOTRON3, QWEN3, OLMO3, CHATML,
+                                 LLAMA3, GEMMA, PHI3)
+"""Known families in detection order: more specific families come before the ones they extend (LFM2, Nemotron 3,
+Qwen3 and OLMo 3 templates are ChatML too; Command R7B's template has Command R's `<|CHATBOT_TOKEN|>` too; GLM's `<|assistant|>` is Phi-3's)."""
 
 
 def _template_of(processing_class_or_template) -> str | None:

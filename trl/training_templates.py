@@ -25,7 +25,7 @@ Consequences, checked by `verify_training_template` on the `CONVERSATIONS` probe
 - The deliberate differences: earlier assistant turns keep their reasoning / analysis / empty think block (GPT-OSS:
   and end with `<|return|>`); Phi-3.5 and Cohere 2 leave out their closing text.
 - The generation markers mark exactly the tokens the turn-by-turn prefix method of `trl.data.tokenize` marks.
-- Families in `UNSUPPORTED` (DeepSeek-R1-Distill, Nemotron 3, Command R+) are refused with the reason.
+- Families in `UNSUPPORTED` (DeepSeek-R1-Distill, Nemotron 3, Command R+, OLMo 3) are refused with the reason.
 
 The cost is a few renderings of the original per assistant turn (quadratic in the number of turns), which is
 negligible next to training.
@@ -162,6 +162,15 @@ UNSUPPORTED: dict[str, str] = {
         "tool list (it iterates over `tools`), writes its instruction to answer with 'Action:' as a system turn after "
         "the last message only (so no conversation is a prefix of its continuation), and ends a tool-calling turn "
         "without <|END_OF_TURN_TOKEN|> (see docs/agents.md, 'Nemotron 3 and Command R+: refused, and why')"
+    ),
+    "olmo3": (
+        "OLMo 3's template (allenai/Olmo-3.1-32B-Instruct) ends the last assistant message with eos_token "
+        "('<|endoftext|>') and every earlier one with '<|im_end|>\\n': once a user message or a tool result follows, "
+        "the eos of the turn before it becomes '<|im_end|>\\n', so a conversation that ends with an assistant turn is "
+        "not a prefix of its continuation and no template byte-identical to it can be prefix-preserving; a training "
+        "template would have to pick one of the two endings for every turn, which the original never does (see "
+        "docs/agents.md, 'OLMo 3: refused, and why'): pass your own template with {% generation %} markers "
+        "(SFTConfig.chat_template_path) or train on prompt-completion data"
     ),
 }
 """Why a family's generated training template fails verification where it is known to, by family name: added to

@@ -45,6 +45,7 @@ from trl.template_families import (
     parse_glm_tool_calls,
     parse_harmony,
     parse_json_tool_call,
+    parse_olmo3_tool_calls,
     parse_pythonic_tool_calls,
     parse_tagged_tool_calls,
     parse_tool_turn,
@@ -125,11 +126,11 @@ def test_detect_family_reads_processing_classes():
     )  # named templates
     assert detect_family(processor) is QWEN3
     assert detect_family(None) is None
-    # more specific families come first: lfm2, nemotron3 and qwen3 templates are ChatML too, cohere2's has
+    # more specific families come first: lfm2, nemotron3, qwen3 and olmo3 templates are ChatML too, cohere2's has
     # command_r's <|CHATBOT_TOKEN|>, glm4_moe's <|assistant|> is phi3's
     assert [family.name for family in FAMILIES] == [
-        "gpt_oss", "deepseek", "glm4_moe", "cohere2", "command_r", "lfm2", "nemotron3", "qwen3", "chatml", "llama3",
-        "gemma", "phi3",
+        "gpt_oss", "deepseek", "glm4_moe", "cohere2", "command_r", "lfm2", "nemotron3", "qwen3", "olmo3", "chatml",
+        "llama3", "gemma", "phi3",
     ]
 
 
@@ -459,9 +460,10 @@ REAL_FAMILIES = {
     "lfm2": "lfm2",
     "llama3_1": "llama3",
     "phi3_mini_with_system": "phi3",
+    "olmo3_1_instruct": "olmo3",
 }
 REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5",
-                      "llama3_3", "nemotron3", "command_r_plus", "llama3_1"]
+                      "llama3_3", "nemotron3", "command_r_plus", "llama3_1", "olmo3_1_instruct"]
 REAL_ALL_TOKENIZERS = REAL_TOKENIZERS
 
 
@@ -591,6 +593,13 @@ REAL_ROUND_TRIPS = {
     "gemma2": [(message("It is 22C."),) * 2],
     "gemma3": [(message("It is 22C."),) * 2],
     "phi3_5": [(message("It is 22C."),) * 2],
+    # OLMo 3: calls one a line in <function_calls>, arguments as JSON values (NESTED's true, quotes and objects)
+    "olmo3_1_instruct": [
+        (message("It is 22C."),) * 2,
+        (message("", calls=[WEATHER]),) * 2,
+        (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
+        (message("", calls=[NESTED, call("now", {})]),) * 2,
+    ],
 }
 # tokens that end a generated turn (GPT-OSS: <|end|> ends a message inside the turn)
 STOPS = {"gpt_oss": ("<|call|>", "<|return|>")}
@@ -635,6 +644,10 @@ def test_real_round_trip_render_parse(name):
     [  # reasoning after the opening tag the generation prompt wrote
         ("deepseek_r1_distill", "Need it.\n</think>\n\nIt is 22C.<｜end▁of▁sentence｜>", message("It is 22C.", "Need it.")),
         ("qwen3", "Need it.\n</think>\n\nIt is 22C.<|im_end|>", message("It is 22C.", "Need it.")),
+        # OLMo 3's turn ends with eos as the last message, with <|im_end|> before the next one: either is dropped
+        ("olmo3_1_instruct", 'Checking.<function_calls>get_weather(city="Paris")</function_calls><|im_end|>',
+         message("Checking.", calls=[WEATHER])),
+        ("olmo3_1_instruct", "It is 22C.<|endoftext|>", message("It is 22C.")),
         (  # GPT-OSS as the model writes it: recipient after the channel, <|constrain|>
             "gpt_oss",
             (
@@ -677,6 +690,13 @@ def test_real_parse_generated_turn_with_prompt(name, generated, expected):
         (parse_harmony, " to=functions.f<|channel|>commentary json<|message|>[1]<|call|>", "must be a JSON object"),
         (parse_cohere_tool_calls, "<|START_ACTION|>[{bad]<|END_ACTION|>", "invalid JSON"),
         (parse_cohere_tool_calls, '<|START_ACTION|>[{"parameters": {}}]<|END_ACTION|>', '"tool_name"'),
+        (parse_olmo3_tool_calls, '<function_calls>f(city="Paris"</function_calls>', "invalid call syntax"),
+        (parse_olmo3_tool_calls, '<function_calls>f("Paris")</function_calls>', "by keyword"),
+        (parse_olmo3_tool_calls, "<function_calls>f(x=__import__('os').getcwd())</function_calls>", "not a literal"),
+        (parse_olmo3_tool_calls, "<function_calls>os.system(x=1)</function_calls>", "expected name("),
+        (parse_olmo3_tool_calls, "<function_calls>x = f(a=1)</function_calls>", "expected name("),
+        (parse_olmo3_tool_calls, '<function_calls>f(a=1)\nthen g</function_calls>', "invalid call syntax"),
+        (parse_olmo3_tool_calls, '<function_calls>f(a={"k": 1}', "never closed"),
     ],
 )
 def test_real_family_malformed_calls_are_errors(parser, text, error):
@@ -704,6 +724,25 @@ def test_malformed_call_keeps_valid_ones_and_never_evaluates():
     tokenizer = lfm2_5_tokenizer()
     ids = tokenize(tokenizer, "<|tool_call_start|>[f(1)]<|tool_call_end|><|im_end|>")
     assert parse_response(tokenizer, ids) == {"role": "assistant", "content": "<|tool_call_start|>[f(1)]<|tool_call_end|>"}
+
+
+def test_olmo3_calls_read_json_values():
+    """OLMo 3's template writes each argument with `tojson`: JSON literals, escapes and nested values come back as
+    written; a value spread over lines and Python literals are read too; content around the block is kept."""
+    text = ('Sure.<function_calls>f(a=true, b=false, c=null, d=-2.5e1, e="caf\\u00e9 \\"x\\"\\n", '
+            'g={"k": [1, {"m": null}], "t": true})\ng()</function_calls>')
+    assert parse_olmo3_tool_calls(text) == ("Sure.", [
+        call("f", {"a": True, "b": False, "c": None, "d": -25.0, "e": 'café "x"\n', "g": {"k": [1, {"m": None}], "t": True}}),
+        call("g", {}),
+    ], [])
+    text = "<function_calls>f(a={\n  \"k\": [1,\n 2]\n}, b='x', c=True, d=None)</function_calls>"
+    assert parse_olmo3_tool_calls(text) == ("", [call("f", {"a": {"k": [1, 2]}, "b": "x", "c": True, "d": None})], [])
+    # a malformed block keeps the valid blocks' calls; an empty block is no call
+    text = '<function_calls>get_weather(city="Paris")</function_calls><function_calls>f(1)</function_calls>'
+    content, calls, errors = parse_olmo3_tool_calls(text)
+    assert calls == [WEATHER] and len(errors) == 1 and errors[0].startswith("tool call 2: ")
+    assert content == "<function_calls>f(1)</function_calls>"
+    assert parse_olmo3_tool_calls("Hi.<function_calls></function_calls>") == ("Hi.", [], [])
 
 
 # -- GPT-OSS: two calls in one assistant turn --------------------------------------------------------------------------

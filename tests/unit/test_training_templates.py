@@ -37,7 +37,8 @@ FAMILY_TOKENIZERS = [
     ("qwen3-style", "qwen3_style_tokenizer", "qwen3", False),
     ("qwen2.5-style", "qwen2_5_style_tokenizer", "chatml", True),
     ("llama3.1-style", "llama3_style_tokenizer", "llama3", True),
-    # the vendors' real templates (tests/data/chat_templates/real/); DeepSeek-R1-Distill is refused (see below)
+    # the vendors' real templates (tests/data/chat_templates/real/); DeepSeek-R1-Distill, Nemotron 3, Command R+'s
+    # tool_use template and OLMo 3 are refused (see below)
     ("real-qwen2_5", "qwen2_5_tokenizer", "chatml", True),
     ("real-qwen3", "qwen3_tokenizer", "qwen3", False),
     ("real-llama3_2", "llama3_2_tokenizer", "llama3", True),
@@ -163,6 +164,32 @@ def test_nemotron3_is_refused_with_the_reason():
     assert prompt.endswith("<|im_start|>assistant\n<think>\n")
     assert not _render(tokenizer, [user, answer]).startswith(prompt)
     assert _render(tokenizer, [user, answer]).endswith("<|im_start|>assistant\n<think></think>Hello.<|im_end|>\n")
+
+
+def test_olmo3_is_refused_with_the_reason():
+    tokenizer = template_data.olmo3_1_instruct_tokenizer()
+    with pytest.raises(ValueError, match=r"'olmo3'.*ends the last assistant message with eos_token"):
+        get_training_chat_template(processing_class=tokenizer)
+    # why no template can be byte-identical to it and prefix-preserving: the last assistant turn ends with eos, the
+    # same turn followed by a user message (or a tool result) with <|im_end|>\n, so the rendering of a conversation
+    # that ends with an assistant turn is not a prefix of its continuation
+    user, answer = {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}
+    again = {"role": "user", "content": "Bye?"}
+    short, long = _render(tokenizer, [user, answer]), _render(tokenizer, [user, answer, again])
+    assert short.endswith("<|im_start|>assistant\nHello.<|endoftext|>")
+    assert "<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye?<|im_end|>\n" in long
+    assert not long.startswith(short)
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    calling = {"role": "assistant", "content": "", "tool_calls": [call]}
+    tools = {"tools": [template_data_tool()]}
+    short = _render(tokenizer, [user, calling], **tools)
+    long = _render(tokenizer, [user, calling, {"role": "tool", "content": "22C"}], **tools)
+    assert short.endswith('<function_calls>get_weather(city="Paris")</function_calls><|endoftext|>')
+    assert long.endswith('</function_calls><|im_end|>\n<|im_start|>environment\n22C<|im_end|>\n')
+    assert not long.startswith(short)
+    # the generation prompt is a prefix of a single assistant turn (prompt-completion data renders as the original)
+    assert short.startswith(_render(tokenizer, [user], add_generation_prompt=True, **tools))
+    assert not is_chat_template_prefix_preserving(tokenizer)
 
 
 def test_command_r_plus_is_refused_with_the_reason():
