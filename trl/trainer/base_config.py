@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import json
 import numbers
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +112,38 @@ def _check_run_does_something(config) -> None:
             "in float32. Leave `fp16` off to train in float32, or set `bf16=True, use_cpu=True` for bfloat16 on the "
             "CPU."
         )
+
+
+_LIGER_LOSS_KERNELS = ("fused_linear_cross_entropy", "cross_entropy")
+
+
+def liger_kernel_config(config) -> dict:
+    """The `liger_kernel_config` our trainers pass to transformers' Liger integration (`use_liger_kernel=True`).
+
+    Liger's normalisation, rotary and SwiGLU kernels are applied as configured. Its loss kernels are turned off:
+    its fused linear cross-entropy replaces the model's `forward`, which would undo the fused LM head every trainer
+    calls through `forward` (docs/design.md §2), and that head already computes log-probs and losses chunk by chunk
+    without `(B, T, V)` logits, as Liger's kernel does. Asking for either loss kernel explicitly gets a warning.
+
+    Raises:
+        `ImportError`: liger-kernel is not installed (with the install command).
+        `ValueError`: the run is on the CPU: Liger's kernels are Triton GPU kernels.
+    """
+    from ..import_utils import require
+
+    require("liger_kernel", "`use_liger_kernel=True`")
+    if config.use_cpu or not _fp16_device_available():
+        raise ValueError("`use_liger_kernel=True` needs a GPU: Liger's kernels are Triton GPU kernels, and this run is "
+                         "on the CPU. Leave `use_liger_kernel` off on the CPU.")
+    kernels = dict_field(config.liger_kernel_config, "liger_kernel_config") or {}
+    asked = [name for name in _LIGER_LOSS_KERNELS if kernels.get(name)]
+    if asked:
+        import warnings
+
+        warnings.warn(f"`liger_kernel_config` asks for {', '.join(asked)}: turned off. Liger's loss kernels replace "
+                      "the model's forward, through which every trainer calls its fused LM head, and that head is "
+                      "already a chunked linear + cross-entropy without (B, T, V) logits.", stacklevel=3)
+    return {**kernels, **dict.fromkeys(_LIGER_LOSS_KERNELS, False)}
 
 
 def _fp16_device_available() -> bool:
@@ -251,4 +282,6 @@ class _BaseConfig(TrainingArguments):
             )
         if self.router_aux_loss_coef is not None and self.router_aux_loss_coef < 0:
             raise ValueError(f"`router_aux_loss_coef` must be >= 0; got {self.router_aux_loss_coef}.")
+        if self.use_liger_kernel:
+            self.liger_kernel_config = liger_kernel_config(self)
         super().__post_init__()
