@@ -536,10 +536,14 @@ def _parse_call_blocks(text: str, open_tag: str, close_tag: str, read_calls):
 def _pythonic_calls(body: str, before: int) -> tuple[list[dict], str | None]:
     try:
         tree = ast.parse(body.strip(), mode="eval").body
-    except SyntaxError as error:
-        return [], f"tool call {before + 1}: invalid Python call syntax ({error.msg}) in {_snippet(body)}"
+    except (SyntaxError, ValueError, RecursionError) as error:  # ValueError: a null byte; RecursionError: deep nesting
+        return [], f"tool call {before + 1}: invalid Python call syntax ({_syntax_error(error)}) in {_snippet(body)}"
     elements = tree.elts if isinstance(tree, (ast.List, ast.Tuple)) else [tree]
     return _checked_calls(elements, before, _literal)
+
+
+def _syntax_error(error: Exception) -> str:
+    return error.msg if isinstance(error, SyntaxError) else f"{type(error).__name__}: {error}"
 
 
 def _checked_calls(elements: list[ast.AST], before: int, value: Callable[[ast.AST], Any]) -> tuple[list[dict], str | None]:
@@ -587,8 +591,8 @@ def _olmo3_calls(body: str, before: int) -> tuple[list[dict], str | None]:
     source = body.strip()
     try:
         statements = ast.parse(source, mode="exec").body
-    except SyntaxError as error:
-        return [], f"tool call {before + 1}: invalid call syntax ({error.msg}) in {_snippet(body)}"
+    except (SyntaxError, ValueError, RecursionError) as error:
+        return [], f"tool call {before + 1}: invalid call syntax ({_syntax_error(error)}) in {_snippet(body)}"
     for number, statement in enumerate(statements, before + 1):
         if not isinstance(statement, ast.Expr):
             return [], f"tool call {number}: expected name(key=value, ...), got {_snippet(ast.unparse(statement))}"

@@ -697,6 +697,11 @@ def test_real_parse_generated_turn_with_prompt(name, generated, expected):
         (parse_olmo3_tool_calls, "<function_calls>x = f(a=1)</function_calls>", "expected name("),
         (parse_olmo3_tool_calls, '<function_calls>f(a=1)\nthen g</function_calls>', "invalid call syntax"),
         (parse_olmo3_tool_calls, '<function_calls>f(a={"k": 1}', "never closed"),
+        (parse_olmo3_tool_calls, "<function_calls>f(a=1)\x00</function_calls>", "invalid call syntax"),
+        (parse_olmo3_tool_calls, "<function_calls>f(a=" + "[" * 400 + "]" * 400 + ")</function_calls>",
+         "invalid call syntax"),  # nesting past the parser's limit is an error, not a crash
+        (parse_pythonic_tool_calls, "<|tool_call_start|>[f(a=" + "[" * 400 + "]" * 400 + ")]<|tool_call_end|>",
+         "invalid Python call syntax"),
     ],
 )
 def test_real_family_malformed_calls_are_errors(parser, text, error):
