@@ -28,7 +28,7 @@ PY=${PYTHON:-python3}
 'accelerate', accelerate.__version__, 'pyarrow', pyarrow.__version__)"
 } 2>&1 | tee "$OUT/env.txt"
 
-STEPS=" ${*:-check sft sft-flex ops preference online generation} "
+STEPS=" ${*:-check sft sft-flex ops preference online generation online-padded online-shared} "
 FAILED=""
 
 step() {  # step NAME LIMIT_S COMMAND...: stdout in $OUT/NAME.log (printed), stderr appended to $OUT/stderr.txt
@@ -54,4 +54,10 @@ step ops 75 $PY benchmarks/bench_ops.py --device cuda --dtype bfloat16 --calls 3
 step preference 170 $PY benchmarks/bench_preference.py --device cuda --steps 4 --warmup 2
 step online 200 $PY benchmarks/bench_online.py --device cuda --steps 1 --warmup 1 --only grpo grpo-beta rloo
 step generation 200 $PY benchmarks/bench_generation.py --device cuda --calls 2
+# the shared-prompt training forward (trl/ops/shared_prompt.py) against one padded row per completion, on a shape
+# under its mask cap (2 rows of 511 + 8 x 129 = 1,543 columns; the default 8 prompts x 8 x 256 exceeds the cap and
+# runs padded either way)
+SHARE_SHAPE="--only grpo --steps 2 --warmup 1 --prompts 2 --num_generations 8 --prompt_len 512-512 --completion_len 128"
+step online-padded 150 $PY benchmarks/bench_online.py --device cuda $SHARE_SHAPE --share_prompt_forward false
+step online-shared 150 $PY benchmarks/bench_online.py --device cuda $SHARE_SHAPE --share_prompt_forward auto
 [ -z "$FAILED" ] || { echo "failed:$FAILED"; exit 1; }
