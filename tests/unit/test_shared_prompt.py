@@ -114,3 +114,36 @@ def test_unsupported_models_say_why():
     assert "sliding-window" in unsupported_reason(sliding)
     model.config._attn_implementation = "flash_attention_2"
     assert "'flash_attention_2'" in unsupported_reason(model)
+
+
+@pytest.mark.parametrize("model_type,overrides,why", [
+    # GPT-Neo's local layers get the 4D mask as it is, with no window: silently different log-probs
+    ("gpt_neo", {"num_layers": 2, "hidden_size": 64, "num_heads": 4, "attention_types": [[["global", "local"], 1]],
+                 "window_size": 4}, "local-attention"),
+    # ALiBi biases keys by column: MPT gives different log-probs, Bloom fails on the 4D mask
+    ("mpt", {"d_model": 64, "n_layers": 2, "n_heads": 4}, "ALiBi"),
+    ("bloom", {"hidden_size": 64, "n_layer": 2, "n_head": 4}, "ALiBi"),
+    ("falcon", {"hidden_size": 64, "num_attention_heads": 4, "alibi": True, "num_hidden_layers": 2}, "ALiBi"),
+])
+def test_models_whose_attention_ignores_the_layout_are_refused(model_type, overrides, why):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(model_type, vocab_size=300, **overrides)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    assert why in unsupported_reason(model)
+
+
+def test_a_reference_model_that_cannot_share_is_scored_in_padded_rows():
+    # `_OnlineTrainer._shared_layout` checks each model it scores with: a separate `ref_model` with sliding-window
+    # layers gets the padded layout even though the policy shares
+    from types import SimpleNamespace
+
+    from trl.trainer.online import _OnlineTrainer
+
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    prompt_ids, prompt_mask, completion_ids, completion_mask = _batch(300)
+    micro = SimpleNamespace(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
+                            completion_mask=completion_mask)
+    assert _OnlineTrainer._shared_layout(trainer, tiny_model("qwen2"), micro) is not None
+    sliding = tiny_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    assert _OnlineTrainer._shared_layout(trainer, sliding, micro) is None

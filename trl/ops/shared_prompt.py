@@ -62,14 +62,22 @@ class SharedPromptBatch:
 
 def unsupported_reason(model) -> str | None:
     """Why `model` (a causal LM, outside any PEFT wrapper) cannot run the shared-prompt layout, or None when it can:
-    the layout needs sdpa or eager attention (which take a dense mask as it is) and full attention in every layer."""
+    the layout needs sdpa or eager attention (which take a dense mask as it is), full attention in every layer, and
+    positions that come from `position_ids` alone (no ALiBi)."""
     from ..generation.static_decode import static_cache_supported
 
     implementation = getattr(model.config, "_attn_implementation", None)
     if implementation not in ("sdpa", "eager"):
         return f"its attention implementation is {implementation!r} (the layout needs 'sdpa' or 'eager')"
-    if not static_cache_supported(model.config):
+    config = model.config
+    if not static_cache_supported(config):
         return "it has sliding-window or linear-attention layers (the layout's mask is full attention)"
+    if any(kind != "global" for kind in getattr(config, "attention_layers", None) or ()):
+        # GPT-Neo's local layers: not in a cache layout, and a 4D mask passes through with no window applied
+        return "it has local-attention layers (the layout's mask is full attention)"
+    if config.model_type in ("bloom", "mpt") or getattr(config, "alibi", False):  # MPT and Bloom: always ALiBi
+        # ALiBi biases a key by its column in the row, not its position: wrong for every segment after the first
+        return "it uses ALiBi position biases (they follow the key's column in the row, not its position)"
     return None
 
 

@@ -829,9 +829,15 @@ class _OnlineTrainer(_BaseTrainer):
 
     def _shared_layout(self, model, micro: Rollout):
         """The shared-prompt layout of a micro-batch, or None where it does not apply (no two completions of one
-        prompt, a reference model with other attention, a mask too large)."""
+        prompt, a reference model that cannot share (other attention, sliding windows, ALiBi), a mask too large)."""
         lm = causal_lm(self.accelerator.unwrap_model(model))
         if lm.config._attn_implementation not in ("sdpa", "eager"):
+            return None
+        # the policy was checked at construction; a separate `ref_model` may be another architecture (checked once)
+        checked = self.__dict__.setdefault("_sharing_checked", {})
+        if id(lm) not in checked:
+            checked[id(lm)] = unsupported_reason(lm) is None
+        if not checked[id(lm)]:
             return None
         return share_prompts(micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_mask)
 
