@@ -147,3 +147,11 @@ def test_a_reference_model_that_cannot_share_is_scored_in_padded_rows():
     assert _OnlineTrainer._shared_layout(trainer, tiny_model("qwen2"), micro) is not None
     sliding = tiny_model("qwen2", use_sliding_window=True, sliding_window=4, max_window_layers=0)
     assert _OnlineTrainer._shared_layout(trainer, sliding, micro) is None
+
+
+def test_modelling_code_outside_transformers_is_refused():
+    # remote code (trust_remote_code) may ignore or rebuild a 4D mask; here a subclass defined outside transformers
+    base = type(tiny_model("qwen3"))
+    custom = type("CustomForCausalLM", (base,), {"__module__": "my_remote_code.modeling"})
+    model = custom(tiny_model("qwen3").config)
+    assert "my_remote_code.modeling" in unsupported_reason(model)

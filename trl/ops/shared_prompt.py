@@ -70,6 +70,10 @@ def unsupported_reason(model) -> str | None:
     if implementation not in ("sdpa", "eager"):
         return f"its attention implementation is {implementation!r} (the layout needs 'sdpa' or 'eager')"
     config = model.config
+    if not type(model).__module__.startswith("transformers.models."):
+        # remote code (trust_remote_code) may build its own mask from a 2D one or use ALiBi: not known to take it
+        return (f"its modelling code ({type(model).__module__}) is not one of transformers' models, which pass a 4D "
+                "mask through as it is")
     if not static_cache_supported(config):
         return "it has sliding-window or linear-attention layers (the layout's mask is full attention)"
     if any(kind != "global" for kind in getattr(config, "attention_layers", None) or ()):
