@@ -31,7 +31,9 @@ def test_layout_by_hand():
     # prompts A = [5, 6, 7] (rows 0 and 2) and B = [8, 9] (row 1); completions of 2, 1 and 3 tokens
     prompt_ids, prompt_mask = _left_pad([[5, 6, 7], [8, 9], [5, 6, 7]], 3)
     completion_ids, completion_mask = _right_pad([[10, 11], [12], [13, 14, 15]], 3)
-    shared = share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    # (too small to pay: 18 positions either way, so the cost rules are lifted to see the layout)
+    shared = share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, min_saving=0,
+                           max_attention_growth=float("inf"))
     # row A: prompt minus its last token, then [7, 10, 11] and [7, 13, 14, 15]; row B: [9, 12] after [8]
     assert shared.input_ids.tolist() == [[5, 6, 7, 10, 11, 7, 13, 14, 15], [8, 9, 12, 0, 0, 0, 0, 0, 0]]
     assert shared.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3, 4, 5], [0, 1, 2, 0, 0, 0, 0, 0, 0]]
@@ -54,11 +56,23 @@ def test_nothing_to_share_or_holes_give_none():
     prompt_ids, prompt_mask = _left_pad([[5, 6], [7, 8]], 2)
     completion_ids, completion_mask = _right_pad([[9], [10]], 2)
     assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask) is None  # two distinct prompts
-    prompt_ids, prompt_mask = _left_pad([[5, 6], [5, 6]], 2)
+    prompt_ids, prompt_mask = _left_pad([[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10]], 6)
+    # 2 rows of 6 + 2 = 16 positions and 128 scores padded, 1 row of 5 + 2 + 2 = 9 positions and 81 scores shared
     assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask) is not None
     holes = torch.tensor([[0, 1], [1, 1]])  # the first row skips a token
     assert share_prompts(prompt_ids, prompt_mask, completion_ids, holes) is None
-    assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, max_mask_elements=8) is None
+    assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, max_mask_elements=80) is None
+    assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, min_saving=0.5) is None
+    assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, max_attention_growth=0.6) is None
+
+
+def test_long_completions_of_a_short_prompt_stay_padded():
+    # 8 completions of 256 tokens after a 200-token prompt: 8 x 456-wide rows padded (1.66M scores) against one row of
+    # 199 + 8 x 257 = 2,255 (5.09M scores): three times the attention for 38% fewer positions -> padded rows
+    prompt_ids, prompt_mask = _left_pad([list(range(4, 204))] * 8, 200)
+    completion_ids, completion_mask = _right_pad([list(range(4, 260))] * 8, 256)
+    assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask) is None
+    assert share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, max_attention_growth=4) is not None
 
 
 def _batch(vocab, seed=0):

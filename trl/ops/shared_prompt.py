@@ -22,6 +22,11 @@ import torch
 
 # Above this many mask elements (rows x width x width) the padded layout is used instead (see `share_prompts`).
 MAX_MASK_ELEMENTS = 1 << 24
+# The layout is used only when it runs at least this fraction fewer positions than the padded rows (the dense layers'
+# work) and at most this many times their attention scores (rows x width^2; a dense mask skips no block, and eager
+# attention keeps the scores for the backward pass).
+MIN_SAVING = 0.1
+MAX_ATTENTION_GROWTH = 2.0
 
 
 @dataclass
@@ -86,7 +91,9 @@ def unsupported_reason(model) -> str | None:
 
 
 def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
-                  completion_mask: torch.Tensor, max_mask_elements: int = MAX_MASK_ELEMENTS) -> SharedPromptBatch | None:
+                  completion_mask: torch.Tensor, max_mask_elements: int = MAX_MASK_ELEMENTS,
+                  min_saving: float = MIN_SAVING, max_attention_growth: float = MAX_ATTENTION_GROWTH,
+                  ) -> SharedPromptBatch | None:
     """Lay out a micro-batch of completions with one row per distinct prompt.
 
     Args:
@@ -95,10 +102,14 @@ def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completio
         completion_ids (`torch.Tensor`): `(B, C)` right-padded completions.
         completion_mask (`torch.Tensor`): `(B, C)` 1 on each completion's tokens, a run from its first column.
         max_mask_elements (`int`, *optional*): the largest dense mask to build.
+        min_saving (`float`, *optional*): the smallest fraction of the padded rows' positions the layout must save.
+        max_attention_growth (`float`, *optional*): the most attention scores the layout may compute, as a multiple
+            of the padded rows' (one `(P + C)`-wide causal row per completion).
 
     Returns:
         [`SharedPromptBatch`], or None when the layout would not pay or cannot express the batch: no two rows share
-        a prompt, a completion mask has holes, or the mask would exceed `max_mask_elements`.
+        a prompt, a completion mask has holes, the mask would exceed `max_mask_elements`, it saves under
+        `min_saving` of the positions, or it costs over `max_attention_growth` times the attention.
 
     Example:
         ```python
@@ -120,7 +131,10 @@ def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completio
     lengths_list = lengths.tolist()
     widths = [len(prompt) - 1 + sum(1 + lengths_list[b] for b in rows) for prompt, rows in groups.items()]
     width = max(widths)
-    if len(groups) * width * width > max_mask_elements:
+    padded_width = prompt_ids.shape[1] + completion_ids.shape[1]
+    if (len(groups) * width * width > max_mask_elements
+            or len(groups) * width > (1 - min_saving) * len(prompts) * padded_width
+            or len(groups) * width * width > max_attention_growth * len(prompts) * padded_width * padded_width):
         return None
 
     num_rows, num_completions = len(groups), len(prompts)
@@ -158,4 +172,4 @@ def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completio
     )
 
 
-__all__ = ["MAX_MASK_ELEMENTS", "SharedPromptBatch", "share_prompts", "unsupported_reason"]
+__all__ = ["MAX_ATTENTION_GROWTH", "MAX_MASK_ELEMENTS", "MIN_SAVING", "SharedPromptBatch", "share_prompts", "unsupported_reason"]
