@@ -21,14 +21,14 @@ def test_missing_liger_kernel_names_the_install(monkeypatch):
 
 def test_cpu_is_refused(monkeypatch):
     monkeypatch.setattr(trl.import_utils, "is_liger_kernel_available", lambda: True)
-    monkeypatch.setattr(base_config, "_fp16_device_available", lambda: False)
-    with pytest.raises(ValueError, match="needs a GPU: Liger's kernels are Triton GPU kernels"):
+    monkeypatch.setattr(base_config, "_triton_device_available", lambda: False)
+    with pytest.raises(ValueError, match="needs a CUDA, ROCm or XPU GPU: Liger.s kernels are Triton GPU kernels"):
         GRPOConfig(output_dir="out", use_liger_kernel=True)
 
 
 def test_loss_kernels_are_turned_off_and_the_rest_kept(monkeypatch):
     monkeypatch.setattr(trl.import_utils, "is_liger_kernel_available", lambda: True)
-    monkeypatch.setattr(base_config, "_fp16_device_available", lambda: True)
+    monkeypatch.setattr(base_config, "_triton_device_available", lambda: True)
     config = SFTConfig(output_dir="out", use_liger_kernel=True, bf16=False)
     assert config.liger_kernel_config == {"fused_linear_cross_entropy": False, "cross_entropy": False}
     with pytest.warns(UserWarning, match="asks for fused_linear_cross_entropy: turned off"):
@@ -50,7 +50,7 @@ def test_real_liger_patching_keeps_the_fused_head():
         from trl.models.tiny import tiny_model
         from trl.ops.fused_head import add_fused_lm_head
 
-        with mock.patch.object(base_config, "_fp16_device_available", lambda: True):
+        with mock.patch.object(base_config, "_triton_device_available", lambda: True):
             config = SFTConfig(output_dir="out", use_liger_kernel=True, bf16=False)
         model = add_fused_lm_head(tiny_model("qwen3"))
         fused = model.forward

@@ -132,9 +132,9 @@ def liger_kernel_config(config) -> dict:
     from ..import_utils import require
 
     require("liger_kernel", "`use_liger_kernel=True`")
-    if config.use_cpu or not _fp16_device_available():
-        raise ValueError("`use_liger_kernel=True` needs a GPU: Liger's kernels are Triton GPU kernels, and this run is "
-                         "on the CPU. Leave `use_liger_kernel` off on the CPU.")
+    if config.use_cpu or not _triton_device_available():
+        raise ValueError("`use_liger_kernel=True` needs a CUDA, ROCm or XPU GPU: Liger's kernels are Triton GPU "
+                         "kernels, and this run has none (CPU or MPS). Leave `use_liger_kernel` off here.")
     kernels = dict_field(config.liger_kernel_config, "liger_kernel_config") or {}
     asked = [name for name in _LIGER_LOSS_KERNELS if kernels.get(name)]
     if asked:
@@ -144,6 +144,13 @@ def liger_kernel_config(config) -> dict:
                       "the model's forward, through which every trainer calls its fused LM head, and that head is "
                       "already a chunked linear + cross-entropy without (B, T, V) logits.", stacklevel=3)
     return {**kernels, **dict.fromkeys(_LIGER_LOSS_KERNELS, False)}
+
+
+def _triton_device_available() -> bool:
+    """A GPU that Triton compiles for: CUDA (ROCm builds report through `torch.cuda` too) or Intel XPU."""
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
 def _fp16_device_available() -> bool:
