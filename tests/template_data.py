@@ -291,6 +291,15 @@ def olmo3_1_instruct_tokenizer():
     return family_tokenizer(real_chat_template("olmo3_1_instruct"), OLMO3_TOKENS, eos="<|endoftext|>")
 
 
+def deepseek_v3_1_tokenizer():
+    """DeepSeek-V3.1 (deepseek-ai/DeepSeek-V3.1): bos `<｜begin▁of▁sentence｜>`, eos `<｜end▁of▁sentence｜>`, DeepSeek's
+    tool tokens; calls written `name<｜tool▁sep｜>arguments` with the arguments concatenated as a string (JSON-string
+    arguments), thinking off unless `thinking` / `enable_thinking` is passed."""
+    return family_tokenizer(
+        real_chat_template("deepseek_v3_1"), DEEPSEEK_TOKENS, "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+    )
+
+
 REAL_TOKENIZERS = {
     "qwen2_5": qwen2_5_tokenizer,
     "qwen3": qwen3_tokenizer,
@@ -314,5 +323,6 @@ REAL_TOKENIZERS = {
     "llama3_1": llama3_1_tokenizer,
     "phi3_mini_with_system": phi3_mini_with_system_tokenizer,
     "olmo3_1_instruct": olmo3_1_instruct_tokenizer,
+    "deepseek_v3_1": deepseek_v3_1_tokenizer,
 }
 """Real template name (`tests/data/chat_templates/real/<name>.jinja`) -> function building its tokenizer."""

@@ -15,7 +15,7 @@ Families, in detection order (the first whose `recognize` accepts the template w
 | name | recognised by | tool calls | reasoning |
 |---|---|---|---|
 | `gpt_oss` | `<|channel|>` and `<|start|>` (harmony) | `to=functions.<name>` messages, JSON body, `<|call|>` | `analysis` channel |
-| `deepseek` | `<｜Assistant｜>` (V3, R1, R1 distills) | `<｜tool▁call▁begin｜>function<｜tool▁sep｜>name` + fenced JSON (V3.1's form too) | `<think>...</think>` |
+| `deepseek` | `<｜Assistant｜>` (V3, V3.1, R1, R1 distills) | `<｜tool▁call▁begin｜>function<｜tool▁sep｜>name` + fenced JSON; V3.1: `name<｜tool▁sep｜>{JSON}` | `<think>...</think>` |
 | `glm4_moe` | `<arg_key>` and `<|assistant|>` | `<tool_call>name` + `<arg_key>`/`<arg_value>` pairs | `<think>...</think>` |
 | `cohere2` | `<|START_ACTION|>` and `<|CHATBOT_TOKEN|>` | JSON list of `{"tool_name", "parameters"}` in `<|START_ACTION|>` | `<|START_THINKING|>` |
 | `command_r` | `<|CHATBOT_TOKEN|>` (Command R / R+; Command R7B's is `cohere2`) | `Action:` + ```json list of `{"tool_name", "parameters"}` | none |
@@ -387,7 +387,8 @@ def _deepseek_call(body: str, strict: bool) -> tuple[dict | None, str | None]:
     if DEEPSEEK_SEP not in body:
         return None, f"no {DEEPSEEK_SEP} between the call type or name and the arguments in {_snippet(body)}"
     head, rest = body.split(DEEPSEEK_SEP, 1)
-    if head.strip() == "function" and "\n" in rest:  # V3 / R1: type<sep>name\n```json\n{...}\n```
+    if head.strip() == "function" and "\n" in rest and not rest.lstrip().startswith("{"):
+        # V3 / R1: type<sep>name\n```json\n{...}\n``` (a V3.1 call of a tool named "function" has its JSON there)
         name, arguments = rest.split("\n", 1)
         fenced = _FENCED_JSON.match(arguments)
         if fenced is None:
@@ -829,7 +830,8 @@ DEEPSEEK = Family(
     parse_tool_calls=parse_deepseek_tool_calls,
     call_format=(
         "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜><name>\\n```json\\n<JSON object>\\n```"
-        "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜> (V3.1: <｜tool▁call▁begin｜><name><｜tool▁sep｜><JSON object>"
+        "<｜tool▁call▁end｜>)"
     ),
     reasoning_tags=("<think>", "</think>"),
 )
@@ -997,7 +999,9 @@ def decode_turn(
 ) -> str:
     """The text of one generated assistant turn: `ids` decoded with special tokens, one trailing end-of-turn token
     (eos or any of the family's) dropped, and, with `prefix`, the text the template wrote after the last assistant
-    header (e.g. an opening `<think>`) put in front. `family` defaults to the detected one (ChatML when unknown).
+    header (e.g. an opening `<think>`) put in front, unless that text holds an end-of-turn token (the prompt ends
+    after tool results that no header follows, as in DeepSeek's templates: the text belongs to the calling turn).
+    `family` defaults to the detected one (ChatML when unknown).
 
     Example:
         ```python
@@ -1018,7 +1022,12 @@ def decode_turn(
         if not isinstance(prefix, str):
             prefix = tokenizer.decode(prefix.tolist() if hasattr(prefix, "tolist") else list(prefix))
         if family.assistant_header in prefix:
-            text = prefix.rsplit(family.assistant_header, 1)[1] + text
+            tail = prefix.rsplit(family.assistant_header, 1)[1]
+            # a tail that holds an end of turn belongs to an earlier, finished assistant turn: after tool results
+            # DeepSeek's templates write no header, so the last one in the prompt is that of the calling turn
+            stops = [stop for stop in (*family.end_of_turn, tokenizer.eos_token) if stop]
+            if not any(stop in tail for stop in stops):
+                text = tail + text
     return text
 
 

@@ -17,7 +17,8 @@ template writes (its system prompts, tool instructions and quirks), instead of a
    and including its end-of-turn token (what the model generates at inference), then what the next rendering adds.
    A template that still rewrites earlier turns raises an error naming the message.
 
-Consequences, checked by `verify_training_template` on the `CONVERSATIONS` probe set:
+Consequences, checked by `verify_training_template` on the `CONVERSATIONS` probe set (tool-call arguments rendered as
+JSON strings for templates that reject dicts, DeepSeek's, as the agent loop renders them):
 - Where the original is prefix-preserving on a conversation, the training template renders it byte-identically
   (up to the closing text above).
 - Every assistant turn's text (what the model is trained to generate) is exactly what the original renders for it
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 
 from .chat_template_utils import _WEATHER_CALL as _WEATHER
 from .chat_template_utils import _WEATHER_TOOL
-from .chat_template_utils import _render_text as _render
+from .template_families import render_tool_messages
 
 __all__ = ["CONVERSATIONS", "FAMILY_EDITS", "UNSUPPORTED", "TemplateEdit", "same_up_to_closing", "training_template",
            "verify_training_template", "wrap_turn_by_turn"]
@@ -359,6 +360,14 @@ CONVERSATIONS: list[tuple[str, list[dict], dict]] = [
     ], {"enable_thinking": False}),
 ]
 """Probe conversations on which a training template is verified against the original template."""
+
+
+def _render(tokenizer, messages: list[dict], chat_template: str | None = None, **kwargs) -> str:
+    """The text `chat_template` (default: the tokenizer's) renders for `messages`, with tool-call arguments retried
+    as JSON strings when the template rejects dicts (DeepSeek's concatenate them), as the agent loop renders them
+    (`trl.template_families.render_tool_messages`): the probe conversations' tool turns are checked on those
+    templates too."""
+    return render_tool_messages(tokenizer, messages, chat_template=chat_template, **kwargs)
 
 
 def _cut_after_end_of_turn(text: str, end_of_turn: tuple[str, ...]) -> str:

@@ -461,9 +461,11 @@ REAL_FAMILIES = {
     "llama3_1": "llama3",
     "phi3_mini_with_system": "phi3",
     "olmo3_1_instruct": "olmo3",
+    "deepseek_v3_1": "deepseek",
 }
 REAL_TOOL_FAMILIES = ["qwen2_5", "qwen3", "llama3_2", "deepseek_r1_distill", "gpt_oss", "glm4_moe", "cohere2", "lfm2_5",
-                      "llama3_3", "nemotron3", "command_r_plus", "llama3_1", "olmo3_1_instruct"]
+                      "llama3_3", "nemotron3", "command_r_plus", "llama3_1", "olmo3_1_instruct",
+                      "deepseek_v3_1"]
 REAL_ALL_TOKENIZERS = REAL_TOKENIZERS
 
 
@@ -600,6 +602,13 @@ REAL_ROUND_TRIPS = {
         (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
         (message("", calls=[NESTED, call("now", {})]),) * 2,
     ],
+    # DeepSeek-V3.1: name<｜tool▁sep｜>{JSON} calls (JSON-string arguments), content before them, no fence
+    "deepseek_v3_1": [
+        (message("It is 22C."),) * 2,
+        (message("", calls=[WEATHER]),) * 2,
+        (message("Let me look.", calls=[WEATHER, NESTED]),) * 2,
+        (message("", calls=[NESTED, call("now", {})]),) * 2,
+    ],
 }
 # tokens that end a generated turn (GPT-OSS: <|end|> ends a message inside the turn)
 STOPS = {"gpt_oss": ("<|call|>", "<|return|>")}
@@ -648,6 +657,11 @@ def test_real_round_trip_render_parse(name):
         ("olmo3_1_instruct", 'Checking.<function_calls>get_weather(city="Paris")</function_calls><|im_end|>',
          message("Checking.", calls=[WEATHER])),
         ("olmo3_1_instruct", "It is 22C.<|endoftext|>", message("It is 22C.")),
+        # DeepSeek-V3.1 (thinking off: the generation prompt ends with </think>)
+        ("deepseek_v3_1", "It is 22C.<｜end▁of▁sentence｜>", message("It is 22C.")),
+        ("deepseek_v3_1", ("Checking.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>"
+                           '{"city": "Paris"}<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>'),
+         message("Checking.", calls=[WEATHER])),
         (  # GPT-OSS as the model writes it: recipient after the channel, <|constrain|>
             "gpt_oss",
             (
@@ -675,6 +689,15 @@ def test_real_parse_generated_turn_with_prompt(name, generated, expected):
         (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n{}"
          "<｜tool▁call▁end｜>" + DEEPSEEK_CALLS_END, "not in a ```json block"),
         (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n[1]",
+         "never closed"),
+        # DeepSeek-V3.1's name<｜tool▁sep｜>{JSON} form
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>f<｜tool▁sep｜>{bad<｜tool▁call▁end｜>"
+         + DEEPSEEK_CALLS_END, "not JSON"),
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜><｜tool▁sep｜>{}<｜tool▁call▁end｜>"
+         + DEEPSEEK_CALLS_END, "no function name"),
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>f<｜tool▁sep｜>[1]<｜tool▁call▁end｜>"
+         + DEEPSEEK_CALLS_END, "must be a JSON object"),
+        (parse_deepseek_tool_calls, DEEPSEEK_CALLS_BEGIN + '<｜tool▁call▁begin｜>f<｜tool▁sep｜>{"city": "Par',
          "never closed"),
         (parse_glm_tool_calls, "<tool_call>\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>",
          "no function name"),
@@ -801,6 +824,44 @@ def test_deepseek_v3_tool_calls_render_only_outside_transformers():
         ids = tokenize(tokenizer, generated)
         assert parse_tool_turn(tokenizer, ids) == ToolTurn(message("", calls=calls), []), generated
         assert parse_response(tokenizer, ids) == message("", calls=calls)
+
+
+def test_deepseek_v3_1_calls_prompts_and_tool_rounds():
+    """DeepSeek-V3.1 writes `<｜Assistant｜></think>` before a turn that follows a user message (thinking off, the
+    default) and nothing after tool results, concatenates the arguments (dict arguments raise; the agent loop's
+    renderer retries with JSON strings), and writes calls as `name<｜tool▁sep｜>{JSON}` after any content."""
+    tokenizer = REAL_ALL_TOKENIZERS["deepseek_v3_1"]()
+    with pytest.raises(TypeError):
+        tokenizer.apply_chat_template([USER, message("", calls=[WEATHER])], tokenize=False)
+    assert supports_tool_calling(tokenizer)
+    prompt = tokenizer.apply_chat_template([USER], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<｜User｜>What is the weather in Paris?<｜Assistant｜></think>")
+    thinking = tokenizer.apply_chat_template([USER], tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    assert thinking.endswith("<｜Assistant｜><think>")
+    # thinking on: the reasoning the model writes after <think> is split off, with or without the prompt
+    ids = tokenize(tokenizer, "Need it.</think>It is 22C.<｜end▁of▁sentence｜>")
+    for prefix in (thinking, None):
+        assert parse_tool_turn(tokenizer, ids, prefix=prefix) == ToolTurn(message("It is 22C.", "Need it."), [])
+    # after tool results there is no header: the generation prompt adds nothing, and the calling turn before it
+    # (the last <｜Assistant｜> of the prompt) is not read into the answer
+    rounds = [USER, message("", calls=[WEATHER]), {"role": "tool", "content": "22C"}]
+    after_tools = render_tool_messages(tokenizer, rounds, add_generation_prompt=True)
+    assert after_tools == render_tool_messages(tokenizer, rounds)
+    assert after_tools.endswith("<｜tool▁calls▁end｜><｜end▁of▁sentence｜><｜tool▁output▁begin｜>22C<｜tool▁output▁end｜>")
+    ids = tokenize(tokenizer, "It is 22C.<｜end▁of▁sentence｜>")
+    assert parse_tool_turn(tokenizer, ids, prefix=after_tools) == ToolTurn(message("It is 22C."), [])
+    assert parse_response(tokenizer, ids, prefix=after_tools) == message("It is 22C.")
+    # nested JSON written over several lines, and a tool named "function" (V3's call type), read as V3.1 calls
+    text = (DEEPSEEK_CALLS_BEGIN + "<｜tool▁call▁begin｜>search<｜tool▁sep｜>"
+            + json.dumps(NESTED["function"]["arguments"], indent=2) + "<｜tool▁call▁end｜>"
+            + '<｜tool▁call▁begin｜>function<｜tool▁sep｜>{\n  "x": [1]\n}<｜tool▁call▁end｜>' + DEEPSEEK_CALLS_END)
+    assert parse_deepseek_tool_calls("Both." + text) == ("Both.", [NESTED, call("function", {"x": [1]})], [])
+    # a malformed call keeps the valid ones and stays in the content
+    text = (DEEPSEEK_CALLS_BEGIN + '<｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>'
+            + "<｜tool▁call▁begin｜>f<｜tool▁sep｜>{oops}<｜tool▁call▁end｜>" + DEEPSEEK_CALLS_END)
+    content, calls, errors = parse_deepseek_tool_calls(text)
+    assert calls == [WEATHER] and len(errors) == 1 and errors[0].startswith("tool call 2: f: ")
+    assert content == text
 
 
 def test_llama3_1_template_is_llama3_3s():

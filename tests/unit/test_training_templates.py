@@ -18,7 +18,7 @@ from trl.chat_template_utils import (
     supports_tool_calling,
 )
 from trl.data.tokenize import assistant_mask, assistant_mask_by_prefix, end_of_turn_ids, render_ids
-from trl.template_families import detect_family
+from trl.template_families import detect_family, with_json_string_arguments
 from trl.training_templates import (
     CONVERSATIONS,
     TemplateEdit,
@@ -57,6 +57,8 @@ FAMILY_TOKENIZERS = [
     ("real-lfm2", "lfm2_tokenizer", "lfm2", True),
     ("real-llama3_1", "llama3_1_tokenizer", "llama3", True),
     ("real-phi3_mini_with_system", "phi3_mini_with_system_tokenizer", "phi3", False),
+    # thinking off (its default); with thinking on no template can be byte-identical and prefix-preserving (below)
+    ("real-deepseek_v3_1", "deepseek_v3_1_tokenizer", "deepseek", True),
 ]
 CASES = [pytest.param(builder, family, prefix, id=name) for name, builder, family, prefix in FAMILY_TOKENIZERS
          if hasattr(template_data, builder)]
@@ -95,6 +97,16 @@ def _renders(tokenizer, messages, kwargs):
         return None
 
 
+def _renderable(tokenizer, messages, kwargs):
+    """The messages as the template renders them: with tool-call arguments as JSON strings where it rejects dicts
+    (DeepSeek's templates concatenate them; the agent loop and the verification retry the same way), or None where
+    it renders neither."""
+    for candidate in (messages, with_json_string_arguments(messages)):
+        if _renders(tokenizer, candidate, kwargs) is not None:
+            return candidate
+    return None
+
+
 @pytest.mark.parametrize("builder, family, prefix", CASES)
 def test_family_and_markers(builder, family, prefix):
     original, training = _tokenizers(builder)
@@ -111,9 +123,10 @@ def test_family_and_markers(builder, family, prefix):
 @pytest.mark.parametrize("name, messages, kwargs", CONVERSATIONS, ids=[c[0] for c in CONVERSATIONS])
 def test_renders_byte_identically(builder, family, prefix, name, messages, kwargs):
     original, training = _tokenizers(builder)
-    expected = _renders(original, messages, kwargs)
-    if expected is None:
+    messages = _renderable(original, messages, kwargs)
+    if messages is None:
         pytest.skip("the original template cannot render this conversation")
+    expected = _render(original, messages, **kwargs)
     rendered = _render(training, messages, **kwargs)
     end_of_turn = tuple(detect_family(original).end_of_turn)
     if not _is_prefix_preserving(original, messages, kwargs, end_of_turn):
@@ -152,6 +165,43 @@ def test_deepseek_r1_distill_is_refused_with_the_reason():
     # with reasoning too: the reasoning is dropped, so no rendering of an assistant turn contains '<think>\n'
     thought = {"role": "assistant", "content": "<think>\nSay hello.\n</think>\n\nHello."}
     assert not _render(tokenizer, [user, thought]).startswith(prompt)
+
+
+def test_deepseek_v3_1_training_template_is_for_thinking_off():
+    """DeepSeek-V3.1's template, thinking off (its default), is prefix-preserving: every assistant turn after a user
+    message follows the generation prompt '<｜Assistant｜></think>', reasoning is split off every turn (the last one
+    too), and after tool results there is no header. Its training template renders it byte-identically (tool rounds
+    with JSON-string arguments included) and trains each turn after the prompt's '</think>'. With thinking on the
+    generation prompt is '<｜Assistant｜><think>', which no rendered assistant turn continues, so no template
+    byte-identical to it is prefix-preserving there: the training template renders prompts, and raises on an
+    assistant turn."""
+    original, training = _tokenizers("deepseek_v3_1_tokenizer")
+    conversations = {c[0]: c[1:] for c in CONVERSATIONS}
+    messages, kwargs = conversations["two tool calls in one turn"]
+    messages = with_json_string_arguments(messages)
+    assert _render(training, messages, **kwargs) == _render(original, messages, **kwargs)
+    ids, mask = assistant_mask(training, messages, end_of_turn_ids(training), kwargs)
+    assert training.decode([t for t, m in zip(ids, mask) if m]) == (
+        '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}<｜tool▁call▁end｜>'
+        "<｜tool▁call▁begin｜>get_time<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>"
+        "It is 22C in Paris.<｜end▁of▁sentence｜>"
+    )
+    # reasoning in the content is dropped from every turn, the final one included: nothing is rewritten later
+    messages = conversations["reasoning inline in content"][0]
+    rendered = _render(training, messages)
+    assert rendered == _render(original, messages) and "Add the numbers." not in rendered
+    assert "<｜User｜>What is 2 + 2?<｜Assistant｜></think>\n\n4.<｜end▁of▁sentence｜>" in rendered
+    assert _render(original, messages[:2]).endswith("<｜Assistant｜></think>\n\n4.<｜end▁of▁sentence｜>")
+    # thinking on
+    user, answer = {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."}
+    prompt = _render(original, [user], add_generation_prompt=True, enable_thinking=True)
+    assert prompt.endswith("<｜Assistant｜><think>")
+    assert _render(training, [user], add_generation_prompt=True, enable_thinking=True) == prompt
+    for turn in (answer, {**answer, "content": "<think>Greet.</think>Hello."}):
+        full = _render(original, [user, turn], enable_thinking=True)
+        assert full.endswith("<｜Assistant｜></think>Hello.<｜end▁of▁sentence｜>") and not full.startswith(prompt)
+        with pytest.raises(Exception, match="not prefix-preserving at message 1"):
+            _render(training, [user, turn], enable_thinking=True)
 
 
 def test_nemotron3_is_refused_with_the_reason():
@@ -249,6 +299,7 @@ def test_prefix_preserving_across_tool_turns(builder, family, prefix, rounds):
     for _ in range(rounds):
         messages += [{"role": "assistant", "content": "", "tool_calls": [call]}, {"role": "tool", "content": "22C"}]
     messages.append({"role": "assistant", "content": "22C."})
+    messages = _renderable(original, messages, {})  # DeepSeek-V3.1: arguments as JSON strings
     previous = ""
     for k in range(1, len(messages) + 1):
         current = _render(training, messages[:k])
@@ -292,7 +343,8 @@ def _mask_by_assistant_turns(tokenizer, messages, eos, kwargs, closing=frozenset
 @pytest.mark.parametrize("name, messages, kwargs", CONVERSATIONS, ids=[c[0] for c in CONVERSATIONS])
 def test_marker_masks_equal_prefix_masks(builder, family, prefix, name, messages, kwargs):
     original, training = _tokenizers(builder)
-    if messages[-1]["role"] != "assistant" or _renders(original, messages, kwargs) is None:
+    messages = _renderable(original, messages, kwargs)
+    if messages is None or messages[-1]["role"] != "assistant":
         pytest.skip("not a training conversation for this template")
     eos = _eos_ids(training)
     closing = _closing_ids(training, family)
