@@ -438,3 +438,29 @@ class TestTruncate:
         assert trained_spans(tokenizer, cut["input_ids"], cut["assistant_masks"]) == [
             "Hello! How can I help?<|im_end|>", "a b"
         ]
+
+
+def test_tool_call_arguments_become_json_strings_only_where_the_template_needs_it():
+    """DeepSeek-V3.1 concatenates `arguments` into its text and raises on a dict: SFT rows and `apply_chat_template`
+    give it JSON strings (what the model writes); a template that takes dicts gets the messages unchanged."""
+    from tests.template_data import deepseek_v3_1_tokenizer
+
+    from trl import apply_chat_template
+    from trl.data.tokenize import end_of_turn_ids, for_template, tokenize_sft_example
+
+    call = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    messages = [{"role": "user", "content": "Weather?"}, {"role": "assistant", "content": "", "tool_calls": [call]},
+                {"role": "tool", "content": "22C"}, {"role": "assistant", "content": "It is 22C."}]
+    chatml = tiny_tokenizer()
+    assert for_template(chatml, messages) is messages
+    tokenizer = deepseek_v3_1_tokenizer()
+    with pytest.raises(TypeError):  # the template itself on dict arguments
+        tokenizer.apply_chat_template(messages, tokenize=False)
+    assert for_template(tokenizer, messages)[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'
+    out = tokenize_sft_example({"messages": messages}, tokenizer, kind="language_modeling", conversational=True,
+                               assistant_only_loss=True, eos_token_id=tokenizer.eos_token_id,
+                               eos_ids=end_of_turn_ids(tokenizer))
+    trained = tokenizer.decode([i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+    assert trained == ('<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{"city": "Paris"}'
+                       '<｜tool▁call▁end｜><｜tool▁calls▁end｜><｜end▁of▁sentence｜>It is 22C.<｜end▁of▁sentence｜>')
+    assert '<｜tool▁sep｜>{"city": "Paris"}' in apply_chat_template({"messages": messages}, tokenizer)["text"]

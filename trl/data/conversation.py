@@ -310,6 +310,9 @@ def apply_chat_template(
     kwargs = {**template_kwargs, **row_kwargs}
 
     def render(messages: list[dict], **extra: Any) -> str:
+        from .tokenize import for_template  # tool-call arguments as JSON strings where the template needs them
+
+        messages = for_template(processing_class, messages)
         text = processing_class.apply_chat_template(messages, tools=tools, tokenize=False, **kwargs, **extra)
         if not isinstance(text, str):  # processors may return a one-element batch
             text = text[0]

@@ -62,8 +62,52 @@ def render_ids(tokenizer, messages: list[dict], template_kwargs: dict | None = N
     """
     if not messages:
         return []
+    messages = for_template(tokenizer, messages)
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **(template_kwargs or {}), **options)
     return list(out["input_ids"])
+
+
+def for_template(tokenizer, messages: list[dict]) -> list[dict]:
+    """`messages` as the tokenizer's chat template takes them: tool-call arguments written as JSON strings for a
+    template that concatenates them into its text and raises on a dict (DeepSeek's, `trl/template_families.py`),
+    the messages unchanged otherwise. The rendered text is what the model writes either way.
+
+    Example:
+        ```python
+        >>> for_template(deepseek_tokenizer, [{"role": "assistant", "tool_calls": [call]}])[0]["tool_calls"][0]
+        {'type': 'function', 'function': {'name': 'get_weather', 'arguments': '{"city": "Paris"}'}}
+        ```
+    """
+    if not any(isinstance(message, dict) and message.get("tool_calls") for message in messages):
+        return messages
+    if not _needs_string_arguments(tokenizer):
+        return messages
+    from ..template_families import with_json_string_arguments
+
+    return with_json_string_arguments(messages)
+
+
+_STRING_ARGUMENTS: dict[str, bool] = {}  # chat template text -> whether it needs JSON-string tool-call arguments
+
+
+def _needs_string_arguments(tokenizer) -> bool:
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str):
+        return False
+    if template not in _STRING_ARGUMENTS:
+        from ..template_families import with_json_string_arguments
+
+        try:
+            tokenizer.apply_chat_template(_PROBE_TOOL, tokenize=False)
+            needs = False
+        except Exception:  # noqa: BLE001 - any template error on dict arguments
+            try:
+                tokenizer.apply_chat_template(with_json_string_arguments(_PROBE_TOOL), tokenize=False)
+                needs = True
+            except Exception:  # noqa: BLE001 - the template fails on tool calls either way: nothing to convert
+                needs = False
+        _STRING_ARGUMENTS[template] = needs
+    return _STRING_ARGUMENTS[template]
 
 
 def special_token_ids(tokenizer) -> set[int]:
@@ -260,7 +304,7 @@ def assistant_mask(tokenizer, messages, eos_ids, template_kwargs=None) -> tuple[
     """
     if has_generation_markers(tokenizer.chat_template):
         out = tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **(template_kwargs or {})
+            for_template(tokenizer, messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **(template_kwargs or {})
         )
         ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
         mask = _trim_spans_after_end_of_turn(ids, mask, eos_ids)
