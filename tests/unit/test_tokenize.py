@@ -21,7 +21,6 @@ from trl.data.tokenize import (
 )
 from trl.models.tiny import tiny_tokenizer
 
-
 # ---- templates ----------------------------------------------------------------------------------------------------
 
 # (b) ChatML with `{% generation %}` markers around the assistant content and its `<|im_end|>`: renders the same text
@@ -444,7 +443,6 @@ def test_tool_call_arguments_become_json_strings_only_where_the_template_needs_i
     """DeepSeek-V3.1 concatenates `arguments` into its text and raises on a dict: SFT rows and `apply_chat_template`
     give it JSON strings (what the model writes); a template that takes dicts gets the messages unchanged."""
     from tests.template_data import deepseek_v3_1_tokenizer
-
     from trl import apply_chat_template
     from trl.data.tokenize import end_of_turn_ids, for_template, tokenize_sft_example
 
