@@ -336,6 +336,7 @@ class _OnlineTrainer(_BaseTrainer):
         self.model_accepts_loss_kwargs = False
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
         self._share_prompts = self._prompt_sharing(causal_lm(model), args)
+        self._sharing_checked: dict[int, bool] = {}  # id of a model scored in `_forward_logps` -> whether it can share
         if self.accelerator.is_main_process and not args.disable_tqdm:
             print(batch_plan(args, self.accelerator.num_processes, self._off_policy))
 
@@ -834,10 +835,9 @@ class _OnlineTrainer(_BaseTrainer):
         if lm.config._attn_implementation not in ("sdpa", "eager"):
             return None
         # the policy was checked at construction; a separate `ref_model` may be another architecture (checked once)
-        checked = self.__dict__.setdefault("_sharing_checked", {})
-        if id(lm) not in checked:
-            checked[id(lm)] = unsupported_reason(lm) is None
-        if not checked[id(lm)]:
+        if id(lm) not in self._sharing_checked:
+            self._sharing_checked[id(lm)] = unsupported_reason(lm) is None
+        if not self._sharing_checked[id(lm)]:
             return None
         return share_prompts(micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_mask)
 
