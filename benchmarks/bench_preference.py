@@ -214,7 +214,7 @@ def run_one(name: str, cli) -> dict:
         )
         record: dict = {}
         if config["trainer"] == "reward":
-            args = RewardConfig(**common)
+            args = RewardConfig(**common, share_prompt_forward=cli.share_prompt_forward)
             trainer_class, extra = RewardTrainer, {}
             data = Dataset.from_dict(pairs)
         elif config["trainer"] == "dpo":
@@ -277,8 +277,12 @@ def main():
                         help="CPU model and data: the default, or the reference library's measured shape (7.2M Qwen3, "
                              "vocab 8000, untied; prompts 27-63, completions 160-210 tokens unless given)")
     parser.add_argument("--json", help="also write every result (medians, per-step times, RSS details) to this file")
+    parser.add_argument("--share_prompt_forward", choices=["auto", "true", "false"], default="auto",
+                        help="Reward: RewardConfig.share_prompt_forward (auto: None, one row per pair where it pays)")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
+    share_flag = cli.share_prompt_forward
+    cli.share_prompt_forward = {"auto": None, "true": True, "false": False}[share_flag]
     cuda = cli.device == "cuda"
     # GPU: every sequence is 512 prompt + 512 completion tokens (8 pairs x 1024); CPU: random lengths, <= 256.
     if cuda and cli.shape != "default":
@@ -296,7 +300,8 @@ def main():
         argv = [sys.executable, __file__, "--_child", "--only", name, "--device", cli.device, "--steps",
                 str(cli.steps), "--warmup", str(cli.warmup), "--threads", str(cli.threads), "--batch_size",
                 str(cli.batch_size), "--prompt_len", "-".join(map(str, cli.prompt_len)), "--completion_len",
-                "-".join(map(str, cli.completion_len)), "--attn", cli.attn, "--shape", cli.shape]
+                "-".join(map(str, cli.completion_len)), "--attn", cli.attn, "--shape", cli.shape,
+                "--share_prompt_forward", share_flag]
         return argv + (["--gradient_checkpointing"] if cli.gradient_checkpointing else [])
 
     def print_row(r):

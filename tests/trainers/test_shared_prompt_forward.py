@@ -58,3 +58,49 @@ def test_true_on_a_model_that_cannot_share_fails_at_construction(tmp_path):
                           reward_funcs=vowels, args=_config(tmp_path), train_dataset=_prompts(),
                           processing_class=tiny_tokenizer())
     assert not trainer._share_prompts  # None: padded rows where sharing is not supported
+
+
+def _reward_trainer(tmp_path, share, model=None, **overrides):
+    from transformers import AutoModelForSequenceClassification
+
+    from trl import RewardConfig, RewardTrainer
+    from trl.data.tiny import tiny_task_dataset
+    from trl.models.tiny import tiny_config
+
+    if model is None:
+        torch.manual_seed(0)
+        model = AutoModelForSequenceClassification.from_config(tiny_config("qwen3", num_labels=1, **SMALL))
+    args = RewardConfig(output_dir=str(tmp_path / str(share)), max_steps=1, per_device_train_batch_size=4,
+                        learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no", seed=0,
+                        gradient_checkpointing=False, max_grad_norm=0.0, share_prompt_forward=share, **overrides)
+    catcher = _GradCatcher()
+    return RewardTrainer(model=model, args=args, train_dataset=tiny_task_dataset("preference", "train", num_rows=8),
+                         processing_class=tiny_tokenizer(), callbacks=[catcher]), catcher
+
+
+def test_reward_pairs_in_one_row_train_like_padded_rows(tmp_path):
+    shared, catcher = _reward_trainer(tmp_path, None)
+    used = []
+    original = shared._shared_rewards
+    shared._shared_rewards = lambda model, inputs: used.append(out := original(model, inputs)) or out
+    shared.train()
+    assert shared._share_prompts and used and all(rewards is not None for rewards in used)
+    padded, expected = _reward_trainer(tmp_path, False)
+    padded.train()
+    got, want = _logged(shared)[0], _logged(padded)[0]
+    for key in ("loss", "accuracy", "margin", "mean_reward"):
+        assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+    scale = max(g.abs().max() for g in expected.grads.values())
+    assert catcher.grads.keys() == expected.grads.keys()
+    for name, grad in expected.grads.items():
+        torch.testing.assert_close(catcher.grads[name], grad, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_reward_true_on_a_model_that_cannot_share_fails(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from trl.models.tiny import tiny_config
+
+    config = tiny_config("qwen2", num_labels=1, use_sliding_window=True, sliding_window=4, max_window_layers=0, **SMALL)
+    with pytest.raises(ValueError, match="share_prompt_forward=True.*sliding-window"):
+        _reward_trainer(tmp_path, True, model=AutoModelForSequenceClassification.from_config(config))

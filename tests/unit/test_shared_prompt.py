@@ -169,3 +169,24 @@ def test_modelling_code_outside_transformers_is_refused():
     custom = type("CustomForCausalLM", (base,), {"__module__": "my_remote_code.modeling"})
     model = custom(tiny_model("qwen3").config)
     assert "my_remote_code.modeling" in unsupported_reason(model)
+
+
+def test_pair_prefixes_by_hand():
+    from trl.ops.shared_prompt import share_pair_prefixes
+
+    # pairs: [5, 6, 7 | 8, 9] vs [5, 6, 7 | 10] and [11, 12 | 13] vs [11, 12 | 14, 15, 16]; chosen rows first, right-padded
+    rows = [[5, 6, 7, 8, 9], [11, 12, 13], [5, 6, 7, 10], [11, 12, 14, 15, 16]]
+    ids = torch.zeros(4, 5, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(row)
+        mask[b, : len(row)] = 1
+    shared = share_pair_prefixes(ids, mask, min_saving=0, max_attention_growth=float("inf"))
+    assert shared.input_ids.tolist() == [[5, 6, 7, 8, 9, 7, 10], [11, 12, 13, 12, 14, 15, 16]]
+    assert shared.position_ids.tolist() == [[0, 1, 2, 3, 4, 2, 3], [0, 1, 2, 1, 2, 3, 4]]
+    # each sequence's last token: where a sequence classifier reads its score
+    assert shared.row.tolist() == [0, 1, 0, 1]
+    assert shared.ends.tolist() == [4, 2, 6, 6]
+    assert [shared.input_ids[r, e].item() for r, e in zip(shared.row, shared.ends)] == [9, 13, 10, 16]
+    ids[2, 0] = 99  # the first pair now shares no token
+    assert share_pair_prefixes(ids, mask, min_saving=0, max_attention_growth=float("inf")) is None

@@ -41,6 +41,8 @@ class SharedPromptBatch:
         row (`torch.Tensor`): `(B,)` the layout row of each completion.
         columns (`torch.Tensor`): `(B, C)` the column, in the `(U, T-1)` next-token space, of each completion token.
         valid (`torch.Tensor`): `(B, C)` bool, True on each completion's tokens (its `completion_mask`).
+        ends (`torch.Tensor`): `(B,)` the column of each sequence's last token (its segment's last), where a
+            sequence classifier reads its score.
     """
 
     input_ids: torch.Tensor
@@ -50,6 +52,7 @@ class SharedPromptBatch:
     row: torch.Tensor
     columns: torch.Tensor
     valid: torch.Tensor
+    ends: torch.Tensor
 
     def mask_for(self, attn_implementation: str | None, dtype: torch.dtype) -> torch.Tensor:
         """The attention mask as `attn_implementation` takes it: boolean for sdpa, additive (0 / dtype's minimum)
@@ -168,8 +171,45 @@ def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completio
     return SharedPromptBatch(
         input_ids=input_ids.to(device), position_ids=position_ids.to(device),
         attention_mask=attention_mask.to(device), score_mask=score_mask.to(device), row=row.to(device),
-        columns=token_columns, valid=valid,
+        columns=token_columns, valid=valid, ends=start.to(device) + lengths,
     )
 
 
-__all__ = ["MAX_ATTENTION_GROWTH", "MAX_MASK_ELEMENTS", "MIN_SAVING", "SharedPromptBatch", "share_prompts", "unsupported_reason"]
+def share_pair_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, **limits) -> SharedPromptBatch | None:
+    """[`share_prompts`] for a batch of `2B` right-padded sequences, the `B` chosen then the `B` rejected ones (the
+    preference collators' layout): the shared prefix of a pair is the longest common prefix of its two sequences
+    (the prompt, whether the dataset names it or not), and each sequence's score is read at `ends`.
+
+    Returns None where [`share_prompts`] does (including when a pair shares no token).
+    """
+    lengths = attention_mask.sum(-1).tolist()
+    rows = input_ids.cpu().tolist()
+    pairs = len(rows) // 2
+    prefixes = []
+    for b in range(pairs):
+        chosen, rejected = rows[b][: lengths[b]], rows[b + pairs][: lengths[b + pairs]]
+        common = 0
+        for x, y in zip(chosen, rejected):
+            if x != y:
+                break
+            common += 1
+        prefixes.append(common)
+    if min(prefixes, default=0) == 0:
+        return None
+    prompt_width = max(prefixes)
+    prompt_ids = input_ids.new_zeros(len(rows), prompt_width)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    rests = [max(lengths[b] - prefixes[b % pairs], 0) for b in range(len(rows))]
+    completion_ids = input_ids.new_zeros(len(rows), max(max(rests), 1))
+    completion_mask = torch.zeros_like(completion_ids)
+    for b, row in enumerate(rows):
+        common = prefixes[b % pairs]
+        prompt_ids[b, prompt_width - common:] = torch.tensor(row[:common])
+        prompt_mask[b, prompt_width - common:] = 1
+        completion_ids[b, : rests[b]] = torch.tensor(row[common: lengths[b]])
+        completion_mask[b, : rests[b]] = 1
+    return share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, **limits)
+
+
+__all__ = ["MAX_ATTENTION_GROWTH", "MAX_MASK_ELEMENTS", "MIN_SAVING", "SharedPromptBatch", "share_pair_prefixes", "share_prompts",
+           "unsupported_reason"]

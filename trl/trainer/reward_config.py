@@ -40,6 +40,10 @@ class RewardConfig(_BaseConfig):
             (https://huggingface.co/papers/2312.09244); `0.01` is a good value. `None` disables it.
         activation_offloading (`bool`, *optional*, defaults to `False`):
             Offload activations to the CPU during the forward pass.
+        share_prompt_forward (`bool`, *optional*):
+            Score the chosen and rejected sequences of a pair in one row, their common prefix (the prompt) run once
+            (`trl/ops/shared_prompt.py`). `None`: where the model supports it and it pays; `True`: require it;
+            `False`: one padded row per sequence, as the reference library lays them out.
         pad_token (`str`, *optional*):
             Deprecated: the tokenizer's pad token. Set it on the tokenizer instead.
 
@@ -75,6 +79,10 @@ class RewardConfig(_BaseConfig):
         metadata={"help": "Weight of mean((r_chosen + r_rejected)^2), which centres the rewards (0.01 recommended)."},
     )
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to the CPU."})
+    share_prompt_forward: bool | None = field(
+        default=None, metadata={"help": "Run a pair's common prefix once, chosen and rejected in one row (None: where "
+                                        "supported and it pays; False: one padded row per sequence)."}
+    )
     pad_token: str | None = field(default=None, metadata={"help": "Deprecated: set the tokenizer's pad token."})
 
     def __post_init__(self):

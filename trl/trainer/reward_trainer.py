@@ -29,7 +29,8 @@ from ..data.preference import PreferenceDataOptions, prepare_preference_dataset
 from ..losses.reduce import token_weight
 from ..losses.reward import bradley_terry_loss
 from ..models import loading
-from ..models.utils import disable_dropout_in_model
+from ..models.utils import causal_lm, disable_dropout_in_model
+from ..ops.shared_prompt import share_pair_prefixes, unsupported_reason
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .reward_config import RewardConfig
 
@@ -145,6 +146,7 @@ class RewardTrainer(_BaseTrainer):
             _warn_if_score_frozen(model)
         if args.disable_dropout:
             disable_dropout_in_model(model)
+        self._share_prompts = _prompt_sharing(causal_lm(model), args.share_prompt_forward)
 
         train_dataset = self._prepare(train_dataset, processing_class, args, "train", model)
         eval_dataset = self._prepare_eval_datasets(
@@ -204,8 +206,10 @@ class RewardTrainer(_BaseTrainer):
         smoothed range, not the window's single smallest/largest reward.
         """
         mode = "train" if model.training else "eval"
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        rewards = outputs.logits.squeeze(-1)  # (2B,)
+        rewards = self._shared_rewards(model, inputs) if self._share_prompts else None
+        if rewards is None:  # one padded row per sequence
+            outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
+            rewards = outputs.logits.squeeze(-1)  # (2B,)
         chosen_rewards, rejected_rewards = rewards.chunk(2)
         losses, metrics = bradley_terry_loss(
             chosen_rewards, rejected_rewards, inputs.get("margin"), self.args.center_rewards_coefficient
@@ -225,6 +229,23 @@ class RewardTrainer(_BaseTrainer):
         if return_outputs:
             return loss, {"rewards_chosen": chosen_rewards, "rewards_rejected": rejected_rewards}
         return loss
+
+    def _shared_rewards(self, model, inputs) -> torch.Tensor | None:
+        """`(2B,)` rewards from one row per pair, the common prefix run once (`trl/ops/shared_prompt.py`), or None
+        where the layout does not apply. The score head runs inside the model's forward (a DDP/FSDP wrapper sees it
+        used); a hook reads its per-position output at each sequence's last token."""
+        shared = share_pair_prefixes(inputs["input_ids"], inputs["attention_mask"])
+        if shared is None:
+            return None
+        lm = causal_lm(self.accelerator.unwrap_model(model))
+        captured = []
+        handle = lm.score.register_forward_hook(lambda module, args, output: captured.append(output))
+        try:
+            model(input_ids=shared.input_ids, attention_mask=shared.mask_for(lm.config._attn_implementation, lm.dtype),
+                  position_ids=shared.position_ids, use_cache=False)
+        finally:
+            handle.remove()
+        return captured[-1][shared.row, shared.ends, 0]
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation step: the loss, and for `compute_metrics` the `(B, 2)` rewards `[chosen, rejected]` with labels
@@ -246,6 +267,20 @@ class RewardTrainer(_BaseTrainer):
         output_dir = output_dir or self.args.output_dir
         card = Path(output_dir, "README.md")
         card.write_text(card.read_text() + _MODEL_CARD_USAGE.format(model=output_dir))
+
+
+def _prompt_sharing(model, setting: bool | None) -> bool:
+    """Whether the reward model scores a pair in one row (`share_prompt_forward`; trl/ops/shared_prompt.py)."""
+    if setting is False:
+        return False
+    reason = unsupported_reason(model)
+    if reason is None and not isinstance(getattr(model, "score", None), torch.nn.Module):
+        reason = "it has no `score` head module (the layout reads the head's output per position)"
+    if reason is not None and setting:
+        raise ValueError(f"`share_prompt_forward=True`, but {type(model).__name__} cannot score a pair in one row: "
+                         f"{reason}. Leave `share_prompt_forward` unset (None) to share only where the model "
+                         "supports it.")
+    return reason is None
 
 
 def _check_single_output(model) -> None:
