@@ -104,3 +104,31 @@ def test_reward_true_on_a_model_that_cannot_share_fails(tmp_path):
     config = tiny_config("qwen2", num_labels=1, use_sliding_window=True, sliding_window=4, max_window_layers=0, **SMALL)
     with pytest.raises(ValueError, match="share_prompt_forward=True.*sliding-window"):
         _reward_trainer(tmp_path, True, model=AutoModelForSequenceClassification.from_config(config))
+
+
+def test_reward_pairs_in_one_row_two_ddp_ranks_equal_one_process(tmp_path):
+    """2 processes (gloo) x 2 pairs x 2 accumulation steps, pairs in one row = the same 8 pairs in padded rows on one
+    process: the score head's output is read inside the DDP-wrapped forward, so its gradient is averaged."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .reward_one_step import one_step
+
+    loss, grads, _, layouts = one_step(tmp_path / "one", batch_size=8, grad_accum=1, share=False)
+    assert not layouts
+    here = Path(__file__).resolve().parent
+    out = tmp_path / "ddp.pt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(here / "reward_one_step.py"), str(out), "2", "2", "auto"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=here.parents[1],
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = torch.load(out)
+    assert saved["world_size"] == 2 and saved["layouts"] and all(saved["layouts"])
+    assert saved["loss"] == pytest.approx(loss, rel=1e-5)
+    scale = max(g.abs().max() for g in grads.values())
+    for name, grad in grads.items():
+        torch.testing.assert_close(saved["grads"][name], grad, atol=1e-5 * scale, rtol=1e-4)
