@@ -132,3 +132,32 @@ def test_reward_pairs_in_one_row_two_ddp_ranks_equal_one_process(tmp_path):
     scale = max(g.abs().max() for g in grads.values())
     for name, grad in grads.items():
         torch.testing.assert_close(saved["grads"][name], grad, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_reward_head_on_pooled_states_falls_back_to_padded_rows():
+    """A score head that does not run per position (its output is not `(rows, width, 1)`) is detected at the first
+    step: a warning, and padded rows from then on."""
+    from types import SimpleNamespace
+
+    from trl import RewardTrainer
+
+    class PooledHead(torch.nn.Module):  # pools the sequence, then scores it: one output per row
+        def __init__(self):
+            super().__init__()
+            self.config = SimpleNamespace(_attn_implementation="sdpa")
+            self.embed = torch.nn.Embedding(32, 4)
+            self.score = torch.nn.Linear(4, 1)
+
+        @property
+        def dtype(self):
+            return torch.float32
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+            return self.score(self.embed(input_ids).mean(1))
+
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m), _share_prompts=True)
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 13, 0, 0, 0, 0]])  # one pair sharing [5, 6, 7]
+    batch = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    with pytest.warns(UserWarning, match="does not run per position"):
+        assert RewardTrainer._shared_rewards(trainer, PooledHead(), batch) is None
+    assert not trainer._share_prompts

@@ -245,7 +245,15 @@ class RewardTrainer(_BaseTrainer):
                   position_ids=shared.position_ids, use_cache=False)
         finally:
             handle.remove()
-        return captured[-1][shared.row, shared.ends, 0]
+        scores = captured[-1] if captured else None
+        if scores is None or tuple(scores.shape[:2]) != tuple(shared.input_ids.shape):
+            # a head applied to pooled states, not per position: this model scores pairs in padded rows from now on
+            warnings.warn(f"{type(lm).__name__}'s score head does not run per position (output "
+                          f"{None if scores is None else tuple(scores.shape)}); scoring pairs in padded rows instead "
+                          "(`share_prompt_forward=False` skips the attempt).", stacklevel=2)
+            self._share_prompts = False
+            return None
+        return scores[shared.row, shared.ends, 0]
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation step: the loss, and for `compute_metrics` the `(B, 2)` rewards `[chosen, rejected]` with labels
