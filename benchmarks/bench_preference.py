@@ -218,7 +218,8 @@ def run_one(name: str, cli) -> dict:
             trainer_class, extra = RewardTrainer, {}
             data = Dataset.from_dict(pairs)
         elif config["trainer"] == "dpo":
-            args = DPOConfig(precompute_ref_log_probs=config["precompute"], **common)
+            args = DPOConfig(precompute_ref_log_probs=config["precompute"], share_prompt_forward=cli.share_prompt_forward,
+                             **common)
             trainer_class = _naive_dpo_class() if config["naive"] else DPOTrainer
             extra, data = {"ref_model": None}, Dataset.from_dict(pairs)
         else:
@@ -278,7 +279,7 @@ def main():
                              "vocab 8000, untied; prompts 27-63, completions 160-210 tokens unless given)")
     parser.add_argument("--json", help="also write every result (medians, per-step times, RSS details) to this file")
     parser.add_argument("--share_prompt_forward", choices=["auto", "true", "false"], default="auto",
-                        help="Reward: RewardConfig.share_prompt_forward (auto: None, one row per pair where it pays)")
+                        help="DPO and Reward: share_prompt_forward (auto: None, one row per pair where it pays)")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     cli = parser.parse_args()
     share_flag = cli.share_prompt_forward

@@ -161,3 +161,52 @@ def test_reward_head_on_pooled_states_falls_back_to_padded_rows():
     with pytest.warns(UserWarning, match="does not run per position"):
         assert RewardTrainer._shared_rewards(trainer, PooledHead(), batch) is None
     assert not trainer._share_prompts
+
+
+def _dpo_trainer(tmp_path, share, catcher=None, **overrides):
+    from trl import DPOConfig, DPOTrainer
+    from trl.data.tiny import tiny_task_dataset
+
+    values = {"output_dir": str(tmp_path / f"dpo-{share}"), "max_steps": 1, "per_device_train_batch_size": 4,
+              "learning_rate": 1e-3, "logging_steps": 1, "report_to": "none", "save_strategy": "no", "seed": 0,
+              "gradient_checkpointing": False, "max_grad_norm": 0.0, "share_prompt_forward": share, **overrides}
+    return DPOTrainer(model=tiny_model(seed=0, **SMALL), args=DPOConfig(**values),
+                      train_dataset=tiny_task_dataset("preference", "train", num_rows=8),
+                      processing_class=tiny_tokenizer(), callbacks=[catcher] if catcher else None)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"ld_alpha": 0.5, "use_weighting": True},  # per-token log-probs, mask and sum of squares
+    {"loss_type": ["ipo", "sft"], "loss_weights": [1.0, 0.5]},
+    {"precompute_ref_log_probs": True},  # the reference pass goes through the same scoring
+])
+def test_dpo_pairs_in_one_row_train_like_padded_rows(tmp_path, overrides):
+    results = {}
+    for share in (None, False):
+        catcher = _GradCatcher()
+        trainer = _dpo_trainer(tmp_path, share, catcher, **overrides)
+        used = []
+        score = trainer._shared_completion_logps
+        trainer._shared_completion_logps = lambda model, batch, used=used, score=score, **request: used.append(
+            (out := score(model, batch, **request)) is not None) or out
+        trainer.train()
+        results[share] = (_logged(trainer)[0], catcher.grads, used)
+    (shared, grads, used), (padded, expected, not_used) = results[None], results[False]
+    assert used and all(used) and not not_used
+    # at the first step the policy is the reference: rewards are float noise (~1e-7), and which side of 0 they fall
+    # on (`rewards/accuracies`) is not a property of either layout
+    noise = abs(padded["rewards/margins"]) < 1e-4
+    for key, want in padded.items():
+        if key not in ("grad_norm", "learning_rate", "epoch") and isinstance(want, float):
+            if noise and key == "rewards/accuracies":
+                continue
+            assert shared[key] == pytest.approx(want, rel=1e-4, abs=1e-5), key
+    scale = max(g.abs().max() for g in expected.values())
+    for name, want in expected.items():
+        torch.testing.assert_close(grads[name], want, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_dpo_padding_free_does_not_share(tmp_path):
+    assert not _dpo_trainer(tmp_path, None, padding_free=True)._share_prompts
+    with pytest.raises(ValueError, match="share_prompt_forward=True.*padding_free=True"):
+        _dpo_trainer(tmp_path, True, padding_free=True)

@@ -30,6 +30,10 @@ class DPOConfig(_BaseConfig):
             Concatenate the chosen and rejected sequences of a batch into one row (no padding tokens); each sequence
             attends only to itself (sdpa/eager build the block-diagonal mask from `position_ids`, flash attention uses
             varlen kernels). Pays off with flash attention; with sdpa/eager attention costs grow with the whole row.
+        share_prompt_forward (`bool`, *optional*):
+            Score the chosen and rejected sequences of a pair in one row, the prompt run once
+            (`trl/ops/shared_prompt.py`; the same log-probs up to float rounding). `None`: where the model supports it
+            and it pays; `True`: require it; `False`: one padded row per sequence, as the reference library does.
         precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
             Compute the reference log-probs once before training and cache them on disk (keyed by the model's and the
             dataset's fingerprints); a later run with the same model and data reads the cache and never builds a
@@ -72,6 +76,10 @@ class DPOConfig(_BaseConfig):
     max_length: int | None = field(default=1024, metadata={"help": "Maximum tokens of prompt + completion."})
     truncation_mode: str = field(default="keep_start", metadata={"help": "keep_start or keep_end (deprecated)."})
     padding_free: bool = field(default=False, metadata={"help": "One flat row per batch instead of padding."})
+    share_prompt_forward: bool | None = field(
+        default=None, metadata={"help": "Score a pair's chosen and rejected in one row, the prompt run once "
+                                        "(None: where supported and it pays; False: one padded row per sequence)."}
+    )
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute reference log-probs once before training and cache them."}
     )

@@ -38,6 +38,7 @@ from ..losses.reduce import token_weight
 from ..models import loading
 from ..models.utils import causal_lm, use_packed_attention
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
+from ..ops.shared_prompt import scored_in_rows, share_prompts, split_sequences, unsupported_reason
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .dpo_config import DPOConfig
 
@@ -117,6 +118,8 @@ class DPOTrainer(_BaseTrainer):
         # The MoE load-balancing loss (policy only); with WPO, the aligned weights need log Σ_v π(v)² per token.
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
         self._policy_request = {"router_aux_loss": self._aux_loss_coef > 0, "with_sum_sq": args.use_weighting}
+        self._share_prompts = _prompt_sharing(causal_lm(model), args, self._is_vlm, self._aux_loss_coef)
+        self._sharing_checked: dict[int, bool] = {}  # id of a model scored -> whether it can share
 
         options = PreferenceDataOptions(
             max_length=args.max_length, num_proc=args.dataset_num_proc, guards=guards.policy(args)
@@ -184,12 +187,14 @@ class DPOTrainer(_BaseTrainer):
     def _sequence_logps(self, model, batch: dict, **request) -> dict[str, torch.Tensor]:
         """Forward `[chosen; rejected]` once and sum each completion's token log-probs. `request`: other
         [`FusedHeadRequest`] fields (the policy asks for the MoE aux loss and the WPO statistics)."""
-        layout = {k: batch[k] for k in _FLAT_KEYS} if "sequence_index" in batch else None
-        if self._is_vlm:  # the processor's image tensors go with the ids
-            model = functools.partial(model, **vision.image_inputs(self._model_input_names, batch))
-        scored = completion_logps(
-            model, batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"], layout, **request
-        )
+        scored = self._shared_completion_logps(model, batch, **request) if self._share_prompts else None
+        if scored is None:  # one padded row per sequence (or the collator's flat row)
+            layout = {k: batch[k] for k in _FLAT_KEYS} if "sequence_index" in batch else None
+            if self._is_vlm:  # the processor's image tensors go with the ids
+                model = functools.partial(model, **vision.image_inputs(self._model_input_names, batch))
+            scored = completion_logps(
+                model, batch["input_ids"], batch.get("attention_mask"), batch["completion_mask"], layout, **request
+            )
         token_logps, mask, lengths, outputs = scored.token_logps, scored.mask, scored.lengths, scored.outputs
         if self.args.ld_alpha is not None:
             half = mask.shape[0] // 2
@@ -200,6 +205,24 @@ class DPOTrainer(_BaseTrainer):
         chosen, rejected = sequence.chunk(2)
         return {"chosen": chosen, "rejected": rejected, "lengths": lengths, "token_logps": token_logps,
                 "mask": mask, "log_sum_sq_probs": scored.log_sum_sq_probs, "outputs": outputs}
+
+    def _shared_completion_logps(self, model, batch: dict, **request):
+        """The completions' log-probs from one row per pair, the prompt run once (`trl/ops/shared_prompt.py`), or
+        None where the layout does not apply (a flat padding-free batch, pairs whose prompts differ, a model that
+        cannot share, a layout that would not pay)."""
+        if "sequence_index" in batch or "attention_mask" not in batch:
+            return None
+        lm = causal_lm(self.accelerator.unwrap_model(model))
+        if id(lm) not in self._sharing_checked:  # the policy, and a separate reference model
+            self._sharing_checked[id(lm)] = unsupported_reason(lm) is None
+        if not self._sharing_checked[id(lm)]:
+            return None
+        shared = share_prompts(*split_sequences(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]))
+        if shared is None:
+            return None
+        scored = completion_logps(model, shared.input_ids, shared.mask_for(lm.config._attn_implementation, lm.dtype),
+                                  shared.score_mask, position_ids=shared.position_ids, **request)
+        return scored_in_rows(shared, scored)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, policy, _ = self._loss(model, inputs, num_items_in_batch)
@@ -281,3 +304,20 @@ class DPOTrainer(_BaseTrainer):
         self._metrics.add(mode, "rewards/margins", (chosen_rewards - rejected_rewards).sum(), b)
         self._metrics.add(mode, "logps/chosen", policy["chosen"].detach().sum(), b)
         self._metrics.add(mode, "logps/rejected", policy["rejected"].detach().sum(), b)
+
+
+def _prompt_sharing(model, args, is_vlm: bool, aux_loss_coef: float) -> bool:
+    """Whether the chosen and rejected sequences of a pair are scored in one row (`share_prompt_forward`)."""
+    if args.share_prompt_forward is False:
+        return False
+    reason = unsupported_reason(model)
+    if reason is None and is_vlm:
+        reason = "it is a vision-language model (its image tokens are laid out per row)"
+    if reason is None and aux_loss_coef > 0:
+        reason = "its MoE load-balancing loss counts the tokens of the one-row-per-sequence layout"
+    if reason is None and args.padding_free:
+        reason = "`padding_free=True` already lays the batch out as one flat row"
+    if reason is not None and args.share_prompt_forward:
+        raise ValueError(f"`share_prompt_forward=True`, but the pairs cannot be scored in one row: {reason}. Leave "
+                         "`share_prompt_forward` unset (None) to share only where it applies.")
+    return reason is None
