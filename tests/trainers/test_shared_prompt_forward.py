@@ -210,3 +210,27 @@ def test_dpo_padding_free_does_not_share(tmp_path):
     assert not _dpo_trainer(tmp_path, None, padding_free=True)._share_prompts
     with pytest.raises(ValueError, match="share_prompt_forward=True.*padding_free=True"):
         _dpo_trainer(tmp_path, True, padding_free=True)
+
+
+def test_dpo_batch_not_in_the_collator_layout_scores_like_padded_rows(tmp_path):
+    # a custom collator's completion mask with a hole (or left padding): splitting the row by counts would score
+    # other tokens than the padded rows, so such a batch is scored in padded rows
+    from trl.data.collators import DataCollatorForPreference
+    from trl.ops.shared_prompt import split_sequences
+
+    trainer = _dpo_trainer(tmp_path, None)
+    trainer.model.eval()
+    prompt = list(range(5, 25))
+    batch = DataCollatorForPreference(0)([{"prompt_ids": prompt, "chosen_ids": [30, 31, 32, 33], "rejected_ids": [34, 35]},
+                                          {"prompt_ids": prompt[:15], "chosen_ids": [36], "rejected_ids": [37, 38, 39]}])
+    assert trainer._shared_completion_logps(trainer.model, batch) is not None  # the collator's layout shares
+    batch["completion_mask"][0, len(prompt) + 1] = 0
+    left = {k: v.flip(-1) for k, v in batch.items()}
+    for case in (batch, left):
+        assert split_sequences(case["input_ids"], case["attention_mask"], case["completion_mask"]) is None
+    with torch.no_grad():
+        shared = trainer._sequence_logps(trainer.model, batch)
+        trainer._share_prompts = False
+        padded = trainer._sequence_logps(trainer.model, batch)
+    for key in ("chosen", "rejected", "lengths"):
+        torch.testing.assert_close(shared[key], padded[key])

@@ -179,10 +179,17 @@ def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completio
 def split_sequences(input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor):
     """`(prompt_ids, prompt_mask, completion_ids, completion_mask)` of right-padded `prompt + completion` sequences
     whose `completion_mask` marks the completion (the preference collators' batches): the prompts left-padded, the
-    completions right-padded, as [`share_prompts`] takes them."""
+    completions right-padded, as [`share_prompts`] takes them. None when a row is not that layout (left padding, a
+    completion mask with holes or prompt tokens after it, as a custom collator may give): splitting it by counts
+    would score other tokens than the padded rows do."""
     real, completion = attention_mask.bool(), completion_mask.bool()
     prompt_lengths = (real & ~completion).sum(-1)
     completion_lengths = completion.sum(-1)
+    columns = torch.arange(input_ids.shape[1], device=input_ids.device)
+    ends = (prompt_lengths + completion_lengths)[:, None]
+    if not (torch.equal(real, columns < ends)
+            and torch.equal(completion, (columns >= prompt_lengths[:, None]) & (columns < ends))):
+        return None
     rows = input_ids.shape[0]
     prompt_width, completion_width = int(prompt_lengths.max()), max(int(completion_lengths.max()), 1)
     prompt_ids = input_ids.new_zeros(rows, prompt_width)

@@ -217,7 +217,8 @@ class DPOTrainer(_BaseTrainer):
             self._sharing_checked[id(lm)] = unsupported_reason(lm) is None
         if not self._sharing_checked[id(lm)]:
             return None
-        shared = share_prompts(*split_sequences(batch["input_ids"], batch["attention_mask"], batch["completion_mask"]))
+        parts = split_sequences(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+        shared = None if parts is None else share_prompts(*parts)
         if shared is None:
             return None
         scored = completion_logps(model, shared.input_ids, shared.mask_for(lm.config._attn_implementation, lm.dtype),
