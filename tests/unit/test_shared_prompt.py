@@ -188,5 +188,7 @@ def test_pair_prefixes_by_hand():
     assert shared.row.tolist() == [0, 1, 0, 1]
     assert shared.ends.tolist() == [4, 2, 6, 6]
     assert [shared.input_ids[r, e].item() for r, e in zip(shared.row, shared.ends)] == [9, 13, 10, 16]
+    left = torch.stack([row.roll(int((row == 0).sum())) for row in ids])  # the same rows, left-padded
+    assert share_pair_prefixes(left, (left != 0).long(), min_saving=0, max_attention_growth=float("inf")) is None
     ids[2, 0] = 99  # the first pair now shares no token
     assert share_pair_prefixes(ids, mask, min_saving=0, max_attention_growth=float("inf")) is None

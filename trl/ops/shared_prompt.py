@@ -234,8 +234,12 @@ def share_pair_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, *
     preference collators' layout): the shared prefix of a pair is the longest common prefix of its two sequences
     (the prompt, whether the dataset names it or not), and each sequence's score is read at `ends`.
 
-    Returns None where [`share_prompts`] does (including when a pair shares no token).
+    Returns None where [`share_prompts`] does (including when a pair shares no token), and for a batch that is not
+    right-padded (a custom collator's).
     """
+    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    if len(input_ids) % 2 or not torch.equal(attention_mask.bool(), columns < attention_mask.sum(-1, keepdim=True)):
+        return None
     lengths = attention_mask.sum(-1).tolist()
     rows = input_ids.cpu().tolist()
     pairs = len(rows) // 2
