@@ -188,7 +188,9 @@ def test_pair_prefixes_by_hand():
     assert shared.row.tolist() == [0, 1, 0, 1]
     assert shared.ends.tolist() == [4, 2, 6, 6]
     assert [shared.input_ids[r, e].item() for r, e in zip(shared.row, shared.ends)] == [9, 13, 10, 16]
-    left = torch.stack([row.roll(int((row == 0).sum())) for row in ids])  # the same rows, left-padded
+    # left padding (a custom collator): pairs of equal lengths, so reading each row's first `length` columns would
+    # see matching padding and build a layout of the wrong tokens
+    left = torch.tensor([[0, 0, 5, 6, 7, 8], [0, 0, 11, 12, 13, 14], [0, 0, 5, 6, 7, 9], [0, 0, 11, 12, 15, 16]])
     assert share_pair_prefixes(left, (left != 0).long(), min_saving=0, max_attention_growth=float("inf")) is None
     ids[2, 0] = 99  # the first pair now shares no token
     assert share_pair_prefixes(ids, mask, min_saving=0, max_attention_growth=float("inf")) is None
