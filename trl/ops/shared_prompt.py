@@ -94,6 +94,30 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+VLM_REASON = "it is a vision-language model (its image tokens are laid out per row)"
+MOE_REASON = "its MoE load-balancing loss counts the tokens of the one-row-per-sequence layout"
+
+
+def sharing_enabled(model, setting: bool | None, *reasons: str | None) -> bool:
+    """A trainer's `share_prompt_forward` decision for `model` (a causal LM or classifier outside any PEFT wrapper).
+
+    Args:
+        setting (`bool`, *optional*): the config field: None shares where possible, True requires it, False never.
+        reasons (`str`, *optional*): the trainer's own reasons not to share (None where one does not apply), checked
+            after [`unsupported_reason`].
+
+    Raises:
+        `ValueError`: `setting=True` where the layout cannot apply, naming why.
+    """
+    if setting is False:
+        return False
+    reason = unsupported_reason(model) or next((r for r in reasons if r), None)
+    if reason is not None and setting:
+        raise ValueError(f"`share_prompt_forward=True`, but {type(model).__name__} cannot share the prompt forward: "
+                         f"{reason}. Leave `share_prompt_forward` unset (None) to share only where it applies.")
+    return reason is None
+
+
 def share_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, completion_ids: torch.Tensor,
                   completion_mask: torch.Tensor, max_mask_elements: int = MAX_MASK_ELEMENTS,
                   min_saving: float = MIN_SAVING, max_attention_growth: float = MAX_ATTENTION_GROWTH,
@@ -270,4 +294,4 @@ def share_pair_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, *
 
 
 __all__ = ["MAX_ATTENTION_GROWTH", "MAX_MASK_ELEMENTS", "MIN_SAVING", "SharedPromptBatch", "scored_in_rows", "share_pair_prefixes",
-           "share_prompts", "split_sequences", "unsupported_reason"]
+           "share_prompts", "sharing_enabled", "split_sequences", "unsupported_reason"]

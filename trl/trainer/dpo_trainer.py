@@ -38,7 +38,15 @@ from ..losses.reduce import token_weight
 from ..models import loading
 from ..models.utils import causal_lm, use_packed_attention
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
-from ..ops.shared_prompt import scored_in_rows, share_prompts, split_sequences, unsupported_reason
+from ..ops.shared_prompt import (
+    MOE_REASON,
+    VLM_REASON,
+    scored_in_rows,
+    share_prompts,
+    sharing_enabled,
+    split_sequences,
+    unsupported_reason,
+)
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .dpo_config import DPOConfig
 
@@ -118,7 +126,11 @@ class DPOTrainer(_BaseTrainer):
         # The MoE load-balancing loss (policy only); with WPO, the aligned weights need log Σ_v π(v)² per token.
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
         self._policy_request = {"router_aux_loss": self._aux_loss_coef > 0, "with_sum_sq": args.use_weighting}
-        self._share_prompts = _prompt_sharing(causal_lm(model), args, self._is_vlm, self._aux_loss_coef)
+        self._share_prompts = sharing_enabled(
+            causal_lm(model), args.share_prompt_forward, VLM_REASON if self._is_vlm else None,
+            MOE_REASON if self._aux_loss_coef > 0 else None,
+            "`padding_free=True` already lays the batch out as one flat row" if args.padding_free else None,
+        )
         self._sharing_checked: dict[int, bool] = {}  # id of a model scored -> whether it can share
 
         options = PreferenceDataOptions(
@@ -305,20 +317,3 @@ class DPOTrainer(_BaseTrainer):
         self._metrics.add(mode, "rewards/margins", (chosen_rewards - rejected_rewards).sum(), b)
         self._metrics.add(mode, "logps/chosen", policy["chosen"].detach().sum(), b)
         self._metrics.add(mode, "logps/rejected", policy["rejected"].detach().sum(), b)
-
-
-def _prompt_sharing(model, args, is_vlm: bool, aux_loss_coef: float) -> bool:
-    """Whether the chosen and rejected sequences of a pair are scored in one row (`share_prompt_forward`)."""
-    if args.share_prompt_forward is False:
-        return False
-    reason = unsupported_reason(model)
-    if reason is None and is_vlm:
-        reason = "it is a vision-language model (its image tokens are laid out per row)"
-    if reason is None and aux_loss_coef > 0:
-        reason = "its MoE load-balancing loss counts the tokens of the one-row-per-sequence layout"
-    if reason is None and args.padding_free:
-        reason = "`padding_free=True` already lays the batch out as one flat row"
-    if reason is not None and args.share_prompt_forward:
-        raise ValueError(f"`share_prompt_forward=True`, but the pairs cannot be scored in one row: {reason}. Leave "
-                         "`share_prompt_forward` unset (None) to share only where it applies.")
-    return reason is None

@@ -49,7 +49,7 @@ from ..generation.vision import VISION_KEYS, VisionRollouts
 from ..models import loading
 from ..models.utils import causal_lm
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
-from ..ops.shared_prompt import share_prompts, unsupported_reason
+from ..ops.shared_prompt import MOE_REASON, VLM_REASON, share_prompts, sharing_enabled, unsupported_reason
 from ..rewards.scoring import RewardScorer
 from ..rollout import Rollout, StepCounts
 from ..template_families import tool_call_family
@@ -335,27 +335,14 @@ class _OnlineTrainer(_BaseTrainer):
         self._step_started = None
         self.model_accepts_loss_kwargs = False
         self._aux_loss_coef = router_aux_loss_coef(causal_lm(model), args.router_aux_loss_coef)
-        self._share_prompts = self._prompt_sharing(causal_lm(model), args)
+        self._share_prompts = sharing_enabled(causal_lm(model), args.share_prompt_forward,
+                                              VLM_REASON if self._vision is not None else None,
+                                              MOE_REASON if self._aux_loss_coef > 0 else None)
         self._sharing_checked: dict[int, bool] = {}  # id of a model scored in `_forward_logps` -> whether it can share
         if self.accelerator.is_main_process and not args.disable_tqdm:
             print(batch_plan(args, self.accelerator.num_processes, self._off_policy))
 
     # ---- construction helpers -----------------------------------------------------------------------------------
-
-    def _prompt_sharing(self, model, args) -> bool:
-        """Whether the training forward runs each prompt once for all its completions (`share_prompt_forward`)."""
-        if args.share_prompt_forward is False:
-            return False
-        reason = unsupported_reason(model)
-        if reason is None and self._vision is not None:
-            reason = "it is a vision-language model (its image tokens are laid out per row)"
-        if reason is None and self._aux_loss_coef > 0:
-            reason = "its MoE load-balancing loss counts the tokens of the one-row-per-completion layout"
-        if reason is not None and args.share_prompt_forward:
-            raise ValueError(f"`share_prompt_forward=True`, but {type(model).__name__} cannot share the prompt "
-                             f"forward: {reason}. Leave `share_prompt_forward` unset (None) to share only where the "
-                             "model supports it.")
-        return reason is None
 
     @staticmethod
     def _uses_reference(args) -> bool:

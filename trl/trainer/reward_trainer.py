@@ -30,7 +30,7 @@ from ..losses.reduce import token_weight
 from ..losses.reward import bradley_terry_loss
 from ..models import loading
 from ..models.utils import causal_lm, disable_dropout_in_model
-from ..ops.shared_prompt import share_pair_prefixes, unsupported_reason
+from ..ops.shared_prompt import share_pair_prefixes, sharing_enabled
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .reward_config import RewardConfig
 
@@ -146,7 +146,11 @@ class RewardTrainer(_BaseTrainer):
             _warn_if_score_frozen(model)
         if args.disable_dropout:
             disable_dropout_in_model(model)
-        self._share_prompts = _prompt_sharing(causal_lm(model), args.share_prompt_forward)
+        head = getattr(causal_lm(model), "score", None)
+        self._share_prompts = sharing_enabled(
+            causal_lm(model), args.share_prompt_forward,
+            None if isinstance(head, torch.nn.Module) else "it has no `score` head (the layout reads it per position)",
+        )
 
         train_dataset = self._prepare(train_dataset, processing_class, args, "train", model)
         eval_dataset = self._prepare_eval_datasets(
@@ -275,20 +279,6 @@ class RewardTrainer(_BaseTrainer):
         output_dir = output_dir or self.args.output_dir
         card = Path(output_dir, "README.md")
         card.write_text(card.read_text() + _MODEL_CARD_USAGE.format(model=output_dir))
-
-
-def _prompt_sharing(model, setting: bool | None) -> bool:
-    """Whether the reward model scores a pair in one row (`share_prompt_forward`; trl/ops/shared_prompt.py)."""
-    if setting is False:
-        return False
-    reason = unsupported_reason(model)
-    if reason is None and not isinstance(getattr(model, "score", None), torch.nn.Module):
-        reason = "it has no `score` head module (the layout reads the head's output per position)"
-    if reason is not None and setting:
-        raise ValueError(f"`share_prompt_forward=True`, but {type(model).__name__} cannot score a pair in one row: "
-                         f"{reason}. Leave `share_prompt_forward` unset (None) to share only where the model "
-                         "supports it.")
-    return reason is None
 
 
 def _check_single_output(model) -> None:
