@@ -186,13 +186,13 @@ def test_dpo_pairs_in_one_row_train_like_padded_rows(tmp_path, overrides):
         catcher = _GradCatcher()
         trainer = _dpo_trainer(tmp_path, share, catcher, **overrides)
         used = []
-        score = trainer._shared_completion_logps
-        trainer._shared_completion_logps = lambda model, batch, used=used, score=score, **request: used.append(
-            (out := score(model, batch, **request)) is not None) or out
+        build = trainer._pair_layout
+        trainer._pair_layout = lambda batch, used=used, build=build: used.append(
+            (out := build(batch)) is not None) or out
         trainer.train()
         results[share] = (_logged(trainer)[0], catcher.grads, used)
     (shared, grads, used), (padded, expected, not_used) = results[None], results[False]
-    assert used and all(used) and not not_used
+    assert used and all(used) and not any(not_used)
     # at the first step the policy is the reference: rewards are float noise (~1e-7), and which side of 0 they fall
     # on (`rewards/accuracies`) is not a property of either layout
     noise = abs(padded["rewards/margins"]) < 1e-4
@@ -223,14 +223,14 @@ def test_dpo_batch_not_in_the_collator_layout_scores_like_padded_rows(tmp_path):
     prompt = list(range(5, 25))
     batch = DataCollatorForPreference(0)([{"prompt_ids": prompt, "chosen_ids": [30, 31, 32, 33], "rejected_ids": [34, 35]},
                                           {"prompt_ids": prompt[:15], "chosen_ids": [36], "rejected_ids": [37, 38, 39]}])
-    assert trainer._shared_completion_logps(trainer.model, batch) is not None  # the collator's layout shares
+    assert trainer._pair_layout(batch) is not None  # the collator's layout shares
     batch["completion_mask"][0, len(prompt) + 1] = 0
     left = {k: v.flip(-1) for k, v in batch.items()}
     for case in (batch, left):
         assert split_sequences(case["input_ids"], case["attention_mask"], case["completion_mask"]) is None
     with torch.no_grad():
-        shared = trainer._sequence_logps(trainer.model, batch)
+        shared = trainer._sequence_logps(trainer.model, batch, layout=trainer._pair_layout(batch))
         trainer._share_prompts = False
-        padded = trainer._sequence_logps(trainer.model, batch)
+        padded = trainer._sequence_logps(trainer.model, batch, layout=trainer._pair_layout(batch))
     for key in ("chosen", "rejected", "lengths"):
         torch.testing.assert_close(shared[key], padded[key])

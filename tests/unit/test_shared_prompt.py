@@ -154,7 +154,7 @@ def test_a_reference_model_that_cannot_share_is_scored_in_padded_rows():
 
     from trl.trainer.online import _OnlineTrainer
 
-    trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m), _sharing_checked={})
+    trainer = SimpleNamespace(accelerator=SimpleNamespace(unwrap_model=lambda m: m))
     prompt_ids, prompt_mask, completion_ids, completion_mask = _batch(300)
     micro = SimpleNamespace(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids,
                             completion_mask=completion_mask)

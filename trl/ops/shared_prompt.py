@@ -16,9 +16,12 @@ float mask); it supports only models whose layers are all full attention (a slid
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
+
+from ..data.conversation import common_prefix_length
 
 # Above this many mask elements (rows x width x width) the padded layout is used instead (see `share_prompts`).
 MAX_MASK_ELEMENTS = 1 << 24
@@ -92,6 +95,20 @@ def unsupported_reason(model) -> str | None:
         # ALiBi biases a key by its column in the row, not its position: wrong for every segment after the first
         return "it uses ALiBi position biases (they follow the key's column in the row, not its position)"
     return None
+
+
+_STRUCTURE_CHECKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> unsupported_reason is None
+
+
+def can_share(model) -> bool:
+    """Whether `model` (outside any PEFT wrapper) can score a layout now: its attention implementation, read at every
+    call (it can be switched), and [`unsupported_reason`]'s checks of its structure, run once per model. A trainer
+    calls it for every model it scores with: the policy, and a separate reference model of another architecture."""
+    if getattr(model.config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    if model not in _STRUCTURE_CHECKED:
+        _STRUCTURE_CHECKED[model] = unsupported_reason(model) is None
+    return _STRUCTURE_CHECKED[model]
 
 
 VLM_REASON = "it is a vision-language model (its image tokens are laid out per row)"
@@ -214,18 +231,25 @@ def split_sequences(input_ids: torch.Tensor, attention_mask: torch.Tensor, compl
     if not (torch.equal(real, columns < ends)
             and torch.equal(completion, (columns >= prompt_lengths[:, None]) & (columns < ends))):
         return None
+    return _split_rows(input_ids, prompt_lengths.tolist(), ends.squeeze(1).tolist())
+
+
+def _split_rows(input_ids: torch.Tensor, splits: list[int], ends: list[int]):
+    """Row `b` of `input_ids` cut into `[:splits[b]]`, a left-padded prompt, and `[splits[b]:ends[b]]`, a right-padded
+    completion: `(prompt_ids, prompt_mask, completion_ids, completion_mask)` as [`share_prompts`] takes them."""
     rows = input_ids.shape[0]
-    prompt_width, completion_width = int(prompt_lengths.max()), max(int(completion_lengths.max()), 1)
+    prompt_width = max(splits)
+    completion_width = max(max(end - split for split, end in zip(splits, ends)), 1)
     prompt_ids = input_ids.new_zeros(rows, prompt_width)
     prompt_mask = torch.zeros_like(prompt_ids)
     completion_ids = input_ids.new_zeros(rows, completion_width)
-    completion_out = torch.zeros_like(completion_ids)
-    for b, (p, c) in enumerate(zip(prompt_lengths.tolist(), completion_lengths.tolist())):
-        prompt_ids[b, prompt_width - p:] = input_ids[b, :p]
-        prompt_mask[b, prompt_width - p:] = 1
-        completion_ids[b, :c] = input_ids[b, p: p + c]
-        completion_out[b, :c] = 1
-    return prompt_ids, prompt_mask, completion_ids, completion_out
+    completion_mask = torch.zeros_like(completion_ids)
+    for b, (split, end) in enumerate(zip(splits, ends)):
+        prompt_ids[b, prompt_width - split:] = input_ids[b, :split]
+        prompt_mask[b, prompt_width - split:] = 1
+        completion_ids[b, : end - split] = input_ids[b, split:end]
+        completion_mask[b, : end - split] = 1
+    return prompt_ids, prompt_mask, completion_ids, completion_mask
 
 
 def scored_in_rows(shared: SharedPromptBatch, scored):
@@ -253,6 +277,19 @@ def scored_in_rows(shared: SharedPromptBatch, scored):
     return CompletionLogps(token_logps=token_logps, mask=mask, outputs=rearranged, log_sum_sq_probs=sum_sq)
 
 
+def score_shared(model, lm, shared: SharedPromptBatch, **request):
+    """`trl.ops.fused_head.completion_logps` over `shared`'s rows, returned as if it had scored one row per
+    completion ([`scored_in_rows`]). `model` is what the forward goes through (DDP, PEFT wrappers); `lm` the causal
+    LM inside it, whose attention implementation and dtype choose the mask's form. `request`: other
+    `FusedHeadRequest` fields."""
+    from .fused_head import completion_logps
+
+    mask = shared.mask_for(lm.config._attn_implementation, lm.dtype)
+    scored = completion_logps(model, shared.input_ids, mask, shared.score_mask, position_ids=shared.position_ids,
+                              **request)
+    return scored_in_rows(shared, scored)
+
+
 def share_pair_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, **limits) -> SharedPromptBatch | None:
     """[`share_prompts`] for a batch of `2B` right-padded sequences, the `B` chosen then the `B` rejected ones (the
     preference collators' layout): the shared prefix of a pair is the longest common prefix of its two sequences
@@ -267,31 +304,13 @@ def share_pair_prefixes(input_ids: torch.Tensor, attention_mask: torch.Tensor, *
     lengths = attention_mask.sum(-1).tolist()
     rows = input_ids.cpu().tolist()
     pairs = len(rows) // 2
-    prefixes = []
-    for b in range(pairs):
-        chosen, rejected = rows[b][: lengths[b]], rows[b + pairs][: lengths[b + pairs]]
-        common = 0
-        for x, y in zip(chosen, rejected):
-            if x != y:
-                break
-            common += 1
-        prefixes.append(common)
+    prefixes = [common_prefix_length(rows[b][: lengths[b]], rows[b + pairs][: lengths[b + pairs]])
+                for b in range(pairs)]
     if min(prefixes, default=0) == 0:
         return None
-    prompt_width = max(prefixes)
-    prompt_ids = input_ids.new_zeros(len(rows), prompt_width)
-    prompt_mask = torch.zeros_like(prompt_ids)
-    rests = [max(lengths[b] - prefixes[b % pairs], 0) for b in range(len(rows))]
-    completion_ids = input_ids.new_zeros(len(rows), max(max(rests), 1))
-    completion_mask = torch.zeros_like(completion_ids)
-    for b, row in enumerate(rows):
-        common = prefixes[b % pairs]
-        prompt_ids[b, prompt_width - common:] = torch.tensor(row[:common])
-        prompt_mask[b, prompt_width - common:] = 1
-        completion_ids[b, : rests[b]] = torch.tensor(row[common: lengths[b]])
-        completion_mask[b, : rests[b]] = 1
-    return share_prompts(prompt_ids, prompt_mask, completion_ids, completion_mask, **limits)
+    return share_prompts(*_split_rows(input_ids, prefixes * 2, lengths), **limits)
 
 
-__all__ = ["MAX_ATTENTION_GROWTH", "MAX_MASK_ELEMENTS", "MIN_SAVING", "SharedPromptBatch", "scored_in_rows", "share_pair_prefixes",
-           "share_prompts", "sharing_enabled", "split_sequences", "unsupported_reason"]
+__all__ = ["MAX_ATTENTION_GROWTH", "MAX_MASK_ELEMENTS", "MIN_SAVING", "SharedPromptBatch", "can_share", "score_shared",
+           "scored_in_rows", "share_pair_prefixes", "share_prompts", "sharing_enabled", "split_sequences",
+           "unsupported_reason"]

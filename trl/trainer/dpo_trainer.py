@@ -41,11 +41,11 @@ from ..ops.fused_head import completion_logps, router_aux_loss_coef
 from ..ops.shared_prompt import (
     MOE_REASON,
     VLM_REASON,
-    scored_in_rows,
+    can_share,
+    score_shared,
     share_prompts,
     sharing_enabled,
     split_sequences,
-    unsupported_reason,
 )
 from .base_trainer import _BaseTrainer, as_config, configure_streaming
 from .dpo_config import DPOConfig
@@ -131,7 +131,6 @@ class DPOTrainer(_BaseTrainer):
             MOE_REASON if self._aux_loss_coef > 0 else None,
             "`padding_free=True` already lays the batch out as one flat row" if args.padding_free else None,
         )
-        self._sharing_checked: dict[int, bool] = {}  # id of a model scored -> whether it can share
 
         options = PreferenceDataOptions(
             max_length=args.max_length, num_proc=args.dataset_num_proc, guards=guards.policy(args)
@@ -180,7 +179,7 @@ class DPOTrainer(_BaseTrainer):
 
     def _ref_scores(self, ref, batch: dict) -> dict[str, torch.Tensor]:
         """The reference columns of one batch (the precompute pass, `_with_ref_logps`)."""
-        logps = self._sequence_logps(ref, batch)
+        logps = self._sequence_logps(ref, batch, layout=self._pair_layout(batch))
         return {"ref_chosen_logps": logps["chosen"], "ref_rejected_logps": logps["rejected"]}
 
     # ---- Trainer overrides, in lifecycle order -------------------------------------------------------------------
@@ -196,10 +195,15 @@ class DPOTrainer(_BaseTrainer):
     def _count_loss_items(self, batch: dict) -> int:
         return batch.get("num_sequences", batch["input_ids"].shape[0]) // 2  # the loss is a mean over pairs
 
-    def _sequence_logps(self, model, batch: dict, **request) -> dict[str, torch.Tensor]:
-        """Forward `[chosen; rejected]` once and sum each completion's token log-probs. `request`: other
-        [`FusedHeadRequest`] fields (the policy asks for the MoE aux loss and the WPO statistics)."""
-        scored = self._shared_completion_logps(model, batch, **request) if self._share_prompts else None
+    def _sequence_logps(self, model, batch: dict, layout=None, **request) -> dict[str, torch.Tensor]:
+        """Forward `[chosen; rejected]` once and sum each completion's token log-probs. `layout`: the batch's
+        shared-prompt layout ([`_pair_layout`]), used when `model` can take it. `request`: other [`FusedHeadRequest`]
+        fields (the policy asks for the MoE aux loss and the WPO statistics)."""
+        scored = None
+        if layout is not None:  # one row per prompt (trl/ops/shared_prompt.py), scored as one per sequence
+            lm = causal_lm(self.accelerator.unwrap_model(model))
+            if can_share(lm):  # the policy, and a separate reference model
+                scored = score_shared(model, lm, layout, **request)
         if scored is None:  # one padded row per sequence (or the collator's flat row)
             layout = {k: batch[k] for k in _FLAT_KEYS} if "sequence_index" in batch else None
             if self._is_vlm:  # the processor's image tensors go with the ids
@@ -218,24 +222,14 @@ class DPOTrainer(_BaseTrainer):
         return {"chosen": chosen, "rejected": rejected, "lengths": lengths, "token_logps": token_logps,
                 "mask": mask, "log_sum_sq_probs": scored.log_sum_sq_probs, "outputs": outputs}
 
-    def _shared_completion_logps(self, model, batch: dict, **request):
-        """The completions' log-probs from one row per pair, the prompt run once (`trl/ops/shared_prompt.py`), or
-        None where the layout does not apply (a flat padding-free batch, pairs whose prompts differ, a model that
-        cannot share, a layout that would not pay)."""
-        if "sequence_index" in batch or "attention_mask" not in batch:
-            return None
-        lm = causal_lm(self.accelerator.unwrap_model(model))
-        if id(lm) not in self._sharing_checked:  # the policy, and a separate reference model
-            self._sharing_checked[id(lm)] = unsupported_reason(lm) is None
-        if not self._sharing_checked[id(lm)]:
+    def _pair_layout(self, batch: dict):
+        """The batch's shared-prompt layout, built once for the policy and the reference forward, or None where it
+        does not apply (sharing off, a flat padding-free batch, a batch not in the collator's layout, prompts that
+        differ, a layout that would not pay)."""
+        if not self._share_prompts or "sequence_index" in batch or "attention_mask" not in batch:
             return None
         parts = split_sequences(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
-        shared = None if parts is None else share_prompts(*parts)
-        if shared is None:
-            return None
-        scored = completion_logps(model, shared.input_ids, shared.mask_for(lm.config._attn_implementation, lm.dtype),
-                                  shared.score_mask, position_ids=shared.position_ids, **request)
-        return scored_in_rows(shared, scored)
+        return None if parts is None else share_prompts(*parts)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, policy, _ = self._loss(model, inputs, num_items_in_batch)
@@ -259,12 +253,13 @@ class DPOTrainer(_BaseTrainer):
     def _loss(self, model, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, dict, dict]:
         """Forward, the pure DPO loss, metrics: returns the reduced loss, the policy's scores and the loss metrics."""
         mode = "train" if model.training else "eval"
-        policy = self._sequence_logps(model, inputs, **self._policy_request)
+        layout = self._pair_layout(inputs)
+        policy = self._sequence_logps(model, inputs, layout=layout, **self._policy_request)
         if "ref_chosen_logps" in inputs:
             ref_chosen, ref_rejected = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
         else:
             with self._reference() as ref:
-                ref_logps = self._sequence_logps(ref, inputs)
+                ref_logps = self._sequence_logps(ref, inputs, layout=layout)
             ref_chosen, ref_rejected = ref_logps["chosen"], ref_logps["rejected"]
         chosen_lengths, rejected_lengths = policy["lengths"].chunk(2)
         pairs = PreferenceLogps(

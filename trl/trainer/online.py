@@ -49,7 +49,7 @@ from ..generation.vision import VISION_KEYS, VisionRollouts
 from ..models import loading
 from ..models.utils import causal_lm
 from ..ops.fused_head import completion_logps, router_aux_loss_coef
-from ..ops.shared_prompt import MOE_REASON, VLM_REASON, share_prompts, sharing_enabled, unsupported_reason
+from ..ops.shared_prompt import MOE_REASON, VLM_REASON, can_share, score_shared, share_prompts, sharing_enabled
 from ..rewards.scoring import RewardScorer
 from ..rollout import Rollout, StepCounts
 from ..template_families import tool_call_family
@@ -338,7 +338,6 @@ class _OnlineTrainer(_BaseTrainer):
         self._share_prompts = sharing_enabled(causal_lm(model), args.share_prompt_forward,
                                               VLM_REASON if self._vision is not None else None,
                                               MOE_REASON if self._aux_loss_coef > 0 else None)
-        self._sharing_checked: dict[int, bool] = {}  # id of a model scored in `_forward_logps` -> whether it can share
         if self.accelerator.is_main_process and not args.disable_tqdm:
             print(batch_plan(args, self.accelerator.num_processes, self._off_policy))
 
@@ -793,38 +792,29 @@ class _OnlineTrainer(_BaseTrainer):
             logps, entropy = self._vision.completion_logps(model, micro, self.sampling.temperature)
             return logps, entropy, None
         shared = self._shared_layout(model, micro) if self._share_prompts and not aux_loss else None
-        if shared is not None:  # one row per distinct prompt (trl/ops/shared_prompt.py)
+        if shared is not None:  # one row per distinct prompt (trl/ops/shared_prompt.py), scored as one per completion
             lm = causal_lm(self.accelerator.unwrap_model(model))
-            mask = shared.mask_for(lm.config._attn_implementation, lm.dtype)
-            scored = completion_logps(model, shared.input_ids, mask, shared.score_mask,
-                                      position_ids=shared.position_ids, temperature=self.sampling.temperature)
-            entropy = torch.zeros(scored.mask.shape, dtype=scored.outputs.entropy.dtype, device=scored.mask.device)
-            entropy = entropy.masked_scatter(scored.mask, scored.outputs.entropy)
-            return shared.gather(scored.token_logps), shared.gather(entropy), None
-        prompt_width = micro.prompt_ids.shape[1]
-        input_ids = torch.cat([micro.prompt_ids, micro.completion_ids], dim=1)
-        attention_mask = torch.cat([micro.prompt_mask, micro.completion_mask], dim=1)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        loss_positions = torch.cat([torch.zeros_like(micro.prompt_mask), micro.completion_mask], dim=1)
-        scored = completion_logps(
-            model, input_ids, attention_mask, loss_positions, position_ids=position_ids,
-            temperature=self.sampling.temperature, router_aux_loss=aux_loss,
-        )
+            scored = score_shared(model, lm, shared, temperature=self.sampling.temperature)
+            completion_start = 0
+        else:
+            input_ids = torch.cat([micro.prompt_ids, micro.completion_ids], dim=1)
+            attention_mask = torch.cat([micro.prompt_mask, micro.completion_mask], dim=1)
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            loss_positions = torch.cat([torch.zeros_like(micro.prompt_mask), micro.completion_mask], dim=1)
+            scored = completion_logps(
+                model, input_ids, attention_mask, loss_positions, position_ids=position_ids,
+                temperature=self.sampling.temperature, router_aux_loss=aux_loss,
+            )
+            completion_start = micro.prompt_ids.shape[1] - 1
         entropy = torch.zeros(scored.mask.shape, dtype=scored.outputs.entropy.dtype, device=scored.mask.device)
         entropy = entropy.masked_scatter(scored.mask, scored.outputs.entropy)
-        logps, entropy = scored.token_logps[:, prompt_width - 1 :], entropy[:, prompt_width - 1 :]
+        logps, entropy = scored.token_logps[:, completion_start:], entropy[:, completion_start:]
         return logps, entropy, scored.outputs.aux_loss
 
     def _shared_layout(self, model, micro: Rollout):
         """The shared-prompt layout of a micro-batch, or None where it does not apply (no two completions of one
         prompt, a reference model that cannot share (other attention, sliding windows, ALiBi), a mask too large)."""
-        lm = causal_lm(self.accelerator.unwrap_model(model))
-        if lm.config._attn_implementation not in ("sdpa", "eager"):
-            return None
-        # the policy was checked at construction; a separate `ref_model` may be another architecture (checked once)
-        if id(lm) not in self._sharing_checked:
-            self._sharing_checked[id(lm)] = unsupported_reason(lm) is None
-        if not self._sharing_checked[id(lm)]:
+        if not can_share(causal_lm(self.accelerator.unwrap_model(model))):
             return None
         return share_prompts(micro.prompt_ids, micro.prompt_mask, micro.completion_ids, micro.completion_mask)
 
