@@ -2,18 +2,19 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/trainers/distillation_ddp_steps.py OUT_PREFIX
 Each rank saves its student's parameters after training, and which moved, to OUT_PREFIX.<rank>.pt."""
 
-import os
 import sys
-
-import torch
 
 from trl import DistillationConfig, DistillationTrainer
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
-from trl.scripts.utils import close_processes
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
              head_dim=32, tie_word_embeddings=False)
+
+try:
+    from .sft_one_step import leave, save_rank_params
+except ImportError:  # run as a script
+    from sft_one_step import leave, save_rank_params
 
 
 def main(prefix: str) -> None:
@@ -26,14 +27,9 @@ def main(prefix: str) -> None:
                                   train_dataset=tiny_task_dataset("prompt_only", "train", num_rows=16),
                                   processing_class=tiny_tokenizer())
     trainer.train()
-    after = {n: p.detach().clone() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
-    torch.save({"params": after, "moved": [n for n in after if not torch.equal(after[n], before[n])],
-                "world_size": trainer.accelerator.num_processes}, f"{prefix}.{trainer.accelerator.process_index}.pt")
-    close_processes(trainer)
+    save_rank_params(trainer, before, prefix)
+    leave(trainer)
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # as sft_one_step.py: no interpreter teardown of the gloo group

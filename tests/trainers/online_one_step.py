@@ -4,7 +4,6 @@ Run as a script under torchrun for the 2-process case (each rank generates its s
     python -m torch.distributed.run --nproc_per_node 2 tests/trainers/online_one_step.py OUT.pt grpo|rloo BS GA
 """
 
-import os
 import sys
 
 import torch
@@ -13,12 +12,11 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
 from trl.rollout import Rollout
-from trl.scripts.utils import close_processes
 
 try:
-    from .sft_one_step import SMALL, _GradCatcher
+    from .sft_one_step import SMALL, _GradCatcher, leave
 except ImportError:  # run as a script
-    from sft_one_step import SMALL, _GradCatcher
+    from sft_one_step import SMALL, _GradCatcher, leave
 
 
 class DeterministicBackend:
@@ -82,10 +80,4 @@ if __name__ == "__main__":
     log, grads, trainer = one_step(out + ".dir", kind, bs, ga)
     if trainer.accelerator.is_main_process:
         torch.save({"log": log, "grads": grads, "world_size": trainer.accelerator.num_processes}, out)
-    close_processes(trainer)
-    # Leave without interpreter teardown: in CI a rank of the streaming run sometimes aborted in a C++ destructor at
-    # exit ("terminate called without an active exception") after everything above had finished; the results are
-    # saved and the process group released, so what follows could only turn a passing check into a flaky failure.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave(trainer)

@@ -4,7 +4,6 @@ Run as a script under torchrun for the 2-process case:
     python -m torch.distributed.run --nproc_per_node 2 tests/trainers/reward_one_step.py OUT.pt BS GA auto|false
 """
 
-import os
 import sys
 
 import torch
@@ -13,12 +12,11 @@ from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_config, tiny_tokenizer
-from trl.scripts.utils import close_processes
 
 try:
-    from .sft_one_step import SMALL, _GradCatcher
+    from .sft_one_step import SMALL, _GradCatcher, leave
 except ImportError:  # run as a script
-    from sft_one_step import SMALL, _GradCatcher
+    from sft_one_step import SMALL, _GradCatcher, leave
 
 
 def one_step(output_dir, batch_size: int, grad_accum: int, share: bool | None = None):
@@ -48,7 +46,4 @@ if __name__ == "__main__":
     if trainer.accelerator.is_main_process:
         torch.save({"loss": loss, "grads": grads, "world_size": trainer.accelerator.num_processes,
                     "layouts": layouts}, out)
-    close_processes(trainer)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # as sft_one_step.py: no interpreter teardown after the results are saved
+    leave(trainer)

@@ -11,9 +11,9 @@ import torch
 from transformers import TrainerCallback
 
 from trl import SFTConfig, SFTTrainer
-from trl.scripts.utils import close_processes
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
+from trl.scripts.utils import close_processes
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
              head_dim=32)
@@ -61,16 +61,29 @@ def one_step(output_dir, batch_size, grad_accum, padding_free=False, packing=Fal
     return loss, catcher.grads, trainer
 
 
+def leave(trainer) -> None:
+    """End a torchrun script: release the process group, then exit without interpreter teardown. In CI a rank of
+    the streaming run sometimes aborted in a C++ destructor at exit ("terminate called without an active exception")
+    after everything had finished; the results are saved and the group released, so what follows could only turn a
+    passing check into a flaky failure."""
+    close_processes(trainer)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def save_rank_params(trainer, before: dict, prefix: str) -> None:
+    """Save this rank's parameters after training, and the names of those that moved from `before`, to
+    `prefix.<rank>.pt` (the DDP step scripts)."""
+    after = {n: p.detach().clone() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
+    torch.save({"params": after, "moved": [n for n in after if not torch.equal(after[n], before[n])],
+                "world_size": trainer.accelerator.num_processes}, f"{prefix}.{trainer.accelerator.process_index}.pt")
+
+
 if __name__ == "__main__":
     out, bs, ga = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     loss, grads, trainer = one_step(out + ".dir", bs, ga, padding_free="padding_free" in sys.argv[4:],
                                     streaming="streaming" in sys.argv[4:])
     if trainer.accelerator.is_main_process:
         torch.save({"loss": loss, "grads": grads, "world_size": trainer.accelerator.num_processes}, out)
-    close_processes(trainer)
-    # Leave without interpreter teardown: in CI a rank of the streaming run sometimes aborted in a C++ destructor at
-    # exit ("terminate called without an active exception") after everything above had finished; the results are
-    # saved and the process group released, so what follows could only turn a passing check into a flaky failure.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave(trainer)

@@ -2,18 +2,20 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/trainers/vlm_ddp_steps.py OUT_PREFIX
 Each rank saves its parameters after training, and whether they moved, to OUT_PREFIX.<rank>.pt."""
 
-import os
 import sys
 
-import torch
 from datasets import Dataset
 from PIL import Image
 
 from trl import GRPOConfig, GRPOTrainer
 from trl.models.tiny_vlm import tiny_vlm
-from trl.scripts.utils import close_processes
 
 COLOURS = [(255, 0, 0), (0, 0, 255), (0, 255, 0), (255, 255, 0)]
+
+try:
+    from .sft_one_step import leave, save_rank_params
+except ImportError:  # run as a script
+    from sft_one_step import leave, save_rank_params
 
 
 def main(prefix: str) -> None:
@@ -27,16 +29,9 @@ def main(prefix: str) -> None:
     trainer = GRPOTrainer(model=model, processing_class=processor, args=args, train_dataset=Dataset.from_list(rows),
                           reward_funcs=lambda completions, **kw: [float(len(c[-1]["content"])) for c in completions])
     trainer.train()
-    after = {n: p.detach().clone() for n, p in trainer.accelerator.unwrap_model(trainer.model).named_parameters()}
-    moved = [n for n in after if not torch.equal(after[n], before[n])]
-    rank = trainer.accelerator.process_index
-    torch.save({"params": after, "moved": moved, "world_size": trainer.accelerator.num_processes},
-               f"{prefix}.{rank}.pt")
-    close_processes(trainer)
+    save_rank_params(trainer, before, prefix)
+    leave(trainer)
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # as sft_one_step.py: no interpreter teardown of the gloo group
