@@ -14,19 +14,7 @@ from trl.generation.transformers_backend import TransformersBackend
 from trl.models.tiny import tiny_model, tiny_tokenizer
 from trl.template_families import ToolTurn
 
-# as in test_generation.py: peaked, varied next-token distributions
-SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2,
-         "num_key_value_heads": 1, "head_dim": 32, "initializer_range": 0.2}
-PROMPTS = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18]]
-PAD = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .test_generation import PAD, PROMPTS, SMALL, _one_thread  # noqa: F401 - _one_thread: the module's autouse fixture
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,17 @@ from trl import GRPOConfig
 from trl.generation.static_decode import StaticDecoder, static_cache_supported
 from trl.generation.transformers_backend import TransformersBackend
 
-from .test_generation import PAD, PROMPTS, _completions, _early_eos, _model, _plain_logps, _reference_greedy, _sampling
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .test_generation import (  # noqa: F401 - _one_thread: the module's autouse fixture (one intra-op thread)
+    PAD,
+    PROMPTS,
+    _completions,
+    _early_eos,
+    _model,
+    _one_thread,
+    _plain_logps,
+    _reference_greedy,
+    _sampling,
+)
 
 
 def _run(model, sampling, n=3, seed=0, **backend_kwargs):
