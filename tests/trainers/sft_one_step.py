@@ -6,6 +6,7 @@ Used in-process by test_sft_invariance.py and, for the 2-process DDP case, run a
 
 import os
 import sys
+from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
@@ -59,6 +60,20 @@ def one_step(output_dir, batch_size, grad_accum, padding_free=False, packing=Fal
     trainer.train()
     loss = next(log["loss"] for log in trainer.state.log_history if "loss" in log)
     return loss, catcher.grads, trainer
+
+
+def run_two_ranks(*target: str) -> None:
+    """Run `target` (a script of tests/trainers/ and its arguments, or `-m module ...`) as 2 CPU processes (gloo) under
+    torchrun from the repository root, and assert that it exits cleanly (its stderr tail in the message)."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    script = [str(here / target[0]), *target[1:]] if target[0].endswith(".py") else list(target)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *script]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=here.parents[1],
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def leave(trainer) -> None:

@@ -293,18 +293,10 @@ def test_two_processes_train_an_untied_student_in_sync(tmp_path):
     """Under DDP (2 gloo processes, each with its own prompts) the student's LM head is applied inside its forward,
     so the wrapper averages its gradient too (applied after the forward, an untied head was 'marked ready twice'):
     both ranks end with the same, moved, weights."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from .sft_one_step import run_two_ranks
 
-    here = Path(__file__).parent
     prefix = str(tmp_path / "distil")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(here / "distillation_ddp_steps.py"), prefix]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=here.parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("distillation_ddp_steps.py", prefix)
     ranks = [torch.load(f"{prefix}.{rank}.pt") for rank in (0, 1)]
     assert ranks[0]["world_size"] == 2
     assert "lm_head.weight" in ranks[0]["moved"]

@@ -20,7 +20,7 @@ import torch
 from trl import GRPOTrainer
 from trl.models.tiny import tiny_model
 
-from .sft_one_step import SMALL
+from .sft_one_step import SMALL, run_two_ranks
 from .test_grpo_tools import ANSWER, CALL, Calculator, Scripted, _questions, _tool_tokenizer, lengths
 from .test_grpo_trainer import _config, _logged
 
@@ -66,15 +66,8 @@ def _ddp_run(out: str) -> None:
 
 
 def test_two_ddp_ranks_with_tools(tmp_path):
-    import subprocess
-
-    root = Path(__file__).parents[2]
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "tests.trainers.test_grpo_tools_distributed", str(out)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=root, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("-m", "tests.trainers.test_grpo_tools_distributed", str(out))
     ranks = [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world_size"] for r in ranks] == [2, 2]
     for rank in ranks:

@@ -14,7 +14,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.data.tiny import tiny_task_dataset
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
-from .sft_one_step import SMALL, _GradCatcher
+from .sft_one_step import SMALL, _GradCatcher, run_two_ranks
 
 GENERATION_METRICS = {
     "completions/mean_length", "completions/min_length", "completions/max_length", "completions/clipped_ratio",
@@ -479,21 +479,11 @@ def test_num_generations_eval_and_eval_batch_counts_completions(tmp_path):
 def test_two_ddp_ranks_equal_one_process(tmp_path, kind):
     """One group of 8 completions split 4 + 4 over two gloo processes (advantages need the whole group: rewards are
     gathered) gives the loss, metrics and gradients of one process holding all 8."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from .online_one_step import one_step
 
     log, grads, _ = one_step(tmp_path / "single", kind, batch_size=8, grad_accum=1)
-    here = Path(__file__).parent
     out = tmp_path / "ddp.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(here / "online_one_step.py"), str(out), kind, "4", "1"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=here.parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("online_one_step.py", str(out), kind, "4", "1")
     saved = torch.load(out)
     assert saved["world_size"] == 2
     for key in ("loss", "reward", "reward_std", "kl", "entropy", "completions/mean_length"):

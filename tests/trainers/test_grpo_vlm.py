@@ -307,18 +307,10 @@ def test_text_model_renders_text_blocks_and_names_an_image_block(tmp_path):
 def test_two_processes_train_with_images_in_sync(tmp_path):
     """Under DDP (2 gloo processes, each with its own prompts and images) the training forward goes through the
     wrapper, so gradients are averaged: both ranks end with the same, moved, weights."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from .sft_one_step import run_two_ranks
 
-    here = Path(__file__).parent
     prefix = str(tmp_path / "vlm")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(here / "vlm_ddp_steps.py"), prefix]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=here.parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("vlm_ddp_steps.py", prefix)
     ranks = [torch.load(f"{prefix}.{rank}.pt") for rank in (0, 1)]
     assert ranks[0]["world_size"] == 2
     assert any("lm_head" in n for n in ranks[0]["moved"]) and any("visual" in n for n in ranks[0]["moved"])

@@ -1,19 +1,11 @@
 """The SFT loss and gradient do not depend on how the 8 rows of an optimiser step are cut."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
-from .sft_one_step import SMALL, dataset, one_step
-
-
-HERE = Path(__file__).parent
+from .sft_one_step import SMALL, dataset, one_step, run_two_ranks
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +59,7 @@ def test_two_ddp_ranks_equal_one_process(reference, tmp_path, streaming):
     """2 processes (gloo) x 2 rows x 2 accumulation steps = the same 8 rows as one process, also when the rows are
     streamed (each rank reads its own batches)."""
     out = tmp_path / "ddp.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "sft_one_step.py"), str(out), "2", "2"] + (["streaming"] if streaming else [])
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=HERE.parents[1])
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("sft_one_step.py", str(out), "2", "2", *(["streaming"] if streaming else []))
     saved = torch.load(out)
     assert saved["world_size"] == 2
     _assert_same(reference, saved["loss"], saved["grads"])

@@ -10,7 +10,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.models.tiny import tiny_model, tiny_tokenizer
 
-from .sft_one_step import SMALL, _GradCatcher
+from .sft_one_step import SMALL, _GradCatcher, run_two_ranks
 from .test_grpo_trainer import _config, _logged, _prompts, vowels
 
 
@@ -109,23 +109,12 @@ def test_reward_true_on_a_model_that_cannot_share_fails(tmp_path):
 def test_reward_pairs_in_one_row_two_ddp_ranks_equal_one_process(tmp_path):
     """2 processes (gloo) x 2 pairs x 2 accumulation steps, pairs in one row = the same 8 pairs in padded rows on one
     process: the score head's output is read inside the DDP-wrapped forward, so its gradient is averaged."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from .reward_one_step import one_step
 
     loss, grads, _, layouts = one_step(tmp_path / "one", batch_size=8, grad_accum=1, share=False)
     assert not layouts
-    here = Path(__file__).resolve().parent
     out = tmp_path / "ddp.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(here / "reward_one_step.py"), str(out), "2", "2", "auto"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=here.parents[1],
-                            check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_two_ranks("reward_one_step.py", str(out), "2", "2", "auto")
     saved = torch.load(out)
     assert saved["world_size"] == 2 and saved["layouts"] and all(saved["layouts"])
     assert saved["loss"] == pytest.approx(loss, rel=1e-5)
